@@ -1,0 +1,143 @@
+//! The JSON error envelope of CONTRACT §3 and the one error enum of the HTTP boundary.
+
+use poem::http::{header, StatusCode};
+use poem_openapi::Object;
+
+use crate::store::StoreError;
+
+/// `{"code": "..."}` inside the envelope.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorDetail {
+    /// Machine-readable code: INVALID_TENANT_ID, INVALID_JOB_NAME, INVALID_PARAMETER,
+    /// UNAUTHORIZED, FORBIDDEN, JOB_NOT_FOUND, NOT_FOUND, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
+    pub code: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorEnvelope {
+    /// Always false.
+    pub success: bool,
+    /// A human sentence.
+    pub message: String,
+    pub error: ErrorDetail,
+    /// When the response was generated (RFC 3339, UTC, milliseconds).
+    pub timestamp: String,
+}
+
+/// Everything that can go wrong answering a request. Each variant maps to one status and
+/// code; [`ApiError::Internal`] is logged with its cause and answered without it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 INVALID_TENANT_ID: `x-tenantid` missing, repeated or not a UUID.
+    #[error("{0}")]
+    InvalidTenant(String),
+    /// 400 INVALID_JOB_NAME: the path's job name breaks the naming rule.
+    #[error("{0}")]
+    InvalidJobName(String),
+    /// 400 INVALID_PARAMETER: a query parameter out of range.
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// 401 UNAUTHORIZED, with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403 FORBIDDEN.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 JOB_NOT_FOUND: no event was ever seen for this job in this tenant.
+    #[error("No job with this name exists for this tenant")]
+    JobNotFound,
+    /// 404 NOT_FOUND: no such route.
+    #[error("No such resource")]
+    RouteNotFound,
+    /// 405 METHOD_NOT_ALLOWED, with `Allow`.
+    #[error("Method not allowed; use GET or HEAD")]
+    MethodNotAllowed,
+    /// 503 NOT_READY: the read model is not available (e.g. while a first rebuild runs).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500 INTERNAL_ERROR; the cause is logged, never returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidTenant(_)
+            | ApiError::InvalidJobName(_)
+            | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidTenant(_) => "INVALID_TENANT_ID",
+            ApiError::InvalidJobName(_) => "INVALID_JOB_NAME",
+            ApiError::InvalidParameter(_) => "INVALID_PARAMETER",
+            ApiError::Unauthorized(_) => "UNAUTHORIZED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::JobNotFound => "JOB_NOT_FOUND",
+            ApiError::RouteNotFound => "NOT_FOUND",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::Unavailable(_) => "NOT_READY",
+            ApiError::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    /// The envelope; an internal error's cause is logged here and replaced by a fixed text.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        let message = match self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                "An unexpected error occurred".to_owned()
+            }
+            other => other.to_string(),
+        };
+        ErrorEnvelope {
+            success: false,
+            message,
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+            },
+            timestamp: super::now_rfc3339(),
+        }
+    }
+
+    /// A complete response, for paths outside poem-openapi (middleware, fallbacks).
+    pub fn into_response(self) -> poem::Response {
+        let body = serde_json::to_vec(&self.envelope_json()).unwrap_or_default();
+        let mut response = poem::Response::builder()
+            .status(self.status())
+            .content_type("application/json; charset=utf-8");
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response = response.header(header::WWW_AUTHENTICATE, "Bearer");
+        }
+        if matches!(self, ApiError::MethodNotAllowed) {
+            response = response.header(header::ALLOW, "GET, HEAD");
+        }
+        response.body(body)
+    }
+
+    fn envelope_json(&self) -> serde_json::Value {
+        let envelope = self.envelope();
+        serde_json::json!({
+            "success": envelope.success,
+            "message": envelope.message,
+            "error": { "code": envelope.error.code },
+            "timestamp": envelope.timestamp,
+        })
+    }
+}

@@ -1,0 +1,208 @@
+//! The HTTP API (CONTRACT §3): poem + poem-openapi. [`serve`] takes a bound listener and a
+//! shutdown future, so tests run the real server on port 0.
+//!
+//! Layers, outermost first: JSON errors for everything (unknown routes, 405 with `Allow`,
+//! poem's own errors) → request metrics → bearer authentication of `/api/v1/admin/*` (401
+//! before anything else is looked at) → routes.
+
+pub mod auth;
+pub mod errors;
+mod health;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use poem::{listener::TcpAcceptor, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::OpenApiService;
+
+use self::auth::Authenticator;
+use self::errors::ApiError;
+use crate::metrics::{Metrics, ProjectorStatus, RequestLabels};
+use crate::store::CurrentReader;
+
+/// Everything a request handler may use.
+pub struct AppState {
+    pub readers: Arc<CurrentReader>,
+    pub authenticator: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<ProjectorStatus>,
+    /// The NATS connection, when this process projects (absent for a read-only audit copy).
+    pub nats: Option<async_nats::Client>,
+}
+
+pub const STATS_ROUTE: &str = "/api/v1/admin/jobs/{jobName}/stats";
+
+pub fn rfc3339_millis(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The OpenAPI service (also used to print the committed `openapi.json`).
+pub fn openapi_service() -> OpenApiService<stats::StatsApi, ()> {
+    OpenApiService::new(stats::StatsApi, "jobstats", env!("CARGO_PKG_VERSION"))
+        .description("Job statistics from job lifecycle events, event-sourced from NATS JetStream.")
+        .server("/api/v1")
+}
+
+/// The OpenAPI document as JSON (committed as `openapi.json`; CI checks it is current).
+pub fn openapi_json() -> String {
+    openapi_service().spec()
+}
+
+/// Builds the complete application.
+pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
+    let api = openapi_service();
+    let spec = api.spec();
+    let docs = api.swagger_ui();
+    let metrics = state.metrics.clone();
+    let auth_state = state.clone();
+    Route::new()
+        .nest("/api/v1/docs", docs)
+        .at(
+            "/api/v1/openapi.json",
+            poem::endpoint::make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            }),
+        )
+        .nest("/api/v1", api)
+        .at("/healthz", poem::get(health::healthz))
+        .at("/readyz", poem::get(health::readyz))
+        .at("/metrics", poem::get(health::metrics))
+        .data(state)
+        .around(move |endpoint, request| {
+            let state = auth_state.clone();
+            async move { authenticate(endpoint, request, &state).await }
+        })
+        .around(move |endpoint, request| {
+            let metrics = metrics.clone();
+            async move { record_request(endpoint, request, &metrics).await }
+        })
+        .around(|endpoint, request| async move {
+            // poem's router rejects undecodable path segments (e.g. `%FF`) before any handler;
+            // on the jobs path the only path segment a client controls is the job name.
+            let on_jobs_path = request.uri().path().starts_with("/api/v1/admin/jobs/");
+            match endpoint.call(request).await {
+                Err(error)
+                    if on_jobs_path
+                        && error.status() == poem::http::StatusCode::BAD_REQUEST
+                        && !error.is_from_response() =>
+                {
+                    Ok(ApiError::InvalidJobName("Invalid job name".into()).into_response())
+                }
+                other => other.map(IntoResponse::into_response),
+            }
+        })
+        .catch_all_error(|error: poem::Error| async move { json_error(error) })
+}
+
+/// Verifies the bearer token of admin API calls before routing, so an unauthenticated caller
+/// learns nothing (not even whether the tenant or job name is valid).
+async fn authenticate<E: Endpoint>(
+    endpoint: Arc<E>,
+    mut request: Request,
+    state: &AppState,
+) -> poem::Result<Response> {
+    let guarded = request.uri().path().starts_with("/api/v1/admin/")
+        && matches!(
+            *request.method(),
+            poem::http::Method::GET | poem::http::Method::HEAD
+        );
+    if guarded {
+        match state.authenticator.authenticate_headers(request.headers()) {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+            }
+            Err(error) => return Ok(ApiError::Unauthorized(error.to_string()).into_response()),
+        }
+    }
+    endpoint
+        .call(request)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/api/v1/openapi.json" => "/api/v1/openapi.json",
+        p if p.starts_with("/api/v1/docs") => "/api/v1/docs",
+        p if p.starts_with("/api/v1/admin/jobs/") && p.ends_with("/stats") => STATS_ROUTE,
+        _ => "other",
+    }
+}
+
+async fn record_request<E: Endpoint>(
+    endpoint: Arc<E>,
+    request: Request,
+    metrics: &Metrics,
+) -> poem::Result<Response> {
+    let route = route_label(request.uri().path());
+    let started = Instant::now();
+    let result = endpoint
+        .call(request)
+        .await
+        .map(IntoResponse::into_response);
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(error) => error.status(),
+    };
+    let labels = RequestLabels {
+        route: route.to_owned(),
+        status: status.as_u16(),
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
+    metrics
+        .http_latency_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Every error that escapes the routes becomes the JSON envelope.
+fn json_error(error: poem::Error) -> Response {
+    if error.is_from_response() {
+        return error.into_response();
+    }
+    let api_error = if error.is::<poem::error::NotFoundError>() {
+        ApiError::RouteNotFound
+    } else if error.is::<poem::error::MethodNotAllowedError>() {
+        ApiError::MethodNotAllowed
+    } else if error.status().is_client_error() {
+        ApiError::InvalidParameter("Invalid request".into())
+    } else {
+        ApiError::Internal(error.to_string())
+    };
+    let mut response = api_error.into_response();
+    if error.status().is_client_error()
+        && !matches!(
+            error.status(),
+            poem::http::StatusCode::NOT_FOUND | poem::http::StatusCode::METHOD_NOT_ALLOWED
+        )
+    {
+        response.set_status(error.status());
+    }
+    response
+}
+
+/// Serves until `shutdown` resolves, then drains requests for up to 10 s.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
+        .await
+}

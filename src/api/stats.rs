@@ -1,0 +1,346 @@
+//! `GET /api/v1/admin/jobs/{jobName}/stats`: the API document's response, field for field, plus
+//! numeric twins of the human fields and the read model's freshness.
+//!
+//! Check order (documented in the README): authentication (401, in the middleware) →
+//! `x-tenantid` (400) → job name and parameters (400) → authorization (403) → lookup (404).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::Request;
+use poem_openapi::{
+    param::{Header, Path, Query},
+    payload::Json,
+    ApiResponse, Object, OpenApi, SecurityScheme,
+};
+
+use super::errors::{ApiError, ErrorEnvelope};
+use super::{now_rfc3339, rfc3339_millis, AppState};
+use crate::api::auth::Principal;
+use crate::events::{JobName, TenantId};
+use crate::projection::format::{human_duration, human_percent, percent_one_decimal};
+use crate::schedule::CronSchedule;
+use crate::store::{ExecutionSummary, JobSnapshot};
+
+pub const SUCCESS_MESSAGE: &str = "Job statistics retrieved successfully";
+pub const DEFAULT_RECENT: u32 = 10;
+pub const MAX_RECENT: u32 = 100;
+
+/// JWT bearer token with the `system_admin` or `super_admin` role (`roles` or Keycloak's
+/// `realm_access.roles`), verified before the handler runs.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", checker = "verified_principal")]
+pub struct BearerAuth(Principal);
+
+async fn verified_principal(
+    req: &Request,
+    _bearer: poem_openapi::auth::Bearer,
+) -> Option<Principal> {
+    req.extensions().get::<Principal>().cloned()
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct QueueStats {
+    /// Executions enqueued and not started.
+    pub pending: i64,
+    /// Executions started and not finished.
+    pub processing: i64,
+    /// Executions that failed, over the whole history.
+    pub failed: i64,
+    /// Executions that completed, over the whole history.
+    pub completed: i64,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct PerformanceStats {
+    /// Mean run time of completed executions (`45s`, `2m 5s`); null before the first.
+    pub average_execution_time: Option<String>,
+    /// Run time of the execution that finished last (completed or failed).
+    pub last_execution_time: Option<String>,
+    /// completed / (completed + failed), one decimal (`99.8%`), rounded down.
+    pub success_rate: Option<String>,
+    pub average_execution_time_ms: Option<i64>,
+    pub last_execution_time_ms: Option<i64>,
+    pub success_rate_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ScheduleStats {
+    /// The latest `scheduled` event's 5-field cron expression (UTC), or null.
+    pub cron: Option<String>,
+    /// The next fire time after the request time.
+    pub next_run: Option<String>,
+    /// Start time of the most recent execution.
+    pub last_run: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RecentExecution {
+    /// The executionId.
+    pub id: String,
+    /// pending, processing, completed or failed.
+    pub status: String,
+    pub started_at: Option<String>,
+    /// When it finished (completed or failed); null while unfinished.
+    pub completed_at: Option<String>,
+    pub items_processed: Option<u64>,
+    pub enqueued_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    /// The failure message of a failed execution.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Freshness {
+    /// The last stream sequence reflected in this answer.
+    pub applied_sequence: u64,
+    /// When the projector committed it.
+    pub applied_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct JobStatsData {
+    pub job_name: String,
+    /// `running` while any execution is processing, else `idle`.
+    pub status: String,
+    pub queue: QueueStats,
+    pub performance: PerformanceStats,
+    pub schedule: ScheduleStats,
+    /// Newest first by start time (enqueue time for those not started).
+    pub recent_executions: Vec<RecentExecution>,
+    pub generated_at: String,
+    pub freshness: Freshness,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct JobStatsEnvelope {
+    pub success: bool,
+    pub message: String,
+    pub data: JobStatsData,
+    pub timestamp: String,
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "stats_bad_request")]
+pub enum StatsResponse {
+    /// Job statistics.
+    #[oai(status = 200)]
+    Ok(Json<Box<JobStatsEnvelope>>),
+    /// INVALID_TENANT_ID, INVALID_JOB_NAME or INVALID_PARAMETER.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorEnvelope>),
+    /// UNAUTHORIZED: token missing, malformed, expired, not yet valid, wrongly signed, from
+    /// another issuer, audience or realm.
+    #[oai(status = 401)]
+    Unauthorized(
+        Json<ErrorEnvelope>,
+        #[oai(header = "WWW-Authenticate")] String,
+    ),
+    /// FORBIDDEN: no admin role, or a system_admin of another tenant.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorEnvelope>),
+    /// JOB_NOT_FOUND: no event was ever seen for this job in this tenant.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorEnvelope>),
+    /// INTERNAL_ERROR.
+    #[oai(status = 500)]
+    Internal(Json<ErrorEnvelope>),
+    /// NOT_READY: no read model is available yet.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorEnvelope>),
+}
+
+impl From<ApiError> for StatsResponse {
+    fn from(error: ApiError) -> Self {
+        let body = Json(error.envelope());
+        match error {
+            ApiError::InvalidTenant(_)
+            | ApiError::InvalidJobName(_)
+            | ApiError::InvalidParameter(_) => StatsResponse::BadRequest(body),
+            ApiError::Unauthorized(_) => StatsResponse::Unauthorized(body, "Bearer".into()),
+            ApiError::Forbidden(_) => StatsResponse::Forbidden(body),
+            ApiError::JobNotFound | ApiError::RouteNotFound => StatsResponse::NotFound(body),
+            ApiError::Unavailable(_) => StatsResponse::Unavailable(body),
+            ApiError::MethodNotAllowed | ApiError::Internal(_) => StatsResponse::Internal(body),
+        }
+    }
+}
+
+/// Turns poem-openapi's extraction errors into the envelope, by parameter.
+fn stats_bad_request(error: poem::Error) -> StatsResponse {
+    if error.status() == poem::http::StatusCode::UNAUTHORIZED {
+        return ApiError::Unauthorized(
+            "Authentication required: send an Authorization: Bearer <token> header".into(),
+        )
+        .into();
+    }
+    if let Some(param) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
+        return match param.name {
+            "x-tenantid" => {
+                ApiError::InvalidTenant("x-tenantid header is required and must be a UUID".into())
+            }
+            "jobName" => ApiError::InvalidJobName("Invalid job name".into()),
+            name => {
+                ApiError::InvalidParameter(format!("Invalid parameter {name}: {}", param.reason))
+            }
+        }
+        .into();
+    }
+    if error.is::<poem_openapi::error::ParsePathError>() {
+        return ApiError::InvalidJobName("Invalid job name".into()).into();
+    }
+    ApiError::InvalidParameter("Invalid request".into()).into()
+}
+
+pub struct StatsApi;
+
+#[OpenApi]
+impl StatsApi {
+    /// Get job statistics: queue depth, processing times, schedule and recent executions of
+    /// one job, from the read model.
+    #[oai(
+        path = "/admin/jobs/:jobName/stats",
+        method = "get",
+        operation_id = "getJobStats"
+    )]
+    async fn get_job_stats(
+        &self,
+        request: &Request,
+        /// The job's name: 1–128 chars of A-Z a-z 0-9 . _ : -, starting with a letter or digit.
+        #[oai(name = "jobName")]
+        job_name: Path<String>,
+        /// The tenant (UUID).
+        #[oai(name = "x-tenantid")]
+        _tenant: Header<String>,
+        /// The authentication realm; the token must come from it.
+        #[oai(name = "realmname")]
+        _realm: Header<Option<String>>,
+        /// How many recent executions to return (1–100, default 10).
+        recent: Query<Option<u32>>,
+        auth: BearerAuth,
+    ) -> StatsResponse {
+        let Some(state) = request.data::<Arc<AppState>>() else {
+            return ApiError::Internal("application state missing".into()).into();
+        };
+        match answer(state, request, &job_name.0, recent.0, &auth.0) {
+            Ok(envelope) => StatsResponse::Ok(Json(Box::new(envelope))),
+            Err(error) => error.into(),
+        }
+    }
+}
+
+fn answer(
+    state: &AppState,
+    request: &Request,
+    job_name: &str,
+    recent: Option<u32>,
+    principal: &Principal,
+) -> Result<JobStatsEnvelope, ApiError> {
+    let tenant = tenant_header(request)?;
+    let job = JobName::parse(job_name)
+        .map_err(|reason| ApiError::InvalidJobName(format!("Invalid job name: {reason}")))?;
+    let recent = recent.unwrap_or(DEFAULT_RECENT);
+    if !(1..=MAX_RECENT).contains(&recent) {
+        return Err(ApiError::InvalidParameter(format!(
+            "recent must be between 1 and {MAX_RECENT}"
+        )));
+    }
+    principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
+    let readers = state.readers.get();
+    let snapshot = readers
+        .job_snapshot(&tenant, &job, recent)?
+        .ok_or(ApiError::JobNotFound)?;
+    let now = Utc::now();
+    Ok(JobStatsEnvelope {
+        success: true,
+        message: SUCCESS_MESSAGE.to_owned(),
+        data: render(&job, &snapshot, now),
+        timestamp: now_rfc3339(),
+    })
+}
+
+/// Reads `x-tenantid` strictly: exactly once, a UUID.
+fn tenant_header(request: &Request) -> Result<TenantId, ApiError> {
+    let mut values = request.headers().get_all("x-tenantid").iter();
+    let value = values
+        .next()
+        .ok_or_else(|| ApiError::InvalidTenant("x-tenantid header is required".into()))?;
+    if values.next().is_some() {
+        return Err(ApiError::InvalidTenant(
+            "x-tenantid header must appear once".into(),
+        ));
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| TenantId::parse(v.trim()).ok())
+        .ok_or_else(|| ApiError::InvalidTenant("x-tenantid must be a UUID".into()))
+}
+
+/// Builds the response body from a snapshot (pure: the clock is an argument).
+pub fn render(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> JobStatsData {
+    let stats = &snapshot.stats;
+    let average = stats.average_duration_ms();
+    let last = stats.last_finished.as_ref().and_then(|l| l.duration_ms);
+    let success = stats.success_rate_percent();
+    let cron = stats.schedule.as_ref().and_then(|s| s.cron.clone());
+    let next_run = cron
+        .as_deref()
+        .and_then(|c| CronSchedule::parse(c).ok())
+        .and_then(|c| c.next_after(now))
+        .map(|t| rfc3339_millis(t.timestamp_millis()));
+    JobStatsData {
+        job_name: job.as_str().to_owned(),
+        status: stats.status().to_owned(),
+        queue: QueueStats {
+            pending: stats.pending,
+            processing: stats.processing,
+            failed: stats.failed,
+            completed: stats.completed,
+        },
+        performance: PerformanceStats {
+            average_execution_time: average.map(human_duration),
+            last_execution_time: last.map(human_duration),
+            success_rate: success.map(human_percent),
+            average_execution_time_ms: average,
+            last_execution_time_ms: last,
+            success_rate_percent: success.map(percent_one_decimal),
+        },
+        schedule: ScheduleStats {
+            cron,
+            next_run,
+            last_run: stats.last_started_at.map(rfc3339_millis),
+        },
+        recent_executions: snapshot.recent.iter().map(recent_execution).collect(),
+        generated_at: rfc3339_millis(now.timestamp_millis()),
+        freshness: Freshness {
+            applied_sequence: snapshot.freshness.last_sequence,
+            applied_at: (snapshot.freshness.committed_at_ms > 0)
+                .then(|| rfc3339_millis(snapshot.freshness.committed_at_ms)),
+        },
+    }
+}
+
+fn recent_execution(execution: &ExecutionSummary) -> RecentExecution {
+    let duration = match (execution.started_at, execution.finished_at) {
+        (Some(start), Some(end)) => Some((end - start).max(0)),
+        _ => None,
+    };
+    RecentExecution {
+        id: execution.execution_id.clone(),
+        status: execution.state.as_str().to_owned(),
+        started_at: execution.started_at.map(rfc3339_millis),
+        completed_at: execution.finished_at.map(rfc3339_millis),
+        items_processed: execution.items_processed,
+        enqueued_at: execution.enqueued_at.map(rfc3339_millis),
+        duration_ms: duration,
+        error: execution.error.clone(),
+    }
+}

@@ -1,0 +1,483 @@
+//! Benchmark harness: one run, one local nats-server, ratios against ceilings measured in the
+//! same run (absolute numbers drift ±20% on shared machines; ratios hold).
+//!
+//! `cargo run --release --bin jobstats-bench` writes BENCHMARKS.md; `--smoke` runs a tiny
+//! version in seconds (CI) and writes nothing.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
+use chrono::{TimeZone, Utc};
+use futures::StreamExt;
+use jobstats::consumer::{ProjectorConfig, ProjectorHandles};
+use jobstats::metrics::{Metrics, ProjectorStatus};
+use jobstats::publish::EventBuilder;
+use jobstats::store::{CurrentReader, IncomingMessage, ReadPool, Writer};
+
+struct Row {
+    figure: String,
+    value: String,
+    note: String,
+}
+
+fn rss_peak_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The realistic mix: 10 tenants × 100 jobs; enqueued, started, then completed (~97%) or
+/// failed (~3%); ~1% of events repeated under a new event id.
+fn mix(total: usize) -> Vec<jobstats::events::Event> {
+    let tenants: Vec<String> = (0..10)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    let t0 = Utc.with_ymd_and_hms(2025, 7, 1, 0, 0, 0).unwrap();
+    let mut events = Vec::with_capacity(total + total / 50);
+    let mut execution = 0u64;
+    while events.len() < total {
+        let tenant = &tenants[(execution % 10) as usize];
+        let job = format!("job-{}", (execution / 10) % 100);
+        let start = t0 + chrono::Duration::seconds(execution as i64);
+        let run = EventBuilder::new(tenant, &job)
+            .unwrap()
+            .execution(&format!("exec-{execution}"))
+            .unwrap();
+        let duration = 500 + (execution * 7919 % 60_000) as i64;
+        events.push(run.clone().at(start).enqueued().unwrap());
+        events.push(run.clone().at(start).started().unwrap());
+        let end = start + chrono::Duration::milliseconds(duration);
+        let terminal = if execution % 33 == 0 {
+            run.at(end).failed(Some(1), Some("boom")).unwrap()
+        } else {
+            run.at(end).completed(Some(execution % 500)).unwrap()
+        };
+        if execution % 33 == 7 {
+            let mut again = terminal.clone();
+            again.event_id = uuid::Uuid::new_v4();
+            events.push(again);
+        }
+        events.push(terminal);
+        execution += 1;
+    }
+    events.truncate(total);
+    events
+}
+
+async fn publish(js: &jetstream::Context, events: &[jobstats::events::Event]) -> u64 {
+    let mut last = 0;
+    for chunk in events.chunks(2_000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            acks.push(
+                js.publish(event.subject(), event.to_bytes().into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            last = last.max(ack.await.expect("ack").sequence);
+        }
+    }
+    last
+}
+
+/// Ceiling 1: a durable pull consumer that does nothing but ack once per batch (AckPolicy All).
+async fn noop_durable(js: &jetstream::Context, head: u64, batch: usize) -> f64 {
+    let stream = js.get_stream("JOB_EVENTS").await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("noop".into()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::All,
+            max_ack_pending: (batch * 4) as i64,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(2_000)
+        .messages()
+        .await
+        .unwrap();
+    let mut count = 0usize;
+    while let Some(message) = messages.next().await {
+        let message = message.unwrap();
+        count += 1;
+        let sequence = message.info().unwrap().stream_sequence;
+        if count % batch == 0 || sequence >= head {
+            message.ack().await.unwrap();
+        }
+        if sequence >= head {
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stream.delete_consumer("noop").await.unwrap();
+    head as f64 / elapsed
+}
+
+/// Ceiling 3: an ordered consumer that only reads.
+async fn noop_ordered(js: &jetstream::Context, head: u64) -> f64 {
+    let stream = js.get_stream("JOB_EVENTS").await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut messages = consumer.messages().await.unwrap();
+    while let Some(message) = messages.next().await {
+        if message.unwrap().info().unwrap().stream_sequence >= head {
+            break;
+        }
+    }
+    head as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The projector itself, in process, from an empty database to the head.
+async fn projector_catch_up(client: &async_nats::Client, db: &Path, head: u64) -> f64 {
+    let (writer, _) = Writer::open(db).unwrap();
+    let (applied, mut applied_rx) = tokio::sync::watch::channel(0u64);
+    let handles = ProjectorHandles {
+        status: Arc::new(ProjectorStatus::default()),
+        metrics: Arc::new(Metrics::default()),
+        readers: Arc::new(CurrentReader::new(ReadPool::open(db).unwrap())),
+        applied,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
+    let task = tokio::spawn(jobstats::consumer::run(
+        client.clone(),
+        ProjectorConfig::new("JOB_EVENTS", "bench-projector", db.to_path_buf()),
+        writer,
+        handles.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    applied_rx.wait_for(|s| *s >= head).await.unwrap();
+    let rate = head as f64 / started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    task.await.unwrap();
+    assert_eq!(handles.status.last_sequence.load(Ordering::Relaxed), head);
+    rate
+}
+
+/// p50 of one stats read (aggregates + 10 recent + checkpoint) for a job with `executions`.
+fn query_p50_us(dir: &Path, executions: u64) -> f64 {
+    let db = dir.join(format!("query-{executions}.db"));
+    let (mut writer, _) = Writer::open(&db).unwrap();
+    let tenant = "00000000-0000-4000-8000-000000000001";
+    let run_base = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
+    let mut sequence = 0u64;
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..executions {
+        let run = EventBuilder::new(tenant, "big")
+            .unwrap()
+            .execution(&format!("e{i}"))
+            .unwrap();
+        let start = run_base + chrono::Duration::seconds(i as i64);
+        for event in [
+            run.clone().at(start).started().unwrap(),
+            run.at(start + chrono::Duration::seconds(1))
+                .completed(None)
+                .unwrap(),
+        ] {
+            pending.push((event.subject(), event.to_bytes()));
+        }
+        if pending.len() >= 20_000 || i + 1 == executions {
+            let incoming: Vec<IncomingMessage<'_>> = pending
+                .iter()
+                .map(|(subject, payload)| {
+                    sequence += 1;
+                    IncomingMessage {
+                        sequence,
+                        subject,
+                        payload,
+                        published_at_ms: None,
+                    }
+                })
+                .collect();
+            writer.apply_batch(&incoming).unwrap();
+            pending.clear();
+        }
+    }
+    let pool = ReadPool::open(&db).unwrap();
+    let tenant = jobstats::events::TenantId::parse(tenant).unwrap();
+    let job = jobstats::events::JobName::parse("big").unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..2_000 {
+        let started = Instant::now();
+        let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(snapshot.stats.completed as u64, executions);
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn wrk(url: &str, token: Option<&str>) -> Option<(f64, String, String)> {
+    let mut command = std::process::Command::new("wrk");
+    command.args(["-t2", "-c64", "-d5s", "--latency"]);
+    if let Some(token) = token {
+        command.args([
+            "-H",
+            &format!("authorization: Bearer {token}"),
+            "-H",
+            "x-tenantid: 00000000-0000-4000-8000-000000000001",
+        ]);
+    }
+    let output = command.arg(url).output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let rate = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let percentile = |p: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(p))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    Some((rate, percentile("50%"), percentile("99%")))
+}
+
+#[tokio::main]
+async fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let total: usize = if smoke { 5_000 } else { 1_000_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let binary = jobstats::demo::find_nats_server().expect("nats-server (set NATS_SERVER_BIN)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut nats = std::process::Command::new(&binary)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.path().join("nats"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let url = format!("nats://127.0.0.1:{port}");
+    let client = loop {
+        if let Ok(client) = async_nats::connect(&url).await {
+            break client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let js = jetstream::new(client.clone());
+    jobstats::stream::ensure_stream(&js, "JOB_EVENTS")
+        .await
+        .unwrap();
+    let events = mix(total);
+    let started = Instant::now();
+    let head = publish(&js, &events).await;
+    let publish_rate = head as f64 / started.elapsed().as_secs_f64();
+    drop(events);
+    let mut rows = Vec::new();
+    let mut row = |figure: &str, value: String, note: &str| {
+        println!("{figure:<55} {value:>14}  {note}");
+        rows.push(Row {
+            figure: figure.into(),
+            value,
+            note: note.into(),
+        });
+    };
+    row(
+        "events in the stream",
+        head.to_string(),
+        "10 tenants x 100 jobs, 97% completed, 3% failed, ~1% duplicates",
+    );
+    row(
+        "publish rate (events/s)",
+        format!("{publish_rate:.0}"),
+        "async publishes, acks awaited",
+    );
+
+    let ceiling = noop_durable(&js, head, 5_000).await;
+    row(
+        "(1) no-op durable consumer, ack per 5k batch (events/s)",
+        format!("{ceiling:.0}"),
+        "ceiling",
+    );
+    let projector = projector_catch_up(&client, &dir.path().join("live.db"), head).await;
+    row(
+        "(2) projector catch-up (events/s)",
+        format!("{projector:.0}"),
+        "",
+    );
+    row(
+        "(2) projector / no-op consumer",
+        format!("{:.2}", projector / ceiling),
+        "floor 0.5, goal 0.8",
+    );
+
+    let ordered = noop_ordered(&js, head).await;
+    row(
+        "(3) no-op ordered consumer (events/s)",
+        format!("{ordered:.0}"),
+        "ceiling",
+    );
+    let started = Instant::now();
+    let mut silent = |_: u64, _: u64| {};
+    let report = jobstats::replay::replay_into(
+        &client,
+        "JOB_EVENTS",
+        &dir.path().join("rebuilt.db"),
+        None,
+        &mut silent,
+    )
+    .await
+    .unwrap();
+    let rebuild_rate = report.messages as f64 / started.elapsed().as_secs_f64();
+    row(
+        "(3) rebuild (events/s)",
+        format!("{rebuild_rate:.0}"),
+        &format!("{} ms total", started.elapsed().as_millis()),
+    );
+    row(
+        "(3) rebuild / no-op ordered read",
+        format!("{:.2}", rebuild_rate / ordered),
+        "floor 0.4, goal 0.6",
+    );
+
+    let (small, large) = if smoke {
+        (100, 1_000)
+    } else {
+        (1_000, 1_000_000)
+    };
+    let p50_small = query_p50_us(dir.path(), small);
+    let p50_large = query_p50_us(dir.path(), large);
+    row(
+        &format!("(5) stats read p50, {small} executions (us)"),
+        format!("{p50_small:.1}"),
+        "",
+    );
+    row(
+        &format!("(5) stats read p50, {large} executions (us)"),
+        format!("{p50_large:.1}"),
+        "",
+    );
+    row(
+        "(5) p50 ratio large / small",
+        format!("{:.2}", p50_large / p50_small),
+        "floor 1.5, goal 1.2",
+    );
+
+    if !smoke {
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let secret = "bench-secret-0123456789abcdef0123456789";
+        let mut serve =
+            std::process::Command::new(std::env::current_exe().unwrap().with_file_name("jobstats"))
+                .arg("serve")
+                .env("JOBSTATS_NATS_URL", &url)
+                .env("JOBSTATS_DB_PATH", dir.path().join("live.db"))
+                .env("JOBSTATS_LISTEN", format!("127.0.0.1:{http_port}"))
+                .env("JOBSTATS_JWT_HS256_SECRET", secret)
+                .env("JOBSTATS_CONSUMER", "bench-projector")
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .expect("jobstats serve next to the bench binary (cargo build --release)");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = Utc::now().timestamp();
+        let token = jobstats::api::auth::mint_hs256(
+            secret,
+            &jobstats::api::auth::DevClaims {
+                sub: "bench".into(),
+                roles: vec!["super_admin".into()],
+                tenant_id: None,
+                iss: None,
+                iat: now,
+                exp: now + 3600,
+            },
+        )
+        .unwrap();
+        let base = format!("http://127.0.0.1:{http_port}");
+        match (
+            wrk(&format!("{base}/healthz"), None),
+            wrk(
+                &format!("{base}/api/v1/admin/jobs/job-1/stats"),
+                Some(&token),
+            ),
+        ) {
+            (Some((trivial, _, _)), Some((stats, p50, p99))) => {
+                row(
+                    "(4) /healthz req/s (trivial endpoint)",
+                    format!("{trivial:.0}"),
+                    "wrk -t2 -c64",
+                );
+                row(
+                    "(4) stats req/s",
+                    format!("{stats:.0}"),
+                    &format!("p50 {p50}, p99 {p99}"),
+                );
+                row(
+                    "(4) stats / trivial req/s",
+                    format!("{:.2}", stats / trivial),
+                    "floor 0.4, goal 0.7",
+                );
+            }
+            _ => row(
+                "(4) HTTP",
+                "skipped".into(),
+                "wrk not installed (apt-get install wrk)",
+            ),
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", serve.id())) {
+            if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+                row(
+                    "(6) peak RSS of serve during (4)",
+                    line.trim_start_matches("VmHWM:").trim().to_owned(),
+                    "floor 250 MB, goal 150 MB",
+                );
+            }
+        }
+        let _ = serve.kill();
+        let _ = serve.wait();
+    }
+    row(
+        "(6) peak RSS of the harness incl. in-process projector (MB)",
+        format!("{:.0}", rss_peak_mb()),
+        "upper bound for (2)",
+    );
+    let _ = nats.kill();
+    let _ = nats.wait();
+
+    if !smoke {
+        let mut text = String::from("# Benchmarks\n\nOne run of `cargo build --release && target/release/jobstats-bench` on one local nats-server.\n\n");
+        text.push_str(&format!(
+            "- machine: {} cores, {}\n- nats-server: {}\n- date: {}\n\n| figure | value | note |\n|---|---|---|\n",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(str::to_owned)).unwrap_or_default(),
+            String::from_utf8_lossy(&std::process::Command::new(&binary).arg("--version").output().map(|o| o.stdout).unwrap_or_default()).trim(),
+            Utc::now().format("%Y-%m-%d"),
+        ));
+        for r in &rows {
+            text.push_str(&format!("| {} | {} | {} |\n", r.figure, r.value, r.note));
+        }
+        std::fs::write("BENCHMARKS.md", text).unwrap();
+        println!("wrote BENCHMARKS.md");
+    }
+}

@@ -1,0 +1,407 @@
+//! The projector: a durable JetStream pull consumer feeding the SQLite writer.
+//!
+//! fetch → decode → apply → one transaction (read model + dead letters + checkpoint) → ack.
+//! Acks go out only after the commit (AckPolicy::All: one ack per batch), so a crash between
+//! the two redelivers messages the checkpoint already covers, and they are skipped.
+//!
+//! Ordering is what makes the checkpoint safe: the consumer is (re)created to start exactly at
+//! checkpoint + 1 whenever the projector starts or anything looks off — a missing delivery
+//! (a gap in the consumer sequence, as after a reconnect), a stream error, a swapped database
+//! generation — so no message is ever applied ahead of one that was lost in flight.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    context::ConsumerInfoErrorKind,
+    stream::Stream,
+};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::metrics::{Metrics, ProjectorStatus, ReasonLabel};
+use crate::store::{
+    self, generation, BatchOutcome, CurrentReader, IncomingMessage, ReadPool, StoreError, Writer,
+};
+use crate::stream::{ensure_stream, NatsError};
+
+/// How the projector is set up.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    pub stream: String,
+    /// Durable consumer name; each read replica uses its own.
+    pub consumer: String,
+    /// The configured database path (plain file or generation symlink).
+    pub db_path: PathBuf,
+    /// Most messages per transaction.
+    pub batch_size: usize,
+    /// How long a batch waits for the next message before it commits.
+    pub linger: Duration,
+}
+
+impl ProjectorConfig {
+    pub fn new(stream: &str, consumer: &str, db_path: PathBuf) -> Self {
+        ProjectorConfig {
+            stream: stream.to_owned(),
+            consumer: consumer.to_owned(),
+            db_path,
+            batch_size: 5_000,
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// What the projector shares with the HTTP side.
+#[derive(Clone)]
+pub struct ProjectorHandles {
+    pub status: Arc<ProjectorStatus>,
+    pub metrics: Arc<Metrics>,
+    pub readers: Arc<CurrentReader>,
+    /// The checkpoint after each commit (read-your-writes waits on it).
+    pub applied: watch::Sender<u64>,
+}
+
+/// Why a consuming session ended.
+enum SessionEnd {
+    Shutdown,
+    /// Recreate the consumer at checkpoint + 1 and go on.
+    Resync(&'static str),
+}
+
+/// Failures inside a session; all are retried after a pause.
+#[derive(Debug, thiserror::Error)]
+enum ProjectorError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writer task failed: {0}")]
+    Writer(String),
+}
+
+/// Runs until `shutdown` resolves; then commits the batch in hand and returns.
+pub async fn run(
+    client: async_nats::Client,
+    config: ProjectorConfig,
+    writer: Writer,
+    handles: ProjectorHandles,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut projector = Projector {
+        js: jetstream::new(client.clone()),
+        client,
+        config,
+        writer: Arc::new(Mutex::new(writer)),
+        handles,
+    };
+    tokio::pin!(shutdown);
+    let mut failures = 0u32;
+    loop {
+        projector.report_connection();
+        let outcome = tokio::select! {
+            biased;
+            outcome = projector.session(&mut shutdown) => outcome,
+        };
+        match outcome {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::Resync(why)) => {
+                failures = 0;
+                tracing::info!(reason = why, "resynchronising the consumer");
+            }
+            Err(error) => {
+                failures += 1;
+                projector
+                    .handles
+                    .status
+                    .last_error_at_ms
+                    .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                let pause = Duration::from_millis((250 * 2u64.pow(failures.min(5))).min(5_000));
+                tracing::warn!(%error, ?pause, "projector session failed; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    tracing::info!(checkpoint = projector.checkpoint(), "projector stopped");
+}
+
+struct Projector {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: ProjectorConfig,
+    writer: Arc<Mutex<Writer>>,
+    handles: ProjectorHandles,
+}
+
+impl Projector {
+    fn checkpoint(&self) -> u64 {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .checkpoint()
+    }
+
+    fn report_connection(&self) {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        self.handles
+            .status
+            .nats_connected
+            .store(connected, Ordering::Relaxed);
+    }
+
+    /// One consumer lifetime: (re)create at checkpoint + 1, consume until told to stop or
+    /// something requires a resync.
+    async fn session(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<SessionEnd, ProjectorError> {
+        self.follow_generation_swap().await?;
+        let mut stream = ensure_stream(&self.js, &self.config.stream).await?;
+        let checkpoint = self.checkpoint();
+        let consumer = self.recreate_consumer(&mut stream, checkpoint).await?;
+        let stream_head = crate::stream::last_sequence(&mut stream).await?;
+        self.report_connection();
+        self.report_progress(checkpoint, stream_head.saturating_sub(checkpoint));
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.config.batch_size.min(2_000))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| NatsError::Consumer(e.to_string()))?;
+
+        let mut batch: Vec<jetstream::Message> = Vec::with_capacity(self.config.batch_size);
+        let mut last_consumer_sequence: Option<u64> = None;
+        let mut generation_check = tokio::time::interval(Duration::from_millis(500));
+        generation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Wait for a message: with an empty batch as long as it takes, else `linger`.
+            let next = if batch.is_empty() {
+                tokio::select! {
+                    _ = &mut *shutdown => return Ok(SessionEnd::Shutdown),
+                    _ = generation_check.tick() => {
+                        self.report_connection();
+                        if self.generation_changed() {
+                            return Ok(SessionEnd::Resync("database generation swapped"));
+                        }
+                        continue;
+                    }
+                    next = messages.next() => next,
+                }
+            } else {
+                tokio::select! {
+                    _ = &mut *shutdown => {
+                        self.commit(&mut batch).await?;
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    next = tokio::time::timeout(self.config.linger, messages.next()) => match next {
+                        Ok(next) => next,
+                        Err(_elapsed) => {
+                            self.commit(&mut batch).await?;
+                            continue;
+                        }
+                    },
+                }
+            };
+            let message = match next {
+                None => {
+                    self.commit(&mut batch).await?;
+                    return Ok(SessionEnd::Resync("message stream ended"));
+                }
+                Some(Err(e)) => {
+                    if matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat) {
+                        tracing::debug!("missed a heartbeat");
+                        self.report_connection();
+                        continue;
+                    }
+                    self.commit(&mut batch).await?;
+                    return Err(NatsError::Messages(e.to_string()).into());
+                }
+                Some(Ok(message)) => message,
+            };
+            let consumer_sequence = match message.info() {
+                Ok(info) => info.consumer_sequence,
+                Err(e) => {
+                    self.commit(&mut batch).await?;
+                    return Err(NatsError::Messages(format!(
+                        "message without JetStream metadata: {e}"
+                    ))
+                    .into());
+                }
+            };
+            if last_consumer_sequence.is_some_and(|last| consumer_sequence != last + 1) {
+                // A delivery went missing: applying this one would skip it for good.
+                self.commit(&mut batch).await?;
+                return Ok(SessionEnd::Resync("gap in consumer deliveries"));
+            }
+            last_consumer_sequence = Some(consumer_sequence);
+            batch.push(message);
+            if batch.len() >= self.config.batch_size {
+                self.commit(&mut batch).await?;
+            }
+        }
+    }
+
+    /// Deletes and recreates the durable consumer so delivery starts right after `checkpoint`.
+    async fn recreate_consumer(
+        &self,
+        stream: &mut Stream,
+        checkpoint: u64,
+    ) -> Result<PullConsumer, ProjectorError> {
+        let name = &self.config.consumer;
+        match stream.consumer_info(name).await {
+            Ok(info) => {
+                tracing::debug!(consumer = %name, ack_floor = info.ack_floor.stream_sequence, checkpoint, "replacing consumer");
+                stream
+                    .delete_consumer(name)
+                    .await
+                    .map_err(|e| NatsError::Consumer(e.to_string()))?;
+            }
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
+            Err(e) => return Err(NatsError::Consumer(e.to_string()).into()),
+        }
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            description: Some("jobstats projector (position kept in SQLite)".into()),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: checkpoint + 1,
+            },
+            ack_policy: AckPolicy::All,
+            ack_wait: Duration::from_secs(60),
+            max_deliver: -1,
+            max_ack_pending: (self.config.batch_size * 4) as i64,
+            filter_subject: crate::stream::SUBJECTS.to_owned(),
+            ..Default::default()
+        };
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| NatsError::Consumer(e.to_string()))?;
+        Ok(consumer)
+    }
+
+    /// Commits the batch in hand (if any) and acknowledges it.
+    async fn commit(&mut self, batch: &mut Vec<jetstream::Message>) -> Result<(), ProjectorError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let messages = std::mem::take(batch);
+        let writer = self.writer.clone();
+        let (outcome, messages) = tokio::task::spawn_blocking(move || {
+            let incoming: Vec<IncomingMessage<'_>> = messages
+                .iter()
+                .map(|m| {
+                    let info = m.info().ok();
+                    IncomingMessage {
+                        sequence: info.as_ref().map_or(0, |i| i.stream_sequence),
+                        subject: m.subject.as_str(),
+                        payload: &m.payload,
+                        published_at_ms: info
+                            .as_ref()
+                            .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64),
+                    }
+                })
+                .collect();
+            let outcome = writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_batch(&incoming);
+            drop(incoming);
+            (outcome, messages)
+        })
+        .await
+        .map_err(|e| ProjectorError::Writer(e.to_string()))?;
+        let outcome = outcome?;
+        let last = messages.last().expect("batch is not empty");
+        // AckPolicy::All: this acknowledges every message up to it.
+        if let Err(e) = last.ack().await {
+            tracing::debug!(error = %e, "ack not sent; the messages will be redelivered and skipped");
+        }
+        let lag = last.info().map(|i| i.pending).unwrap_or(0);
+        self.record(&outcome, lag);
+        Ok(())
+    }
+
+    fn record(&self, outcome: &BatchOutcome, lag: u64) {
+        let metrics = &self.handles.metrics;
+        metrics.events_applied.inc_by(outcome.applied);
+        for code in &outcome.dead_letter_codes {
+            metrics
+                .dead_letters
+                .get_or_create(&ReasonLabel {
+                    reason: (*code).to_owned(),
+                })
+                .inc();
+            tracing::warn!(reason = code, "dead letter recorded");
+        }
+        metrics.batches_committed.inc();
+        self.report_progress(outcome.last_sequence, lag);
+    }
+
+    fn report_progress(&self, checkpoint: u64, lag: u64) {
+        let status = &self.handles.status;
+        status.last_sequence.store(checkpoint, Ordering::Relaxed);
+        status.lag.store(lag, Ordering::Relaxed);
+        status.last_error_at_ms.store(0, Ordering::Relaxed);
+        if lag == 0 {
+            status.caught_up.store(true, Ordering::Relaxed);
+        }
+        self.handles
+            .metrics
+            .last_applied_sequence
+            .set(checkpoint as i64);
+        self.handles.metrics.projector_lag.set(lag as i64);
+        self.handles.applied.send_replace(checkpoint);
+    }
+
+    fn generation_changed(&self) -> bool {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        store::resolve(&self.config.db_path) != writer.path()
+    }
+
+    /// If a rebuild swapped the database, moves the writer to the new generation, then the
+    /// readers, and removes the old generation.
+    async fn follow_generation_swap(&mut self) -> Result<(), ProjectorError> {
+        if !self.generation_changed() {
+            return Ok(());
+        }
+        let db_path = self.config.db_path.clone();
+        let (writer, readers) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let (writer, _version) = Writer::open(&db_path)?;
+            let readers = ReadPool::open(&db_path)?;
+            Ok((writer, readers))
+        })
+        .await
+        .map_err(|e| ProjectorError::Writer(e.to_string()))??;
+        let new_path = writer.path().to_path_buf();
+        let old_path = {
+            let mut current = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let old = current.path().to_path_buf();
+            *current = writer;
+            old
+        };
+        let old_readers = self.handles.readers.replace(readers);
+        tracing::info!(from = %old_path.display(), to = %new_path.display(), checkpoint = self.checkpoint(), "switched to the rebuilt database");
+        self.handles
+            .status
+            .caught_up
+            .store(false, Ordering::Relaxed);
+        // Requests still holding the old pool finish within their timeout; then delete it.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(old_readers);
+            if store::resolve(&old_path) != new_path {
+                generation::remove_database_files(&old_path);
+            }
+        });
+        Ok(())
+    }
+}

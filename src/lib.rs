@@ -1,0 +1,36 @@
+//! jobstats: job lifecycle events from NATS JetStream, projected into SQLite read models and
+//! served as job statistics over a JWT-protected HTTP API.
+//!
+//! Module map (arrows point inward: edges depend on the core, never the reverse):
+//!
+//! | module | owns | must not |
+//! |---|---|---|
+//! | [`events`] | the wire contract: types, decoding, validation, `DecodeError` | do I/O |
+//! | [`schedule`] | 5-field cron parsing and next fire time | do I/O |
+//! | [`projection`] | the pure core: execution state machine, aggregate deltas, formatting | do I/O or async |
+//! | [`store`] | SQLite: migrations, the batch writer + checkpoint, read-only readers, generations | await anything |
+//! | [`stream`] | NATS connection and the stream definition | touch SQLite |
+//! | [`consumer`] | the live projector: durable consumer → store → ack | answer HTTP |
+//! | [`replay`] | rebuilds (full, point-in-time) through the same apply path, and the swap | answer HTTP |
+//! | [`api`] | HTTP: routes, auth, errors, health, metrics | write SQLite |
+//! | [`publish`] | the publisher used by `jobstats publish`/`run`, the demo and Rust runners | read SQLite |
+//! | [`service`] | wires the pieces into `serve` (projector + API, start-up rebuild) | hold business rules |
+//! | [`runner`] | `jobstats run`: wraps a command as one execution | |
+//! | [`demo`] | `jobstats demo`: NATS + serve + demo job runners | |
+//! | [`config`] | CLI and environment configuration | |
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod consumer;
+pub mod demo;
+pub mod events;
+pub mod metrics;
+pub mod projection;
+pub mod publish;
+pub mod replay;
+pub mod runner;
+pub mod schedule;
+pub mod service;
+pub mod store;
+pub mod stream;

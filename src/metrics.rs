@@ -1,0 +1,160 @@
+//! Prometheus metrics of the process (served as text at `/metrics`) and the projector status
+//! that `/readyz` reads. Updated by the projector, the rebuild and the HTTP middleware.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    pub events_applied: Counter,
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    pub last_applied_sequence: Gauge,
+    pub projector_lag: Gauge,
+    pub batches_committed: Counter,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_latency_seconds: Family<RequestLabels, Histogram>,
+    pub rebuild_in_progress: Gauge,
+    pub rebuild_events_done: Gauge,
+    pub rebuild_events_total: Gauge,
+    pub rebuilds_completed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("jobstats");
+        let metrics_events_applied = Counter::default();
+        let dead_letters = Family::<ReasonLabel, Counter>::default();
+        let last_applied_sequence = Gauge::default();
+        let projector_lag = Gauge::default();
+        let batches_committed = Counter::default();
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        let http_latency_seconds = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 14))
+        });
+        let rebuild_in_progress = Gauge::default();
+        let rebuild_events_done = Gauge::default();
+        let rebuild_events_total = Gauge::default();
+        let rebuilds_completed = Counter::default();
+        registry.register(
+            "events_applied",
+            "Valid events applied to the read model by this process",
+            metrics_events_applied.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages recorded as dead letters by this process, by reason",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "last_applied_sequence",
+            "Stream sequence of the read model's checkpoint",
+            last_applied_sequence.clone(),
+        );
+        registry.register(
+            "projector_lag_events",
+            "Messages in the stream not yet applied (consumer pending count)",
+            projector_lag.clone(),
+        );
+        registry.register(
+            "batches_committed",
+            "SQLite transactions committed by the projector",
+            batches_committed.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency, by route and status",
+            http_latency_seconds.clone(),
+        );
+        registry.register(
+            "rebuild_in_progress",
+            "1 while this process rebuilds the read model",
+            rebuild_in_progress.clone(),
+        );
+        registry.register(
+            "rebuild_events_done",
+            "Messages replayed by the running rebuild",
+            rebuild_events_done.clone(),
+        );
+        registry.register(
+            "rebuild_events_total",
+            "Stream head the running rebuild replays up to",
+            rebuild_events_total.clone(),
+        );
+        registry.register(
+            "rebuilds_completed",
+            "Rebuilds this process completed and swapped in",
+            rebuilds_completed.clone(),
+        );
+        Metrics {
+            registry,
+            events_applied: metrics_events_applied,
+            dead_letters,
+            last_applied_sequence,
+            projector_lag,
+            batches_committed,
+            http_requests,
+            http_latency_seconds,
+            rebuild_in_progress,
+            rebuild_events_done,
+            rebuild_events_total,
+            rebuilds_completed,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// What the projector last reported, for `/readyz` and read-your-writes waits.
+#[derive(Default)]
+pub struct ProjectorStatus {
+    pub nats_connected: AtomicBool,
+    /// Set once the projector has applied everything the stream held at some point.
+    pub caught_up: AtomicBool,
+    pub last_sequence: AtomicU64,
+    pub lag: AtomicU64,
+    /// 1 while a start-up rebuild (projection version change) runs.
+    pub rebuilding: AtomicBool,
+    pub rebuild_done: AtomicU64,
+    pub rebuild_total: AtomicU64,
+    /// Unix ms of the last projector error (0: none since the last success).
+    pub last_error_at_ms: AtomicI64,
+}
+
+impl ProjectorStatus {
+    pub fn ready(&self) -> bool {
+        self.nats_connected.load(Ordering::Relaxed)
+            && self.caught_up.load(Ordering::Relaxed)
+            && !self.rebuilding.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,21 @@
+//! The pure projection core: how one event changes one execution (the forward-only state
+//! machine of CONTRACT §2) and how that change moves the per-job aggregates. No I/O, no async:
+//! the live consumer and the replay feed the same functions, and the tests drive them directly.
+//!
+//! Aggregates are updated from `(old row, new row)` pairs, never by re-reading history, so a
+//! stats read costs the same whatever the history's length. Sums and counts are deltas; the
+//! "latest" fields are maxima keyed by the runner's timestamps (ties broken by id), which is
+//! what makes them independent of the order in which different executions' events arrive.
+
+mod execution;
+pub mod format;
+mod job_stats;
+
+pub use execution::{transition, Execution, ExecutionEvent, ExecutionState};
+pub use job_stats::{JobStats, LastFinished, ScheduleRecord};
+
+/// Milliseconds since the Unix epoch, UTC: the unit of every time in the read model.
+pub type EpochMillis = i64;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Unit and property tests of the pure core.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::*;
+
+fn apply_all(events: &[(String, ExecutionEvent)]) -> (BTreeMap<String, Execution>, JobStats) {
+    let mut rows: BTreeMap<String, Execution> = BTreeMap::new();
+    let mut stats = JobStats::default();
+    for (id, event) in events {
+        let old = rows.get(id);
+        if let Some(new) = transition(old, event) {
+            stats.absorb(id, old, &new);
+            rows.insert(id.clone(), new);
+        }
+    }
+    (rows, stats)
+}
+
+fn run(id: &str, start: i64, duration: i64, ok: bool) -> Vec<(String, ExecutionEvent)> {
+    let terminal = if ok {
+        ExecutionEvent::Completed {
+            at: start + duration,
+            items_processed: Some(7),
+        }
+    } else {
+        ExecutionEvent::Failed {
+            at: start + duration,
+            items_processed: None,
+            error: Some("boom".into()),
+        }
+    };
+    vec![
+        (id.into(), ExecutionEvent::Enqueued { at: start - 5 }),
+        (id.into(), ExecutionEvent::Started { at: start }),
+        (id.into(), terminal),
+    ]
+}
+
+#[test]
+fn a_normal_run_moves_through_every_state() {
+    let (rows, stats) = apply_all(&run("e1", 1_000, 38_000, true));
+    let row = &rows["e1"];
+    assert_eq!(row.state, ExecutionState::Completed);
+    assert_eq!(row.duration_ms(), Some(38_000));
+    assert_eq!(
+        (
+            stats.pending,
+            stats.processing,
+            stats.completed,
+            stats.failed
+        ),
+        (0, 0, 1, 0)
+    );
+    assert_eq!(stats.average_duration_ms(), Some(38_000));
+    assert_eq!(
+        stats.last_finished.as_ref().unwrap().duration_ms,
+        Some(38_000)
+    );
+    assert_eq!(stats.last_started_at, Some(1_000));
+}
+
+#[test]
+fn a_late_start_fills_in_the_duration_but_never_reopens_the_execution() {
+    let events = run("e1", 1_000, 2_000, true);
+    let reordered = vec![events[2].clone(), events[0].clone(), events[1].clone()];
+    let (rows, stats) = apply_all(&reordered);
+    assert_eq!(rows["e1"].state, ExecutionState::Completed);
+    assert_eq!(stats.processing, 0);
+    assert_eq!(stats.average_duration_ms(), Some(2_000));
+    assert_eq!(
+        stats.last_finished.as_ref().unwrap().duration_ms,
+        Some(2_000)
+    );
+}
+
+#[test]
+fn the_first_terminal_event_wins_and_repeats_change_nothing() {
+    let mut events = run("e1", 1_000, 2_000, true);
+    events.push((
+        "e1".into(),
+        ExecutionEvent::Failed {
+            at: 9_000,
+            items_processed: None,
+            error: None,
+        },
+    ));
+    events.extend(run("e1", 1_000, 2_000, true));
+    let (rows, stats) = apply_all(&events);
+    assert_eq!(rows["e1"].state, ExecutionState::Completed);
+    assert_eq!(rows["e1"].finished_at, Some(3_000));
+    assert_eq!((stats.completed, stats.failed), (1, 0));
+    assert_eq!(transition(Some(&rows["e1"]), &events[1].1), None);
+}
+
+#[test]
+fn a_failed_run_counts_as_last_execution_but_not_in_the_average() {
+    let mut events = run("ok", 0, 10_000, true);
+    events.extend(run("bad", 20_000, 4_000, false));
+    let (_, stats) = apply_all(&events);
+    assert_eq!(stats.average_duration_ms(), Some(10_000));
+    let last = stats.last_finished.clone().unwrap();
+    assert_eq!(
+        (last.execution_id.as_str(), last.duration_ms),
+        ("bad", Some(4_000))
+    );
+    assert_eq!(stats.success_rate_percent(), Some(50.0));
+}
+
+#[test]
+fn the_latest_schedule_by_runner_time_wins_in_any_order() {
+    let a = Uuid::from_u128(1);
+    let b = Uuid::from_u128(2);
+    let mut forward = JobStats::default();
+    forward.apply_schedule(Some("0 * * * *"), 10, a);
+    forward.apply_schedule(None, 20, b);
+    let mut backward = JobStats::default();
+    backward.apply_schedule(None, 20, b);
+    backward.apply_schedule(Some("0 * * * *"), 10, a);
+    assert_eq!(forward, backward);
+    assert_eq!(forward.schedule.unwrap().cron, None);
+}
+
+/// One execution: its events (with possible exact duplicates), in a valid causal order.
+fn execution_strategy(index: usize) -> impl Strategy<Value = Vec<(String, ExecutionEvent)>> {
+    (
+        0i64..1_000_000,
+        0i64..100_000,
+        0u8..4,
+        proptest::collection::vec(0usize..3, 0..3),
+    )
+        .prop_map(move |(start, duration, outcome, duplicates)| {
+            let id = format!("exec-{index}");
+            let mut events = match outcome {
+                0 => run(&id, start, duration, true),
+                1 => run(&id, start, duration, false),
+                2 => run(&id, start, duration, true)[..2].to_vec(),
+                _ => run(&id, start, duration, true)[..1].to_vec(),
+            };
+            let len = events.len();
+            for d in duplicates {
+                let copy = events[d % len].clone();
+                events.push(copy);
+            }
+            events
+        })
+}
+
+fn history_strategy() -> impl Strategy<Value = Vec<(String, ExecutionEvent)>> {
+    (1usize..8)
+        .prop_flat_map(|n| (0..n).map(execution_strategy).collect::<Vec<_>>())
+        .prop_map(|runs| runs.into_iter().flatten().collect())
+}
+
+proptest! {
+    #[test]
+    fn any_order_of_the_same_events_gives_the_same_rows_and_aggregates(
+        (events, shuffled) in history_strategy()
+            .prop_flat_map(|events| (Just(events.clone()), Just(events).prop_shuffle()))
+    ) {
+        let (rows_a, stats_a) = apply_all(&events);
+        let (rows_b, stats_b) = apply_all(&shuffled);
+        prop_assert_eq!(rows_a, rows_b);
+        prop_assert_eq!(stats_a, stats_b);
+    }
+
+    #[test]
+    fn incremental_aggregates_equal_a_recomputation_from_the_rows(
+        events in history_strategy().prop_shuffle()
+    ) {
+        let (rows, stats) = apply_all(&events);
+        let recomputed = JobStats::recompute(rows.iter().map(|(id, row)| (id.as_str(), row)), None);
+        prop_assert_eq!(stats, recomputed);
+    }
+}

@@ -1,0 +1,259 @@
+//! The publisher side: what `jobstats publish`, `jobstats run`, the demo runners and job
+//! runners written in Rust use. Every event is validated against the contract before it leaves
+//! (the same `decode` the projector runs), carries `Nats-Msg-Id: <eventId>` so a retried
+//! publish is dropped by JetStream, and is acknowledged by the stream before `publish` returns.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), jobstats::publish::PublishError> {
+//! use jobstats::publish::{Publisher, EventBuilder};
+//! let publisher = Publisher::connect("nats://127.0.0.1:4222").await?;
+//! let tenant = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
+//! let run = EventBuilder::new(tenant, "nightly-report")?.execution("run-42")?;
+//! publisher.publish(&run.started()?).await?;
+//! publisher.publish(&run.completed(Some(150))?).await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::events::{decode, DecodeError, Event, EventKind, ExecutionId, JobName, TenantId};
+use crate::schedule::CronSchedule;
+use crate::stream::NatsError;
+
+/// Why a publish did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event breaks the contract; nothing was sent.
+    #[error("invalid event: {0}")]
+    Invalid(#[from] DecodeError),
+    /// A builder argument is invalid; nothing was sent.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error(transparent)]
+    Connect(#[from] NatsError),
+    /// No stream listens on the subject.
+    #[error("no JetStream stream stores jobs.events.>: start `jobstats serve` once (it creates the stream) or create it from nats/stream-job-events.json")]
+    NoStream,
+    /// The stream did not acknowledge in time.
+    #[error("JetStream did not acknowledge the event in time")]
+    Timeout,
+    #[error("publish failed: {0}")]
+    Other(String),
+}
+
+impl PublishError {
+    /// Worth retrying (NATS unreachable or slow), as opposed to a bad event.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Connect(_) | PublishError::Timeout | PublishError::Other(_)
+        )
+    }
+}
+
+/// What the stream said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishReceipt {
+    pub sequence: u64,
+    /// The stream had already stored this eventId (a retry): nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Publishes events to JetStream.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+}
+
+impl Publisher {
+    /// Connects (failing fast when NATS is unreachable).
+    pub async fn connect(url: &str) -> Result<Self, PublishError> {
+        let client = crate::stream::connect(url, "jobstats-publisher", true).await?;
+        Ok(Self::new(client))
+    }
+
+    pub fn new(client: async_nats::Client) -> Self {
+        let mut js = jetstream::new(client);
+        js.set_timeout(Duration::from_secs(5));
+        Publisher { js }
+    }
+
+    /// Validates, publishes and waits for the stream's ack.
+    pub async fn publish(&self, event: &Event) -> Result<PublishReceipt, PublishError> {
+        let subject = event.subject();
+        let payload = event.to_bytes();
+        decode(&subject, &payload)?;
+        self.publish_raw(&subject, payload, &event.event_id.hyphenated().to_string())
+            .await
+    }
+
+    /// Publishes bytes as they are (tests and tools that need to send invalid events).
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        payload: Vec<u8>,
+        message_id: &str,
+    ) -> Result<PublishReceipt, PublishError> {
+        let mut headers = async_nats::HeaderMap::new();
+        if !message_id.is_empty() {
+            headers.insert("Nats-Msg-Id", message_id);
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, payload.into())
+            .await
+            .map_err(map_publish_error)?
+            .await
+            .map_err(map_publish_error)?;
+        Ok(PublishReceipt {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Publishes, retrying transient failures until `deadline` passes.
+    pub async fn publish_with_retry(
+        &self,
+        event: &Event,
+        patience: Duration,
+    ) -> Result<PublishReceipt, PublishError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.publish(event).await {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn map_publish_error(error: jetstream::context::PublishError) -> PublishError {
+    match error.kind() {
+        PublishErrorKind::StreamNotFound => PublishError::NoStream,
+        PublishErrorKind::TimedOut => PublishError::Timeout,
+        _ => PublishError::Other(error.to_string()),
+    }
+}
+
+/// Builds valid events for one job (and optionally one execution).
+#[derive(Debug, Clone)]
+pub struct EventBuilder {
+    tenant: TenantId,
+    job: JobName,
+    execution: Option<ExecutionId>,
+    occurred_at: Option<DateTime<Utc>>,
+}
+
+impl EventBuilder {
+    pub fn new(tenant: &str, job: &str) -> Result<Self, PublishError> {
+        Ok(EventBuilder {
+            tenant: TenantId::parse(tenant).map_err(|reason| PublishError::InvalidArgument {
+                field: "tenant",
+                reason,
+            })?,
+            job: JobName::parse(job).map_err(|reason| PublishError::InvalidArgument {
+                field: "job",
+                reason,
+            })?,
+            execution: None,
+            occurred_at: None,
+        })
+    }
+
+    /// For events about one execution.
+    pub fn execution(mut self, execution_id: &str) -> Result<Self, PublishError> {
+        self.execution = Some(ExecutionId::parse(execution_id).map_err(|reason| {
+            PublishError::InvalidArgument {
+                field: "execution",
+                reason,
+            }
+        })?);
+        Ok(self)
+    }
+
+    /// Fixes `occurredAt` (default: the time each event is built).
+    pub fn at(mut self, occurred_at: DateTime<Utc>) -> Self {
+        self.occurred_at = Some(occurred_at);
+        self
+    }
+
+    fn event(&self, kind: EventKind) -> Event {
+        Event {
+            event_id: Uuid::new_v4(),
+            tenant_id: self.tenant,
+            job_name: self.job.clone(),
+            occurred_at: self.occurred_at.unwrap_or_else(Utc::now),
+            kind,
+        }
+    }
+
+    fn execution_id(&self) -> Result<ExecutionId, PublishError> {
+        self.execution.clone().ok_or(PublishError::InvalidArgument {
+            field: "execution",
+            reason: "is required for this event type".into(),
+        })
+    }
+
+    /// `scheduled`; `None` removes the schedule.
+    pub fn scheduled(&self, cron: Option<&str>) -> Result<Event, PublishError> {
+        let cron = cron
+            .map(|c| {
+                CronSchedule::parse(c).map_err(|reason| PublishError::InvalidArgument {
+                    field: "cron",
+                    reason,
+                })
+            })
+            .transpose()?;
+        Ok(self.event(EventKind::Scheduled { cron }))
+    }
+
+    pub fn enqueued(&self) -> Result<Event, PublishError> {
+        Ok(self.event(EventKind::Enqueued {
+            execution_id: self.execution_id()?,
+        }))
+    }
+
+    pub fn started(&self) -> Result<Event, PublishError> {
+        Ok(self.event(EventKind::Started {
+            execution_id: self.execution_id()?,
+        }))
+    }
+
+    pub fn completed(&self, items_processed: Option<u64>) -> Result<Event, PublishError> {
+        Ok(self.event(EventKind::Completed {
+            execution_id: self.execution_id()?,
+            items_processed,
+        }))
+    }
+
+    pub fn failed(
+        &self,
+        items_processed: Option<u64>,
+        error: Option<&str>,
+    ) -> Result<Event, PublishError> {
+        if let Some(error) = error {
+            if error.chars().count() > crate::events::MAX_ERROR_CHARS {
+                return Err(PublishError::InvalidArgument {
+                    field: "error",
+                    reason: format!(
+                        "must be at most {} characters",
+                        crate::events::MAX_ERROR_CHARS
+                    ),
+                });
+            }
+        }
+        Ok(self.event(EventKind::Failed {
+            execution_id: self.execution_id()?,
+            items_processed,
+            error: error.map(str::to_owned),
+        }))
+    }
+}

@@ -1,0 +1,309 @@
+//! Rebuilding the read model from the stream: an ordered consumer from the first sequence,
+//! through the same `Writer::apply_batch` the live projector uses, into a new file; then either
+//! an atomic swap of the live database (see [`crate::store::generation`]) or, for a
+//! point-in-time audit copy, a separate file that is never swapped in.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use futures::StreamExt;
+
+use crate::config::RebuildUntil;
+use crate::store::{generation, IncomingMessage, StoreError, Writer};
+use crate::stream::{ensure_stream, NatsError};
+
+/// Failures of a rebuild. None of them touches the live database: the half-built file is
+/// left under its `.building` name and removed by the next rebuild.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Generation(#[from] generation::GenerationError),
+    #[error("rebuild task failed: {0}")]
+    Task(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub path: PathBuf,
+    pub messages: u64,
+    pub last_sequence: u64,
+    pub elapsed_ms: u128,
+}
+
+/// Receives progress: messages done and the sequence the rebuild runs up to.
+pub trait Progress: Send {
+    fn update(&mut self, done: u64, total: u64);
+    fn finish(&mut self) {}
+}
+
+impl<F: FnMut(u64, u64) + Send> Progress for F {
+    fn update(&mut self, done: u64, total: u64) {
+        self(done, total)
+    }
+}
+
+/// A progress bar on a terminal, plain log lines every 5 s otherwise.
+pub struct HumanProgress {
+    bar: Option<indicatif::ProgressBar>,
+    last_log: Instant,
+    started: Instant,
+}
+
+impl Default for HumanProgress {
+    fn default() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} rebuilding [{bar:40}] {pos}/{len} events {per_sec} ETA {eta}",
+                )
+                .expect("the template is valid")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        HumanProgress {
+            bar,
+            last_log: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Progress for HumanProgress {
+    fn update(&mut self, done: u64, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        } else if self.last_log.elapsed() >= Duration::from_secs(5) {
+            self.last_log = Instant::now();
+            let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(
+                done,
+                total,
+                events_per_second = rate as u64,
+                "rebuild progress"
+            );
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+const REPLAY_BATCH: usize = 10_000;
+
+/// Replays the stream into `scratch` (a new file) up to the stream's head at start, or to
+/// `until`. Returns the finished writer's report; the file is durable when this returns.
+pub async fn replay_into(
+    client: &async_nats::Client,
+    stream_name: &str,
+    scratch: &Path,
+    until: Option<RebuildUntil>,
+    progress: &mut dyn Progress,
+) -> Result<RebuildReport, ReplayError> {
+    let started = Instant::now();
+    let js = jetstream::new(client.clone());
+    let mut stream = ensure_stream(&js, stream_name).await?;
+    let head = crate::stream::last_sequence(&mut stream).await?;
+    let stop_at = match until {
+        Some(RebuildUntil::Sequence(sequence)) => sequence.min(head),
+        _ => head,
+    };
+    let stop_after_ms = match until {
+        Some(RebuildUntil::Time(ms)) => Some(ms),
+        _ => None,
+    };
+    let scratch_path = scratch.to_path_buf();
+    let mut writer = tokio::task::spawn_blocking(move || Writer::open_scratch(&scratch_path))
+        .await
+        .map_err(|e| ReplayError::Task(e.to_string()))??;
+    let mut messages_done = 0u64;
+    progress.update(0, stop_at);
+
+    let first = stream.cached_info().state.first_sequence;
+    if stop_at > 0 && stream.cached_info().state.messages > 0 && first <= stop_at {
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::All,
+                filter_subject: crate::stream::SUBJECTS.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsError::Consumer(e.to_string()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| NatsError::Consumer(e.to_string()))?;
+        let mut batch: Vec<jetstream::Message> = Vec::with_capacity(REPLAY_BATCH);
+        let mut done = false;
+        while !done {
+            let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                .await
+                .map_err(|_| NatsError::Messages("no message for 30 s before the head".into()))?;
+            let message = match next {
+                None => break,
+                Some(Err(e)) => return Err(NatsError::Messages(e.to_string()).into()),
+                Some(Ok(message)) => message,
+            };
+            let info = message
+                .info()
+                .map_err(|e| NatsError::Messages(e.to_string()))?;
+            let sequence = info.stream_sequence;
+            let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+            if stop_after_ms.is_some_and(|limit| published_ms > limit) {
+                break;
+            }
+            done = sequence >= stop_at || info.pending == 0;
+            if sequence <= stop_at {
+                batch.push(message);
+            }
+            if batch.len() >= REPLAY_BATCH || (done && !batch.is_empty()) {
+                let (returned, applied) = apply(writer, std::mem::take(&mut batch)).await?;
+                writer = returned;
+                messages_done += applied;
+                progress.update(messages_done, stop_at);
+            }
+        }
+        if !batch.is_empty() {
+            let (returned, applied) = apply(writer, batch).await?;
+            writer = returned;
+            messages_done += applied;
+        }
+    }
+    progress.update(messages_done, stop_at);
+    progress.finish();
+    let last_sequence = writer.checkpoint();
+    let path = writer.path().to_path_buf();
+    tokio::task::spawn_blocking(move || writer.finish_scratch())
+        .await
+        .map_err(|e| ReplayError::Task(e.to_string()))??;
+    Ok(RebuildReport {
+        path,
+        messages: messages_done,
+        last_sequence,
+        elapsed_ms: started.elapsed().as_millis(),
+    })
+}
+
+async fn apply(
+    mut writer: Writer,
+    messages: Vec<jetstream::Message>,
+) -> Result<(Writer, u64), ReplayError> {
+    tokio::task::spawn_blocking(move || {
+        let incoming: Vec<IncomingMessage<'_>> = messages
+            .iter()
+            .filter_map(|m| {
+                let info = m.info().ok()?;
+                Some(IncomingMessage {
+                    sequence: info.stream_sequence,
+                    subject: m.subject.as_str(),
+                    payload: &m.payload,
+                    published_at_ms: Some(
+                        (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
+                    ),
+                })
+            })
+            .collect();
+        let count = incoming.len() as u64;
+        writer.apply_batch(&incoming)?;
+        drop(incoming);
+        Ok((writer, count))
+    })
+    .await
+    .map_err(|e| ReplayError::Task(e.to_string()))?
+}
+
+/// Rebuilds the live database: builds a new generation and swaps it in. A running `serve`
+/// follows the swap by itself; without one, the old generation is removed here.
+pub async fn rebuild_live(
+    client: &async_nats::Client,
+    stream_name: &str,
+    db_path: &Path,
+    progress: &mut dyn Progress,
+) -> Result<RebuildReport, ReplayError> {
+    let _lock = generation::lock_rebuild(db_path)?;
+    remove_interrupted_builds(db_path);
+    let (generation_path, building) = generation::next_generation(db_path);
+    let mut report = replay_into(client, stream_name, &building, None, progress).await?;
+    std::fs::rename(&building, &generation_path).map_err(StoreError::from)?;
+    let previous = generation::swap_in(db_path, &generation_path)?;
+    report.path = generation_path.clone();
+    tracing::info!(generation = %generation_path.display(), messages = report.messages,
+        last_sequence = report.last_sequence, "rebuilt database swapped in");
+    if !generation::is_served(db_path) {
+        if let Some(previous) = previous.filter(|p| *p != generation_path) {
+            if previous == db_path {
+                // It was a plain file, now replaced by the symlink: only its journals remain.
+                for suffix in ["-wal", "-shm"] {
+                    let mut name = db_path.as_os_str().to_owned();
+                    name.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(name));
+                }
+            } else {
+                generation::remove_database_files(&previous);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Builds a point-in-time copy at `output` (never swapped in; `serve` serves it read-only).
+pub async fn rebuild_copy(
+    client: &async_nats::Client,
+    stream_name: &str,
+    db_path: &Path,
+    output: &Path,
+    until: Option<RebuildUntil>,
+    progress: &mut dyn Progress,
+) -> Result<RebuildReport, ReplayError> {
+    if crate::store::resolve(output) == crate::store::resolve(db_path) {
+        return Err(ReplayError::Usage(
+            "--output must not be the live database; omit --output to rebuild it".into(),
+        ));
+    }
+    let mut building = output.as_os_str().to_owned();
+    building.push(".building");
+    let building = PathBuf::from(building);
+    generation::remove_database_files(&building);
+    let mut report = replay_into(client, stream_name, &building, until, progress).await?;
+    crate::store::mark_frozen(&building, &format!("{until:?}"))?;
+    std::fs::rename(&building, output).map_err(StoreError::from)?;
+    report.path = output.to_path_buf();
+    Ok(report)
+}
+
+fn remove_interrupted_builds(db_path: &Path) {
+    let dir = match db_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = db_path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if file_name.starts_with(&format!("{name}.gen-")) && file_name.ends_with(".building") {
+            tracing::info!(file = file_name, "removing an interrupted rebuild");
+            generation::remove_database_files(&entry.path());
+        }
+    }
+}

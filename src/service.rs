@@ -1,0 +1,258 @@
+//! Wiring: `serve` (projector + HTTP API in one process) and the start-up rebuild when the
+//! database was built by another projection version. Every long-running piece gets its
+//! connections and a shutdown future from here.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::api::{self, auth::Authenticator, AppState};
+use crate::config::{CommonOptions, ServeOptions};
+use crate::consumer::{self, ProjectorConfig, ProjectorHandles};
+use crate::metrics::{Metrics, ProjectorStatus};
+use crate::replay::{self, Progress};
+use crate::store::{self, generation, CurrentReader, ReadPool, Writer, PROJECTION_VERSION};
+
+/// A shutdown signal that many tasks can wait on.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Resolves `signal` once and fans it out.
+    pub fn new(signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (sender, receiver) = watch::channel(false);
+        tokio::spawn(async move {
+            signal.await;
+            let _ = sender.send(true);
+        });
+        Shutdown(receiver)
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.0.clone();
+        async move {
+            let _ = receiver.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler only fails outside a Tokio runtime");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs `jobstats serve` on an already bound listener until `shutdown`.
+pub async fn serve(
+    common: &CommonOptions,
+    options: &ServeOptions,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let authenticator = Authenticator::new(options.jwt.settings())?;
+    let db_path = common.db_path.clone();
+    let metrics = Arc::new(Metrics::default());
+    let status = Arc::new(ProjectorStatus::default());
+
+    let frozen = store::frozen_until(&db_path)
+        .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
+    if options.read_only || frozen.is_some() {
+        anyhow::ensure!(
+            db_path.exists(),
+            "JOBSTATS_DB_PATH {}: no such database to serve read-only",
+            db_path.display()
+        );
+        tracing::info!(db = %db_path.display(), frozen_until = ?frozen, "serving read-only");
+        let readers = Arc::new(CurrentReader::new(ReadPool::open(&db_path)?));
+        let freshness = readers.get().freshness()?;
+        status
+            .last_sequence
+            .store(freshness.last_sequence, Ordering::Relaxed);
+        let state = Arc::new(AppState {
+            readers,
+            authenticator,
+            metrics,
+            status,
+            nats: None,
+        });
+        api::serve(listener, state, shutdown.wait()).await?;
+        return Ok(());
+    }
+
+    let _serve_lock = generation::lock_serve(&db_path)
+        .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
+    generation::remove_leftovers(&db_path)?;
+
+    let built_with = store::projection_version_of(&db_path)?;
+    let needs_rebuild = built_with.is_some_and(|v| v != PROJECTION_VERSION);
+    let writer = if needs_rebuild {
+        None
+    } else {
+        let (writer, _) = Writer::open(&db_path)
+            .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
+        Some(writer)
+    };
+    let readers = Arc::new(CurrentReader::new(ReadPool::open(&db_path)?));
+    let client = crate::stream::connect(&common.nats_url, "jobstats-serve", false).await?;
+    let (applied, _) = watch::channel(
+        readers
+            .get()
+            .freshness()
+            .map(|f| f.last_sequence)
+            .unwrap_or(0),
+    );
+    let handles = ProjectorHandles {
+        status: status.clone(),
+        metrics: metrics.clone(),
+        readers: readers.clone(),
+        applied,
+    };
+
+    let projector = {
+        let client = client.clone();
+        let config = ProjectorConfig::new(&common.stream, &options.consumer, db_path.clone());
+        let stream = common.stream.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let writer = match writer {
+                Some(writer) => writer,
+                None => match rebuild_on_start(
+                    &client,
+                    &stream,
+                    &config.db_path,
+                    &handles,
+                    &shutdown,
+                    built_with,
+                )
+                .await
+                {
+                    Some(writer) => writer,
+                    None => return,
+                },
+            };
+            consumer::run(client, config, writer, handles, shutdown.wait()).await;
+        })
+    };
+
+    let state = Arc::new(AppState {
+        readers,
+        authenticator,
+        metrics,
+        status,
+        nats: Some(client.clone()),
+    });
+    tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
+    let http = api::serve(listener, state, shutdown.wait());
+    let http_result = http.await;
+    // The projector commits the batch in hand before it returns.
+    if let Err(e) = projector.await {
+        tracing::error!(error = %e, "projector task failed");
+    }
+    client.flush().await.ok();
+    http_result?;
+    Ok(())
+}
+
+/// Rebuilds blue-green when the file on disk was built by another projection version, while
+/// the API keeps answering from the old file; returns the writer on the new file.
+async fn rebuild_on_start(
+    client: &async_nats::Client,
+    stream: &str,
+    db_path: &Path,
+    handles: &ProjectorHandles,
+    shutdown: &Shutdown,
+    built_with: Option<i64>,
+) -> Option<Writer> {
+    tracing::warn!(found = ?built_with, expected = PROJECTION_VERSION, "database built by another projection version; rebuilding from the stream");
+    handles.status.rebuilding.store(true, Ordering::Relaxed);
+    handles.metrics.rebuild_in_progress.set(1);
+    let mut attempt = 0u32;
+    loop {
+        let mut progress = StatusProgress {
+            handles: handles.clone(),
+            human: replay::HumanProgress::default(),
+        };
+        let rebuild = replay::rebuild_live(client, stream, db_path, &mut progress);
+        let outcome = tokio::select! {
+            outcome = rebuild => outcome,
+            _ = shutdown.wait() => return None,
+        };
+        match outcome {
+            Ok(report) => {
+                tracing::info!(
+                    messages = report.messages,
+                    elapsed_ms = report.elapsed_ms as u64,
+                    "start-up rebuild complete"
+                );
+                break;
+            }
+            Err(error) => {
+                attempt += 1;
+                tracing::error!(%error, attempt, "start-up rebuild failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2u64.pow(attempt.min(5)))) => {}
+                    _ = shutdown.wait() => return None,
+                }
+            }
+        }
+    }
+    let path = db_path.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || -> Result<_, store::StoreError> {
+        let (writer, _) = Writer::open(&path)?;
+        let readers = ReadPool::open(&path)?;
+        Ok((writer, readers))
+    })
+    .await;
+    let (writer, readers) = match opened {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot open the rebuilt database");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the rebuilt database");
+            return None;
+        }
+    };
+    let old = handles.readers.replace(readers);
+    drop(old);
+    handles.status.rebuilding.store(false, Ordering::Relaxed);
+    handles.metrics.rebuild_in_progress.set(0);
+    handles.metrics.rebuilds_completed.inc();
+    Some(writer)
+}
+
+struct StatusProgress {
+    handles: ProjectorHandles,
+    human: replay::HumanProgress,
+}
+
+impl Progress for StatusProgress {
+    fn update(&mut self, done: u64, total: u64) {
+        self.handles
+            .status
+            .rebuild_done
+            .store(done, Ordering::Relaxed);
+        self.handles
+            .status
+            .rebuild_total
+            .store(total, Ordering::Relaxed);
+        self.handles.metrics.rebuild_events_done.set(done as i64);
+        self.handles.metrics.rebuild_events_total.set(total as i64);
+        self.human.update(done, total);
+    }
+
+    fn finish(&mut self) {
+        self.human.finish();
+    }
+}

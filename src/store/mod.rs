@@ -1,0 +1,188 @@
+//! SQLite read models. One writer (the projector, or a rebuild) applies batches of messages in
+//! single transactions that also move the checkpoint; readers use their own read-only WAL
+//! connections and never wait for the writer. Nothing here is async: callers run the writer on
+//! a blocking thread.
+//!
+//! The database path may be a plain file or a symlink to a *generation* file; `jobstats rebuild`
+//! swaps generations by replacing the symlink atomically (see [`generation`]).
+
+pub mod generation;
+mod reader;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use crate::projection::{JobStats, LastFinished, ScheduleRecord};
+
+pub use reader::{CurrentReader, DeadLetter, ExecutionSummary, Freshness, JobSnapshot, ReadPool};
+pub use writer::{BatchOutcome, IncomingMessage, Writer};
+
+/// The version of the projection logic that builds the read model. Bump it when `apply`
+/// changes meaning: `serve` then rebuilds the read model from the stream (blue-green).
+pub const PROJECTION_VERSION: i64 = 1;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_read_model.sql")];
+
+/// How many bytes of a dead letter's payload are kept.
+pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
+
+/// Failures of the SQLite boundary. The projector treats all of them as "retry the batch
+/// later" (nothing was acknowledged); the API turns them into a logged 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("file system: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file was written by a newer jobstats (its schema is ahead of this build's).
+    #[error("database schema version {found} is newer than this build's {supported}")]
+    SchemaTooNew { found: i64, supported: i64 },
+    /// A value in the file breaks an invariant the writer maintains (corruption or tampering).
+    #[error("corrupt read model: {0}")]
+    Corrupt(String),
+}
+
+/// Resolves the database path to the file it names now (following a generation symlink), so
+/// that SQLite's `-wal`/`-shm` files sit beside the real file and a swap never mixes them.
+pub fn resolve(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The `job_stats` columns [`job_stats_from_row`] reads, in its order.
+const JOB_STATS_COLUMNS: &str = "pending, processing, completed, failed, duration_sum_ms, \
+     duration_count, last_finished_at, last_finished_execution_id, last_finished_duration_ms, \
+     last_started_at, schedule_cron, schedule_occurred_at, schedule_event_id";
+
+fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
+    let last_finished = match (r.get::<_, Option<i64>>(6)?, r.get::<_, Option<String>>(7)?) {
+        (Some(finished_at), Some(execution_id)) => Some(LastFinished {
+            finished_at,
+            execution_id,
+            duration_ms: r.get(8)?,
+        }),
+        _ => None,
+    };
+    let schedule = match (
+        r.get::<_, Option<i64>>(11)?,
+        r.get::<_, Option<String>>(12)?,
+    ) {
+        (Some(occurred_at), Some(event_id)) => Some(ScheduleRecord {
+            cron: r.get(10)?,
+            occurred_at,
+            event_id: uuid::Uuid::try_parse(&event_id).unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    Ok(JobStats {
+        pending: r.get(0)?,
+        processing: r.get(1)?,
+        completed: r.get(2)?,
+        failed: r.get(3)?,
+        duration_sum_ms: r.get(4)?,
+        duration_count: r.get(5)?,
+        last_finished,
+        last_started_at: r.get(9)?,
+        schedule,
+    })
+}
+
+fn configure_common(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+/// Creates missing tables and runs pending migrations. Returns the projection version the
+/// file was built with (`None` for a brand-new file, which is then stamped with ours).
+fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if applied > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: applied,
+            supported,
+        });
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for sql in &MIGRATIONS[applied as usize..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('projection_version', ?1)",
+        [PROJECTION_VERSION.to_string()],
+    )?;
+    let version: String = tx.query_row(
+        "SELECT value FROM meta WHERE key = 'projection_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.commit()?;
+    version
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("projection_version {version:?}")))
+}
+
+/// Reads the projection version of an existing file without changing it.
+pub fn projection_version_of(path: &Path) -> Result<Option<i64>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        resolve(path),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure_common(&conn)?;
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'projection_version'",
+            [],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
+                Ok(None)
+            }
+            other => Err(other),
+        })?;
+    Ok(value.and_then(|v| v.parse().ok()))
+}
+
+/// Marks a point-in-time copy: `serve` serves such a file read-only and never projects into it.
+pub fn mark_frozen(path: &Path, description: &str) -> Result<(), StoreError> {
+    let conn = Connection::open(path)?;
+    configure_common(&conn)?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('frozen_until', ?1)",
+        [description],
+    )?;
+    Ok(())
+}
+
+/// The point a frozen copy was built up to, if the file is one.
+pub fn frozen_until(path: &Path) -> Result<Option<String>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        resolve(path),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure_common(&conn)?;
+    let value = conn.query_row(
+        "SELECT value FROM meta WHERE key = 'frozen_until'",
+        [],
+        |r| r.get::<_, String>(0),
+    );
+    match value {
+        Ok(value) => Ok(Some(value)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,281 @@
+//! Read-only access for the API: a small pool of read-only WAL connections on one generation
+//! file. Every stats read is one snapshot (a read transaction), so an answer never mixes two
+//! commits, and costs a few index lookups whatever the history's length.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{configure_common, job_stats_from_row, resolve, StoreError, JOB_STATS_COLUMNS};
+use crate::events::{JobName, TenantId};
+use crate::projection::{ExecutionState, JobStats};
+
+/// How far the read model has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Freshness {
+    /// The last stream sequence applied.
+    pub last_sequence: u64,
+    pub events_applied: u64,
+    pub dead_letters: u64,
+    /// Wall-clock time of the last commit (ms since epoch; 0 before the first).
+    pub committed_at_ms: i64,
+}
+
+/// One execution as the stats response shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionSummary {
+    pub execution_id: String,
+    pub state: ExecutionState,
+    pub enqueued_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub items_processed: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// A consistent view of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSnapshot {
+    pub stats: JobStats,
+    pub recent: Vec<ExecutionSummary>,
+    pub freshness: Freshness,
+}
+
+/// Read-only connections to one database file.
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    /// Opens a pool on the file `path` names now (a symlink is resolved once, here).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let pool = ReadPool {
+            path: resolve(path),
+            idle: Mutex::new(Vec::new()),
+        };
+        // Fail early (and keep the connection) if the file cannot be read.
+        let conn = pool.connect()?;
+        pool.give_back(conn);
+        Ok(pool)
+    }
+
+    /// The generation file this pool reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure_common(&conn)?;
+        Ok(conn)
+    }
+
+    fn take(&self) -> Result<Connection, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => self.connect(),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 64 {
+            idle.push(conn);
+        }
+    }
+
+    fn with_snapshot<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.take()?;
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+            let value = read(&tx)?;
+            tx.finish()?;
+            Ok(value)
+        })();
+        if result.is_ok() {
+            self.give_back(conn);
+        }
+        result
+    }
+
+    /// The checkpoint and counters.
+    pub fn freshness(&self) -> Result<Freshness, StoreError> {
+        self.with_snapshot(read_freshness)
+    }
+
+    /// One job's aggregates, its `recent` newest executions and the checkpoint, from a single
+    /// snapshot; `None` when no event was ever seen for the job in this tenant.
+    pub fn job_snapshot(
+        &self,
+        tenant: &TenantId,
+        job: &JobName,
+        recent: u32,
+    ) -> Result<Option<JobSnapshot>, StoreError> {
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            let Some(stats) = read_job_stats(tx, &tenant, job.as_str())? else {
+                return Ok(None);
+            };
+            let mut stmt = tx.prepare_cached(
+                "SELECT execution_id, state, enqueued_at, started_at, finished_at,
+                        items_processed, error
+                 FROM executions
+                 WHERE tenant_id = ?1 AND job_name = ?2
+                 ORDER BY recency_key DESC, execution_id DESC
+                 LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![tenant, job.as_str(), recent], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get(6)?,
+                ))
+            })?;
+            let mut executions = Vec::with_capacity(recent as usize);
+            for row in rows {
+                let (execution_id, state, enqueued_at, started_at, finished_at, items, error) =
+                    row?;
+                executions.push(ExecutionSummary {
+                    execution_id,
+                    state: ExecutionState::from_code(state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("execution state {state}")))?,
+                    enqueued_at,
+                    started_at,
+                    finished_at,
+                    items_processed: items.map(|n| n.max(0) as u64),
+                    error,
+                });
+            }
+            Ok(Some(JobSnapshot {
+                stats,
+                recent: executions,
+                freshness: read_freshness(tx)?,
+            }))
+        })
+    }
+
+    /// Every table's rows, in key order, as text: for comparing two builds of the read model.
+    pub fn dump(&self) -> Result<Vec<String>, StoreError> {
+        self.with_snapshot(|tx| {
+            let mut lines = Vec::new();
+            for (table, order) in [
+                ("job_stats", "tenant_id, job_name"),
+                ("executions", "tenant_id, job_name, execution_id"),
+                ("dead_letters", "sequence"),
+            ] {
+                let mut stmt = tx.prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))?;
+                let columns = stmt.column_count();
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let mut line = format!("{table}:");
+                    for i in 0..columns {
+                        let value: rusqlite::types::Value = row.get(i)?;
+                        line.push_str(&format!(" {value:?}"));
+                    }
+                    lines.push(line);
+                }
+            }
+            Ok(lines)
+        })
+    }
+
+    /// Dead letters, oldest first, after `after_sequence`.
+    pub fn dead_letters(
+        &self,
+        after_sequence: u64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.with_snapshot(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT sequence, subject, reason_code, reason, payload_bytes FROM dead_letters
+                 WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_sequence as i64, limit], |r| {
+                Ok(DeadLetter {
+                    sequence: r.get::<_, i64>(0)? as u64,
+                    subject: r.get(1)?,
+                    reason_code: r.get(2)?,
+                    reason: r.get(3)?,
+                    payload_bytes: r.get::<_, i64>(4)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+/// A recorded dead letter (without its payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub sequence: u64,
+    pub subject: String,
+    pub reason_code: String,
+    pub reason: String,
+    pub payload_bytes: u64,
+}
+
+fn read_freshness(tx: &rusqlite::Transaction<'_>) -> Result<Freshness, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT last_sequence, events_applied, dead_letters, committed_at_ms
+             FROM checkpoint WHERE id = 1",
+        )?
+        .query_row([], |r| {
+            Ok(Freshness {
+                last_sequence: r.get::<_, i64>(0)? as u64,
+                events_applied: r.get::<_, i64>(1)? as u64,
+                dead_letters: r.get::<_, i64>(2)? as u64,
+                committed_at_ms: r.get(3)?,
+            })
+        })?)
+}
+
+fn read_job_stats(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    job: &str,
+) -> Result<Option<JobStats>, StoreError> {
+    Ok(tx
+        .prepare_cached(&format!(
+            "SELECT {JOB_STATS_COLUMNS} FROM job_stats WHERE tenant_id = ?1 AND job_name = ?2"
+        ))?
+        .query_row(params![tenant, job], job_stats_from_row)
+        .optional()?)
+}
+
+/// The pool the API reads from now. A rebuild swaps in a pool on the new generation; requests
+/// already holding the old one finish on it.
+pub struct CurrentReader {
+    pool: std::sync::RwLock<std::sync::Arc<ReadPool>>,
+}
+
+impl CurrentReader {
+    pub fn new(pool: ReadPool) -> Self {
+        CurrentReader {
+            pool: std::sync::RwLock::new(std::sync::Arc::new(pool)),
+        }
+    }
+
+    pub fn get(&self) -> std::sync::Arc<ReadPool> {
+        self.pool.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs `pool`, returning the one it replaces.
+    pub fn replace(&self, pool: ReadPool) -> std::sync::Arc<ReadPool> {
+        let mut current = self.pool.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *current, std::sync::Arc::new(pool))
+    }
+}

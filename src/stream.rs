@@ -1,0 +1,136 @@
+//! The JetStream side shared by the projector, the rebuild and the publisher: connecting, and
+//! the stream definition (CONTRACT §1), created when missing and otherwise left alone.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    context::GetStreamErrorKind,
+    stream::{Config, DiscardPolicy, RetentionPolicy, StorageType, Stream},
+    ErrorCode,
+};
+
+/// Subjects every event is published under.
+pub const SUBJECTS: &str = "jobs.events.>";
+
+/// Failures of the NATS boundary. The projector retries all of them with back-off; the CLI
+/// commands report them and exit non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("JetStream stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+    #[error("JetStream consumer: {0}")]
+    Consumer(String),
+    #[error("reading messages: {0}")]
+    Messages(String),
+}
+
+/// The stream this service creates when none exists (mirrors `nats/stream-job-events.json`).
+pub fn stream_config(name: &str) -> Config {
+    Config {
+        name: name.to_owned(),
+        description: Some(
+            "jobstats job lifecycle events; the source of truth for the read model".into(),
+        ),
+        subjects: vec![SUBJECTS.to_owned()],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        // Publishers set Nats-Msg-Id; retries within this window are dropped by the server.
+        duplicate_window: Duration::from_secs(120),
+        max_message_size: 1024 * 1024,
+        num_replicas: 1,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Connects to NATS. With `wait` false the connection is established in the background and
+/// retried forever (the server keeps answering from SQLite meanwhile).
+pub async fn connect(url: &str, name: &str, wait: bool) -> Result<async_nats::Client, NatsError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((100 * attempt as u64).clamp(100, 2_000))
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        });
+    if !wait {
+        options = options.retry_on_initial_connect();
+    } else {
+        options = options.connection_timeout(Duration::from_secs(5));
+    }
+    options
+        .connect(url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: url.to_owned(),
+            source,
+        })
+}
+
+/// Gets the stream, creating it when missing. An existing stream's settings are never
+/// changed; differences from ours are logged.
+pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<Stream, NatsError> {
+    let error = |message: String| NatsError::Stream {
+        stream: name.to_owned(),
+        message,
+    };
+    match js.get_stream(name).await {
+        Ok(mut stream) => {
+            let info = stream.info().await.map_err(|e| error(e.to_string()))?;
+            let ours = stream_config(name);
+            let theirs = &info.config;
+            if !theirs.subjects.iter().any(|s| s == SUBJECTS) {
+                tracing::warn!(stream = name, subjects = ?theirs.subjects, "existing stream does not list {SUBJECTS}; events may not reach it");
+            }
+            if theirs.storage != ours.storage
+                || theirs.retention != ours.retention
+                || theirs.duplicate_window != ours.duplicate_window
+            {
+                tracing::warn!(stream = name, storage = ?theirs.storage, retention = ?theirs.retention,
+                    duplicate_window = ?theirs.duplicate_window,
+                    "existing stream differs from jobstats' definition; leaving it unchanged");
+            }
+            if theirs.max_age != Duration::ZERO || theirs.max_messages > 0 || theirs.max_bytes > 0 {
+                tracing::warn!(
+                    stream = name,
+                    "stream has age/size limits: a rebuild can only replay what it still holds"
+                );
+            }
+            Ok(stream)
+        }
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(inner)
+                if inner.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                tracing::info!(stream = name, "creating stream");
+                js.create_stream(stream_config(name))
+                    .await
+                    .map_err(|e| error(e.to_string()))
+            }
+            _ => Err(error(e.to_string())),
+        },
+    }
+}
+
+/// The stream's last sequence now.
+pub async fn last_sequence(stream: &mut Stream) -> Result<u64, NatsError> {
+    let name = stream.cached_info().config.name.clone();
+    let info = stream.info().await.map_err(|e| NatsError::Stream {
+        stream: name,
+        message: e.to_string(),
+    })?;
+    Ok(info.state.last_sequence)
+}

@@ -1,0 +1,395 @@
+//! The tools job runners and new users touch: `run`, `publish`, `token`, and the README's
+//! first command, `demo`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+fn jobstats(nats_url: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env("JOBSTATS_NATS_URL", nats_url)
+        .env("RUST_LOG", "warn");
+    command
+}
+
+#[tokio::test]
+async fn run_wraps_commands_and_passes_their_exit_codes_through() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(&nats.url(), &dir.path().join("stats.db")).await;
+    let cases: [(&[&str], i32); 3] = [(&["true"], 0), (&["false"], 1), (&["sleep", "1"], 0)];
+    for (command, expected) in cases {
+        let status = jobstats(&nats.url())
+            .args(["run", "--tenant", TENANT, "--job", "wrapped", "--"])
+            .args(command)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(expected), "{command:?}");
+    }
+    let output = jobstats(&nats.url())
+        .args([
+            "run",
+            "--tenant",
+            TENANT,
+            "--job",
+            "echoed",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hello\n");
+
+    let readyz = app.readyz().await;
+    let _ = readyz;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let data = loop {
+        let response = app.stats_with("wrapped", &admin_token(), TENANT).await;
+        if response.status() == 200 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            let queue = &body["data"]["queue"];
+            if queue["completed"].as_i64().unwrap_or(0) + queue["failed"].as_i64().unwrap_or(0) == 3
+            {
+                break body["data"].clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "wrapped runs did not show up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(data["queue"]["completed"], 2);
+    assert_eq!(data["queue"]["failed"], 1);
+    let recent = data["recentExecutions"].as_array().unwrap();
+    let sleep_run = &recent[0];
+    assert_eq!(sleep_run["status"], "completed");
+    let duration = sleep_run["durationMs"].as_i64().unwrap();
+    assert!(
+        (1_000..3_000).contains(&duration),
+        "sleep 1 took {duration} ms"
+    );
+    assert_eq!(recent[1]["status"], "failed");
+    assert_eq!(recent[1]["error"], "exit status 1");
+    app.stop().await;
+}
+
+#[test]
+fn run_still_runs_the_command_when_nats_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let output = jobstats(&format!("nats://127.0.0.1:{}", free_port()))
+        .args([
+            "run",
+            "--tenant",
+            TENANT,
+            "--job",
+            "offline",
+            "--publish-timeout",
+            "1s",
+            "--",
+            "touch",
+        ])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert!(marker.exists(), "the wrapped command must run without NATS");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "the command's exit code, not the publish failure"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("publishing"),
+        "the publish failure is reported: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn publish_rejects_invalid_input_naming_the_field() {
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &[
+                "completed",
+                "--tenant",
+                "nope",
+                "--job",
+                "j",
+                "--execution",
+                "e",
+            ],
+            "tenant",
+        ),
+        (
+            &[
+                "completed",
+                "--tenant",
+                TENANT,
+                "--job",
+                "bad name",
+                "--execution",
+                "e",
+            ],
+            "job",
+        ),
+        (
+            &["completed", "--tenant", TENANT, "--job", "j"],
+            "execution",
+        ),
+        (
+            &[
+                "scheduled",
+                "--tenant",
+                TENANT,
+                "--job",
+                "j",
+                "--cron",
+                "61 * * * *",
+            ],
+            "cron",
+        ),
+        (
+            &[
+                "started",
+                "--tenant",
+                TENANT,
+                "--job",
+                "j",
+                "--execution",
+                "e",
+                "--items",
+                "3",
+            ],
+            "items",
+        ),
+        (
+            &[
+                "failed",
+                "--tenant",
+                TENANT,
+                "--job",
+                "j",
+                "--execution",
+                "e",
+                "--occurred-at",
+                "yesterday",
+            ],
+            "occurred-at",
+        ),
+        (
+            &[
+                "completed",
+                "--tenant",
+                TENANT,
+                "--job",
+                "j",
+                "--execution",
+                "e",
+                "--items",
+                "-1",
+            ],
+            "items",
+        ),
+    ];
+    for (args, field) in cases {
+        let output = jobstats(&nats.url())
+            .arg("publish")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(field),
+            "{args:?}: message must name {field}: {stderr}"
+        );
+    }
+    let output = jobstats(&nats.url())
+        .args([
+            "publish",
+            "completed",
+            "--tenant",
+            TENANT,
+            "--job",
+            "j",
+            "--execution",
+            "e",
+            "--items",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("stream sequence"));
+    let unreachable = jobstats(&format!("nats://127.0.0.1:{}", free_port()))
+        .args([
+            "publish",
+            "completed",
+            "--tenant",
+            TENANT,
+            "--job",
+            "j",
+            "--execution",
+            "e",
+        ])
+        .output()
+        .unwrap();
+    assert!(!unreachable.status.success());
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_key_and_names_bad_variables() {
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_remove("JOBSTATS_JWT_HS256_SECRET")
+        .env_remove("JOBSTATS_JWT_PUBLIC_KEY_FILE")
+        .env("JOBSTATS_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "JOBSTATS_DB_PATH",
+            tempfile::tempdir().unwrap().path().join("x.db"),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("JOBSTATS_JWT_HS256_SECRET"));
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env("JOBSTATS_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("JOBSTATS_LISTEN"));
+}
+
+#[test]
+fn token_mints_a_token_the_server_accepts_and_requires_a_secret() {
+    let output = Command::new(BIN)
+        .args([
+            "token",
+            "--role",
+            "system_admin",
+            "--tenant",
+            TENANT,
+            "--ttl",
+            "1h",
+        ])
+        .env("JOBSTATS_JWT_HS256_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap();
+    let authenticator =
+        jobstats::api::auth::Authenticator::new(jobstats::api::auth::AuthSettings {
+            hs256_secret: Some(SECRET.into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let principal = authenticator.authenticate(token.trim(), None).unwrap();
+    assert!(principal.roles.contains("system_admin"));
+    let missing = Command::new(BIN)
+        .arg("token")
+        .env_remove("JOBSTATS_JWT_HS256_SECRET")
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}
+
+/// The README's first command, as a new user runs it: it must start its own NATS when none is
+/// reachable, print a curl command that returns real stats, and leave nothing behind on Ctrl-C.
+#[test]
+fn the_demo_comes_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats_port = free_port();
+    let listen_port = free_port();
+    let mut demo = Command::new(BIN)
+        .arg("demo")
+        .current_dir(dir.path())
+        .env("JOBSTATS_NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
+        .env("JOBSTATS_LISTEN", format!("127.0.0.1:{listen_port}"))
+        .env("NATS_SERVER_BIN", nats_server_binary())
+        .env_remove("JOBSTATS_DB_PATH")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let curl = loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the demo printed no curl command in time");
+        if line.starts_with("curl ") {
+            break line;
+        }
+    };
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{curl} -w '\\n%{{http_code}}'"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{text}");
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(
+        body["data"]["queue"]["completed"].as_i64().unwrap() > 0,
+        "{body}"
+    );
+    assert!(!body["data"]["recentExecutions"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let nats_pid = Command::new("sh")
+        .arg("-c")
+        .arg(format!("pgrep -f '[n]ats-server.*-p {nats_port}'"))
+        .output()
+        .unwrap();
+    assert!(
+        !nats_pid.stdout.is_empty(),
+        "the demo started its own nats-server"
+    );
+    Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let left = Command::new("sh")
+        .arg("-c")
+        .arg(format!("pgrep -f '[n]ats-server.*-p {nats_port}'"))
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "nats-server left running after Ctrl-C"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", listen_port)).is_err(),
+        "the API still listens"
+    );
+}

