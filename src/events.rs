@@ -377,42 +377,117 @@ fn parse_subject(subject: &str) -> Result<SubjectParts<'_>, DecodeError> {
     Ok(SubjectParts { tenant, type_token })
 }
 
-/// The body's fields before validation. Each is kept as a raw JSON value so that a wrong type
-/// is reported with the field's name; unknown fields are ignored, duplicate keys are malformed.
+/// The body's fields before validation. Each keeps its JSON kind so that a wrong type is
+/// reported with the field's name; strings borrow from the payload when they can. Unknown
+/// fields are skipped; duplicate keys are malformed JSON.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawEvent {
-    #[serde(default, deserialize_with = "present")]
-    spec_version: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    event_id: Option<Value>,
-    #[serde(default, rename = "type", deserialize_with = "present")]
-    event_type: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    tenant_id: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    job_name: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    execution_id: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    occurred_at: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    items_processed: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    error: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    cron: Option<Value>,
+struct RawEvent<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    spec_version: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    event_id: Option<Field<'a>>,
+    #[serde(default, borrow, rename = "type", deserialize_with = "present")]
+    event_type: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    tenant_id: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    job_name: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    execution_id: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    occurred_at: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    items_processed: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    cron: Option<Field<'a>>,
 }
 
-/// Keeps an explicit `null` (`Some(Value::Null)`) apart from a missing field (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+/// One JSON value, reduced to what validation needs.
+#[derive(Debug)]
+enum Field<'a> {
+    Null,
+    Bool,
+    Number(serde_json::Number),
+    Str(std::borrow::Cow<'a, str>),
+    /// An array or an object (contents skipped).
+    Composite,
 }
 
-fn required_str<'v>(value: &'v Option<Value>, field: &'static str) -> Result<&'v str, DecodeError> {
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> serde::de::Visitor<'de> for FieldVisitor {
+            type Value = Field<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Field<'de>, E> {
+                Ok(Field::Bool)
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Field<'de>, E> {
+                Ok(Field::Number(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Field<'de>, E> {
+                Ok(Field::Number(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Field<'de>, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Field::Composite, Field::Number))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'de>, E> {
+                Ok(Field::Str(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field<'de>, E> {
+                Ok(Field::Str(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Field<'de>, E> {
+                Ok(Field::Str(std::borrow::Cow::Owned(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Field<'de>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E>(self) -> Result<Field<'de>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Field<'de>, D::Error> {
+                Field::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Field<'de>, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Field::Composite)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Field<'de>, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Field::Composite)
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
+/// Keeps an explicit `null` (`Some(Field::Null)`) apart from a missing field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Field<'de>>, D::Error> {
+    Field::deserialize(d).map(Some)
+}
+
+fn required_str<'v>(
+    value: &'v Option<Field<'_>>,
+    field: &'static str,
+) -> Result<&'v str, DecodeError> {
     match value {
         None => Err(DecodeError::MissingField(field)),
-        Some(Value::String(s)) => Ok(s),
+        Some(Field::Str(s)) => Ok(s),
         Some(_) => Err(DecodeError::WrongType {
             field,
             expected: "a string",
@@ -420,12 +495,12 @@ fn required_str<'v>(value: &'v Option<Value>, field: &'static str) -> Result<&'v
     }
 }
 
-fn optional_items(value: &Option<Value>) -> Result<Option<u64>, DecodeError> {
+fn optional_items(value: &Option<Field<'_>>) -> Result<Option<u64>, DecodeError> {
     const FIELD: &str = "itemsProcessed";
     let Some(value) = value else { return Ok(None) };
     let number = match value {
-        Value::Null => return Ok(None),
-        Value::Number(n) => n,
+        Field::Null => return Ok(None),
+        Field::Number(n) => n,
         _ => {
             return Err(DecodeError::WrongType {
                 field: FIELD,
@@ -464,16 +539,16 @@ fn optional_items(value: &Option<Value>) -> Result<Option<u64>, DecodeError> {
     Ok(Some(items))
 }
 
-fn optional_error(value: &Option<Value>) -> Result<Option<String>, DecodeError> {
+fn optional_error(value: &Option<Field<'_>>) -> Result<Option<String>, DecodeError> {
     match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() > MAX_ERROR_CHARS => {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Str(s)) if s.chars().count() > MAX_ERROR_CHARS => {
             Err(DecodeError::InvalidField {
                 field: "error",
                 reason: format!("must be at most {MAX_ERROR_CHARS} characters"),
             })
         }
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Field::Str(s)) => Ok(Some(s.to_string())),
         Some(_) => Err(DecodeError::WrongType {
             field: "error",
             expected: "a string or null",
@@ -482,7 +557,7 @@ fn optional_error(value: &Option<Value>) -> Result<Option<String>, DecodeError> 
 }
 
 fn not_allowed(
-    value: &Option<Value>,
+    value: &Option<Field<'_>>,
     field: &'static str,
     event_type: EventType,
 ) -> Result<(), DecodeError> {
@@ -503,20 +578,26 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
     }
     let subject_parts = parse_subject(subject)?;
     let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
-    if !value.is_object() {
-        return Err(DecodeError::NotAnObject);
+    // One pass into the field struct; only a failure pays for a second look at the JSON. Serde
+    // would also fill a struct from a JSON array, hence the explicit object check.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<Value>(text) {
+            Ok(_) => DecodeError::NotAnObject,
+            Err(e) => DecodeError::MalformedJson(e.to_string()),
+        });
     }
     let raw: RawEvent =
-        serde_json::from_value(value).map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|error| match serde_json::from_str::<Value>(text) {
+            Ok(value) if !value.is_object() => DecodeError::NotAnObject,
+            _ => DecodeError::MalformedJson(error.to_string()),
+        })?;
 
     match &raw.spec_version {
         None => {}
-        Some(Value::Number(n))
+        Some(Field::Number(n))
             if n.as_i64()
                 .is_some_and(|v| SUPPORTED_SPEC_VERSIONS.contains(&v)) => {}
-        Some(Value::Number(n)) => return Err(DecodeError::UnsupportedSpecVersion(n.to_string())),
+        Some(Field::Number(n)) => return Err(DecodeError::UnsupportedSpecVersion(n.to_string())),
         Some(_) => {
             return Err(DecodeError::WrongType {
                 field: "specVersion",
@@ -578,7 +659,7 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
         })?
         .with_timezone(&Utc);
 
-    let execution_id = |raw: &RawEvent| -> Result<ExecutionId, DecodeError> {
+    let execution_id = |raw: &RawEvent<'_>| -> Result<ExecutionId, DecodeError> {
         ExecutionId::parse(required_str(&raw.execution_id, "executionId")?).map_err(|reason| {
             DecodeError::InvalidField {
                 field: "executionId",
@@ -594,8 +675,8 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
             not_allowed(&raw.error, "error", event_type)?;
             let cron = match &raw.cron {
                 None => return Err(DecodeError::MissingField("cron")),
-                Some(Value::Null) => None,
-                Some(Value::String(expression)) => {
+                Some(Field::Null) => None,
+                Some(Field::Str(expression)) => {
                     Some(CronSchedule::parse(expression).map_err(|reason| {
                         DecodeError::InvalidCron {
                             expression: expression.chars().take(256).collect(),

@@ -12,6 +12,14 @@ use futures::StreamExt;
 
 use crate::config::RebuildUntil;
 use crate::store::{generation, IncomingMessage, StoreError, Writer};
+use tokio::sync::mpsc;
+
+/// A message, when JetStream stored it, and its decode result.
+type Decoded = (
+    jetstream::Message,
+    i64,
+    Result<crate::events::Event, crate::events::DecodeError>,
+);
 use crate::stream::{ensure_stream, NatsError};
 
 /// Failures of a rebuild. None of them touches the live database: the half-built file is
@@ -103,7 +111,7 @@ impl Progress for HumanProgress {
     }
 }
 
-const REPLAY_BATCH: usize = 10_000;
+const REPLAY_BATCH: usize = 25_000;
 
 /// Replays the stream into `scratch` (a new file) up to the stream's head at start, or to
 /// `until`. Returns the finished writer's report; the file is durable when this returns.
@@ -147,41 +155,76 @@ pub async fn replay_into(
             .messages()
             .await
             .map_err(|e| NatsError::Consumer(e.to_string()))?;
-        let mut batch: Vec<jetstream::Message> = Vec::with_capacity(REPLAY_BATCH);
+        // The writer applies batch N on its own thread while this task reads and decodes
+        // batch N + 1.
+        let (batches, mut to_apply) = mpsc::channel::<Vec<Decoded>>(2);
+        let applier = tokio::task::spawn_blocking(move || -> Result<Writer, StoreError> {
+            while let Some(batch) = to_apply.blocking_recv() {
+                let (messages, rest): (Vec<jetstream::Message>, Vec<_>) =
+                    batch.into_iter().map(|(m, p, d)| (m, (p, d))).unzip();
+                let (published, decoded): (Vec<i64>, Vec<_>) = rest.into_iter().unzip();
+                let incoming: Vec<IncomingMessage<'_>> = messages
+                    .iter()
+                    .zip(&published)
+                    .map(|(message, published_at_ms)| IncomingMessage {
+                        sequence: message.info().map_or(0, |i| i.stream_sequence),
+                        subject: message.subject.as_str(),
+                        payload: &message.payload,
+                        published_at_ms: Some(*published_at_ms),
+                    })
+                    .collect();
+                writer.apply_decoded(&incoming, &decoded)?;
+            }
+            Ok(writer)
+        });
+        let mut batch: Vec<Decoded> = Vec::with_capacity(REPLAY_BATCH);
         let mut done = false;
-        while !done {
-            let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
-                .await
-                .map_err(|_| NatsError::Messages("no message for 30 s before the head".into()))?;
-            let message = match next {
-                None => break,
-                Some(Err(e)) => return Err(NatsError::Messages(e.to_string()).into()),
-                Some(Ok(message)) => message,
-            };
-            let info = message
-                .info()
-                .map_err(|e| NatsError::Messages(e.to_string()))?;
-            let sequence = info.stream_sequence;
-            let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
-            if stop_after_ms.is_some_and(|limit| published_ms > limit) {
-                break;
+        let read = async {
+            while !done {
+                let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                    .await
+                    .map_err(|_| {
+                        NatsError::Messages("no message for 30 s before the head".into())
+                    })?;
+                let message = match next {
+                    None => break,
+                    Some(Err(e)) => return Err(NatsError::Messages(e.to_string())),
+                    Some(Ok(message)) => message,
+                };
+                let info = message
+                    .info()
+                    .map_err(|e| NatsError::Messages(e.to_string()))?;
+                let sequence = info.stream_sequence;
+                let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+                if stop_after_ms.is_some_and(|limit| published_ms > limit) {
+                    break;
+                }
+                done = sequence >= stop_at || info.pending == 0;
+                if sequence <= stop_at {
+                    let decoded = crate::events::decode(message.subject.as_str(), &message.payload);
+                    batch.push((message, published_ms, decoded));
+                }
+                if batch.len() >= REPLAY_BATCH || (done && !batch.is_empty()) {
+                    messages_done += batch.len() as u64;
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
+                    if batches.send(full).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                    progress.update(messages_done, stop_at);
+                }
             }
-            done = sequence >= stop_at || info.pending == 0;
-            if sequence <= stop_at {
-                batch.push(message);
+            if !batch.is_empty() {
+                messages_done += batch.len() as u64;
+                let _ = batches.send(std::mem::take(&mut batch)).await;
             }
-            if batch.len() >= REPLAY_BATCH || (done && !batch.is_empty()) {
-                let (returned, applied) = apply(writer, std::mem::take(&mut batch)).await?;
-                writer = returned;
-                messages_done += applied;
-                progress.update(messages_done, stop_at);
-            }
-        }
-        if !batch.is_empty() {
-            let (returned, applied) = apply(writer, batch).await?;
-            writer = returned;
-            messages_done += applied;
-        }
+            drop(batches);
+            Ok(())
+        };
+        let read_result = read.await;
+        writer = applier
+            .await
+            .map_err(|e| ReplayError::Task(e.to_string()))??;
+        read_result?;
     }
     progress.update(messages_done, stop_at);
     progress.finish();
@@ -196,34 +239,6 @@ pub async fn replay_into(
         last_sequence,
         elapsed_ms: started.elapsed().as_millis(),
     })
-}
-
-async fn apply(
-    mut writer: Writer,
-    messages: Vec<jetstream::Message>,
-) -> Result<(Writer, u64), ReplayError> {
-    tokio::task::spawn_blocking(move || {
-        let incoming: Vec<IncomingMessage<'_>> = messages
-            .iter()
-            .filter_map(|m| {
-                let info = m.info().ok()?;
-                Some(IncomingMessage {
-                    sequence: info.stream_sequence,
-                    subject: m.subject.as_str(),
-                    payload: &m.payload,
-                    published_at_ms: Some(
-                        (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
-                    ),
-                })
-            })
-            .collect();
-        let count = incoming.len() as u64;
-        writer.apply_batch(&incoming)?;
-        drop(incoming);
-        Ok((writer, count))
-    })
-    .await
-    .map_err(|e| ReplayError::Task(e.to_string()))?
 }
 
 /// Rebuilds the live database: builds a new generation and swaps it in. A running `serve`

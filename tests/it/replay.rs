@@ -323,3 +323,61 @@ async fn a_point_in_time_copy_holds_the_first_n_events_and_is_served_read_only()
     assert_eq!(app.readyz().await["status"], "ready");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn serve_rebuilds_on_start_when_the_file_was_built_by_another_projection_version() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stats.db");
+    let app = App::spawn(&nats.url(), &db).await;
+    let publisher = nats.publisher().await;
+    let mut events = Vec::new();
+    for i in 0..200i64 {
+        events.extend(execution_events(
+            "upgraded",
+            &format!("e{i}"),
+            t0() + chrono::Duration::minutes(i),
+            700,
+            i % 4 != 0,
+        ));
+    }
+    let head = publish_all(&publisher, &events).await;
+    app.wait_applied(head).await;
+    let before = app.stats("upgraded").await["data"].clone();
+    app.stop().await;
+
+    // Pretend an older build made the file, and damage its aggregates: a rebuild must fix them.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '0' WHERE key = 'projection_version'",
+        [],
+    )
+    .unwrap();
+    conn.execute("UPDATE job_stats SET completed = 1", [])
+        .unwrap();
+    drop(conn);
+
+    let app = App::spawn(&nats.url(), &db).await;
+    assert_eq!(app.readyz().await["rebuild"]["inProgress"], false);
+    let after = app.stats("upgraded").await["data"].clone();
+    assert_eq!(before["queue"], after["queue"]);
+    assert_eq!(before["performance"], after["performance"]);
+    assert_eq!(
+        jobstats::store::projection_version_of(&db).unwrap(),
+        Some(jobstats::store::PROJECTION_VERSION)
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("jobstats_rebuilds_completed_total 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

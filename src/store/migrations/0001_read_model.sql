@@ -16,10 +16,10 @@ CREATE TABLE checkpoint (
 INSERT INTO checkpoint (id, last_sequence, events_applied, dead_letters, committed_at_ms)
 VALUES (1, 0, 0, 0, 0);
 
--- One row per execution; the clustered key keeps a job's executions together.
+-- One row per execution, clustered by job so a job's executions sit together. Keys use the
+-- job's integer id: narrow keys keep both B-trees small and comparisons cheap.
 CREATE TABLE executions (
-    tenant_id       TEXT    NOT NULL,
-    job_name        TEXT    NOT NULL,
+    job_id          INTEGER NOT NULL,  -- job_stats.job_id
     execution_id    TEXT    NOT NULL,
     state           INTEGER NOT NULL,  -- 0 pending, 1 processing, 2 completed, 3 failed
     enqueued_at     INTEGER,
@@ -28,15 +28,16 @@ CREATE TABLE executions (
     items_processed INTEGER,
     error           TEXT,
     recency_key     INTEGER NOT NULL,  -- started_at, else enqueued_at, else finished_at
-    PRIMARY KEY (tenant_id, job_name, execution_id)
+    PRIMARY KEY (job_id, execution_id)
 ) WITHOUT ROWID;
 
 -- Serves "recent executions" as a bounded index range scan, never a history scan.
 CREATE INDEX executions_by_recency
-    ON executions (tenant_id, job_name, recency_key DESC, execution_id DESC);
+    ON executions (job_id, recency_key DESC, execution_id DESC);
 
 -- Incrementally maintained aggregates: one row per (tenant, job) ever seen.
 CREATE TABLE job_stats (
+    job_id                     INTEGER PRIMARY KEY,  -- assigned in stream order of first event
     tenant_id                  TEXT    NOT NULL,
     job_name                   TEXT    NOT NULL,
     pending                    INTEGER NOT NULL,
@@ -54,8 +55,8 @@ CREATE TABLE job_stats (
     schedule_event_id          TEXT,
     first_sequence             INTEGER NOT NULL,
     last_sequence              INTEGER NOT NULL,
-    PRIMARY KEY (tenant_id, job_name)
-) WITHOUT ROWID;
+    UNIQUE (tenant_id, job_name)
+);
 
 -- Messages that broke the event contract: recorded, acknowledged, never blocking.
 CREATE TABLE dead_letters (
