@@ -54,7 +54,7 @@ fn mix(total: usize) -> Vec<jobstats::events::Event> {
         events.push(run.clone().at(start).enqueued().unwrap());
         events.push(run.clone().at(start).started().unwrap());
         let end = start + chrono::Duration::milliseconds(duration);
-        let terminal = if execution % 33 == 0 {
+        let terminal = if execution.is_multiple_of(33) {
             run.at(end).failed(Some(1), Some("boom")).unwrap()
         } else {
             run.at(end).completed(Some(execution % 500)).unwrap()
@@ -114,7 +114,7 @@ async fn noop_durable(js: &jetstream::Context, head: u64, batch: usize) -> f64 {
         let message = message.unwrap();
         count += 1;
         let sequence = message.info().unwrap().stream_sequence;
-        if count % batch == 0 || sequence >= head {
+        if count.is_multiple_of(batch) || sequence >= head {
             message.ack().await.unwrap();
         }
         if sequence >= head {
@@ -326,6 +326,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--writer-only") {
         println!("(0) SQLite writer alone: {writer_only:.0} events/s");
         let _ = nats.kill();
+        let _ = nats.wait();
         return;
     }
     let started = Instant::now();
