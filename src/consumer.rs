@@ -402,7 +402,7 @@ impl Projector {
 
     fn report_progress(&self, checkpoint: u64, lag: u64) {
         let status = &self.handles.status;
-        status.last_sequence.store(checkpoint, Ordering::Relaxed);
+        status.last_sequence.store(checkpoint, Ordering::Release);
         status.lag.store(lag, Ordering::Relaxed);
         status.last_error_at_ms.store(0, Ordering::Relaxed);
         if lag == 0 {

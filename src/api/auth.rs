@@ -76,6 +76,7 @@ pub enum AuthError {
 /// The claims the service reads. Unknown claims are ignored.
 #[derive(Debug, Clone, Deserialize)]
 struct Claims {
+    exp: i64,
     #[serde(default)]
     iss: Option<String>,
     #[serde(default)]
@@ -133,7 +134,13 @@ struct VerificationKey {
 pub struct Authenticator {
     keys: Vec<VerificationKey>,
     settings: AuthSettings,
+    /// Tokens already verified, by (token, realm header), with the unix time they expire at:
+    /// a dashboard polling with one token pays for the signature check once.
+    verified: std::sync::Mutex<std::collections::HashMap<(String, Option<String>), (Principal, i64)>>,
 }
+
+/// Most verified tokens remembered; past it the cache starts over.
+const VERIFIED_TOKEN_CACHE_ENTRIES: usize = 10_000;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -180,7 +187,11 @@ impl Authenticator {
                 return Err(AuthConfigError::Realm(bad.clone()));
             }
         }
-        Ok(Authenticator { keys, settings })
+        Ok(Authenticator {
+            keys,
+            settings,
+            verified: Default::default(),
+        })
     }
 
     /// The algorithms a token may be signed with.
@@ -238,6 +249,27 @@ impl Authenticator {
                 return Err(AuthError::UnknownRealm);
             }
         }
+        let cache_key = (token.to_owned(), realm.map(str::to_owned));
+        let now = chrono::Utc::now().timestamp();
+        {
+            let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((principal, expires_at)) = cache.get(&cache_key) {
+                if now <= *expires_at {
+                    return Ok(principal.clone());
+                }
+            }
+        }
+        let (principal, expires_at) = self.verify(token, realm)?;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_TOKEN_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(cache_key, (principal.clone(), expires_at));
+        Ok(principal)
+    }
+
+    /// Checks signature and claims; returns the principal and when the token stops being valid.
+    fn verify(&self, token: &str, realm: Option<&str>) -> Result<(Principal, i64), AuthError> {
         // `alg: none` and unknown algorithms fail here: jsonwebtoken has no such variant.
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let candidates: Vec<&VerificationKey> = self
@@ -261,7 +293,10 @@ impl Authenticator {
         let mut last_error = AuthError::Invalid;
         for candidate in candidates {
             match jsonwebtoken::decode::<Claims>(token, &candidate.key, &validation) {
-                Ok(data) => return self.principal(data.claims, realm),
+                Ok(data) => {
+                    let expires_at = data.claims.exp + LEEWAY_SECONDS as i64;
+                    return Ok((self.principal(data.claims, realm)?, expires_at));
+                }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind;
                     last_error = match e.kind() {

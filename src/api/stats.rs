@@ -19,7 +19,6 @@ use super::{now_rfc3339, rfc3339_millis, AppState};
 use crate::api::auth::Principal;
 use crate::events::{JobName, TenantId};
 use crate::projection::format::{human_duration, human_percent, percent_one_decimal};
-use crate::schedule::CronSchedule;
 use crate::store::{ExecutionSummary, JobSnapshot};
 
 pub const SUCCESS_MESSAGE: &str = "Job statistics retrieved successfully";
@@ -254,8 +253,9 @@ fn answer(
     }
     principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
     let readers = state.readers.get();
+    let checkpoint = state.status.last_sequence.load(std::sync::atomic::Ordering::Acquire);
     let snapshot = readers
-        .job_snapshot(&tenant, &job, recent)?
+        .cached_job_snapshot(&tenant, &job, recent, checkpoint)?
         .ok_or(ApiError::JobNotFound)?;
     let now = Utc::now();
     Ok(JobStatsEnvelope {
@@ -291,9 +291,9 @@ pub fn render(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> JobS
     let last = stats.last_finished.as_ref().and_then(|l| l.duration_ms);
     let success = stats.success_rate_percent();
     let cron = stats.schedule.as_ref().and_then(|s| s.cron.clone());
-    let next_run = cron
-        .as_deref()
-        .and_then(|c| CronSchedule::parse(c).ok())
+    let next_run = snapshot
+        .cron
+        .as_ref()
         .and_then(|c| c.next_after(now))
         .map(|t| rfc3339_millis(t.timestamp_millis()));
     JobStatsData {

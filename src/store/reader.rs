@@ -3,7 +3,8 @@
 //! commits, and costs a few index lookups whatever the history's length.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
@@ -38,6 +39,8 @@ pub struct ExecutionSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSnapshot {
     pub stats: JobStats,
+    /// The schedule's cron, parsed once per snapshot.
+    pub cron: Option<crate::schedule::CronSchedule>,
     pub recent: Vec<ExecutionSummary>,
     pub freshness: Freshness,
 }
@@ -46,7 +49,12 @@ pub struct JobSnapshot {
 pub struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Snapshots by (tenant, job, recent), each valid while the checkpoint is unchanged.
+    snapshots: Mutex<HashMap<(TenantId, String, u32), Arc<JobSnapshot>>>,
 }
+
+/// Most snapshots kept; past it the cache starts over (it refills from hot jobs quickly).
+const SNAPSHOT_CACHE_ENTRIES: usize = 10_000;
 
 impl ReadPool {
     /// Opens a pool on the file `path` names now (a symlink is resolved once, here).
@@ -54,6 +62,7 @@ impl ReadPool {
         let pool = ReadPool {
             path: resolve(path),
             idle: Mutex::new(Vec::new()),
+            snapshots: Mutex::new(HashMap::new()),
         };
         // Fail early (and keep the connection) if the file cannot be read.
         let conn = pool.connect()?;
@@ -112,6 +121,37 @@ impl ReadPool {
         self.with_snapshot(read_freshness)
     }
 
+    /// [`ReadPool::job_snapshot`], answered from memory when the read model has not changed
+    /// since the last read of the same job: `checkpoint` is the sequence the writer last
+    /// reported committing (a stale value only makes the answer older, never mixed).
+    pub fn cached_job_snapshot(
+        &self,
+        tenant: &TenantId,
+        job: &JobName,
+        recent: u32,
+        checkpoint: u64,
+    ) -> Result<Option<Arc<JobSnapshot>>, StoreError> {
+        let key = (*tenant, job.as_str().to_owned(), recent);
+        {
+            let cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = cache.get(&key) {
+                if hit.freshness.last_sequence == checkpoint {
+                    return Ok(Some(hit.clone()));
+                }
+            }
+        }
+        let Some(snapshot) = self.job_snapshot(tenant, job, recent)? else {
+            return Ok(None);
+        };
+        let snapshot = Arc::new(snapshot);
+        let mut cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= SNAPSHOT_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, snapshot.clone());
+        Ok(Some(snapshot))
+    }
+
     /// One job's aggregates, its `recent` newest executions and the checkpoint, from a single
     /// snapshot; `None` when no event was ever seen for the job in this tenant.
     pub fn job_snapshot(
@@ -159,7 +199,13 @@ impl ReadPool {
                     error,
                 });
             }
+            let cron = stats
+                .schedule
+                .as_ref()
+                .and_then(|s| s.cron.as_deref())
+                .and_then(|c| crate::schedule::CronSchedule::parse(c).ok());
             Ok(Some(JobSnapshot {
+                cron,
                 stats,
                 recent: executions,
                 freshness: read_freshness(tx)?,
