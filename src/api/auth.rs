@@ -136,7 +136,8 @@ pub struct Authenticator {
     settings: AuthSettings,
     /// Tokens already verified, by (token, realm header), with the unix time they expire at:
     /// a dashboard polling with one token pays for the signature check once.
-    verified: std::sync::Mutex<std::collections::HashMap<(String, Option<String>), (Principal, i64)>>,
+    verified:
+        std::sync::Mutex<std::collections::HashMap<(String, Option<String>), (Principal, i64)>>,
 }
 
 /// Most verified tokens remembered; past it the cache starts over.

@@ -212,16 +212,25 @@ impl StatsApi {
     async fn get_job_stats(
         &self,
         request: &Request,
-        /// The job's name: 1–128 chars of A-Z a-z 0-9 . _ : -, starting with a letter or digit.
-        #[oai(name = "jobName")]
-        job_name: Path<String>,
         /// The tenant (UUID).
-        #[oai(name = "x-tenantid")]
+        #[oai(
+            name = "x-tenantid",
+            validator(
+                pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+            )
+        )]
         _tenant: Header<String>,
+        /// The job's name: 1–128 chars of A-Z a-z 0-9 . _ : -, starting with a letter or digit.
+        #[oai(
+            name = "jobName",
+            validator(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", max_length = 128)
+        )]
+        job_name: Path<String>,
         /// The authentication realm; the token must come from it.
         #[oai(name = "realmname")]
         _realm: Header<Option<String>>,
         /// How many recent executions to return (1–100, default 10).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         recent: Query<Option<u32>>,
         auth: BearerAuth,
     ) -> StatsResponse {
@@ -253,7 +262,10 @@ fn answer(
     }
     principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
     let readers = state.readers.get();
-    let checkpoint = state.status.last_sequence.load(std::sync::atomic::Ordering::Acquire);
+    let checkpoint = state
+        .status
+        .last_sequence
+        .load(std::sync::atomic::Ordering::Acquire);
     let snapshot = readers
         .cached_job_snapshot(&tenant, &job, recent, checkpoint)?
         .ok_or(ApiError::JobNotFound)?;

@@ -467,7 +467,10 @@ async fn main() {
         .unwrap();
         let base = format!("http://127.0.0.1:{http_port}");
         let trivial = wrk(&format!("{base}/healthz"), None);
-        let stats = wrk(&format!("{base}/api/v1/admin/jobs/job-1/stats"), Some(&token));
+        let stats = wrk(
+            &format!("{base}/api/v1/admin/jobs/job-1/stats"),
+            Some(&token),
+        );
         // The same while the projector ingests ~10k events/s.
         let ingest = {
             let js = js.clone();
@@ -476,7 +479,10 @@ async fn main() {
                 for chunk in events.chunks(1_000) {
                     let started = Instant::now();
                     publish(&js, chunk).await;
-                    tokio::time::sleep(Duration::from_millis(100).saturating_sub(started.elapsed())).await;
+                    tokio::time::sleep(
+                        Duration::from_millis(100).saturating_sub(started.elapsed()),
+                    )
+                    .await;
                 }
             })
         };
@@ -491,16 +497,32 @@ async fn main() {
         ingest.abort();
         match (trivial, stats, stats_ingesting) {
             (Some((trivial, _, _)), Some((stats, p50, p99)), Some((busy, busy_p50, busy_p99))) => {
-                row("(4) /healthz req/s (trivial endpoint)", format!("{trivial:.0}"), "wrk -t2 -c64 -d5s");
-                row("(4) stats req/s", format!("{stats:.0}"), &format!("p50 {p50}, p99 {p99}"));
-                row("(4) stats / trivial req/s", format!("{:.2}", stats / trivial), "floor 0.4, goal 0.7");
+                row(
+                    "(4) /healthz req/s (trivial endpoint)",
+                    format!("{trivial:.0}"),
+                    "wrk -t2 -c64 -d5s",
+                );
+                row(
+                    "(4) stats req/s",
+                    format!("{stats:.0}"),
+                    &format!("p50 {p50}, p99 {p99}"),
+                );
+                row(
+                    "(4) stats / trivial req/s",
+                    format!("{:.2}", stats / trivial),
+                    "floor 0.4, goal 0.7",
+                );
                 row(
                     "(4) stats req/s while ingesting ~10k events/s",
                     format!("{busy:.0}"),
                     &format!("p50 {busy_p50}, p99 {busy_p99} (floor p99 10 ms, goal 5 ms)"),
                 );
             }
-            _ => row("(4) HTTP", "skipped".into(), "wrk not installed (apt-get install wrk)"),
+            _ => row(
+                "(4) HTTP",
+                "skipped".into(),
+                "wrk not installed (apt-get install wrk)",
+            ),
         }
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", serve.id())) {
             if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {

@@ -2,8 +2,8 @@
 //! file. Every stats read is one snapshot (a read transaction), so an answer never mixes two
 //! commits, and costs a few index lookups whatever the history's length.
 
-use std::path::{Path, PathBuf};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};

@@ -606,3 +606,49 @@ async fn health_readiness_metrics_and_docs_are_served() {
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));
 }
+
+#[tokio::test]
+async fn checks_run_in_the_documented_order() {
+    let f = fixture().await;
+    // 401 before anything else.
+    let (status, _, _) = get(
+        &f.app,
+        "/api/v1/admin/jobs/bad%20name/stats",
+        &[("x-tenantid", "nope")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    // Then the tenant header, then the job name, both before authorization.
+    let viewer = format!("Bearer {}", token(&["viewer"], Some(OTHER_TENANT)));
+    let (status, body, _) = get(
+        &f.app,
+        "/api/v1/admin/jobs/bad%20name/stats",
+        &[("authorization", &viewer), ("x-tenantid", "nope")],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (400, "INVALID_TENANT_ID")
+    );
+    let (status, body, _) = get(
+        &f.app,
+        "/api/v1/admin/jobs/bad%20name/stats",
+        &[("authorization", &viewer), ("x-tenantid", TENANT)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (400, "INVALID_JOB_NAME")
+    );
+    // Then authorization, before the lookup: a forbidden caller cannot probe which jobs exist.
+    let (status, body, _) = get(
+        &f.app,
+        "/api/v1/admin/jobs/neverSeen/stats",
+        &[("authorization", &viewer), ("x-tenantid", TENANT)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (403, "FORBIDDEN")
+    );
+}
