@@ -136,9 +136,11 @@ pub struct Authenticator {
     settings: AuthSettings,
     /// Tokens already verified, by (token, realm header), with the unix time they expire at:
     /// a dashboard polling with one token pays for the signature check once.
-    verified:
-        std::sync::Mutex<std::collections::HashMap<(String, Option<String>), (Principal, i64)>>,
+    verified: std::sync::Mutex<VerifiedTokens>,
 }
+
+/// Verified tokens by (token, realm header): the principal and the unix time it expires at.
+type VerifiedTokens = std::collections::HashMap<(String, Option<String>), (Principal, i64)>;
 
 /// Most verified tokens remembered; past it the cache starts over.
 const VERIFIED_TOKEN_CACHE_ENTRIES: usize = 10_000;
