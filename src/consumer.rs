@@ -52,7 +52,7 @@ impl ProjectorConfig {
             stream: stream.to_owned(),
             consumer: consumer.to_owned(),
             db_path,
-            batch_size: 20_000,
+            batch_size: 40_000,
             linger: Duration::from_millis(5),
         }
     }

@@ -363,9 +363,9 @@ async fn main() {
         "decode + apply + commit, no NATS",
     );
 
-    let ceiling = noop_durable(&js, head, 20_000).await;
+    let ceiling = noop_durable(&js, head, 40_000).await;
     row(
-        "(1) no-op durable consumer, ack per 20k batch (events/s)",
+        "(1) no-op durable consumer, ack per 40k batch (events/s)",
         format!("{ceiling:.0}"),
         "ceiling",
     );
