@@ -380,6 +380,11 @@ impl Projector {
             tracing::debug!(error = %e, "ack not sent; the messages will be redelivered and skipped");
         }
         let lag = last.info().map(|i| i.pending).unwrap_or(0);
+        // Before the new checkpoint is published: readers must not serve these jobs from cache.
+        self.handles
+            .readers
+            .get()
+            .jobs_changed(&outcome.changed_jobs, outcome.last_sequence);
         self.record(&outcome, lag);
         Ok(())
     }

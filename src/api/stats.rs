@@ -257,12 +257,8 @@ fn answer(
     }
     principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
     let readers = state.readers.get();
-    let checkpoint = state
-        .status
-        .last_sequence
-        .load(std::sync::atomic::Ordering::Acquire);
     let snapshot = readers
-        .cached_job_snapshot(&tenant, &job, recent, checkpoint)?
+        .cached_job_snapshot(&tenant, &job, recent)?
         .ok_or(ApiError::JobNotFound)?;
     let now = Utc::now();
     Ok(JobStatsEnvelope {

@@ -49,8 +49,18 @@ pub struct JobSnapshot {
 pub struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    /// Snapshots by (tenant, job, recent), each valid while the checkpoint is unchanged.
-    snapshots: Mutex<HashMap<(TenantId, String, u32), Arc<JobSnapshot>>>,
+    /// Snapshots by (tenant, job, recent), each valid until its job changes.
+    snapshots: Mutex<SnapshotCache>,
+}
+
+#[derive(Default)]
+struct SnapshotCache {
+    snapshots: HashMap<(TenantId, String, u32), Arc<JobSnapshot>>,
+    /// The checkpoint of the last commit that changed each job (reported by the writer's
+    /// owner before it publishes the new checkpoint).
+    changed_at: HashMap<(TenantId, String), u64>,
+    /// Set when `changed_at` is reset: snapshots read before it are not trusted.
+    floor: u64,
 }
 
 /// Most snapshots kept; past it the cache starts over (it refills from hot jobs quickly).
@@ -62,7 +72,7 @@ impl ReadPool {
         let pool = ReadPool {
             path: resolve(path),
             idle: Mutex::new(Vec::new()),
-            snapshots: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(SnapshotCache::default()),
         };
         // Fail early (and keep the connection) if the file cannot be read.
         let conn = pool.connect()?;
@@ -121,21 +131,40 @@ impl ReadPool {
         self.with_snapshot(read_freshness)
     }
 
-    /// [`ReadPool::job_snapshot`], answered from memory when the read model has not changed
-    /// since the last read of the same job: `checkpoint` is the sequence the writer last
-    /// reported committing (a stale value only makes the answer older, never mixed).
+    /// Records that a commit at `sequence` changed these jobs, so their cached snapshots are
+    /// read again; other jobs' snapshots stay valid. Call before publishing the checkpoint.
+    pub fn jobs_changed(&self, jobs: &[(TenantId, String)], sequence: u64) {
+        let mut cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.changed_at.len() >= SNAPSHOT_CACHE_ENTRIES {
+            // Forgetting when jobs changed would make stale snapshots look valid: drop them too.
+            cache.changed_at.clear();
+            cache.snapshots.clear();
+            cache.floor = sequence;
+        }
+        for job in jobs {
+            cache.changed_at.insert(job.clone(), sequence);
+        }
+    }
+
+    /// [`ReadPool::job_snapshot`], answered from memory while the job has not changed since
+    /// the cached read (see [`ReadPool::jobs_changed`]).
     pub fn cached_job_snapshot(
         &self,
         tenant: &TenantId,
         job: &JobName,
         recent: u32,
-        checkpoint: u64,
     ) -> Result<Option<Arc<JobSnapshot>>, StoreError> {
         let key = (*tenant, job.as_str().to_owned(), recent);
         {
             let cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(hit) = cache.get(&key) {
-                if hit.freshness.last_sequence == checkpoint {
+            if let Some(hit) = cache.snapshots.get(&key) {
+                let changed_at = cache
+                    .changed_at
+                    .get(&(key.0, key.1.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    .max(cache.floor);
+                if hit.freshness.last_sequence >= changed_at {
                     return Ok(Some(hit.clone()));
                 }
             }
@@ -145,10 +174,10 @@ impl ReadPool {
         };
         let snapshot = Arc::new(snapshot);
         let mut cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= SNAPSHOT_CACHE_ENTRIES {
-            cache.clear();
+        if cache.snapshots.len() >= SNAPSHOT_CACHE_ENTRIES {
+            cache.snapshots.clear();
         }
-        cache.insert(key, snapshot.clone());
+        cache.snapshots.insert(key, snapshot.clone());
         Ok(Some(snapshot))
     }
 

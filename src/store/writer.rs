@@ -34,6 +34,8 @@ pub struct BatchOutcome {
     pub last_sequence: u64,
     /// Dead letters of this batch by reason code (for metrics).
     pub dead_letter_codes: Vec<&'static str>,
+    /// Every (tenant, job) whose rows this batch changed (for read caches).
+    pub changed_jobs: Vec<(TenantId, String)>,
 }
 
 /// Job ids by tenant, then job name (nested so a lookup borrows the name instead of cloning it).
@@ -185,6 +187,11 @@ impl Writer {
             // Only redeliveries: nothing to commit.
             return Ok(outcome);
         }
+        outcome.changed_jobs = batch
+            .jobs
+            .values()
+            .map(|row| (row.tenant, row.job.clone()))
+            .collect();
         let new_jobs = batch.flush(&tx)?;
         tx.execute(
             "UPDATE checkpoint SET last_sequence = ?1, events_applied = events_applied + ?2,

@@ -290,3 +290,41 @@ async fn sigterm_commits_the_batch_in_hand_and_exits_cleanly() {
         .unwrap();
     assert_eq!(freshness.last_sequence, head);
 }
+
+#[tokio::test]
+async fn cached_answers_follow_every_change_of_their_job() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(&nats.url(), &dir.path().join("stats.db")).await;
+    let publisher = nats.publisher().await;
+    for round in 0..5i64 {
+        let start = base_time() + chrono::Duration::hours(round);
+        // A change to another job keeps the cached answer valid...
+        let head = publish_all(
+            &publisher,
+            &execution_events("other", &format!("o{round}"), start, 1_000, true),
+        )
+        .await;
+        app.wait_applied(head).await;
+        if round > 0 {
+            let before = app.stats("watched").await;
+            assert_eq!(before["data"]["queue"]["completed"], round);
+        }
+        // ...a change to this job is visible in the very next answer.
+        let head = publish_all(
+            &publisher,
+            &execution_events("watched", &format!("w{round}"), start, 1_000, true),
+        )
+        .await;
+        app.wait_applied(head).await;
+        let after = app.stats("watched").await;
+        assert_eq!(after["data"]["queue"]["completed"], round + 1);
+        assert!(
+            after["data"]["freshness"]["appliedSequence"]
+                .as_u64()
+                .unwrap()
+                >= head
+        );
+    }
+    app.stop().await;
+}
