@@ -99,7 +99,7 @@ async fn the_api_keeps_answering_through_a_rebuild_and_swap() {
     let service = ServeProcess::start(&nats.url(), &db);
     let publisher = nats.publisher().await;
     let mut events = Vec::new();
-    for i in 0..20_000i64 {
+    for i in 0..100_000i64 {
         events.extend(execution_events(
             "hammered",
             &format!("e{i:06}"),
