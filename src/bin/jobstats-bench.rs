@@ -192,21 +192,26 @@ fn writer_only_rate(dir: &Path, events: &[jobstats::events::Event]) -> f64 {
         .and_then(|b| b.parse().ok())
         .unwrap_or(20_000);
     for chunk in encoded.chunks(batch) {
-        let incoming: Vec<IncomingMessage<'_>> = chunk
-            .iter()
-            .map(|(subject, payload)| {
-                sequence += 1;
-                IncomingMessage {
-                    sequence,
-                    subject,
-                    payload,
-                    published_at_ms: None,
-                }
-            })
-            .collect();
-        writer.apply_batch(&incoming).unwrap();
+        apply_encoded(&mut writer, chunk, &mut sequence);
     }
     encoded.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Applies (subject, payload) pairs as the next stream sequences, in one batch.
+fn apply_encoded(writer: &mut Writer, encoded: &[(String, Vec<u8>)], sequence: &mut u64) {
+    let incoming: Vec<IncomingMessage<'_>> = encoded
+        .iter()
+        .map(|(subject, payload)| {
+            *sequence += 1;
+            IncomingMessage {
+                sequence: *sequence,
+                subject,
+                payload,
+                published_at_ms: None,
+            }
+        })
+        .collect();
+    writer.apply_batch(&incoming).unwrap();
 }
 
 /// p50 of one stats read (aggregates + 10 recent + checkpoint) for a job with `executions`.
@@ -232,19 +237,7 @@ fn query_p50_us(dir: &Path, executions: u64) -> f64 {
             pending.push((event.subject(), event.to_bytes()));
         }
         if pending.len() >= 20_000 || i + 1 == executions {
-            let incoming: Vec<IncomingMessage<'_>> = pending
-                .iter()
-                .map(|(subject, payload)| {
-                    sequence += 1;
-                    IncomingMessage {
-                        sequence,
-                        subject,
-                        payload,
-                        published_at_ms: None,
-                    }
-                })
-                .collect();
-            writer.apply_batch(&incoming).unwrap();
+            apply_encoded(&mut writer, &pending, &mut sequence);
             pending.clear();
         }
     }
