@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${NATS_SERVER_BIN:?set NATS_SERVER_BIN}"
-BIN=${JOBSTATS_BIN:-target/debug/jobstats}
+BIN=${JOBSTATS_BIN:-${CARGO_TARGET_DIR:-target}/debug/jobstats}
 venv=target/schemathesis-venv
 if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
