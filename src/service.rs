@@ -84,6 +84,7 @@ pub async fn serve(
             metrics,
             status,
             nats: None,
+            bodies: Default::default(),
         });
         api::serve(listener, state, shutdown.wait()).await?;
         return Ok(());
@@ -150,6 +151,7 @@ pub async fn serve(
         metrics,
         status,
         nats: Some(client.clone()),
+        bodies: Default::default(),
     });
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
     let http = api::serve(listener, state, shutdown.wait());

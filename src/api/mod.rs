@@ -6,6 +6,7 @@
 //! before anything else is looked at) → routes.
 
 pub mod auth;
+pub mod body;
 pub mod errors;
 mod health;
 pub mod stats;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub status: Arc<ProjectorStatus>,
     /// The NATS connection, when this process projects (absent for a read-only audit copy).
     pub nats: Option<async_nats::Client>,
+    /// Serialized stats answers, one per cached snapshot.
+    pub bodies: body::BodyCache,
 }
 
 pub const STATS_ROUTE: &str = "/api/v1/admin/jobs/{jobName}/stats";

@@ -14,8 +14,9 @@ use poem_openapi::{
     ApiResponse, Object, OpenApi, SecurityScheme,
 };
 
+use super::body::StatsJson;
 use super::errors::{ApiError, ErrorEnvelope};
-use super::{now_rfc3339, rfc3339_millis, AppState};
+use super::{rfc3339_millis, AppState};
 use crate::api::auth::Principal;
 use crate::events::{JobName, TenantId};
 use crate::projection::format::{human_duration, human_percent, percent_one_decimal};
@@ -131,7 +132,7 @@ pub struct JobStatsEnvelope {
 pub enum StatsResponse {
     /// Job statistics.
     #[oai(status = 200)]
-    Ok(Json<Box<JobStatsEnvelope>>),
+    Ok(StatsJson),
     /// INVALID_TENANT_ID, INVALID_JOB_NAME or INVALID_PARAMETER.
     #[oai(status = 400)]
     BadRequest(Json<ErrorEnvelope>),
@@ -233,7 +234,7 @@ impl StatsApi {
             return ApiError::Internal("application state missing".into()).into();
         };
         match answer(state, request, &job_name.0, recent.0, &auth.0) {
-            Ok(envelope) => StatsResponse::Ok(Json(Box::new(envelope))),
+            Ok(body) => StatsResponse::Ok(StatsJson(body)),
             Err(error) => error.into(),
         }
     }
@@ -245,7 +246,7 @@ fn answer(
     job_name: &str,
     recent: Option<u32>,
     principal: &Principal,
-) -> Result<JobStatsEnvelope, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let tenant = tenant_header(request)?;
     let job = JobName::parse(job_name)
         .map_err(|reason| ApiError::InvalidJobName(format!("Invalid job name: {reason}")))?;
@@ -260,13 +261,8 @@ fn answer(
     let snapshot = readers
         .cached_job_snapshot(&tenant, &job, recent)?
         .ok_or(ApiError::JobNotFound)?;
-    let now = Utc::now();
-    Ok(JobStatsEnvelope {
-        success: true,
-        message: SUCCESS_MESSAGE.to_owned(),
-        data: render(&job, &snapshot, now),
-        timestamp: now_rfc3339(),
-    })
+    let body = state.bodies.body(&tenant, &job, recent, snapshot);
+    Ok(body.at(Utc::now()))
 }
 
 /// Reads `x-tenantid` strictly: exactly once, a UUID.

@@ -1,0 +1,324 @@
+//! The stats response serialized once per read-model snapshot.
+//!
+//! A snapshot stays valid until its job changes, and every answer from it is the same bytes
+//! except the request time (`generatedAt`, `timestamp`) and `nextRun`. Serializing the whole
+//! envelope per request (poem-openapi's `ToJSON` → `serde_json::Value` → bytes) was a fifth of
+//! the endpoint's CPU; here it happens once per snapshot, and a request copies the parts
+//! around those three values.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{
+    payload::Payload,
+    registry::{MetaSchemaRef, Registry},
+    types::{ToJSON, Type},
+};
+
+use super::rfc3339_millis;
+use super::stats::{render, JobStatsEnvelope, SUCCESS_MESSAGE};
+use crate::events::{JobName, TenantId};
+use crate::store::JobSnapshot;
+
+/// Stand-ins for the per-request values while the template is serialized. Control characters
+/// cannot occur in job names, cron expressions or the formatted fields before them; an error
+/// text (free text from a publisher) could hold them, which the occurrence count catches.
+const NOW_MARK: &str = "\u{1}jobstats:now\u{1}";
+const NEXT_RUN_MARK: &str = "\u{1}jobstats:next-run\u{1}";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    /// The request time, as an RFC 3339 JSON string.
+    Now,
+    /// The schedule's next fire time after the request time, or `null`.
+    NextRun,
+}
+
+/// One snapshot's response body, minus the request-time values.
+pub struct StatsBody {
+    snapshot: Arc<JobSnapshot>,
+    /// `None` when the snapshot's text defeats the template (see [`NOW_MARK`]): such answers
+    /// are serialized whole, per request.
+    parts: Option<Vec<Part>>,
+    job: JobName,
+    /// The last computed next fire time (ms) and its JSON: valid until that instant passes.
+    next_run: Mutex<Option<(i64, String)>>,
+}
+
+impl StatsBody {
+    pub fn new(job: &JobName, snapshot: Arc<JobSnapshot>) -> Self {
+        let parts = template(job, &snapshot);
+        StatsBody {
+            snapshot,
+            parts,
+            job: job.clone(),
+            next_run: Mutex::new(None),
+        }
+    }
+
+    /// The JSON body of an answer at `now`.
+    pub fn at(&self, now: DateTime<Utc>) -> Vec<u8> {
+        let Some(parts) = &self.parts else {
+            return whole_body(&self.job, &self.snapshot, now);
+        };
+        let now_json = json_string(&rfc3339_millis(now.timestamp_millis()));
+        let next_run = self.next_run_json(now);
+        let size: usize = parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(text) => text.len(),
+                Part::Now => now_json.len(),
+                Part::NextRun => next_run.len(),
+            })
+            .sum();
+        let mut body = Vec::with_capacity(size);
+        for part in parts {
+            body.extend_from_slice(match part {
+                Part::Literal(text) => text.as_bytes(),
+                Part::Now => now_json.as_bytes(),
+                Part::NextRun => next_run.as_bytes(),
+            });
+        }
+        body
+    }
+
+    fn next_run_json(&self, now: DateTime<Utc>) -> String {
+        let Some(cron) = &self.snapshot.cron else {
+            return "null".to_owned();
+        };
+        let now_ms = now.timestamp_millis();
+        let mut cached = self.next_run.lock().unwrap_or_else(|p| p.into_inner());
+        // The first fire after `now` stays the same until `now` reaches it.
+        if let Some((fire_ms, json)) = cached.as_ref().filter(|(fire_ms, _)| now_ms < *fire_ms) {
+            debug_assert!(*fire_ms > now_ms);
+            return json.clone();
+        }
+        let Some(fire) = cron.next_after(now) else {
+            *cached = None;
+            return "null".to_owned();
+        };
+        let json = json_string(&rfc3339_millis(fire.timestamp_millis()));
+        *cached = Some((fire.timestamp_millis(), json.clone()));
+        json
+    }
+
+    pub fn is_for(&self, snapshot: &Arc<JobSnapshot>) -> bool {
+        Arc::ptr_eq(&self.snapshot, snapshot)
+    }
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serializes")
+}
+
+fn envelope(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> JobStatsEnvelope {
+    JobStatsEnvelope {
+        success: true,
+        message: SUCCESS_MESSAGE.to_owned(),
+        data: render(job, snapshot, now),
+        timestamp: rfc3339_millis(now.timestamp_millis()),
+    }
+}
+
+/// The body as poem-openapi serializes the envelope: the reference the template must equal.
+pub fn whole_body(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> Vec<u8> {
+    serde_json::to_vec(&envelope(job, snapshot, now).to_json()).unwrap_or_default()
+}
+
+/// Serializes the envelope with marks in place of the request-time values and splits it there.
+fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
+    let mut marked = envelope(job, snapshot, Utc::now());
+    marked.timestamp = NOW_MARK.to_owned();
+    marked.data.generated_at = NOW_MARK.to_owned();
+    marked.data.schedule.next_run = Some(NEXT_RUN_MARK.to_owned());
+    let text = serde_json::to_string(&marked.to_json()).ok()?;
+    let now_mark = json_string(NOW_MARK);
+    let next_mark = json_string(NEXT_RUN_MARK);
+    if text.matches(&now_mark).count() != 2 || text.matches(&next_mark).count() != 1 {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut rest = text.as_str();
+    loop {
+        let next = [(&now_mark, Part::Now), (&next_mark, Part::NextRun)]
+            .into_iter()
+            .filter_map(|(mark, part)| rest.find(mark.as_str()).map(|at| (at, mark.len(), part)))
+            .min_by_key(|(at, _, _)| *at);
+        let Some((at, len, part)) = next else {
+            parts.push(Part::Literal(rest.to_owned()));
+            break;
+        };
+        parts.push(Part::Literal(rest[..at].to_owned()));
+        parts.push(part);
+        rest = &rest[at + len..];
+    }
+    Some(parts)
+}
+
+/// Bodies by (tenant, job, recent), each for the snapshot it was made from.
+#[derive(Default)]
+pub struct BodyCache {
+    bodies: Mutex<HashMap<(TenantId, JobName, u32), Arc<StatsBody>>>,
+}
+
+/// Most bodies kept; past it the cache starts over, as the snapshot cache does.
+const BODY_CACHE_ENTRIES: usize = 10_000;
+
+impl BodyCache {
+    /// The body for `snapshot`, made on first use.
+    pub fn body(
+        &self,
+        tenant: &TenantId,
+        job: &JobName,
+        recent: u32,
+        snapshot: Arc<JobSnapshot>,
+    ) -> Arc<StatsBody> {
+        let key = (*tenant, job.clone(), recent);
+        if let Some(body) = self
+            .bodies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|body| body.is_for(&snapshot))
+        {
+            return body.clone();
+        }
+        // Made outside the lock: concurrent requests for a fresh snapshot may each make one,
+        // and the last stored wins; all are equal.
+        let body = Arc::new(StatsBody::new(job, snapshot));
+        let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+        if bodies.len() >= BODY_CACHE_ENTRIES {
+            bodies.clear();
+        }
+        bodies.insert(key, body.clone());
+        body
+    }
+}
+
+/// A serialized stats envelope: documented with the envelope's schema, sent as it is.
+pub struct StatsJson(pub Vec<u8>);
+
+impl Payload for StatsJson {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn schema_ref() -> MetaSchemaRef {
+        <JobStatsEnvelope as Type>::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        <JobStatsEnvelope as Type>::register(registry);
+    }
+}
+
+impl poem::IntoResponse for StatsJson {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .content_type(Self::CONTENT_TYPE)
+            .body(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projection::{ExecutionState, JobStats};
+    use crate::store::{ExecutionSummary, Freshness};
+    use chrono::TimeZone;
+
+    fn snapshot(cron: Option<&str>, error: Option<&str>) -> Arc<JobSnapshot> {
+        let mut stats = JobStats {
+            completed: 41,
+            failed: 2,
+            pending: 1,
+            processing: 1,
+            duration_sum_ms: 41 * 45_000,
+            duration_count: 41,
+            last_started_at: Some(1_700_000_000_000),
+            ..JobStats::default()
+        };
+        stats.apply_schedule(cron, 1_600_000_000_000, uuid::Uuid::new_v4());
+        Arc::new(JobSnapshot {
+            cron: cron.map(|c| crate::schedule::CronSchedule::parse(c).unwrap()),
+            stats,
+            recent: vec![ExecutionSummary {
+                execution_id: "run-\"7\"".into(),
+                state: ExecutionState::Failed,
+                enqueued_at: Some(1_699_999_999_000),
+                started_at: Some(1_700_000_000_000),
+                finished_at: Some(1_700_000_012_345),
+                items_processed: Some(12),
+                error: error.map(str::to_owned),
+            }],
+            freshness: Freshness {
+                last_sequence: 99,
+                events_applied: 98,
+                dead_letters: 1,
+                committed_at_ms: 1_700_000_100_000,
+            },
+        })
+    }
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(ms).unwrap()
+    }
+
+    #[test]
+    fn the_template_gives_exactly_the_bytes_of_the_whole_serialization() {
+        let job = JobName::parse("nightly.report").unwrap();
+        for (cron, error) in [
+            (Some("*/5 * * * *"), Some("disk full: \u{7f} \\ \" é")),
+            (None, None),
+            (Some("0 3 * * 1-5"), Some("")),
+        ] {
+            let snapshot = snapshot(cron, error);
+            let body = StatsBody::new(&job, snapshot.clone());
+            assert!(body.parts.is_some());
+            // Across fire times, so the cached next run is both reused and replaced.
+            for now in [
+                1_700_000_000_123,
+                1_700_000_000_999,
+                1_700_000_300_000,
+                1_700_000_300_001,
+                1_800_000_000_000,
+            ] {
+                assert_eq!(
+                    String::from_utf8(body.at(at(now))).unwrap(),
+                    String::from_utf8(whole_body(&job, &snapshot, at(now))).unwrap(),
+                    "cron {cron:?} at {now}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_text_holding_a_mark_falls_back_to_the_whole_serialization() {
+        let job = JobName::parse("j").unwrap();
+        for error in [NOW_MARK, NEXT_RUN_MARK] {
+            let snapshot = snapshot(Some("* * * * *"), Some(error));
+            let body = StatsBody::new(&job, snapshot.clone());
+            assert!(body.parts.is_none());
+            let now = at(1_700_000_000_500);
+            assert_eq!(body.at(now), whole_body(&job, &snapshot, now));
+            let value: serde_json::Value = serde_json::from_slice(&body.at(now)).unwrap();
+            assert_eq!(value["data"]["recentExecutions"][0]["error"], error);
+            assert_eq!(value["timestamp"], "2023-11-14T22:13:20.500Z");
+        }
+    }
+
+    #[test]
+    fn the_cache_makes_a_new_body_for_a_new_snapshot_only() {
+        let cache = BodyCache::default();
+        let tenant = TenantId::parse("00000000-0000-4000-8000-000000000001").unwrap();
+        let job = JobName::parse("j").unwrap();
+        let first = snapshot(None, None);
+        let a = cache.body(&tenant, &job, 10, first.clone());
+        let b = cache.body(&tenant, &job, 10, first.clone());
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = cache.body(&tenant, &job, 5, first);
+        assert!(!Arc::ptr_eq(&a, &c));
+        let d = cache.body(&tenant, &job, 10, snapshot(None, None));
+        assert!(!Arc::ptr_eq(&a, &d));
+    }
+}
