@@ -68,8 +68,42 @@ pub struct ProjectorHandles {
     pub applied: watch::Sender<u64>,
 }
 
-/// A message with its decode result (decoded by the reader, applied by the writer).
-type DecodedMessage = (jetstream::Message, Result<Event, DecodeError>);
+/// A message as the writer needs it, decoded by the reader. The reply subject, headers and
+/// client handle of the `jetstream::Message` are dropped on arrival: with up to four batches
+/// of 40k in memory they were a large part of the projector's peak memory.
+struct Received {
+    sequence: u64,
+    published_at_ms: Option<i64>,
+    decoded: Result<Event, DecodeError>,
+    /// Subject and payload, kept only when the message is a dead letter (the writer stores
+    /// them with the reason); an event needs neither once decoded.
+    dead_letter: Option<(async_nats::Subject, bytes::Bytes)>,
+}
+
+/// Messages for one commit, and the last of them whole, to acknowledge them all with
+/// (AckPolicy::All).
+#[derive(Default)]
+struct Batch {
+    received: Vec<Received>,
+    last: Option<jetstream::Message>,
+}
+
+impl Batch {
+    fn with_capacity(capacity: usize) -> Self {
+        Batch {
+            received: Vec::with_capacity(capacity),
+            last: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.received.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.received.len()
+    }
+}
 
 /// Why a consuming session ended.
 enum SessionEnd {
@@ -185,7 +219,7 @@ impl Projector {
 
         // Reading and committing overlap: the reader keeps pulling while the previous batch
         // commits. A bounded channel keeps at most two batches waiting for the writer.
-        let (batches, mut to_commit) = mpsc::channel::<Vec<DecodedMessage>>(2);
+        let (batches, mut to_commit) = mpsc::channel::<Batch>(2);
         let committing = std::sync::atomic::AtomicBool::new(false);
         let committer = async {
             while let Some(batch) = to_commit.recv().await {
@@ -211,11 +245,11 @@ impl Projector {
     async fn read_batches(
         &self,
         messages: &mut pull::Stream,
-        batches: mpsc::Sender<Vec<DecodedMessage>>,
+        batches: mpsc::Sender<Batch>,
         committing: &std::sync::atomic::AtomicBool,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, ProjectorError> {
-        let mut batch: Vec<DecodedMessage> = Vec::with_capacity(self.config.batch_size);
+        let mut batch = Batch::with_capacity(self.config.batch_size);
         let mut last_consumer_sequence: Option<u64> = None;
         let mut generation_check = tokio::time::interval(Duration::from_millis(500));
         generation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,7 +257,7 @@ impl Projector {
             () => {
                 if !batch.is_empty() {
                     let full =
-                        std::mem::replace(&mut batch, Vec::with_capacity(self.config.batch_size));
+                        std::mem::replace(&mut batch, Batch::with_capacity(self.config.batch_size));
                     if batches.send(full).await.is_err() {
                         return Ok(SessionEnd::Resync("the writer stopped"));
                     }
@@ -278,8 +312,12 @@ impl Projector {
                 }
                 Some(Ok(message)) => message,
             };
-            let consumer_sequence = match message.info() {
-                Ok(info) => info.consumer_sequence,
+            let (consumer_sequence, sequence, published_at_ms) = match message.info() {
+                Ok(info) => (
+                    info.consumer_sequence,
+                    info.stream_sequence,
+                    (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
+                ),
                 Err(e) => {
                     hand_over!();
                     return Err(NatsError::Messages(format!(
@@ -296,7 +334,16 @@ impl Projector {
             last_consumer_sequence = Some(consumer_sequence);
             // Decoding here runs in parallel with the writer's commit of the previous batch.
             let decoded = events::decode(message.subject.as_str(), &message.payload);
-            batch.push((message, decoded));
+            let dead_letter = decoded
+                .is_err()
+                .then(|| (message.subject.clone(), message.payload.clone()));
+            batch.received.push(Received {
+                sequence,
+                published_at_ms: Some(published_at_ms),
+                decoded,
+                dead_letter,
+            });
+            batch.last = Some(message);
             if batch.len() >= self.config.batch_size {
                 hand_over!();
             }
@@ -343,38 +390,38 @@ impl Projector {
     }
 
     /// Commits the batch in hand (if any) and acknowledges it.
-    async fn commit(&self, batch: Vec<DecodedMessage>) -> Result<(), ProjectorError> {
-        if batch.is_empty() {
+    async fn commit(&self, batch: Batch) -> Result<(), ProjectorError> {
+        let Batch {
+            received,
+            last: Some(last),
+        } = batch
+        else {
             return Ok(());
-        }
-        let (messages, decoded): (Vec<jetstream::Message>, Vec<_>) = batch.into_iter().unzip();
+        };
         let writer = self.writer.clone();
-        let (outcome, messages) = tokio::task::spawn_blocking(move || {
-            let incoming: Vec<IncomingMessage<'_>> = messages
+        let outcome = tokio::task::spawn_blocking(move || {
+            let (incoming, decoded): (Vec<IncomingMessage<'_>>, Vec<_>) = received
                 .iter()
-                .map(|m| {
-                    let info = m.info().ok();
-                    IncomingMessage {
-                        sequence: info.as_ref().map_or(0, |i| i.stream_sequence),
-                        subject: m.subject.as_str(),
-                        payload: &m.payload,
-                        published_at_ms: info
-                            .as_ref()
-                            .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64),
-                    }
+                .map(|r| {
+                    (
+                        IncomingMessage {
+                            sequence: r.sequence,
+                            subject: r.dead_letter.as_ref().map_or("", |(s, _)| s.as_str()),
+                            payload: r.dead_letter.as_ref().map_or(&[], |(_, p)| p),
+                            published_at_ms: r.published_at_ms,
+                        },
+                        &r.decoded,
+                    )
                 })
-                .collect();
-            let outcome = writer
+                .unzip();
+            writer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .apply_decoded(&incoming, &decoded);
-            drop(incoming);
-            (outcome, messages)
+                .apply_decoded(&incoming, &decoded)
         })
         .await
         .map_err(|e| ProjectorError::Writer(e.to_string()))?;
         let outcome = outcome?;
-        let last = messages.last().expect("batch is not empty");
         // AckPolicy::All: this acknowledges every message up to it.
         if let Err(e) = last.ack().await {
             tracing::debug!(error = %e, "ack not sent; the messages will be redelivered and skipped");

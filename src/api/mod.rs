@@ -2,8 +2,8 @@
 //! shutdown future, so tests run the real server on port 0.
 //!
 //! Layers, outermost first: JSON errors for everything (unknown routes, 405 with `Allow`,
-//! poem's own errors) → request metrics → bearer authentication of `/api/v1/admin/*` (401
-//! before anything else is looked at) → routes.
+//! poem's own errors) → `edge`: request metrics and bearer authentication of
+//! `/api/v1/admin/*` (401 before anything else is looked at) → routes.
 
 pub mod auth;
 pub mod body;
@@ -64,8 +64,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let api = openapi_service();
     let spec = api.spec();
     let docs = api.swagger_ui();
-    let metrics = state.metrics.clone();
-    let auth_state = state.clone();
+    let edge_state = state.clone();
     Route::new()
         .nest("/api/v1/docs", docs)
         .at(
@@ -82,55 +81,10 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at("/metrics", poem::get(health::metrics))
         .data(state)
         .around(move |endpoint, request| {
-            let state = auth_state.clone();
-            async move { authenticate(endpoint, request, &state).await }
-        })
-        .around(move |endpoint, request| {
-            let metrics = metrics.clone();
-            async move { record_request(endpoint, request, &metrics).await }
-        })
-        .around(|endpoint, request| async move {
-            // poem's router rejects undecodable path segments (e.g. `%FF`) before any handler;
-            // on the jobs path the only path segment a client controls is the job name.
-            let on_jobs_path = request.uri().path().starts_with("/api/v1/admin/jobs/");
-            match endpoint.call(request).await {
-                Err(error)
-                    if on_jobs_path
-                        && error.status() == poem::http::StatusCode::BAD_REQUEST
-                        && !error.is_from_response() =>
-                {
-                    Ok(ApiError::InvalidJobName("Invalid job name".into()).into_response())
-                }
-                other => other.map(IntoResponse::into_response),
-            }
+            let state = edge_state.clone();
+            async move { edge(endpoint, request, &state).await }
         })
         .catch_all_error(|error: poem::Error| async move { json_error(error) })
-}
-
-/// Verifies the bearer token of admin API calls before routing, so an unauthenticated caller
-/// learns nothing (not even whether the tenant or job name is valid).
-async fn authenticate<E: Endpoint>(
-    endpoint: Arc<E>,
-    mut request: Request,
-    state: &AppState,
-) -> poem::Result<Response> {
-    let guarded = request.uri().path().starts_with("/api/v1/admin/")
-        && matches!(
-            *request.method(),
-            poem::http::Method::GET | poem::http::Method::HEAD
-        );
-    if guarded {
-        match state.authenticator.authenticate_headers(request.headers()) {
-            Ok(principal) => {
-                request.extensions_mut().insert(principal);
-            }
-            Err(error) => return Ok(ApiError::Unauthorized(error.to_string()).into_response()),
-        }
-    }
-    endpoint
-        .call(request)
-        .await
-        .map(IntoResponse::into_response)
 }
 
 fn route_label(path: &str) -> &'static str {
@@ -145,17 +99,48 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-async fn record_request<E: Endpoint>(
+/// What every request passes through before routing, in one layer (each poem layer nests
+/// and moves the request's future, which showed in profiles): request metrics, bearer
+/// authentication of `/api/v1/admin/*` before anything else is looked at (so an
+/// unauthenticated caller learns nothing, not even whether the tenant or job name is valid),
+/// and the job-name error for path segments poem's router cannot decode.
+async fn edge<E: Endpoint>(
     endpoint: Arc<E>,
-    request: Request,
-    metrics: &Metrics,
+    mut request: Request,
+    state: &AppState,
 ) -> poem::Result<Response> {
-    let route = route_label(request.uri().path());
     let started = Instant::now();
-    let result = endpoint
-        .call(request)
-        .await
-        .map(IntoResponse::into_response);
+    let path = request.uri().path();
+    let route = route_label(path);
+    // poem's router rejects undecodable path segments (e.g. `%FF`) before any handler; on the
+    // jobs path the only path segment a client controls is the job name.
+    let on_jobs_path = path.starts_with("/api/v1/admin/jobs/");
+    let guarded = path.starts_with("/api/v1/admin/")
+        && matches!(
+            *request.method(),
+            poem::http::Method::GET | poem::http::Method::HEAD
+        );
+    let result = async {
+        if guarded {
+            match state.authenticator.authenticate_headers(request.headers()) {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                }
+                Err(error) => return Ok(ApiError::Unauthorized(error.to_string()).into_response()),
+            }
+        }
+        match endpoint.call(request).await {
+            Err(error)
+                if on_jobs_path
+                    && error.status() == poem::http::StatusCode::BAD_REQUEST
+                    && !error.is_from_response() =>
+            {
+                Ok(ApiError::InvalidJobName("Invalid job name".into()).into_response())
+            }
+            other => other.map(IntoResponse::into_response),
+        }
+    }
+    .await;
     let status = match &result {
         Ok(response) => response.status(),
         Err(error) => error.status(),
@@ -164,8 +149,9 @@ async fn record_request<E: Endpoint>(
         route: route.to_owned(),
         status: status.as_u16(),
     };
-    metrics.http_requests.get_or_create(&labels).inc();
-    metrics
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    state
+        .metrics
         .http_latency_seconds
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());

@@ -17,6 +17,8 @@ use crate::projection::{transition, Execution, ExecutionEvent, ExecutionState, J
 #[derive(Debug, Clone)]
 pub struct IncomingMessage<'a> {
     pub sequence: u64,
+    /// Subject and payload are read only for dead letters: with [`Writer::apply_decoded`]
+    /// a decoded event's may be left empty.
     pub subject: &'a str,
     pub payload: &'a [u8],
     /// When JetStream stored it (kept with dead letters).
@@ -65,11 +67,10 @@ impl Writer {
         // With WAL, NORMAL survives a process crash; an OS crash may drop the last commits,
         // but the checkpoint drops with them and the stream redelivers.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "cache_size", -131_072)?;
+        conn.pragma_update(None, "cache_size", -32_768)?;
         // Checkpoint the WAL into the database less often: fewer double writes while
         // catching up (the WAL may grow to ~40 MB).
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-        conn.pragma_update(None, "mmap_size", 268_435_456)?;
         let version = migrate(&mut conn)?;
         Ok((Writer::from_connection(conn, real)?, version))
     }
@@ -81,7 +82,7 @@ impl Writer {
         configure_common(&conn)?;
         conn.pragma_update(None, "journal_mode", "OFF")?;
         conn.pragma_update(None, "synchronous", "OFF")?;
-        conn.pragma_update(None, "cache_size", -262_144)?;
+        conn.pragma_update(None, "cache_size", -65_536)?;
         migrate(&mut conn)?;
         Writer::from_connection(conn, path.to_path_buf())
     }
@@ -147,10 +148,10 @@ impl Writer {
 
     /// [`Writer::apply_batch`] for messages already decoded (`decoded[i]` is
     /// `events::decode` of `messages[i]`), so that callers can decode on another thread.
-    pub fn apply_decoded(
+    pub fn apply_decoded<D: std::borrow::Borrow<Result<Event, DecodeError>>>(
         &mut self,
         messages: &[IncomingMessage<'_>],
-        decoded: &[Result<Event, DecodeError>],
+        decoded: &[D],
     ) -> Result<BatchOutcome, StoreError> {
         assert_eq!(
             messages.len(),
@@ -166,6 +167,7 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut batch = BatchState::new(&self.job_ids, self.next_job_id);
         for (message, decoded) in messages.iter().zip(decoded) {
+            let decoded = decoded.borrow();
             if message.sequence <= outcome.last_sequence {
                 outcome.skipped += 1;
                 continue;
