@@ -152,7 +152,12 @@ async fn every_bad_publish_becomes_a_dead_letter_and_the_events_behind_it_apply(
             .unwrap();
         last = receipt.sequence;
         if !case.valid {
-            expected_dead.push((receipt.sequence, case.reason.clone().unwrap()));
+            expected_dead.push((
+                receipt.sequence,
+                case.reason.clone().unwrap(),
+                case.subject.clone(),
+                case.payload.len() as u64,
+            ));
         }
         // A good event right behind every bad one must still apply.
     }
@@ -164,14 +169,20 @@ async fn every_bad_publish_becomes_a_dead_letter_and_the_events_behind_it_apply(
         .unwrap()
         .dead_letters(0, 1_000)
         .unwrap();
-    let recorded: Vec<(u64, String)> = dead
+    // Each with the subject it came on and the size of what was published.
+    let recorded: Vec<(u64, String, String, u64)> = dead
         .iter()
-        .map(|d| (d.sequence, d.reason_code.clone()))
+        .map(|d| {
+            (
+                d.sequence,
+                d.reason_code.clone(),
+                d.subject.clone(),
+                d.payload_bytes,
+            )
+        })
         .collect();
     assert_eq!(recorded, expected_dead);
-    assert!(dead
-        .iter()
-        .all(|d| !d.reason.is_empty() && !d.subject.is_empty()));
+    assert!(dead.iter().all(|d| !d.reason.is_empty()));
     assert_eq!(
         app.stats("after-the-poison").await["data"]["queue"]["completed"],
         1
