@@ -104,6 +104,20 @@ impl StatsBody {
         json
     }
 
+    /// Heap bytes of the template.
+    fn template_bytes(&self) -> usize {
+        self.parts.as_ref().map_or(0, |parts| {
+            parts
+                .iter()
+                .map(|p| match p {
+                    Part::Literal(text) => text.len(),
+                    Part::Now | Part::NextRun => 0,
+                })
+                .sum::<usize>()
+                + parts.len() * std::mem::size_of::<Part>()
+        })
+    }
+
     pub fn is_for(&self, snapshot: &Arc<JobSnapshot>) -> bool {
         Arc::ptr_eq(&self.snapshot, snapshot)
     }
@@ -160,11 +174,20 @@ fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
 /// Bodies by (tenant, job, recent), each for the snapshot it was made from.
 #[derive(Default)]
 pub struct BodyCache {
-    bodies: Mutex<HashMap<(TenantId, JobName, u32), Arc<StatsBody>>>,
+    bodies: Mutex<Bodies>,
 }
 
-/// Most bodies kept; past it the cache starts over, as the snapshot cache does.
+#[derive(Default)]
+struct Bodies {
+    by_key: HashMap<(TenantId, JobName, u32), Arc<StatsBody>>,
+    /// Bytes of the templates in `by_key`.
+    bytes: usize,
+}
+
+/// Most bodies kept, and most template bytes (an answer with 100 recent executions is ~20 KB);
+/// past either the cache starts over, as the snapshot cache does.
 const BODY_CACHE_ENTRIES: usize = 10_000;
+const BODY_CACHE_BYTES: usize = 32 << 20;
 
 impl BodyCache {
     /// The body for `snapshot`, made on first use.
@@ -180,6 +203,7 @@ impl BodyCache {
             .bodies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_key
             .get(&key)
             .filter(|body| body.is_for(&snapshot))
         {
@@ -188,11 +212,16 @@ impl BodyCache {
         // Made outside the lock: concurrent requests for a fresh snapshot may each make one,
         // and the last stored wins; all are equal.
         let body = Arc::new(StatsBody::new(job, snapshot));
+        let size = body.template_bytes();
         let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
-        if bodies.len() >= BODY_CACHE_ENTRIES {
-            bodies.clear();
+        if bodies.by_key.len() >= BODY_CACHE_ENTRIES || bodies.bytes + size > BODY_CACHE_BYTES {
+            bodies.by_key.clear();
+            bodies.bytes = 0;
         }
-        bodies.insert(key, body.clone());
+        if let Some(replaced) = bodies.by_key.insert(key, body.clone()) {
+            bodies.bytes = bodies.bytes.saturating_sub(replaced.template_bytes());
+        }
+        bodies.bytes += size;
         body
     }
 }
@@ -304,6 +333,21 @@ mod tests {
             let value: serde_json::Value = serde_json::from_slice(&body.at(now)).unwrap();
             assert_eq!(value["data"]["recentExecutions"][0]["error"], error);
             assert_eq!(value["timestamp"], "2023-11-14T22:13:20.500Z");
+        }
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_byte_budget() {
+        let cache = BodyCache::default();
+        let tenant = TenantId::parse("00000000-0000-4000-8000-000000000001").unwrap();
+        let big_error = "x".repeat(60_000);
+        for i in 0..1_000 {
+            let job = JobName::parse(&format!("job-{i}")).unwrap();
+            cache.body(&tenant, &job, 10, snapshot(None, Some(&big_error)));
+            let bodies = cache.bodies.lock().unwrap();
+            assert!(bodies.bytes <= BODY_CACHE_BYTES, "{} bytes", bodies.bytes);
+            let counted: usize = bodies.by_key.values().map(|b| b.template_bytes()).sum();
+            assert_eq!(bodies.bytes, counted);
         }
     }
 

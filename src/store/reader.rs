@@ -61,10 +61,28 @@ struct SnapshotCache {
     changed_at: HashMap<(TenantId, String), u64>,
     /// Set when `changed_at` is reset: snapshots read before it are not trusted.
     floor: u64,
+    /// Estimated heap bytes of `snapshots`.
+    bytes: usize,
 }
 
-/// Most snapshots kept; past it the cache starts over (it refills from hot jobs quickly).
+/// Most snapshots kept, and most bytes they may hold (a snapshot carries up to 100 recent
+/// executions); past either the cache starts over (it refills from hot jobs quickly).
 const SNAPSHOT_CACHE_ENTRIES: usize = 10_000;
+const SNAPSHOT_CACHE_BYTES: usize = 32 << 20;
+
+/// A rough size of one snapshot in memory, for the cache's budget.
+fn snapshot_bytes(snapshot: &JobSnapshot) -> usize {
+    let executions: usize = snapshot
+        .recent
+        .iter()
+        .map(|e| {
+            std::mem::size_of::<ExecutionSummary>()
+                + e.execution_id.len()
+                + e.error.as_ref().map_or(0, String::len)
+        })
+        .sum();
+    std::mem::size_of::<JobSnapshot>() + 256 + executions
+}
 
 impl ReadPool {
     /// Opens a pool on the file `path` names now (a symlink is resolved once, here).
@@ -139,6 +157,7 @@ impl ReadPool {
             // Forgetting when jobs changed would make stale snapshots look valid: drop them too.
             cache.changed_at.clear();
             cache.snapshots.clear();
+            cache.bytes = 0;
             cache.floor = sequence;
         }
         for job in jobs {
@@ -174,10 +193,17 @@ impl ReadPool {
         };
         let snapshot = Arc::new(snapshot);
         let mut cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.snapshots.len() >= SNAPSHOT_CACHE_ENTRIES {
+        let size = snapshot_bytes(&snapshot);
+        if cache.snapshots.len() >= SNAPSHOT_CACHE_ENTRIES
+            || cache.bytes + size > SNAPSHOT_CACHE_BYTES
+        {
             cache.snapshots.clear();
+            cache.bytes = 0;
         }
-        cache.snapshots.insert(key, snapshot.clone());
+        if let Some(replaced) = cache.snapshots.insert(key, snapshot.clone()) {
+            cache.bytes = cache.bytes.saturating_sub(snapshot_bytes(&replaced));
+        }
+        cache.bytes += size;
         Ok(Some(snapshot))
     }
 
