@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 mod health;
+mod params;
 pub mod stats;
 
 use std::sync::Arc;

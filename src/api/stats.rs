@@ -16,6 +16,7 @@ use poem_openapi::{
 
 use super::body::StatsJson;
 use super::errors::{ApiError, ErrorEnvelope};
+use super::params::{JobNameParam, TenantParam};
 use super::{rfc3339_millis, AppState};
 use crate::api::auth::Principal;
 use crate::events::{JobName, TenantId};
@@ -186,7 +187,7 @@ fn stats_bad_request(error: poem::Error) -> StatsResponse {
             "x-tenantid" => {
                 ApiError::InvalidTenant("x-tenantid header is required and must be a UUID".into())
             }
-            "jobName" => ApiError::InvalidJobName("Invalid job name".into()),
+            "jobName" => ApiError::InvalidJobName(format!("Invalid job name: {}", param.reason)),
             name => {
                 ApiError::InvalidParameter(format!("Invalid parameter {name}: {}", param.reason))
             }
@@ -214,14 +215,11 @@ impl StatsApi {
         &self,
         request: &Request,
         /// The tenant: a hyphenated UUID.
-        // No `pattern` validator: poem-openapi 5.1 compiles the regex on every request
-        // (validation/pattern.rs); TenantId::parse checks it without one.
-        #[oai(name = "x-tenantid", validator(min_length = 36, max_length = 36))]
-        _tenant: Header<String>,
-        /// The job's name: 1–128 chars of A-Z a-z 0-9 . _ : -, starting with a letter or digit
-        /// (`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`).
-        #[oai(name = "jobName", validator(min_length = 1, max_length = 128))]
-        job_name: Path<String>,
+        #[oai(name = "x-tenantid")]
+        tenant: Header<TenantParam>,
+        /// The job's name: 1–128 chars of A-Z a-z 0-9 . _ : -, starting with a letter or digit.
+        #[oai(name = "jobName")]
+        job_name: Path<JobNameParam>,
         /// The authentication realm; the token must come from it.
         #[oai(name = "realmname")]
         _realm: Header<Option<String>>,
@@ -233,7 +231,14 @@ impl StatsApi {
         let Some(state) = request.data::<Arc<AppState>>() else {
             return ApiError::Internal("application state missing".into()).into();
         };
-        match answer(state, request, &job_name.0, recent.0, &auth.0) {
+        match answer(
+            state,
+            request,
+            tenant.0 .0,
+            &job_name.0 .0,
+            recent.0,
+            &auth.0,
+        ) {
             Ok(body) => StatsResponse::Ok(StatsJson(body)),
             Err(error) => error.into(),
         }
@@ -243,13 +248,23 @@ impl StatsApi {
 fn answer(
     state: &AppState,
     request: &Request,
-    job_name: &str,
+    tenant: TenantId,
+    job: &JobName,
     recent: Option<u32>,
     principal: &Principal,
 ) -> Result<Vec<u8>, ApiError> {
-    let tenant = tenant_header(request)?;
-    let job = JobName::parse(job_name)
-        .map_err(|reason| ApiError::InvalidJobName(format!("Invalid job name: {reason}")))?;
+    // The extractor reads the first value; a second one is ambiguous, not ignorable.
+    if request
+        .headers()
+        .get_all("x-tenantid")
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::InvalidTenant(
+            "x-tenantid header must appear once".into(),
+        ));
+    }
     let recent = recent.unwrap_or(DEFAULT_RECENT);
     if !(1..=MAX_RECENT).contains(&recent) {
         return Err(ApiError::InvalidParameter(format!(
@@ -259,28 +274,10 @@ fn answer(
     principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
     let readers = state.readers.get();
     let snapshot = readers
-        .cached_job_snapshot(&tenant, &job, recent)?
+        .cached_job_snapshot(&tenant, job, recent)?
         .ok_or(ApiError::JobNotFound)?;
-    let body = state.bodies.body(&tenant, &job, recent, snapshot);
+    let body = state.bodies.body(&tenant, job, recent, snapshot);
     Ok(body.at(Utc::now()))
-}
-
-/// Reads `x-tenantid` strictly: exactly once, a UUID.
-fn tenant_header(request: &Request) -> Result<TenantId, ApiError> {
-    let mut values = request.headers().get_all("x-tenantid").iter();
-    let value = values
-        .next()
-        .ok_or_else(|| ApiError::InvalidTenant("x-tenantid header is required".into()))?;
-    if values.next().is_some() {
-        return Err(ApiError::InvalidTenant(
-            "x-tenantid header must appear once".into(),
-        ));
-    }
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| TenantId::parse(v.trim()).ok())
-        .ok_or_else(|| ApiError::InvalidTenant("x-tenantid must be a UUID".into()))
 }
 
 /// Builds the response body from a snapshot (pure: the clock is an argument).
