@@ -64,6 +64,9 @@ string_parameter!(
     "string_tenant_id",
     MetaSchema {
         format: Some("uuid"),
+        // The demo's tenant (`jobstats demo`), so "Try it out" and generated tests can reach
+        // real data.
+        example: Some(crate::demo::DEMO_TENANT.into()),
         pattern: Some(TENANT_PATTERN.to_owned()),
         min_length: Some(36),
         max_length: Some(36),
@@ -76,6 +79,8 @@ string_parameter!(
     JobName,
     "string_job_name",
     MetaSchema {
+        // The API document's example job, which the demo runs.
+        example: Some("tokenExpiry".into()),
         pattern: Some(JOB_NAME_PATTERN.to_owned()),
         min_length: Some(1),
         max_length: Some(JobName::MAX_LEN),

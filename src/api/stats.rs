@@ -57,13 +57,19 @@ pub struct QueueStats {
 #[oai(rename_all = "camelCase")]
 pub struct PerformanceStats {
     /// Mean run time of completed executions (`45s`, `2m 5s`); null before the first.
+    #[oai(nullable)]
     pub average_execution_time: Option<String>,
     /// Run time of the execution that finished last (completed or failed).
+    #[oai(nullable)]
     pub last_execution_time: Option<String>,
     /// completed / (completed + failed), one decimal (`99.8%`), rounded down.
+    #[oai(nullable)]
     pub success_rate: Option<String>,
+    #[oai(nullable)]
     pub average_execution_time_ms: Option<i64>,
+    #[oai(nullable)]
     pub last_execution_time_ms: Option<i64>,
+    #[oai(nullable)]
     pub success_rate_percent: Option<f64>,
 }
 
@@ -71,10 +77,13 @@ pub struct PerformanceStats {
 #[oai(rename_all = "camelCase")]
 pub struct ScheduleStats {
     /// The latest `scheduled` event's 5-field cron expression (UTC), or null.
+    #[oai(nullable)]
     pub cron: Option<String>,
     /// The next fire time after the request time.
+    #[oai(nullable)]
     pub next_run: Option<String>,
     /// Start time of the most recent execution.
+    #[oai(nullable)]
     pub last_run: Option<String>,
 }
 
@@ -85,13 +94,19 @@ pub struct RecentExecution {
     pub id: String,
     /// pending, processing, completed or failed.
     pub status: String,
+    #[oai(nullable)]
     pub started_at: Option<String>,
     /// When it finished (completed or failed); null while unfinished.
+    #[oai(nullable)]
     pub completed_at: Option<String>,
+    #[oai(nullable)]
     pub items_processed: Option<u64>,
+    #[oai(nullable)]
     pub enqueued_at: Option<String>,
+    #[oai(nullable)]
     pub duration_ms: Option<i64>,
     /// The failure message of a failed execution.
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -101,6 +116,7 @@ pub struct Freshness {
     /// The last stream sequence reflected in this answer.
     pub applied_sequence: u64,
     /// When the projector committed it.
+    #[oai(nullable)]
     pub applied_at: Option<String>,
 }
 
