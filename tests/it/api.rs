@@ -563,16 +563,7 @@ async fn health_readiness_metrics_and_docs_are_served() {
     let ready = f.app.readyz().await;
     assert_eq!(ready["status"], "ready");
     let _ = stats_status(&f.app, "tokenExpiry", &admin_token(), TENANT).await;
-    let metrics = f
-        .app
-        .http
-        .get(f.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = f.app.metrics().await;
     for name in [
         "jobstats_events_applied_total",
         "jobstats_last_applied_sequence",

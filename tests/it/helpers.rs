@@ -257,6 +257,18 @@ impl App {
             .expect("json")
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Waits until the projector has applied `sequence`.
     pub async fn wait_applied(&self, sequence: u64) {
         wait_applied(
@@ -436,4 +448,28 @@ pub fn dump(db_path: &Path) -> Vec<String> {
         .expect("open read model")
         .dump()
         .expect("dump")
+}
+
+/// `count` executions of `job` (ids `e000000`, `e000001`…, zero-padded so they sort in start
+/// order), the i-th starting at `first + i * every`, lasting `duration_ms(i)`, completed where
+/// `ok(i)` and failed elsewhere.
+pub fn runs(
+    job: &str,
+    count: i64,
+    first: chrono::DateTime<chrono::Utc>,
+    every: chrono::Duration,
+    duration_ms: impl Fn(i64) -> i64,
+    ok: impl Fn(i64) -> bool,
+) -> Vec<jobstats::events::Event> {
+    (0..count)
+        .flat_map(|i| {
+            execution_events(
+                job,
+                &format!("e{i:06}"),
+                first + every * i as i32,
+                duration_ms(i),
+                ok(i),
+            )
+        })
+        .collect()
 }

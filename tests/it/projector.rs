@@ -188,15 +188,7 @@ async fn every_bad_publish_becomes_a_dead_letter_and_the_events_behind_it_apply(
         1
     );
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("jobstats_dead_letters_total{reason=\"malformed_json\"}"),
         "{metrics}"
@@ -213,17 +205,14 @@ async fn a_killed_service_resumes_after_its_checkpoint_with_exact_counts() {
     let mut service = ServeProcess::start(&nats.url(), &db);
     let publisher = nats.publisher().await;
 
-    let mut events = Vec::new();
-    for i in 0..1_500i64 {
-        let start = base_time() + chrono::Duration::seconds(i);
-        events.extend(execution_events(
-            "burst",
-            &format!("e{i}"),
-            start,
-            1_000,
-            i % 10 != 0,
-        ));
-    }
+    let events = runs(
+        "burst",
+        1_500,
+        base_time(),
+        chrono::Duration::seconds(1),
+        |_| 1_000,
+        |i| i % 10 != 0,
+    );
     // Kill -9 while the burst is being projected.
     let (first, second) = events.split_at(events.len() / 2);
     publish_all(&publisher, first).await;

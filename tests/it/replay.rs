@@ -98,16 +98,14 @@ async fn the_api_keeps_answering_through_a_rebuild_and_swap() {
     let db = dir.path().join("stats.db");
     let service = ServeProcess::start(&nats.url(), &db);
     let publisher = nats.publisher().await;
-    let mut events = Vec::new();
-    for i in 0..100_000i64 {
-        events.extend(execution_events(
-            "hammered",
-            &format!("e{i:06}"),
-            t0() + chrono::Duration::seconds(i),
-            2_000,
-            i % 50 != 0,
-        ));
-    }
+    let events = runs(
+        "hammered",
+        100_000,
+        t0(),
+        chrono::Duration::seconds(1),
+        |_| 2_000,
+        |i| i % 50 != 0,
+    );
     let head = publish_all(&publisher, &events).await;
     service.wait_applied(head).await;
     let expected = service.stats("hammered").await["data"]["queue"].clone();
@@ -196,16 +194,14 @@ async fn a_killed_rebuild_leaves_the_live_file_alone_and_the_next_one_completes(
     let db = dir.path().join("stats.db");
     let service = ServeProcess::start(&nats.url(), &db);
     let publisher = nats.publisher().await;
-    let mut events = Vec::new();
-    for i in 0..15_000i64 {
-        events.extend(execution_events(
-            "crashy",
-            &format!("e{i}"),
-            t0() + chrono::Duration::seconds(i),
-            1_000,
-            true,
-        ));
-    }
+    let events = runs(
+        "crashy",
+        15_000,
+        t0(),
+        chrono::Duration::seconds(1),
+        |_| 1_000,
+        |_| true,
+    );
     let head = publish_all(&publisher, &events).await;
     service.wait_applied(head).await;
 
@@ -253,16 +249,14 @@ async fn serve_rebuilds_the_same_stats_after_the_file_is_deleted() {
     let db = dir.path().join("stats.db");
     let app = App::spawn(&nats.url(), &db).await;
     let publisher = nats.publisher().await;
-    let mut events = Vec::new();
-    for i in 0..300i64 {
-        events.extend(execution_events(
-            "phoenix",
-            &format!("e{i}"),
-            t0() + chrono::Duration::minutes(i),
-            500 + i,
-            i % 9 != 0,
-        ));
-    }
+    let events = runs(
+        "phoenix",
+        300,
+        t0(),
+        chrono::Duration::minutes(1),
+        |i| 500 + i,
+        |i| i % 9 != 0,
+    );
     let head = publish_all(&publisher, &events).await;
     app.wait_applied(head).await;
     let before = app.stats("phoenix").await["data"].clone();
@@ -284,16 +278,14 @@ async fn a_point_in_time_copy_holds_the_first_n_events_and_is_served_read_only()
     let nats = NatsServer::start();
     nats.ensure_stream().await;
     let publisher = nats.publisher().await;
-    let mut events = Vec::new();
-    for i in 0..100i64 {
-        events.extend(execution_events(
-            "audited",
-            &format!("e{i:03}"),
-            t0() + chrono::Duration::minutes(i),
-            1_000,
-            true,
-        ));
-    }
+    let events = runs(
+        "audited",
+        100,
+        t0(),
+        chrono::Duration::minutes(1),
+        |_| 1_000,
+        |_| true,
+    );
     // Publish in order so that the first 150 sequences are exactly the first 50 executions.
     for event in &events {
         publisher.publish(event).await.unwrap();
@@ -331,16 +323,14 @@ async fn serve_rebuilds_on_start_when_the_file_was_built_by_another_projection_v
     let db = dir.path().join("stats.db");
     let app = App::spawn(&nats.url(), &db).await;
     let publisher = nats.publisher().await;
-    let mut events = Vec::new();
-    for i in 0..200i64 {
-        events.extend(execution_events(
-            "upgraded",
-            &format!("e{i}"),
-            t0() + chrono::Duration::minutes(i),
-            700,
-            i % 4 != 0,
-        ));
-    }
+    let events = runs(
+        "upgraded",
+        200,
+        t0(),
+        chrono::Duration::minutes(1),
+        |_| 700,
+        |i| i % 4 != 0,
+    );
     let head = publish_all(&publisher, &events).await;
     app.wait_applied(head).await;
     let before = app.stats("upgraded").await["data"].clone();
@@ -366,15 +356,7 @@ async fn serve_rebuilds_on_start_when_the_file_was_built_by_another_projection_v
         jobstats::store::projection_version_of(&db).unwrap(),
         Some(jobstats::store::PROJECTION_VERSION)
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("jobstats_rebuilds_completed_total 1"),
         "{metrics}"
