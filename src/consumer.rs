@@ -73,7 +73,7 @@ pub struct ProjectorHandles {
 /// of 40k in memory they were a large part of the projector's peak memory.
 struct Received {
     sequence: u64,
-    published_at_ms: Option<i64>,
+    published_at_ms: i64,
     decoded: Result<Event, DecodeError>,
     /// Subject and payload, kept only when the message is a dead letter (the writer stores
     /// them with the reason); an event needs neither once decoded.
@@ -82,7 +82,6 @@ struct Received {
 
 /// Messages for one commit, and the last of them whole, to acknowledge them all with
 /// (AckPolicy::All).
-#[derive(Default)]
 struct Batch {
     received: Vec<Received>,
     last: Option<jetstream::Message>,
@@ -339,7 +338,7 @@ impl Projector {
                 .then(|| (message.subject.clone(), message.payload.clone()));
             batch.received.push(Received {
                 sequence,
-                published_at_ms: Some(published_at_ms),
+                published_at_ms,
                 decoded,
                 dead_letter,
             });
@@ -408,7 +407,7 @@ impl Projector {
                             sequence: r.sequence,
                             subject: r.dead_letter.as_ref().map_or("", |(s, _)| s.as_str()),
                             payload: r.dead_letter.as_ref().map_or(&[], |(_, p)| p),
-                            published_at_ms: r.published_at_ms,
+                            published_at_ms: Some(r.published_at_ms),
                         },
                         &r.decoded,
                     )
