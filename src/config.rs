@@ -136,8 +136,27 @@ pub struct ServeOptions {
     /// are always served this way).
     #[arg(long, env = "JOBSTATS_READ_ONLY")]
     pub read_only: bool,
+    /// How long an execution may process before its job is `stuck`, for jobs whose schedule
+    /// sets no `maxRuntimeMs` (e.g. `90m`, `2h`; 1s–30d).
+    #[arg(long, env = "JOBSTATS_MAX_RUNTIME", default_value = "1h", value_parser = parse_max_runtime)]
+    pub max_runtime: Duration,
     #[command(flatten)]
     pub jwt: JwtOptions,
+}
+
+fn parse_max_runtime(value: &str) -> Result<Duration, String> {
+    let duration =
+        parse_duration(value).map_err(|e| format!("JOBSTATS_MAX_RUNTIME/--max-runtime: {e}"))?;
+    let ms = duration.as_millis();
+    if (crate::events::MIN_MAX_RUNTIME_MS as u128..=crate::events::MAX_MAX_RUNTIME_MS as u128)
+        .contains(&ms)
+    {
+        Ok(duration)
+    } else {
+        Err(format!(
+            "JOBSTATS_MAX_RUNTIME/--max-runtime: {value:?} must be between 1s and 30d"
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -191,6 +210,14 @@ pub struct PublishOptions {
     /// 5-field cron expression (scheduled); `none` removes the schedule.
     #[arg(long)]
     pub cron: Option<String>,
+    /// How late a run may start and still count for its fire, e.g. `5m` (scheduled; 1s–1d;
+    /// default: 10% of the cron period, clamped to 1m–1h).
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+    /// How long a run may process before it is stuck, e.g. `2h` (scheduled; 1s–30d; default:
+    /// the service's JOBSTATS_MAX_RUNTIME).
+    #[arg(long, value_parser = parse_duration)]
+    pub max_runtime: Option<Duration>,
     /// When it happened (RFC 3339); default: now.
     #[arg(long)]
     pub occurred_at: Option<String>,

@@ -188,10 +188,19 @@ impl Projector {
 
     fn report_connection(&self) {
         let connected = self.client.connection_state() == async_nats::connection::State::Connected;
-        self.handles
-            .status
-            .nats_connected
-            .store(connected, Ordering::Relaxed);
+        let status = &self.handles.status;
+        status.nats_connected.store(connected, Ordering::Relaxed);
+        if connected {
+            status.disconnected_since_ms.store(0, Ordering::Relaxed);
+        } else {
+            let now = chrono::Utc::now().timestamp_millis();
+            let _ = status.disconnected_since_ms.compare_exchange(
+                0,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// One consumer lifetime: (re)create at checkpoint + 1, consume until told to stop or
@@ -312,11 +321,19 @@ impl Projector {
                 Some(Ok(message)) => message,
             };
             let (consumer_sequence, sequence, published_at_ms) = match message.info() {
-                Ok(info) => (
-                    info.consumer_sequence,
-                    info.stream_sequence,
-                    (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
-                ),
+                Ok(info) => {
+                    // Health must not judge past what is applied while more is on its way.
+                    let status = &self.handles.status;
+                    status
+                        .delivered_sequence
+                        .fetch_max(info.stream_sequence, Ordering::Relaxed);
+                    status.lag.store(info.pending, Ordering::Relaxed);
+                    (
+                        info.consumer_sequence,
+                        info.stream_sequence,
+                        (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
+                    )
+                }
                 Err(e) => {
                     hand_over!();
                     return Err(NatsError::Messages(format!(
@@ -398,6 +415,7 @@ impl Projector {
             return Ok(());
         };
         let writer = self.writer.clone();
+        let last_published_at_ms = received.last().map(|r| r.published_at_ms);
         let outcome = tokio::task::spawn_blocking(move || {
             let (incoming, decoded): (Vec<IncomingMessage<'_>>, Vec<_>) = received
                 .iter()
@@ -431,6 +449,12 @@ impl Projector {
             .readers
             .get()
             .jobs_changed(&outcome.changed_jobs, outcome.last_sequence);
+        if let Some(published) = last_published_at_ms {
+            self.handles
+                .status
+                .last_published_at_ms
+                .store(published, Ordering::Relaxed);
+        }
         self.record(&outcome, lag);
         Ok(())
     }

@@ -316,6 +316,7 @@ pub async fn demo(
         .filter(|s| s.len() >= 32)
         .unwrap_or_else(|| format!("jobstats-demo-{}", uuid::Uuid::new_v4().simple()));
     let serve_options = ServeOptions {
+        max_runtime: std::time::Duration::from_secs(3600),
         listen: options.listen,
         consumer: "jobstats-demo".into(),
         read_only: false,

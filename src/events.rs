@@ -18,6 +18,12 @@ pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 pub const MAX_ERROR_CHARS: usize = 4096;
 /// Largest `itemsProcessed` (2^53 - 1: exact in every JSON implementation).
 pub const MAX_ITEMS_PROCESSED: u64 = 9_007_199_254_740_991;
+/// `graceMs` bounds (1 s … 1 day).
+pub const MIN_GRACE_MS: u64 = 1_000;
+pub const MAX_GRACE_MS: u64 = 86_400_000;
+/// `maxRuntimeMs` bounds (1 s … 30 days).
+pub const MIN_MAX_RUNTIME_MS: u64 = 1_000;
+pub const MAX_MAX_RUNTIME_MS: u64 = 2_592_000_000;
 /// The event format versions this build understands.
 pub const SUPPORTED_SPEC_VERSIONS: &[i64] = &[1];
 /// Subject prefix of every event (`jobs.events.<tenantId>.<type>`).
@@ -192,6 +198,10 @@ pub enum EventKind {
     /// Sets (or, with `None`, removes) the job's cron schedule.
     Scheduled {
         cron: Option<CronSchedule>,
+        /// How late a run may start and still count for its fire (CONTRACT §5).
+        grace_ms: Option<i64>,
+        /// How long a run may process before it is stuck (CONTRACT §5).
+        max_runtime_ms: Option<i64>,
     },
     Enqueued {
         execution_id: ExecutionId,
@@ -253,9 +263,19 @@ impl Event {
             object.insert("executionId".into(), execution_id.as_str().into());
         }
         match &self.kind {
-            EventKind::Scheduled { cron } => {
+            EventKind::Scheduled {
+                cron,
+                grace_ms,
+                max_runtime_ms,
+            } => {
                 let cron = cron.as_ref().map(|c| Value::from(c.expression()));
                 object.insert("cron".into(), cron.unwrap_or(Value::Null));
+                if let Some(grace) = grace_ms {
+                    object.insert("graceMs".into(), (*grace).into());
+                }
+                if let Some(max_runtime) = max_runtime_ms {
+                    object.insert("maxRuntimeMs".into(), (*max_runtime).into());
+                }
             }
             EventKind::Completed {
                 items_processed, ..
@@ -403,6 +423,10 @@ struct RawEvent<'a> {
     error: Option<Field<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
     cron: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    grace_ms: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    max_runtime_ms: Option<Field<'a>>,
 }
 
 /// One JSON value, reduced to what validation needs.
@@ -496,47 +520,57 @@ fn required_str<'v>(
 }
 
 fn optional_items(value: &Option<Field<'_>>) -> Result<Option<u64>, DecodeError> {
-    const FIELD: &str = "itemsProcessed";
+    optional_integer(value, "itemsProcessed", 0, MAX_ITEMS_PROCESSED)
+}
+
+/// An optional integer in `min..=max` (null counts as absent).
+fn optional_integer(
+    value: &Option<Field<'_>>,
+    field: &'static str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, DecodeError> {
     let Some(value) = value else { return Ok(None) };
     let number = match value {
         Field::Null => return Ok(None),
         Field::Number(n) => n,
         _ => {
             return Err(DecodeError::WrongType {
-                field: FIELD,
+                field,
                 expected: "an integer",
             })
         }
     };
-    let invalid = |reason: &str| DecodeError::InvalidField {
-        field: FIELD,
-        reason: reason.to_owned(),
+    let out_of_range = || DecodeError::InvalidField {
+        field,
+        reason: if min == 0 {
+            format!("must be >= 0 and at most {max}")
+        } else {
+            format!("must be between {min} and {max}")
+        },
     };
-    let items = if let Some(n) = number.as_u64() {
+    let integer = if let Some(n) = number.as_u64() {
         n
     } else if number.as_i64().is_some() {
-        return Err(invalid("must be >= 0"));
+        return Err(out_of_range());
     } else {
         // JSON Schema counts 3.0 as an integer; accept it the same way.
         let float = number.as_f64().unwrap_or(f64::NAN);
         if float.fract() != 0.0 || !float.is_finite() {
             return Err(DecodeError::WrongType {
-                field: FIELD,
+                field,
                 expected: "an integer",
             });
         }
-        if float < 0.0 {
-            return Err(invalid("must be >= 0"));
-        }
-        if float > MAX_ITEMS_PROCESSED as f64 {
-            return Err(invalid("is too large"));
+        if float < min as f64 || float > max as f64 {
+            return Err(out_of_range());
         }
         float as u64
     };
-    if items > MAX_ITEMS_PROCESSED {
-        return Err(invalid("is too large"));
+    if !(min..=max).contains(&integer) {
+        return Err(out_of_range());
     }
-    Ok(Some(items))
+    Ok(Some(integer))
 }
 
 fn optional_error(value: &Option<Field<'_>>) -> Result<Option<String>, DecodeError> {
@@ -565,6 +599,15 @@ fn not_allowed(
         Some(_) => Err(DecodeError::FieldNotAllowed { field, event_type }),
         None => Ok(()),
     }
+}
+
+/// `graceMs` and `maxRuntimeMs` travel with the schedule only.
+fn not_allowed_schedule_settings(
+    raw: &RawEvent<'_>,
+    event_type: EventType,
+) -> Result<(), DecodeError> {
+    not_allowed(&raw.grace_ms, "graceMs", event_type)?;
+    not_allowed(&raw.max_runtime_ms, "maxRuntimeMs", event_type)
 }
 
 /// Decodes and validates one message. Rules are checked in a fixed order (size, subject,
@@ -691,13 +734,25 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
                     })
                 }
             };
-            EventKind::Scheduled { cron }
+            let grace_ms = optional_integer(&raw.grace_ms, "graceMs", MIN_GRACE_MS, MAX_GRACE_MS)?;
+            let max_runtime_ms = optional_integer(
+                &raw.max_runtime_ms,
+                "maxRuntimeMs",
+                MIN_MAX_RUNTIME_MS,
+                MAX_MAX_RUNTIME_MS,
+            )?;
+            EventKind::Scheduled {
+                cron,
+                grace_ms: grace_ms.map(|g| g as i64),
+                max_runtime_ms: max_runtime_ms.map(|m| m as i64),
+            }
         }
         EventType::Enqueued | EventType::Started => {
             let execution_id = execution_id(&raw)?;
             not_allowed(&raw.items_processed, "itemsProcessed", event_type)?;
             not_allowed(&raw.error, "error", event_type)?;
             not_allowed(&raw.cron, "cron", event_type)?;
+            not_allowed_schedule_settings(&raw, event_type)?;
             if event_type == EventType::Enqueued {
                 EventKind::Enqueued { execution_id }
             } else {
@@ -709,6 +764,7 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
             let items_processed = optional_items(&raw.items_processed)?;
             not_allowed(&raw.error, "error", event_type)?;
             not_allowed(&raw.cron, "cron", event_type)?;
+            not_allowed_schedule_settings(&raw, event_type)?;
             EventKind::Completed {
                 execution_id,
                 items_processed,
@@ -719,6 +775,7 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
             let items_processed = optional_items(&raw.items_processed)?;
             let error = optional_error(&raw.error)?;
             not_allowed(&raw.cron, "cron", event_type)?;
+            not_allowed_schedule_settings(&raw, event_type)?;
             EventKind::Failed {
                 execution_id,
                 items_processed,
@@ -865,13 +922,57 @@ mod tests {
         null["cron"] = Value::Null;
         assert_eq!(
             decode_value("scheduled", &null).unwrap().kind,
-            EventKind::Scheduled { cron: None }
+            EventKind::Scheduled {
+                cron: None,
+                grace_ms: None,
+                max_runtime_ms: None
+            }
         );
         let mut bad = base;
         bad["cron"] = json!("61 * * * *");
         assert_eq!(
             decode_value("scheduled", &bad).unwrap_err().code(),
             "invalid_cron"
+        );
+    }
+
+    #[test]
+    fn schedule_settings_are_bounded_and_belong_to_scheduled_only() {
+        let base = json!({"eventId": Uuid::new_v4(), "type": "scheduled", "tenantId": TENANT,
+            "jobName": "nightly", "occurredAt": "2025-07-10T12:00:00Z", "cron": "0 2 * * *",
+            "graceMs": 300000, "maxRuntimeMs": 7200000});
+        let event = decode_value("scheduled", &base).unwrap();
+        assert!(matches!(
+            event.kind,
+            EventKind::Scheduled {
+                grace_ms: Some(300_000),
+                max_runtime_ms: Some(7_200_000),
+                ..
+            }
+        ));
+        assert_eq!(decode_value("scheduled", &event.to_json()).unwrap(), event);
+        for (field, value, code) in [
+            ("graceMs", json!(999), "invalid_field"),
+            ("graceMs", json!(86_400_001), "invalid_field"),
+            ("graceMs", json!(-5), "invalid_field"),
+            ("graceMs", json!("5m"), "wrong_type"),
+            ("graceMs", json!(1500.5), "wrong_type"),
+            ("maxRuntimeMs", json!(2_592_000_001u64), "invalid_field"),
+            ("maxRuntimeMs", json!(0), "invalid_field"),
+        ] {
+            let mut bad = base.clone();
+            bad[field] = value.clone();
+            assert_eq!(
+                decode_value("scheduled", &bad).unwrap_err().code(),
+                code,
+                "{field} = {value}"
+            );
+        }
+        let mut on_completed = completed();
+        on_completed["graceMs"] = json!(60_000);
+        assert_eq!(
+            decode_value("completed", &on_completed).unwrap_err().code(),
+            "field_not_allowed"
         );
     }
 

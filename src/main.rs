@@ -114,6 +114,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(())
             };
+            if options.event_type != EventTypeArg::Scheduled {
+                not_for("grace", options.grace.is_some())?;
+                not_for("max-runtime", options.max_runtime.is_some())?;
+            }
             let mut event = match options.event_type {
                 EventTypeArg::Scheduled => {
                     not_for("items", options.items.is_some())?;
@@ -123,7 +127,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .cron
                         .as_deref()
                         .ok_or_else(|| anyhow::anyhow!("--cron is required for scheduled events (use --cron none to remove the schedule)"))?;
-                    builder.scheduled((cron != "none").then_some(cron))?
+                    builder.scheduled_with(
+                        (cron != "none").then_some(cron),
+                        options.grace,
+                        options.max_runtime,
+                    )?
                 }
                 EventTypeArg::Enqueued | EventTypeArg::Started => {
                     not_for("items", options.items.is_some())?;

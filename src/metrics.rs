@@ -149,9 +149,32 @@ pub struct ProjectorStatus {
     pub rebuild_total: AtomicU64,
     /// Unix ms of the last projector error (0: none since the last success).
     pub last_error_at_ms: AtomicI64,
+    /// Unix ms since which NATS has been unreachable (0: connected).
+    pub disconnected_since_ms: AtomicI64,
+    /// The highest stream sequence delivered to the projector (applied or not yet).
+    pub delivered_sequence: AtomicU64,
+    /// Stream publish time (Unix ms) of the last applied message (0: none yet).
+    pub last_published_at_ms: AtomicI64,
 }
 
 impl ProjectorStatus {
+    /// Where the projection stands, for judging health (CONTRACT §5).
+    pub fn position(&self) -> crate::projection::health::Position {
+        let connected = self.nats_connected.load(Ordering::Relaxed);
+        let applied = self.last_sequence.load(Ordering::Acquire);
+        let caught_up = connected
+            && self.caught_up.load(Ordering::Relaxed)
+            && self.lag.load(Ordering::Relaxed) == 0
+            && self.delivered_sequence.load(Ordering::Relaxed) <= applied;
+        let since = self.disconnected_since_ms.load(Ordering::Relaxed);
+        let published = self.last_published_at_ms.load(Ordering::Relaxed);
+        crate::projection::health::Position {
+            caught_up,
+            unreachable_since: (since > 0).then_some(since),
+            last_published_at: (published > 0).then_some(published),
+        }
+    }
+
     pub fn ready(&self) -> bool {
         self.nats_connected.load(Ordering::Relaxed)
             && self.caught_up.load(Ordering::Relaxed)

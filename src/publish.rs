@@ -204,6 +204,40 @@ impl EventBuilder {
 
     /// `scheduled`; `None` removes the schedule.
     pub fn scheduled(&self, cron: Option<&str>) -> Result<Event, PublishError> {
+        self.scheduled_with(cron, None, None)
+    }
+
+    /// `scheduled` with the job's grace and maximum run time (CONTRACT §5).
+    pub fn scheduled_with(
+        &self,
+        cron: Option<&str>,
+        grace: Option<std::time::Duration>,
+        max_runtime: Option<std::time::Duration>,
+    ) -> Result<Event, PublishError> {
+        use crate::events::{MAX_GRACE_MS, MAX_MAX_RUNTIME_MS, MIN_GRACE_MS, MIN_MAX_RUNTIME_MS};
+        let in_range = |value: Option<std::time::Duration>,
+                        field: &'static str,
+                        min: u64,
+                        max: u64|
+         -> Result<Option<i64>, PublishError> {
+            let Some(value) = value else { return Ok(None) };
+            let ms = u64::try_from(value.as_millis()).unwrap_or(u64::MAX);
+            if (min..=max).contains(&ms) {
+                Ok(Some(ms as i64))
+            } else {
+                Err(PublishError::InvalidArgument {
+                    field,
+                    reason: format!("must be between {min} ms and {max} ms"),
+                })
+            }
+        };
+        let grace_ms = in_range(grace, "grace", MIN_GRACE_MS, MAX_GRACE_MS)?;
+        let max_runtime_ms = in_range(
+            max_runtime,
+            "max-runtime",
+            MIN_MAX_RUNTIME_MS,
+            MAX_MAX_RUNTIME_MS,
+        )?;
         let cron = cron
             .map(|c| {
                 CronSchedule::parse(c).map_err(|reason| PublishError::InvalidArgument {
@@ -212,7 +246,11 @@ impl EventBuilder {
                 })
             })
             .transpose()?;
-        Ok(self.event(EventKind::Scheduled { cron }))
+        Ok(self.event(EventKind::Scheduled {
+            cron,
+            grace_ms,
+            max_runtime_ms,
+        }))
     }
 
     pub fn enqueued(&self) -> Result<Event, PublishError> {

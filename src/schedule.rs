@@ -62,6 +62,43 @@ impl CronSchedule {
         &self.expression
     }
 
+    /// The latest fire time at or before `at_ms` (ms since the epoch).
+    pub fn latest_at_or_before(&self, at_ms: i64) -> Option<i64> {
+        // Fires fall on whole minutes: the latest fire strictly before the next whole second
+        // is the latest at or before `at_ms`.
+        let bound = DateTime::<Utc>::from_timestamp(at_ms.div_euclid(1000) + 1, 0)?;
+        self.schedules
+            .iter()
+            .filter_map(|s| s.after(&bound).next_back())
+            .map(|t| t.timestamp_millis())
+            .max()
+    }
+
+    /// Every fire time `f` with `after_ms < f <= until_ms`, ascending, at most `limit` of them
+    /// (the earliest).
+    pub fn fires_between(&self, after_ms: i64, until_ms: i64, limit: usize) -> Vec<i64> {
+        let Some(start) = DateTime::<Utc>::from_timestamp_millis(after_ms) else {
+            return Vec::new();
+        };
+        let mut fires: Vec<i64> = Vec::new();
+        for schedule in &self.schedules {
+            fires.extend(
+                schedule
+                    .after(&start)
+                    .map(|t| t.timestamp_millis())
+                    .skip_while(|f| *f <= after_ms)
+                    .take_while(|f| *f <= until_ms)
+                    .take(limit),
+            );
+        }
+        if self.schedules.len() > 1 {
+            fires.sort_unstable();
+            fires.dedup();
+            fires.truncate(limit);
+        }
+        fires
+    }
+
     /// The first fire time strictly after `after`, or `None` if it never fires again.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.schedules
@@ -189,6 +226,40 @@ mod tests {
         assert_eq!(
             cron.next_after(at(2025, 7, 29, 0, 0)),
             Some(at(2025, 8, 1, 12, 0))
+        );
+    }
+
+    #[test]
+    fn fires_are_listed_between_two_instants_and_found_backwards() {
+        let cron = CronSchedule::parse("*/15 * * * *").unwrap();
+        let ms = |t: DateTime<Utc>| t.timestamp_millis();
+        assert_eq!(
+            cron.fires_between(ms(at(2025, 7, 10, 12, 0)), ms(at(2025, 7, 10, 13, 0)), 100),
+            vec![
+                ms(at(2025, 7, 10, 12, 15)),
+                ms(at(2025, 7, 10, 12, 30)),
+                ms(at(2025, 7, 10, 12, 45)),
+                ms(at(2025, 7, 10, 13, 0)),
+            ]
+        );
+        // At a fire: that fire; a millisecond before it: the one before.
+        assert_eq!(
+            cron.latest_at_or_before(ms(at(2025, 7, 10, 12, 30))),
+            Some(ms(at(2025, 7, 10, 12, 30)))
+        );
+        assert_eq!(
+            cron.latest_at_or_before(ms(at(2025, 7, 10, 12, 30)) - 1),
+            Some(ms(at(2025, 7, 10, 12, 15)))
+        );
+        // The union of both day fields is merged in order.
+        let either = CronSchedule::parse("0 12 1 * 1").unwrap();
+        assert_eq!(
+            either.fires_between(ms(at(2025, 7, 27, 0, 0)), ms(at(2025, 8, 5, 0, 0)), 10),
+            vec![
+                ms(at(2025, 7, 28, 12, 0)),
+                ms(at(2025, 8, 1, 12, 0)),
+                ms(at(2025, 8, 4, 12, 0))
+            ]
         );
     }
 

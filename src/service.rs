@@ -78,6 +78,11 @@ pub async fn serve(
         status
             .last_sequence
             .store(freshness.last_sequence, Ordering::Relaxed);
+        // A copy is judged as of its last event, never as of now.
+        status.last_published_at_ms.store(
+            freshness.last_published_at_ms.unwrap_or(0),
+            Ordering::Relaxed,
+        );
         let state = Arc::new(AppState {
             readers,
             authenticator,
@@ -85,6 +90,7 @@ pub async fn serve(
             status,
             nats: None,
             bodies: Default::default(),
+            default_max_runtime_ms: options.max_runtime.as_millis() as i64,
         });
         api::serve(listener, state, shutdown.wait()).await?;
         return Ok(());
@@ -97,6 +103,10 @@ pub async fn serve(
     let built_with = store::projection_version_of(&db_path)?;
     let needs_rebuild = built_with.is_some_and(|v| v != PROJECTION_VERSION);
     let writer = if needs_rebuild {
+        // Bring the old file's schema up to date (new columns stay empty) so the API can keep
+        // answering from it while the rebuild runs.
+        Writer::open(&db_path)
+            .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
         None
     } else {
         let (writer, _) = Writer::open(&db_path)
@@ -105,13 +115,12 @@ pub async fn serve(
     };
     let readers = Arc::new(CurrentReader::new(ReadPool::open(&db_path)?));
     let client = crate::stream::connect(&common.nats_url, "jobstats-serve", false).await?;
-    let (applied, _) = watch::channel(
-        readers
-            .get()
-            .freshness()
-            .map(|f| f.last_sequence)
-            .unwrap_or(0),
+    let freshness = readers.get().freshness().unwrap_or_default();
+    status.last_published_at_ms.store(
+        freshness.last_published_at_ms.unwrap_or(0),
+        Ordering::Relaxed,
     );
+    let (applied, _) = watch::channel(freshness.last_sequence);
     let handles = ProjectorHandles {
         status: status.clone(),
         metrics: metrics.clone(),
@@ -152,6 +161,7 @@ pub async fn serve(
         status,
         nats: Some(client.clone()),
         bodies: Default::default(),
+        default_max_runtime_ms: options.max_runtime.as_millis() as i64,
     });
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
     let http = api::serve(listener, state, shutdown.wait());

@@ -1,10 +1,11 @@
 //! The stats response serialized once per read-model snapshot.
 //!
 //! A snapshot stays valid until its job changes, and every answer from it is the same bytes
-//! except the request time (`generatedAt`, `timestamp`) and `nextRun`. Serializing the whole
+//! except the request time (`generatedAt`, `timestamp`) and what is judged at it: the
+//! `schedule` (`nextRun`, `expectedAt`, …) and `health` objects. Serializing the whole
 //! envelope per request (poem-openapi's `ToJSON` → `serde_json::Value` → bytes) was a fifth of
-//! the endpoint's CPU; here it happens once per snapshot, and a request copies the parts
-//! around those three values.
+//! the endpoint's CPU; here it happens once per snapshot, and a request serializes only those
+//! two small objects and copies the parts around them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,23 +18,29 @@ use poem_openapi::{
 };
 
 use super::rfc3339_millis;
-use super::stats::{render, JobStatsEnvelope, SUCCESS_MESSAGE};
+use super::stats::{
+    health_stats, judge, render, schedule_stats, JobStatsEnvelope, SUCCESS_MESSAGE,
+};
 use crate::events::{JobName, TenantId};
+use crate::projection::health::{Health, Judgement};
 use crate::store::JobSnapshot;
 
 /// Stand-ins for the per-request values while the template is serialized. Control characters
 /// cannot occur in job names, cron expressions or the formatted fields before them; an error
 /// text (free text from a publisher) could hold them, which the occurrence count catches.
 const NOW_MARK: &str = "\u{1}jobstats:now\u{1}";
-const NEXT_RUN_MARK: &str = "\u{1}jobstats:next-run\u{1}";
+const SCHEDULE_MARK: &str = "\u{1}jobstats:schedule\u{1}";
+const HEALTH_MARK: &str = "\u{1}jobstats:health\u{1}";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
     /// The request time, as an RFC 3339 JSON string.
     Now,
-    /// The schedule's next fire time after the request time, or `null`.
-    NextRun,
+    /// The `schedule` object at the request time.
+    Schedule,
+    /// The `health` object at the request's judgement.
+    Health,
 }
 
 /// One snapshot's response body, minus the request-time values.
@@ -58,19 +65,29 @@ impl StatsBody {
         }
     }
 
-    /// The JSON body of an answer at `now`.
-    pub fn at(&self, now: DateTime<Utc>) -> Vec<u8> {
+    /// The JSON body of an answer at `now`, with health judged as `judgement` says.
+    pub fn at(
+        &self,
+        now: DateTime<Utc>,
+        judgement: Judgement,
+        default_max_runtime_ms: i64,
+    ) -> Vec<u8> {
+        let health = judge(&self.snapshot, judgement, default_max_runtime_ms);
         let Some(parts) = &self.parts else {
-            return whole_body(&self.job, &self.snapshot, now);
+            return whole_body(&self.job, &self.snapshot, now, &health);
         };
         let now_json = json_string(&rfc3339_millis(now.timestamp_millis()));
-        let next_run = self.next_run_json(now);
+        let schedule = schedule_stats(&self.snapshot, self.next_run(now), &health);
+        let schedule_json = serde_json::to_string(&schedule.to_json()).unwrap_or_default();
+        let health_json =
+            serde_json::to_string(&health_stats(&health).to_json()).unwrap_or_default();
         let size: usize = parts
             .iter()
             .map(|p| match p {
                 Part::Literal(text) => text.len(),
                 Part::Now => now_json.len(),
-                Part::NextRun => next_run.len(),
+                Part::Schedule => schedule_json.len(),
+                Part::Health => health_json.len(),
             })
             .sum();
         let mut body = Vec::with_capacity(size);
@@ -78,29 +95,28 @@ impl StatsBody {
             body.extend_from_slice(match part {
                 Part::Literal(text) => text.as_bytes(),
                 Part::Now => now_json.as_bytes(),
-                Part::NextRun => next_run.as_bytes(),
+                Part::Schedule => schedule_json.as_bytes(),
+                Part::Health => health_json.as_bytes(),
             });
         }
         body
     }
 
-    fn next_run_json(&self, now: DateTime<Utc>) -> String {
-        let Some(cron) = &self.snapshot.cron else {
-            return "null".to_owned();
-        };
+    /// The schedule's first fire after `now`, cached until that instant passes.
+    fn next_run(&self, now: DateTime<Utc>) -> Option<String> {
+        let cron = self.snapshot.cron.as_ref()?;
         let now_ms = now.timestamp_millis();
         let mut cached = self.next_run.lock().unwrap_or_else(|p| p.into_inner());
-        // The first fire after `now` stays the same until `now` reaches it.
-        if let Some((_, json)) = cached.as_ref().filter(|(fire_ms, _)| now_ms < *fire_ms) {
-            return json.clone();
+        if let Some((_, text)) = cached.as_ref().filter(|(fire_ms, _)| now_ms < *fire_ms) {
+            return Some(text.clone());
         }
         let Some(fire) = cron.next_after(now) else {
             *cached = None;
-            return "null".to_owned();
+            return None;
         };
-        let json = json_string(&rfc3339_millis(fire.timestamp_millis()));
-        *cached = Some((fire.timestamp_millis(), json.clone()));
-        json
+        let text = rfc3339_millis(fire.timestamp_millis());
+        *cached = Some((fire.timestamp_millis(), text.clone()));
+        Some(text)
     }
 
     /// Heap bytes of the template.
@@ -110,7 +126,7 @@ impl StatsBody {
                 .iter()
                 .map(|p| match p {
                     Part::Literal(text) => text.len(),
-                    Part::Now | Part::NextRun => 0,
+                    Part::Now | Part::Schedule | Part::Health => 0,
                 })
                 .sum::<usize>()
                 + parts.len() * std::mem::size_of::<Part>()
@@ -126,39 +142,63 @@ fn json_string(text: &str) -> String {
     serde_json::to_string(text).expect("a string always serializes")
 }
 
-fn envelope(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> JobStatsEnvelope {
+fn envelope(
+    job: &JobName,
+    snapshot: &JobSnapshot,
+    now: DateTime<Utc>,
+    health: &Health,
+) -> JobStatsEnvelope {
     JobStatsEnvelope {
         success: true,
         message: SUCCESS_MESSAGE.to_owned(),
-        data: render(job, snapshot, now),
+        data: render(job, snapshot, now, health),
         timestamp: rfc3339_millis(now.timestamp_millis()),
     }
 }
 
 /// The body as poem-openapi serializes the envelope: the reference the template must equal.
-pub fn whole_body(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> Vec<u8> {
-    serde_json::to_vec(&envelope(job, snapshot, now).to_json()).unwrap_or_default()
+pub fn whole_body(
+    job: &JobName,
+    snapshot: &JobSnapshot,
+    now: DateTime<Utc>,
+    health: &Health,
+) -> Vec<u8> {
+    serde_json::to_vec(&envelope(job, snapshot, now, health).to_json()).unwrap_or_default()
 }
 
 /// Serializes the envelope with marks in place of the request-time values and splits it there.
 fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
-    let mut marked = envelope(job, snapshot, Utc::now());
-    marked.timestamp = NOW_MARK.to_owned();
-    marked.data.generated_at = NOW_MARK.to_owned();
-    marked.data.schedule.next_run = Some(NEXT_RUN_MARK.to_owned());
-    let text = serde_json::to_string(&marked.to_json()).ok()?;
+    let now = Utc::now();
+    let health = judge(snapshot, Judgement::At(now.timestamp_millis()), 0);
+    let mut marked = envelope(job, snapshot, now, &health).to_json()?;
+    let data = marked.get_mut("data")?.as_object_mut()?;
+    data.insert("generatedAt".into(), NOW_MARK.into());
+    data.insert("schedule".into(), SCHEDULE_MARK.into());
+    data.insert("health".into(), HEALTH_MARK.into());
+    marked
+        .as_object_mut()?
+        .insert("timestamp".into(), NOW_MARK.into());
+    let text = serde_json::to_string(&marked).ok()?;
     let now_mark = json_string(NOW_MARK);
-    let next_mark = json_string(NEXT_RUN_MARK);
-    if text.matches(&now_mark).count() != 2 || text.matches(&next_mark).count() != 1 {
+    let schedule_mark = json_string(SCHEDULE_MARK);
+    let health_mark = json_string(HEALTH_MARK);
+    if text.matches(&now_mark).count() != 2
+        || text.matches(&schedule_mark).count() != 1
+        || text.matches(&health_mark).count() != 1
+    {
         return None;
     }
     let mut parts = Vec::new();
     let mut rest = text.as_str();
     loop {
-        let next = [(&now_mark, Part::Now), (&next_mark, Part::NextRun)]
-            .into_iter()
-            .filter_map(|(mark, part)| rest.find(mark.as_str()).map(|at| (at, mark.len(), part)))
-            .min_by_key(|(at, _, _)| *at);
+        let next = [
+            (&now_mark, Part::Now),
+            (&schedule_mark, Part::Schedule),
+            (&health_mark, Part::Health),
+        ]
+        .into_iter()
+        .filter_map(|(mark, part)| rest.find(mark.as_str()).map(|at| (at, mark.len(), part)))
+        .min_by_key(|(at, _, _)| *at);
         let Some((at, len, part)) = next else {
             parts.push(Part::Literal(rest.to_owned()));
             break;
@@ -266,9 +306,22 @@ mod tests {
             last_started_at: Some(1_700_000_000_000),
             ..JobStats::default()
         };
-        stats.apply_schedule(cron, 1_600_000_000_000, uuid::Uuid::new_v4());
+        stats.apply_schedule(cron, None, None, 1_600_000_000_000, uuid::Uuid::new_v4());
+        let parsed = cron.map(|c| crate::schedule::CronSchedule::parse(c).unwrap());
         Arc::new(JobSnapshot {
-            cron: cron.map(|c| crate::schedule::CronSchedule::parse(c).unwrap()),
+            health: crate::store::HealthData {
+                starts: vec![1_700_000_000_000],
+                starts_from: 1_600_000_000_000,
+                processing: vec![(1_699_000_000_000, "long-one".into())],
+                fires: parsed.clone().map(|c| {
+                    crate::projection::health::Fires::for_judging(
+                        c,
+                        1_700_000_000_000,
+                        1_700_000_100_000,
+                    )
+                }),
+            },
+            cron: parsed,
             stats,
             recent: vec![ExecutionSummary {
                 execution_id: "run-\"7\"".into(),
@@ -284,6 +337,7 @@ mod tests {
                 events_applied: 98,
                 dead_letters: 1,
                 committed_at_ms: 1_700_000_100_000,
+                last_published_at_ms: Some(1_700_000_099_000),
             },
         })
     }
@@ -311,11 +365,21 @@ mod tests {
                 1_700_000_300_001,
                 1_800_000_000_000,
             ] {
-                assert_eq!(
-                    String::from_utf8(body.at(at(now))).unwrap(),
-                    String::from_utf8(whole_body(&job, &snapshot, at(now))).unwrap(),
-                    "cron {cron:?} at {now}"
-                );
+                for judgement in [
+                    Judgement::At(now),
+                    Judgement::At(now - 3_600_000),
+                    Judgement::Unknown {
+                        as_of: now - 90_000,
+                        since: now - 30_000,
+                    },
+                ] {
+                    let health = judge(&snapshot, judgement, 3_600_000);
+                    assert_eq!(
+                        String::from_utf8(body.at(at(now), judgement, 3_600_000)).unwrap(),
+                        String::from_utf8(whole_body(&job, &snapshot, at(now), &health)).unwrap(),
+                        "cron {cron:?} at {now}, {judgement:?}"
+                    );
+                }
             }
         }
     }
@@ -323,13 +387,16 @@ mod tests {
     #[test]
     fn an_error_text_holding_a_mark_falls_back_to_the_whole_serialization() {
         let job = JobName::parse("j").unwrap();
-        for error in [NOW_MARK, NEXT_RUN_MARK] {
+        for error in [NOW_MARK, SCHEDULE_MARK, HEALTH_MARK] {
             let snapshot = snapshot(Some("* * * * *"), Some(error));
             let body = StatsBody::new(&job, snapshot.clone());
             assert!(body.parts.is_none());
             let now = at(1_700_000_000_500);
-            assert_eq!(body.at(now), whole_body(&job, &snapshot, now));
-            let value: serde_json::Value = serde_json::from_slice(&body.at(now)).unwrap();
+            let judgement = Judgement::At(now.timestamp_millis());
+            let health = judge(&snapshot, judgement, 1_000);
+            let answer = body.at(now, judgement, 1_000);
+            assert_eq!(answer, whole_body(&job, &snapshot, now, &health));
+            let value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
             assert_eq!(value["data"]["recentExecutions"][0]["error"], error);
             assert_eq!(value["timestamp"], "2023-11-14T22:13:20.500Z");
         }

@@ -9,7 +9,9 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 mod health;
+pub mod jobs;
 mod params;
+mod query;
 pub mod stats;
 
 use std::sync::Arc;
@@ -34,9 +36,13 @@ pub struct AppState {
     pub nats: Option<async_nats::Client>,
     /// Serialized stats answers, one per cached snapshot.
     pub bodies: body::BodyCache,
+    /// `JOBSTATS_MAX_RUNTIME` in ms: when a job without its own `maxRuntimeMs` is stuck.
+    pub default_max_runtime_ms: i64,
 }
 
 pub const STATS_ROUTE: &str = "/api/v1/admin/jobs/{jobName}/stats";
+pub const EXECUTIONS_ROUTE: &str = "/api/v1/admin/jobs/{jobName}/executions";
+pub const JOBS_ROUTE: &str = "/api/v1/admin/jobs";
 
 pub fn rfc3339_millis(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -49,10 +55,14 @@ pub fn now_rfc3339() -> String {
 }
 
 /// The OpenAPI service (also used to print the committed `openapi.json`).
-pub fn openapi_service() -> OpenApiService<stats::StatsApi, ()> {
-    OpenApiService::new(stats::StatsApi, "jobstats", env!("CARGO_PKG_VERSION"))
-        .description("Job statistics from job lifecycle events, event-sourced from NATS JetStream.")
-        .server("/api/v1")
+pub fn openapi_service() -> OpenApiService<(stats::StatsApi, jobs::JobsApi), ()> {
+    OpenApiService::new(
+        (stats::StatsApi, jobs::JobsApi),
+        "jobstats",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Job statistics from job lifecycle events, event-sourced from NATS JetStream.")
+    .server("/api/v1")
 }
 
 /// The OpenAPI document as JSON (committed as `openapi.json`; CI checks it is current).
@@ -96,6 +106,8 @@ fn route_label(path: &str) -> &'static str {
         "/api/v1/openapi.json" => "/api/v1/openapi.json",
         p if p.starts_with("/api/v1/docs") => "/api/v1/docs",
         p if p.starts_with("/api/v1/admin/jobs/") && p.ends_with("/stats") => STATS_ROUTE,
+        p if p.starts_with("/api/v1/admin/jobs/") && p.ends_with("/executions") => EXECUTIONS_ROUTE,
+        "/api/v1/admin/jobs" => JOBS_ROUTE,
         _ => "other",
     }
 }

@@ -21,6 +21,7 @@ use super::{rfc3339_millis, AppState};
 use crate::api::auth::Principal;
 use crate::events::{JobName, TenantId};
 use crate::projection::format::{human_duration, human_percent, percent_one_decimal};
+use crate::projection::health::{self, Health, HealthInput, Judgement, Position};
 use crate::store::{ExecutionSummary, JobSnapshot};
 
 pub const SUCCESS_MESSAGE: &str = "Job statistics retrieved successfully";
@@ -31,7 +32,7 @@ pub const MAX_RECENT: u32 = 100;
 /// `realm_access.roles`), verified before the handler runs.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT", checker = "verified_principal")]
-pub struct BearerAuth(Principal);
+pub struct BearerAuth(pub Principal);
 
 async fn verified_principal(
     req: &Request,
@@ -85,6 +86,60 @@ pub struct ScheduleStats {
     /// Start time of the most recent execution.
     #[oai(nullable)]
     pub last_run: Option<String>,
+    /// The latest fire at or before `health.asOf`; null without a cron.
+    #[oai(nullable)]
+    pub expected_at: Option<String>,
+    /// How late a run may start and still count for its fire: the schedule's `graceMs`, else
+    /// 10% of the cron period clamped to 1 min … 1 h; null without a cron.
+    #[oai(nullable)]
+    pub grace_ms: Option<i64>,
+    /// How long a run may process before the job is `stuck`: the schedule's `maxRuntimeMs`,
+    /// else `JOBSTATS_MAX_RUNTIME`.
+    pub max_runtime_ms: i64,
+    /// `completed` or `failed`: the outcome of the last finished execution (by finish time).
+    #[oai(nullable)]
+    pub last_outcome: Option<String>,
+}
+
+/// Fires that no execution start was matched to.
+#[derive(Debug, Clone, Object)]
+pub struct MissedRuns {
+    /// Fires in the last 24 hours (up to `asOf` − grace).
+    #[oai(rename = "last24h")]
+    pub last_24h: u32,
+    /// Fires in the last 7 days.
+    #[oai(rename = "last7d")]
+    pub last_7d: u32,
+}
+
+/// A job's health (CONTRACT §5), as listed for many jobs.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct HealthSummary {
+    /// The first that holds: unknown, stuck, missed, failing, healthy, new.
+    pub state: String,
+    /// The instant judged: the request time while the projection is caught up, else the
+    /// stream publish time of the last applied event (never ahead of what was applied).
+    pub as_of: String,
+    /// When the job entered this state (stuck: oldest stuck start + maxRuntime; missed: the
+    /// missed fire + grace; failing: finish of the first failure in a row; healthy: finish of
+    /// the first success after the last failure; unknown: when the stream had been
+    /// unreachable for 60 s); null when not known.
+    #[oai(nullable)]
+    pub since: Option<String>,
+    /// Failed executions since the last completed one, by finish time.
+    pub consecutive_failures: i64,
+    pub missed_runs: MissedRuns,
+}
+
+/// A job's health (CONTRACT §5).
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct HealthStats {
+    #[oai(flatten)]
+    pub summary: HealthSummary,
+    /// Executions processing for longer than maxRuntime at `asOf` (at most 20, oldest first).
+    pub stuck_execution_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -133,6 +188,7 @@ pub struct JobStatsData {
     pub recent_executions: Vec<RecentExecution>,
     pub generated_at: String,
     pub freshness: Freshness,
+    pub health: HealthStats,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -190,13 +246,16 @@ impl From<ApiError> for StatsResponse {
     }
 }
 
-/// Turns poem-openapi's extraction errors into the envelope, by parameter.
 fn stats_bad_request(error: poem::Error) -> StatsResponse {
+    extraction_error(error).into()
+}
+
+/// Turns poem-openapi's extraction errors into the API's, by parameter.
+pub fn extraction_error(error: poem::Error) -> ApiError {
     if error.status() == poem::http::StatusCode::UNAUTHORIZED {
         return ApiError::Unauthorized(
             "Authentication required: send an Authorization: Bearer <token> header".into(),
-        )
-        .into();
+        );
     }
     if let Some(param) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
         return match param.name {
@@ -207,13 +266,28 @@ fn stats_bad_request(error: poem::Error) -> StatsResponse {
             name => {
                 ApiError::InvalidParameter(format!("Invalid parameter {name}: {}", param.reason))
             }
-        }
-        .into();
+        };
     }
     if error.is::<poem_openapi::error::ParsePathError>() {
-        return ApiError::InvalidJobName("Invalid job name".into()).into();
+        return ApiError::InvalidJobName("Invalid job name".into());
     }
-    ApiError::InvalidParameter("Invalid request".into()).into()
+    ApiError::InvalidParameter("Invalid request".into())
+}
+
+/// The extractor reads the first `x-tenantid`; a second one is ambiguous, not ignorable.
+pub fn refuse_repeated_tenant(request: &Request) -> Result<(), ApiError> {
+    if request
+        .headers()
+        .get_all("x-tenantid")
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::InvalidTenant(
+            "x-tenantid header must appear once".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub struct StatsApi;
@@ -269,18 +343,7 @@ fn answer(
     recent: Option<u32>,
     principal: &Principal,
 ) -> Result<Vec<u8>, ApiError> {
-    // The extractor reads the first value; a second one is ambiguous, not ignorable.
-    if request
-        .headers()
-        .get_all("x-tenantid")
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        return Err(ApiError::InvalidTenant(
-            "x-tenantid header must appear once".into(),
-        ));
-    }
+    refuse_repeated_tenant(request)?;
     let recent = recent.unwrap_or(DEFAULT_RECENT);
     if !(1..=MAX_RECENT).contains(&recent) {
         return Err(ApiError::InvalidParameter(format!(
@@ -292,17 +355,94 @@ fn answer(
     let snapshot = readers
         .cached_job_snapshot(&tenant, job, recent)?
         .ok_or(ApiError::JobNotFound)?;
-    let body = state.bodies.body(&tenant, job, recent, snapshot);
-    Ok(body.at(Utc::now()))
+    let body = state.bodies.body(&tenant, job, recent, snapshot.clone());
+    let now = Utc::now();
+    let judgement = judgement(state, &snapshot, now);
+    Ok(body.at(now, judgement, state.default_max_runtime_ms))
 }
 
-/// Builds the response body from a snapshot (pure: the clock is an argument).
-pub fn render(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> JobStatsData {
+/// The instant health can be judged at for an answer from `snapshot` (CONTRACT §5).
+pub fn judgement(state: &AppState, snapshot: &JobSnapshot, now: DateTime<Utc>) -> Judgement {
+    let mut position = state.status.position();
+    if state.nats.is_none() {
+        // A read-only copy is judged as of its last event.
+        position = Position {
+            caught_up: false,
+            unreachable_since: None,
+            last_published_at: snapshot.freshness.last_published_at_ms,
+        };
+    } else if position.last_published_at.is_none() {
+        position.last_published_at = snapshot.freshness.last_published_at_ms;
+    }
+    position.judgement(now.timestamp_millis())
+}
+
+/// Judges one job's health from its snapshot.
+pub fn judge(snapshot: &JobSnapshot, judgement: Judgement, default_max_runtime_ms: i64) -> Health {
+    health::evaluate(
+        &HealthInput {
+            stats: &snapshot.stats,
+            fires: snapshot.health.fires.as_ref(),
+            starts: &snapshot.health.starts,
+            processing: &snapshot.health.processing,
+            default_max_runtime_ms,
+        },
+        judgement,
+    )
+}
+
+/// The `schedule` object; `next_run` is the first fire after the request time.
+pub fn schedule_stats(
+    snapshot: &JobSnapshot,
+    next_run: Option<String>,
+    health: &Health,
+) -> ScheduleStats {
+    let stats = &snapshot.stats;
+    ScheduleStats {
+        cron: stats.schedule.as_ref().and_then(|s| s.cron.clone()),
+        next_run,
+        last_run: stats.last_started_at.map(rfc3339_millis),
+        expected_at: health.expected_at.map(rfc3339_millis),
+        grace_ms: health.grace_ms,
+        max_runtime_ms: health.max_runtime_ms,
+        last_outcome: health
+            .last_failed
+            .map(|failed| if failed { "failed" } else { "completed" }.to_owned()),
+    }
+}
+
+pub fn health_summary(health: &Health) -> HealthSummary {
+    HealthSummary {
+        state: health.state.as_str().to_owned(),
+        as_of: rfc3339_millis(health.as_of),
+        since: health.since.map(rfc3339_millis),
+        consecutive_failures: health.consecutive_failures,
+        missed_runs: MissedRuns {
+            last_24h: health.missed_last_24h,
+            last_7d: health.missed_last_7d,
+        },
+    }
+}
+
+pub fn health_stats(health: &Health) -> HealthStats {
+    HealthStats {
+        summary: health_summary(health),
+        stuck_execution_ids: health.stuck_execution_ids.clone(),
+    }
+}
+
+/// Builds the response body from a snapshot (pure: the clock and the judgement are
+/// arguments).
+pub fn render(
+    job: &JobName,
+    snapshot: &JobSnapshot,
+    now: DateTime<Utc>,
+    health: &Health,
+) -> JobStatsData {
     let stats = &snapshot.stats;
     let average = stats.average_duration_ms();
     let last = stats.last_finished.as_ref().and_then(|l| l.duration_ms);
     let success = stats.success_rate_percent();
-    let cron = stats.schedule.as_ref().and_then(|s| s.cron.clone());
     let next_run = snapshot
         .cron
         .as_ref()
@@ -325,11 +465,7 @@ pub fn render(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> JobS
             last_execution_time_ms: last,
             success_rate_percent: success.map(percent_one_decimal),
         },
-        schedule: ScheduleStats {
-            cron,
-            next_run,
-            last_run: stats.last_started_at.map(rfc3339_millis),
-        },
+        schedule: schedule_stats(snapshot, next_run, health),
         recent_executions: snapshot.recent.iter().map(recent_execution).collect(),
         generated_at: rfc3339_millis(now.timestamp_millis()),
         freshness: Freshness {
@@ -337,10 +473,11 @@ pub fn render(job: &JobName, snapshot: &JobSnapshot, now: DateTime<Utc>) -> JobS
             applied_at: (snapshot.freshness.committed_at_ms > 0)
                 .then(|| rfc3339_millis(snapshot.freshness.committed_at_ms)),
         },
+        health: health_stats(health),
     }
 }
 
-fn recent_execution(execution: &ExecutionSummary) -> RecentExecution {
+pub fn recent_execution(execution: &ExecutionSummary) -> RecentExecution {
     let duration = match (execution.started_at, execution.finished_at) {
         (Some(start), Some(end)) => Some((end - start).max(0)),
         _ => None,

@@ -10,6 +10,28 @@ pub struct LastFinished {
     pub finished_at: EpochMillis,
     pub execution_id: String,
     pub duration_ms: Option<i64>,
+    /// Whether it failed (else it completed).
+    pub failed: bool,
+}
+
+/// The order of finished executions: finish time, ties by execution id.
+pub type FinishKey = (EpochMillis, String);
+
+/// The trailing run of finished executions with one outcome, by [`FinishKey`]: what
+/// `consecutiveFailures` and the `since` of `failing` and `healthy` are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeRun {
+    /// The run's outcome: failed, else completed.
+    pub failed: bool,
+    pub length: i64,
+    /// The run's earliest execution.
+    pub first: FinishKey,
+    /// The latest finished execution with the other outcome: every finished execution after
+    /// it belongs to the run.
+    pub boundary: Option<FinishKey>,
+    /// A late execution of the other outcome split the run: `length` and `first` must be
+    /// recounted from the executions after `boundary` (see [`JobStats::recount_run`]).
+    pub stale: bool,
 }
 
 /// The latest `scheduled` event by the runner's time (ties: the larger event id).
@@ -18,6 +40,12 @@ pub struct ScheduleRecord {
     pub cron: Option<String>,
     pub occurred_at: EpochMillis,
     pub event_id: Uuid,
+    pub grace_ms: Option<i64>,
+    pub max_runtime_ms: Option<i64>,
+    /// When the current cron took effect: the `occurredAt` of the event that set it. A newer
+    /// event repeating the same cron keeps it, so re-announcing a schedule at every deploy
+    /// does not restart the judgement of missed runs.
+    pub since: EpochMillis,
 }
 
 /// Everything the stats endpoint needs about one job, apart from the recent executions list.
@@ -34,6 +62,8 @@ pub struct JobStats {
     /// The latest start time of any execution.
     pub last_started_at: Option<EpochMillis>,
     pub schedule: Option<ScheduleRecord>,
+    /// `None` before anything finished.
+    pub outcome_run: Option<OutcomeRun>,
 }
 
 impl JobStats {
@@ -46,6 +76,13 @@ impl JobStats {
 
         if let Some(started) = new.started_at {
             self.last_started_at = Some(self.last_started_at.map_or(started, |l| l.max(started)));
+        }
+        let newly_finished = new.state.is_terminal() && old.is_none_or(|o| !o.state.is_terminal());
+        if let (true, Some(finished_at)) = (newly_finished, new.finished_at) {
+            self.extend_run(
+                (finished_at, execution_id.to_owned()),
+                new.state == ExecutionState::Failed,
+            );
         }
         if let Some(finished_at) = new.finished_at {
             let candidate = (finished_at, execution_id);
@@ -60,6 +97,7 @@ impl JobStats {
                         finished_at,
                         execution_id: execution_id.to_owned(),
                         duration_ms: new.duration_ms(),
+                        failed: new.state == ExecutionState::Failed,
                     })
                 }
             }
@@ -82,22 +120,87 @@ impl JobStats {
         }
     }
 
-    /// Records a `scheduled` event; the latest one by the runner's time wins.
-    pub fn apply_schedule(&mut self, cron: Option<&str>, occurred_at: EpochMillis, event_id: Uuid) {
-        let newer = match &self.schedule {
-            None => true,
-            Some(current) => (occurred_at, event_id) > (current.occurred_at, current.event_id),
+    /// Adds a newly finished execution to the outcome run. Called before `last_finished`
+    /// moves, so that it still names the latest finished execution before this one.
+    fn extend_run(&mut self, key: FinishKey, failed: bool) {
+        let last = self
+            .last_finished
+            .as_ref()
+            .map(|l| (l.finished_at, l.execution_id.clone()));
+        let run = match (&mut self.outcome_run, last) {
+            (Some(run), Some(last)) => (run, last),
+            _ => {
+                self.outcome_run = Some(OutcomeRun {
+                    failed,
+                    length: 1,
+                    first: key,
+                    boundary: None,
+                    stale: false,
+                });
+                return;
+            }
         };
-        if newer {
-            self.schedule = Some(ScheduleRecord {
-                cron: cron.map(str::to_owned),
-                occurred_at,
-                event_id,
-            });
+        let (run, last) = run;
+        if failed == run.failed {
+            if run.boundary.as_ref().is_none_or(|b| key > *b) {
+                run.length += 1;
+                if key < run.first {
+                    run.first = key;
+                }
+            }
+        } else if key > last {
+            *run = OutcomeRun {
+                failed,
+                length: 1,
+                first: key,
+                boundary: Some(last),
+                stale: false,
+            };
+        } else if run.boundary.as_ref().is_none_or(|b| key > *b) {
+            // A late execution of the other outcome: the run now starts after it.
+            run.stale = run.stale || key > run.first;
+            run.boundary = Some(key);
         }
     }
 
-    /// Recomputes the aggregates from scratch (the reference the incremental path must equal).
+    /// Finishes a split run from the finish keys of the executions after its boundary (the
+    /// store reads them from an index; all of them have the run's outcome).
+    pub fn recount_run(&mut self, length: i64, first: Option<FinishKey>) {
+        if let (Some(run), Some(first)) = (&mut self.outcome_run, first) {
+            run.length = length;
+            run.first = first;
+            run.stale = false;
+        }
+    }
+
+    /// Records a `scheduled` event; the latest one by the runner's time wins.
+    pub fn apply_schedule(
+        &mut self,
+        cron: Option<&str>,
+        grace_ms: Option<i64>,
+        max_runtime_ms: Option<i64>,
+        occurred_at: EpochMillis,
+        event_id: Uuid,
+    ) {
+        let since = match &self.schedule {
+            Some(current) if (occurred_at, event_id) <= (current.occurred_at, current.event_id) => {
+                return
+            }
+            Some(current) if current.cron.as_deref() == cron => current.since,
+            _ => occurred_at,
+        };
+        self.schedule = Some(ScheduleRecord {
+            cron: cron.map(str::to_owned),
+            occurred_at,
+            event_id,
+            grace_ms,
+            max_runtime_ms,
+            since,
+        });
+    }
+
+    /// Recomputes the aggregates from the final execution rows, naively and without
+    /// [`JobStats::absorb`]: the reference the incremental path must equal.
     pub fn recompute<'a>(
         executions: impl IntoIterator<Item = (&'a str, &'a Execution)>,
         schedule: Option<ScheduleRecord>,
@@ -106,8 +209,47 @@ impl JobStats {
             schedule,
             ..JobStats::default()
         };
+        let mut finished: Vec<(FinishKey, &Execution)> = Vec::new();
         for (id, execution) in executions {
-            stats.absorb(id, None, execution);
+            match execution.state {
+                ExecutionState::Pending => stats.pending += 1,
+                ExecutionState::Processing => stats.processing += 1,
+                ExecutionState::Completed => stats.completed += 1,
+                ExecutionState::Failed => stats.failed += 1,
+            }
+            if let (ExecutionState::Completed, Some(duration)) =
+                (execution.state, execution.duration_ms())
+            {
+                stats.duration_sum_ms += duration;
+                stats.duration_count += 1;
+            }
+            if let Some(started) = execution.started_at {
+                stats.last_started_at = stats.last_started_at.max(Some(started));
+            }
+            if let (true, Some(at)) = (execution.state.is_terminal(), execution.finished_at) {
+                finished.push(((at, id.to_owned()), execution));
+            }
+        }
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        if let Some(((at, id), last)) = finished.first() {
+            let failed = last.state == ExecutionState::Failed;
+            stats.last_finished = Some(LastFinished {
+                finished_at: *at,
+                execution_id: id.clone(),
+                duration_ms: last.duration_ms(),
+                failed,
+            });
+            let length = finished
+                .iter()
+                .take_while(|(_, e)| (e.state == ExecutionState::Failed) == failed)
+                .count();
+            stats.outcome_run = Some(OutcomeRun {
+                failed,
+                length: length as i64,
+                first: finished[length - 1].0.clone(),
+                boundary: finished.get(length).map(|(key, _)| key.clone()),
+                stale: false,
+            });
         }
         stats
     }

@@ -9,10 +9,12 @@
 
 mod execution;
 pub mod format;
+pub mod health;
 mod job_stats;
 
 pub use execution::{transition, Execution, ExecutionEvent, ExecutionState};
-pub use job_stats::{JobStats, LastFinished, ScheduleRecord};
+pub use health::{Health, HealthInput, HealthState, Judgement};
+pub use job_stats::{FinishKey, JobStats, LastFinished, OutcomeRun, ScheduleRecord};
 
 /// Milliseconds since the Unix epoch, UTC: the unit of every time in the read model.
 pub type EpochMillis = i64;

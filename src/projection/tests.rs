@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::*;
 
+/// Applies events one by one, as the writer does in batches of one.
 fn apply_all(events: &[(String, ExecutionEvent)]) -> (BTreeMap<String, Execution>, JobStats) {
     let mut rows: BTreeMap<String, Execution> = BTreeMap::new();
     let mut stats = JobStats::default();
@@ -16,8 +17,27 @@ fn apply_all(events: &[(String, ExecutionEvent)]) -> (BTreeMap<String, Execution
             stats.absorb(id, old, &new);
             rows.insert(id.clone(), new);
         }
+        settle(&mut stats, &rows);
     }
     (rows, stats)
+}
+
+/// What the store does for a split outcome run: recount the executions after its boundary.
+fn settle(stats: &mut JobStats, rows: &BTreeMap<String, Execution>) {
+    let Some(boundary) = stats
+        .outcome_run
+        .as_ref()
+        .filter(|r| r.stale)
+        .and_then(|r| r.boundary.clone())
+    else {
+        return;
+    };
+    let after: Vec<FinishKey> = rows
+        .iter()
+        .filter_map(|(id, row)| row.finished_at.map(|at| (at, id.clone())))
+        .filter(|key| *key > boundary)
+        .collect();
+    stats.recount_run(after.len() as i64, after.into_iter().min());
 }
 
 fn run(id: &str, start: i64, duration: i64, ok: bool) -> Vec<(String, ExecutionEvent)> {
@@ -115,13 +135,62 @@ fn the_latest_schedule_by_runner_time_wins_in_any_order() {
     let a = Uuid::from_u128(1);
     let b = Uuid::from_u128(2);
     let mut forward = JobStats::default();
-    forward.apply_schedule(Some("0 * * * *"), 10, a);
-    forward.apply_schedule(None, 20, b);
+    forward.apply_schedule(Some("0 * * * *"), None, None, 10, a);
+    forward.apply_schedule(None, None, None, 20, b);
     let mut backward = JobStats::default();
-    backward.apply_schedule(None, 20, b);
-    backward.apply_schedule(Some("0 * * * *"), 10, a);
+    backward.apply_schedule(None, None, None, 20, b);
+    backward.apply_schedule(Some("0 * * * *"), None, None, 10, a);
     assert_eq!(forward, backward);
     assert_eq!(forward.schedule.unwrap().cron, None);
+}
+
+#[test]
+fn repeating_the_same_cron_keeps_when_it_took_effect() {
+    let mut stats = JobStats::default();
+    stats.apply_schedule(Some("0 * * * *"), None, None, 10, Uuid::from_u128(1));
+    stats.apply_schedule(
+        Some("0 * * * *"),
+        Some(60_000),
+        None,
+        20,
+        Uuid::from_u128(2),
+    );
+    let schedule = stats.schedule.clone().unwrap();
+    assert_eq!((schedule.since, schedule.grace_ms), (10, Some(60_000)));
+    stats.apply_schedule(Some("*/5 * * * *"), None, None, 30, Uuid::from_u128(3));
+    assert_eq!(stats.schedule.clone().unwrap().since, 30);
+    // An older event changes nothing.
+    stats.apply_schedule(Some("1 * * * *"), None, None, 25, Uuid::from_u128(4));
+    assert_eq!(stats.schedule.unwrap().cron.as_deref(), Some("*/5 * * * *"));
+}
+
+#[test]
+fn consecutive_failures_count_failures_since_the_last_success_by_finish_time() {
+    let mut events = run("a", 0, 10, true);
+    events.extend(run("b", 100, 10, false));
+    events.extend(run("c", 200, 10, false));
+    let (_, stats) = apply_all(&events);
+    let run_state = stats.outcome_run.clone().unwrap();
+    assert!(run_state.failed);
+    assert_eq!((run_state.length, run_state.first.0), (2, 110));
+    // A success that finished between the two failures arrives late: one failure remains.
+    let mut late = events.clone();
+    late.extend(run("late", 150, 5, true));
+    let (_, stats) = apply_all(&late);
+    let run_state = stats.outcome_run.unwrap();
+    assert_eq!(
+        (run_state.failed, run_state.length, run_state.first.0),
+        (true, 1, 210)
+    );
+    // A success after them ends the run.
+    let mut healed = events;
+    healed.extend(run("d", 300, 10, true));
+    let (_, stats) = apply_all(&healed);
+    let run_state = stats.outcome_run.unwrap();
+    assert_eq!(
+        (run_state.failed, run_state.length, run_state.first.0),
+        (false, 1, 310)
+    );
 }
 
 /// One execution: its events (with possible exact duplicates), in a valid causal order.

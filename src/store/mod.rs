@@ -14,17 +14,23 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use crate::projection::{JobStats, LastFinished, ScheduleRecord};
+use crate::projection::{JobStats, LastFinished, OutcomeRun, ScheduleRecord};
 
-pub use reader::{CurrentReader, DeadLetter, ExecutionSummary, Freshness, JobSnapshot, ReadPool};
+pub use reader::{
+    CurrentReader, DeadLetter, ExecutionSummary, ExecutionsQuery, Freshness, HealthData,
+    JobSnapshot, ReadPool,
+};
 pub use writer::{BatchOutcome, IncomingMessage, Writer};
 
 /// The version of the projection logic that builds the read model. Bump it when `apply`
 /// changes meaning: `serve` then rebuilds the read model from the stream (blue-green).
-pub const PROJECTION_VERSION: i64 = 1;
+pub const PROJECTION_VERSION: i64 = 2;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_read_model.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_read_model.sql"),
+    include_str!("migrations/0002_health.sql"),
+];
 
 /// How many bytes of a dead letter's payload are kept.
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
@@ -54,7 +60,12 @@ pub fn resolve(path: &Path) -> PathBuf {
 /// The `job_stats` columns [`job_stats_from_row`] reads, in its order.
 const JOB_STATS_COLUMNS: &str = "pending, processing, completed, failed, duration_sum_ms, \
      duration_count, last_finished_at, last_finished_execution_id, last_finished_duration_ms, \
-     last_started_at, schedule_cron, schedule_occurred_at, schedule_event_id";
+     last_started_at, schedule_cron, schedule_occurred_at, schedule_event_id, \
+     last_finished_failed, schedule_grace_ms, schedule_max_runtime_ms, schedule_since, \
+     run_failed, run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id";
+
+/// How many columns [`JOB_STATS_COLUMNS`] names: a query's further columns start here.
+const JOB_STATS_COLUMN_COUNT: usize = 23;
 
 fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
     let last_finished = match (r.get::<_, Option<i64>>(6)?, r.get::<_, Option<String>>(7)?) {
@@ -62,6 +73,7 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
             finished_at,
             execution_id,
             duration_ms: r.get(8)?,
+            failed: r.get::<_, Option<bool>>(13)?.unwrap_or(false),
         }),
         _ => None,
     };
@@ -73,6 +85,29 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
             cron: r.get(10)?,
             occurred_at,
             event_id: uuid::Uuid::try_parse(&event_id).unwrap_or_default(),
+            grace_ms: r.get(14)?,
+            max_runtime_ms: r.get(15)?,
+            since: r.get::<_, Option<i64>>(16)?.unwrap_or(occurred_at),
+        }),
+        _ => None,
+    };
+    let outcome_run = match (
+        r.get::<_, Option<bool>>(17)?,
+        r.get::<_, Option<i64>>(19)?,
+        r.get::<_, Option<String>>(20)?,
+    ) {
+        (Some(failed), Some(first_at), Some(first_id)) => Some(OutcomeRun {
+            failed,
+            length: r.get::<_, Option<i64>>(18)?.unwrap_or(0),
+            first: (first_at, first_id),
+            boundary: match (
+                r.get::<_, Option<i64>>(21)?,
+                r.get::<_, Option<String>>(22)?,
+            ) {
+                (Some(at), Some(id)) => Some((at, id)),
+                _ => None,
+            },
+            stale: false,
         }),
         _ => None,
     };
@@ -86,6 +121,7 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
         last_finished,
         last_started_at: r.get(9)?,
         schedule,
+        outcome_run,
     })
 }
 

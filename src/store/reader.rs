@@ -8,9 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{configure_common, job_stats_from_row, resolve, StoreError, JOB_STATS_COLUMNS};
+use super::{
+    configure_common, job_stats_from_row, resolve, StoreError, JOB_STATS_COLUMNS,
+    JOB_STATS_COLUMN_COUNT,
+};
 use crate::events::{JobName, TenantId};
-use crate::projection::{ExecutionState, JobStats};
+use crate::projection::{health, ExecutionState, JobStats};
 
 /// How far the read model has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,6 +24,9 @@ pub struct Freshness {
     pub dead_letters: u64,
     /// Wall-clock time of the last commit (ms since epoch; 0 before the first).
     pub committed_at_ms: i64,
+    /// Stream publish time of the last applied message (the instant a lagging projection can
+    /// vouch for); `None` before the first.
+    pub last_published_at_ms: Option<i64>,
 }
 
 /// One execution as the stats response shows it.
@@ -43,7 +49,25 @@ pub struct JobSnapshot {
     pub cron: Option<crate::schedule::CronSchedule>,
     pub recent: Vec<ExecutionSummary>,
     pub freshness: Freshness,
+    /// What health needs beyond the aggregates.
+    pub health: HealthData,
 }
+
+/// The time-bounded part of the read model health is judged from (see
+/// [`crate::projection::health`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HealthData {
+    /// Start times from [`HealthData::starts_from`] on, ascending (empty without a cron).
+    pub starts: Vec<i64>,
+    pub starts_from: i64,
+    /// The oldest processing executions (start, id), oldest first.
+    pub processing: Vec<(i64, String)>,
+    /// The schedule's fires around the instants this snapshot can be judged at.
+    pub fires: Option<health::Fires>,
+}
+
+/// Most start times read for one job's health: 8 days of a once-a-minute job four times over.
+const MAX_STARTS: u32 = 50_000;
 
 /// Read-only connections to one database file.
 pub struct ReadPool {
@@ -259,12 +283,146 @@ impl ReadPool {
                 .as_ref()
                 .and_then(|s| s.cron.as_deref())
                 .and_then(|c| crate::schedule::CronSchedule::parse(c).ok());
+            let freshness = read_freshness(tx)?;
+            let health = read_health_data(tx, job_id, &stats, cron.as_ref(), &freshness)?;
             Ok(Some(JobSnapshot {
                 cron,
                 stats,
                 recent: executions,
-                freshness: read_freshness(tx)?,
+                freshness,
+                health,
             }))
+        })
+    }
+
+    /// Names of the tenant's jobs starting with `prefix`, in name order, after `after` (a
+    /// keyset page: an index range, whatever the number of jobs).
+    pub fn job_names_page(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        after: Option<&str>,
+        descending: bool,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let (upper, lower) = prefix_range(prefix);
+        let sql = match (after.is_some(), descending) {
+            (false, false) => {
+                "SELECT job_name FROM job_stats WHERE tenant_id = ?1
+                 AND job_name >= ?2 AND job_name < ?3 ORDER BY job_name LIMIT ?5"
+            }
+            (false, true) => {
+                "SELECT job_name FROM job_stats WHERE tenant_id = ?1
+                 AND job_name >= ?2 AND job_name < ?3 ORDER BY job_name DESC LIMIT ?5"
+            }
+            (true, false) => {
+                "SELECT job_name FROM job_stats WHERE tenant_id = ?1
+                 AND job_name >= ?2 AND job_name < ?3 AND job_name > ?4
+                 ORDER BY job_name LIMIT ?5"
+            }
+            (true, true) => {
+                "SELECT job_name FROM job_stats WHERE tenant_id = ?1
+                 AND job_name >= ?2 AND job_name < ?3 AND job_name < ?4
+                 ORDER BY job_name DESC LIMIT ?5"
+            }
+        };
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            let mut stmt = tx.prepare_cached(sql)?;
+            let rows = stmt.query_map(
+                params![tenant, lower, upper, after.unwrap_or(""), limit],
+                |r| r.get(0),
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// How many of the tenant's jobs start with `prefix` (a count over an index range).
+    pub fn count_jobs(&self, tenant: &TenantId, prefix: &str) -> Result<u64, StoreError> {
+        let (upper, lower) = prefix_range(prefix);
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM job_stats
+                     WHERE tenant_id = ?1 AND job_name >= ?2 AND job_name < ?3",
+                )?
+                .query_row(params![tenant, lower, upper], |r| r.get::<_, i64>(0))?
+                as u64)
+        })
+    }
+
+    /// One page of a job's executions, newest first by start time (enqueue time while not
+    /// started), as a keyset range over the recency index; `None` when the job is unknown.
+    pub fn executions_page(
+        &self,
+        tenant: &TenantId,
+        job: &JobName,
+        query: &ExecutionsQuery,
+    ) -> Result<Option<Vec<ExecutionSummary>>, StoreError> {
+        let mut sql = String::from(
+            "SELECT execution_id, state, enqueued_at, started_at, finished_at, items_processed,
+                    error, recency_key
+             FROM executions WHERE job_id = ?1",
+        );
+        if query.from.is_some() {
+            sql.push_str(" AND recency_key >= ?2");
+        }
+        if query.to.is_some() {
+            sql.push_str(" AND recency_key <= ?3");
+        }
+        if query.after.is_some() {
+            sql.push_str(" AND (recency_key, execution_id) < (?4, ?5)");
+        }
+        if !query.states.is_empty() {
+            let codes: Vec<String> = query.states.iter().map(|s| s.code().to_string()).collect();
+            sql.push_str(&format!(" AND state IN ({})", codes.join(",")));
+        }
+        sql.push_str(" ORDER BY recency_key DESC, execution_id DESC LIMIT ?6");
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            let Some((job_id, _)) = read_job_stats(tx, &tenant, job.as_str())? else {
+                return Ok(None);
+            };
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let (after_key, after_id) = query.after.clone().unzip();
+            let rows = stmt.query_map(
+                params![
+                    job_id,
+                    query.from,
+                    query.to,
+                    after_key,
+                    after_id,
+                    query.limit
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get(6)?,
+                    ))
+                },
+            )?;
+            let mut executions = Vec::new();
+            for row in rows {
+                let (execution_id, state, enqueued_at, started_at, finished_at, items, error) =
+                    row?;
+                executions.push(ExecutionSummary {
+                    execution_id,
+                    state: ExecutionState::from_code(state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("execution state {state}")))?,
+                    enqueued_at,
+                    started_at,
+                    finished_at,
+                    items_processed: items.map(|n| n.max(0) as u64),
+                    error,
+                });
+            }
+            Ok(Some(executions))
         })
     }
 
@@ -331,6 +489,25 @@ impl ReadPool {
     }
 }
 
+/// Which executions a page holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutionsQuery {
+    /// Empty: every state.
+    pub states: Vec<ExecutionState>,
+    /// On the start time (enqueue time while not started), inclusive, ms.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// The last (time, id) of the previous page.
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+/// The name range of a prefix: job names are ASCII below DEL, so every name starting with
+/// `prefix` sorts before `prefix` + DEL.
+fn prefix_range(prefix: &str) -> (String, &str) {
+    (format!("{prefix}\u{7f}"), prefix)
+}
+
 /// A recorded dead letter (without its payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -344,7 +521,8 @@ pub struct DeadLetter {
 fn read_freshness(tx: &rusqlite::Transaction<'_>) -> Result<Freshness, StoreError> {
     Ok(tx
         .prepare_cached(
-            "SELECT last_sequence, events_applied, dead_letters, committed_at_ms
+            "SELECT last_sequence, events_applied, dead_letters, committed_at_ms,
+                    last_published_at_ms
              FROM checkpoint WHERE id = 1",
         )?
         .query_row([], |r| {
@@ -353,8 +531,49 @@ fn read_freshness(tx: &rusqlite::Transaction<'_>) -> Result<Freshness, StoreErro
                 events_applied: r.get::<_, i64>(1)? as u64,
                 dead_letters: r.get::<_, i64>(2)? as u64,
                 committed_at_ms: r.get(3)?,
+                last_published_at_ms: r.get(4)?,
             })
         })?)
+}
+
+/// The start times and processing executions health may look at from any instant this
+/// snapshot can be judged at (from the last applied event's publish time up to now), so a
+/// cached snapshot serves every later request. Both are index ranges bounded by time.
+fn read_health_data(
+    tx: &rusqlite::Transaction<'_>,
+    job_id: i64,
+    stats: &JobStats,
+    cron: Option<&crate::schedule::CronSchedule>,
+    freshness: &Freshness,
+) -> Result<HealthData, StoreError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let earliest_judged = freshness.last_published_at_ms.unwrap_or(now).min(now);
+    let mut data = HealthData::default();
+    // The grace in force can differ a little between instants: an hour of margin covers the
+    // default's range.
+    if let Some(from) = health::starts_needed_from(stats, cron, earliest_judged) {
+        data.starts_from = from - 3_600_000;
+        let mut stmt = tx.prepare_cached(
+            "SELECT started_at FROM executions
+             WHERE job_id = ?1 AND recency_key >= ?2 AND started_at IS NOT NULL
+             ORDER BY recency_key, execution_id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![job_id, data.starts_from, MAX_STARTS], |r| r.get(0))?;
+        data.starts = rows.collect::<Result<_, _>>()?;
+    }
+    data.fires = cron.map(|c| health::Fires::for_judging(c.clone(), earliest_judged, now));
+    if stats.processing > 0 {
+        let mut stmt = tx.prepare_cached(
+            "SELECT started_at, execution_id FROM executions
+             WHERE job_id = ?1 AND state = 1
+             ORDER BY started_at, execution_id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![job_id, health::MAX_STUCK_IDS as i64 + 1], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        data.processing = rows.collect::<Result<_, _>>()?;
+    }
+    Ok(data)
 }
 
 fn read_job_stats(
@@ -366,7 +585,9 @@ fn read_job_stats(
         .prepare_cached(&format!(
             "SELECT {JOB_STATS_COLUMNS}, job_id FROM job_stats WHERE tenant_id = ?1 AND job_name = ?2"
         ))?
-        .query_row(params![tenant, job], |r| Ok((r.get(13)?, job_stats_from_row(r)?)))
+        .query_row(params![tenant, job], |r| {
+            Ok((r.get(JOB_STATS_COLUMN_COUNT)?, job_stats_from_row(r)?))
+        })
         .optional()?)
 }
 

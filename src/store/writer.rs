@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     configure_common, job_stats_from_row, migrate, resolve, StoreError, DEAD_LETTER_PAYLOAD_BYTES,
-    JOB_STATS_COLUMNS,
+    JOB_STATS_COLUMNS, JOB_STATS_COLUMN_COUNT,
 };
 use crate::events::{self, DecodeError, Event, EventKind, TenantId};
 use crate::projection::{transition, Execution, ExecutionEvent, ExecutionState, JobStats};
@@ -166,6 +166,7 @@ impl Writer {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut batch = BatchState::new(&self.job_ids, self.next_job_id);
+        let mut last_published_at_ms = None;
         for (message, decoded) in messages.iter().zip(decoded) {
             let decoded = decoded.borrow();
             if message.sequence <= outcome.last_sequence {
@@ -173,6 +174,7 @@ impl Writer {
                 continue;
             }
             outcome.last_sequence = message.sequence;
+            last_published_at_ms = message.published_at_ms;
             match decoded {
                 Ok(event) => {
                     batch.apply(&tx, event, message.sequence)?;
@@ -197,12 +199,14 @@ impl Writer {
         let new_jobs = batch.flush(&tx)?;
         tx.execute(
             "UPDATE checkpoint SET last_sequence = ?1, events_applied = events_applied + ?2,
-                 dead_letters = dead_letters + ?3, committed_at_ms = ?4 WHERE id = 1",
+                 dead_letters = dead_letters + ?3, committed_at_ms = ?4,
+                 last_published_at_ms = ?5 WHERE id = 1",
             params![
                 outcome.last_sequence as i64,
                 outcome.applied as i64,
                 outcome.dead_letters as i64,
-                chrono::Utc::now().timestamp_millis()
+                chrono::Utc::now().timestamp_millis(),
+                last_published_at_ms
             ],
         )?;
         tx.commit()?;
@@ -313,9 +317,16 @@ impl<'w> BatchState<'w> {
         };
         job.last_sequence = sequence;
 
-        if let EventKind::Scheduled { cron } = &event.kind {
+        if let EventKind::Scheduled {
+            cron,
+            grace_ms,
+            max_runtime_ms,
+        } = &event.kind
+        {
             job.stats.apply_schedule(
                 cron.as_ref().map(|c| c.expression()),
+                *grace_ms,
+                *max_runtime_ms,
                 event.occurred_at.timestamp_millis(),
                 event.event_id,
             );
@@ -347,15 +358,15 @@ impl<'w> BatchState<'w> {
 
     /// Writes every changed row, in key order (sequential B-tree inserts). Returns the jobs
     /// created by this batch.
-    fn flush(self, tx: &Connection) -> Result<Vec<(TenantId, String, i64)>, StoreError> {
+    fn flush(mut self, tx: &Connection) -> Result<Vec<(TenantId, String, i64)>, StoreError> {
         let mut upsert_execution = tx.prepare_cached(
             "INSERT OR REPLACE INTO executions
                  (job_id, execution_id, state, enqueued_at, started_at, finished_at,
                   items_processed, error, recency_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        let mut changed: Vec<(&(i64, String), &Execution)> = self
-            .executions
+        let executions = std::mem::take(&mut self.executions);
+        let mut changed: Vec<(&(i64, String), &Execution)> = executions
             .iter()
             .filter_map(|(key, (row, dirty))| match (row, dirty) {
                 (Some(row), true) => Some((key, row)),
@@ -381,15 +392,22 @@ impl<'w> BatchState<'w> {
                  (job_id, tenant_id, job_name, pending, processing, completed, failed,
                   duration_sum_ms, duration_count, last_finished_at, last_finished_execution_id,
                   last_finished_duration_ms, last_started_at, schedule_cron, schedule_occurred_at,
-                  schedule_event_id, first_sequence, last_sequence)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                  schedule_event_id, first_sequence, last_sequence, last_finished_failed,
+                  schedule_grace_ms, schedule_max_runtime_ms, schedule_since, run_failed,
+                  run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
         )?;
-        let mut jobs: Vec<(&i64, &JobRow)> = self.jobs.iter().collect();
-        jobs.sort_unstable_by_key(|(id, _)| **id);
-        for (job_id, row) in jobs {
+        let mut jobs: Vec<(i64, JobRow)> = self.jobs.into_iter().collect();
+        jobs.sort_unstable_by_key(|(id, _)| *id);
+        for (job_id, mut row) in jobs {
+            if row.stats.outcome_run.as_ref().is_some_and(|r| r.stale) {
+                recount_run(tx, job_id, &mut row.stats)?;
+            }
             let s = &row.stats;
             let last = s.last_finished.as_ref();
             let schedule = s.schedule.as_ref();
+            let run = s.outcome_run.as_ref();
             upsert_job.execute(params![
                 job_id,
                 row.tenant.to_string(),
@@ -408,9 +426,20 @@ impl<'w> BatchState<'w> {
                 schedule.map(|c| c.occurred_at),
                 schedule.map(|c| c.event_id.hyphenated().to_string()),
                 row.first_sequence as i64,
-                row.last_sequence as i64
+                row.last_sequence as i64,
+                last.map(|l| l.failed),
+                schedule.and_then(|c| c.grace_ms),
+                schedule.and_then(|c| c.max_runtime_ms),
+                schedule.map(|c| c.since),
+                run.map(|r| r.failed),
+                run.map(|r| r.length),
+                run.map(|r| r.first.0),
+                run.map(|r| r.first.1.as_str()),
+                run.and_then(|r| r.boundary.as_ref().map(|b| b.0)),
+                run.and_then(|r| r.boundary.as_ref().map(|b| b.1.as_str()))
             ])?;
         }
+        drop(upsert_job);
         Ok(self
             .new_jobs
             .into_iter()
@@ -459,13 +488,14 @@ fn load_job(tx: &Connection, job_id: i64) -> Result<JobRow, StoreError> {
         "SELECT {JOB_STATS_COLUMNS}, first_sequence, last_sequence, tenant_id, job_name
          FROM job_stats WHERE job_id = ?1"
     ))?;
+    let more = JOB_STATS_COLUMN_COUNT;
     let row = stmt.query_row(params![job_id], |r| {
         Ok((
             job_stats_from_row(r)?,
-            r.get::<_, i64>(13)? as u64,
-            r.get::<_, i64>(14)? as u64,
-            r.get::<_, String>(15)?,
-            r.get::<_, String>(16)?,
+            r.get::<_, i64>(more)? as u64,
+            r.get::<_, i64>(more + 1)? as u64,
+            r.get::<_, String>(more + 2)?,
+            r.get::<_, String>(more + 3)?,
         ))
     })?;
     let (stats, first_sequence, last_sequence, tenant, job) = row;
@@ -477,4 +507,30 @@ fn load_job(tx: &Connection, job_id: i64) -> Result<JobRow, StoreError> {
         first_sequence,
         last_sequence,
     })
+}
+
+/// Recounts a split outcome run from the finished executions after its boundary (already
+/// written by this batch): an index range over the executions that finished since.
+fn recount_run(tx: &Connection, job_id: i64, stats: &mut JobStats) -> Result<(), StoreError> {
+    let Some((boundary_at, boundary_id)) =
+        stats.outcome_run.as_ref().and_then(|r| r.boundary.clone())
+    else {
+        return Ok(());
+    };
+    let (length, first_at, first_id): (i64, Option<i64>, Option<String>) = tx
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(finished_at),
+                    (SELECT execution_id FROM executions
+                     WHERE job_id = ?1 AND finished_at IS NOT NULL
+                       AND (finished_at > ?2 OR (finished_at = ?2 AND execution_id > ?3))
+                     ORDER BY finished_at, execution_id LIMIT 1)
+             FROM executions
+             WHERE job_id = ?1 AND finished_at IS NOT NULL
+               AND (finished_at > ?2 OR (finished_at = ?2 AND execution_id > ?3))",
+        )?
+        .query_row(params![job_id, boundary_at, boundary_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    stats.recount_run(length, first_at.zip(first_id));
+    Ok(())
 }

@@ -185,6 +185,7 @@ impl App {
         let address = listener.local_addr().expect("address");
         let common = common_options(nats_url, db_path);
         let options = ServeOptions {
+            max_runtime: std::time::Duration::from_secs(3600),
             listen: address,
             consumer: "jobstats-test".into(),
             read_only,

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod contract;
+mod health;
 mod helpers;
 mod projector;
 mod replay;

@@ -1,0 +1,579 @@
+//! `GET /api/v1/admin/jobs` (the tenant's jobs with their health, filtered, sorted and paged)
+//! and `GET /api/v1/admin/jobs/{jobName}/executions` (one job's execution history), CONTRACT §5.
+//!
+//! Same check order as the stats endpoint: authentication → `x-tenantid` → job name and
+//! parameters → authorization → lookup. Pages are keyset pages with opaque cursors bound to
+//! the query that made them.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use chrono::Utc;
+use poem::Request;
+use poem_openapi::{
+    param::{Header, Path, Query},
+    payload::Json,
+    ApiResponse, Object, OpenApi,
+};
+
+use super::errors::{ApiError, ErrorEnvelope};
+use super::params::{JobNameParam, TenantParam};
+use super::query::{fingerprint, invalid, Cursor, QueryParams};
+use super::stats::{
+    extraction_error, health_summary, judge, judgement, recent_execution, refuse_repeated_tenant,
+    BearerAuth, HealthSummary, QueueStats, RecentExecution,
+};
+use super::{rfc3339_millis, AppState};
+use crate::events::{JobName, TenantId};
+use crate::projection::format::{human_percent, percent_one_decimal};
+use crate::projection::health::{Health, HealthState};
+use crate::projection::ExecutionState;
+use crate::store::{ExecutionsQuery, JobSnapshot};
+
+pub const JOBS_MESSAGE: &str = "Jobs retrieved successfully";
+pub const EXECUTIONS_MESSAGE: &str = "Executions retrieved successfully";
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+
+/// One job in the list.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct JobListEntry {
+    pub job_name: String,
+    /// `running` while any execution is processing, else `idle`.
+    pub status: String,
+    pub health: HealthSummary,
+    pub queue: QueueStats,
+    /// completed / (completed + failed), one decimal, rounded down; null before any finished.
+    #[oai(nullable)]
+    pub success_rate: Option<String>,
+    #[oai(nullable)]
+    pub success_rate_percent: Option<f64>,
+    #[oai(nullable)]
+    pub average_execution_time_ms: Option<i64>,
+    /// Start time of the most recent execution.
+    #[oai(nullable)]
+    pub last_run: Option<String>,
+    /// `completed` or `failed`, of the last finished execution.
+    #[oai(nullable)]
+    pub last_outcome: Option<String>,
+    /// The schedule's next fire after the request time.
+    #[oai(nullable)]
+    pub next_run: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct JobListData {
+    pub jobs: Vec<JobListEntry>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+    /// Jobs matching the filters, over all pages.
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct JobListEnvelope {
+    pub success: bool,
+    pub message: String,
+    pub data: JobListData,
+    pub timestamp: String,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ExecutionsData {
+    /// Newest first by start time (enqueue time while not started).
+    pub executions: Vec<RecentExecution>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ExecutionsEnvelope {
+    pub success: bool,
+    pub message: String,
+    pub data: ExecutionsData,
+    pub timestamp: String,
+}
+
+macro_rules! envelope_response {
+    ($name:ident, $payload:ty, $ok_doc:literal, $handler:ident) => {
+        #[derive(ApiResponse)]
+        #[oai(bad_request_handler = $handler)]
+        pub enum $name {
+            #[doc = $ok_doc]
+            #[oai(status = 200)]
+            Ok(Json<$payload>),
+            /// INVALID_TENANT_ID, INVALID_JOB_NAME or INVALID_PARAMETER (the message names
+            /// the parameter).
+            #[oai(status = 400)]
+            BadRequest(Json<ErrorEnvelope>),
+            /// UNAUTHORIZED.
+            #[oai(status = 401)]
+            Unauthorized(
+                Json<ErrorEnvelope>,
+                #[oai(header = "WWW-Authenticate")] String,
+            ),
+            /// FORBIDDEN: no admin role, or a system_admin of another tenant.
+            #[oai(status = 403)]
+            Forbidden(Json<ErrorEnvelope>),
+            /// JOB_NOT_FOUND.
+            #[oai(status = 404)]
+            NotFound(Json<ErrorEnvelope>),
+            /// INTERNAL_ERROR.
+            #[oai(status = 500)]
+            Internal(Json<ErrorEnvelope>),
+        }
+
+        impl From<ApiError> for $name {
+            fn from(error: ApiError) -> Self {
+                let body = Json(error.envelope());
+                match error.status().as_u16() {
+                    400 => $name::BadRequest(body),
+                    401 => $name::Unauthorized(body, "Bearer".into()),
+                    403 => $name::Forbidden(body),
+                    404 => $name::NotFound(body),
+                    _ => $name::Internal(body),
+                }
+            }
+        }
+
+        fn $handler(error: poem::Error) -> $name {
+            extraction_error(error).into()
+        }
+    };
+}
+
+envelope_response!(
+    JobListResponse,
+    JobListEnvelope,
+    "The tenant's jobs.",
+    job_list_bad_request
+);
+envelope_response!(
+    ExecutionsResponse,
+    ExecutionsEnvelope,
+    "One page of the job's executions.",
+    executions_bad_request
+);
+
+pub struct JobsApi;
+
+#[OpenApi]
+impl JobsApi {
+    /// List the tenant's jobs with their health: filter by health state and name prefix,
+    /// sort, and page with a cursor.
+    #[oai(path = "/admin/jobs", method = "get", operation_id = "listJobs")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list_jobs(
+        &self,
+        request: &Request,
+        /// The tenant: a hyphenated UUID.
+        #[oai(name = "x-tenantid")]
+        tenant: Header<TenantParam>,
+        /// The authentication realm; the token must come from it.
+        #[oai(name = "realmname")]
+        _realm: Header<Option<String>>,
+        /// Comma-separated health states to keep: unknown, stuck, missed, failing, healthy, new.
+        #[oai(name = "health")]
+        _health: Query<Option<String>>,
+        /// Job-name prefix.
+        #[oai(name = "q")]
+        _q: Query<Option<String>>,
+        /// `name` (default), `lastRun`, `successRate` or `health` (unknown, stuck, missed,
+        /// failing, healthy, new: worst first when ascending). Jobs without a value come last;
+        /// ties by name.
+        #[oai(name = "sort")]
+        _sort: Query<Option<String>>,
+        /// `asc` (default) or `desc`.
+        #[oai(name = "order")]
+        _order: Query<Option<String>>,
+        /// Page size, 1–500 (default 50).
+        #[oai(name = "limit")]
+        _limit: Query<Option<String>>,
+        /// `nextCursor` of the previous page of the same query.
+        #[oai(name = "cursor")]
+        _cursor: Query<Option<String>>,
+        auth: BearerAuth,
+    ) -> JobListResponse {
+        let Some(state) = request.data::<Arc<AppState>>() else {
+            return ApiError::Internal("application state missing".into()).into();
+        };
+        match list(state, request, tenant.0 .0, &auth) {
+            Ok(body) => JobListResponse::Ok(Json(body)),
+            Err(error) => error.into(),
+        }
+    }
+
+    /// One job's executions, newest first by start time: filter by status and time range,
+    /// page with a cursor.
+    #[oai(
+        path = "/admin/jobs/:jobName/executions",
+        method = "get",
+        operation_id = "listJobExecutions"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn list_executions(
+        &self,
+        request: &Request,
+        /// The tenant: a hyphenated UUID.
+        #[oai(name = "x-tenantid")]
+        tenant: Header<TenantParam>,
+        /// The job's name.
+        #[oai(name = "jobName")]
+        job_name: Path<JobNameParam>,
+        /// The authentication realm; the token must come from it.
+        #[oai(name = "realmname")]
+        _realm: Header<Option<String>>,
+        /// Comma-separated: pending, processing, completed, failed.
+        #[oai(name = "status")]
+        _status: Query<Option<String>>,
+        /// RFC 3339: executions that started (or were enqueued, if not started) at or after.
+        #[oai(name = "from")]
+        _from: Query<Option<String>>,
+        /// RFC 3339: … at or before.
+        #[oai(name = "to")]
+        _to: Query<Option<String>>,
+        /// Page size, 1–500 (default 50).
+        #[oai(name = "limit")]
+        _limit: Query<Option<String>>,
+        /// `nextCursor` of the previous page of the same query.
+        #[oai(name = "cursor")]
+        _cursor: Query<Option<String>>,
+        auth: BearerAuth,
+    ) -> ExecutionsResponse {
+        let Some(state) = request.data::<Arc<AppState>>() else {
+            return ApiError::Internal("application state missing".into()).into();
+        };
+        match executions(state, request, tenant.0 .0, &job_name.0 .0, &auth) {
+            Ok(body) => ExecutionsResponse::Ok(Json(body)),
+            Err(error) => error.into(),
+        }
+    }
+}
+
+/// What the list is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SortBy {
+    Name,
+    LastRun,
+    SuccessRate,
+    Health,
+}
+
+/// One job with what the list shows and sorts by.
+struct Listed {
+    name: String,
+    snapshot: Arc<JobSnapshot>,
+    health: Health,
+}
+
+impl Listed {
+    /// The sort key (`None` sorts last); names are compared separately.
+    fn key(&self, sort: SortBy) -> Option<f64> {
+        let stats = &self.snapshot.stats;
+        match sort {
+            SortBy::Name => None,
+            SortBy::LastRun => stats.last_started_at.map(|t| t as f64),
+            SortBy::SuccessRate => stats.success_rate_percent(),
+            SortBy::Health => Some(self.health.state as u8 as f64),
+        }
+    }
+}
+
+/// Sort keys first (ascending or descending, absent ones last), then names.
+fn compare(
+    sort: SortBy,
+    descending: bool,
+    a: (Option<f64>, &str),
+    b: (Option<f64>, &str),
+) -> Ordering {
+    let directed = |o: Ordering| if descending { o.reverse() } else { o };
+    if sort == SortBy::Name {
+        return directed(a.1.cmp(b.1));
+    }
+    let by_key = match (a.0, b.0) {
+        (Some(x), Some(y)) => directed(x.total_cmp(&y)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    };
+    by_key.then_with(|| a.1.cmp(b.1))
+}
+
+fn list(
+    state: &AppState,
+    request: &Request,
+    tenant: TenantId,
+    auth: &BearerAuth,
+) -> Result<JobListEnvelope, ApiError> {
+    refuse_repeated_tenant(request)?;
+    let params = QueryParams::of(request)?;
+    let mut health_filter = params.list(
+        "health",
+        "unknown, stuck, missed, failing, healthy, new",
+        HealthState::parse,
+    )?;
+    health_filter.sort();
+    health_filter.dedup();
+    let prefix = params.get("q").unwrap_or("");
+    if prefix.len() > JobName::MAX_LEN
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+    {
+        return Err(invalid(
+            "q",
+            "must be a job-name prefix (up to 128 of A-Z a-z 0-9 . _ : -)",
+        ));
+    }
+    let sort = match params.choice(
+        "sort",
+        &["name", "lastRun", "successRate", "health"],
+        "name",
+    )? {
+        "lastRun" => SortBy::LastRun,
+        "successRate" => SortBy::SuccessRate,
+        "health" => SortBy::Health,
+        _ => SortBy::Name,
+    };
+    let descending = params.choice("order", &["asc", "desc"], "asc")? == "desc";
+    let limit = params.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)?;
+    let filter_text: Vec<&str> = health_filter.iter().map(|s| s.as_str()).collect();
+    let query_id = fingerprint(&[
+        &tenant.to_string(),
+        "jobs",
+        &filter_text.join(","),
+        prefix,
+        &format!("{sort:?}"),
+        if descending { "desc" } else { "asc" },
+    ]);
+    let cursor = Cursor::decode(&params, &query_id)?;
+    let after = match &cursor {
+        None => None,
+        Some(c) => Some((cursor_key(c, sort)?, c.id.clone())),
+    };
+    auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
+
+    let readers = state.readers.get();
+    let now = Utc::now();
+    let listed = |name: String| -> Result<Option<Listed>, ApiError> {
+        let job = JobName::parse(&name).map_err(ApiError::Internal)?;
+        let Some(snapshot) = readers.cached_job_snapshot(&tenant, &job, 0)? else {
+            return Ok(None);
+        };
+        let health = judge(
+            &snapshot,
+            judgement(state, &snapshot, now),
+            state.default_max_runtime_ms,
+        );
+        Ok(Some(Listed {
+            name,
+            snapshot,
+            health,
+        }))
+    };
+    let (page, more, total) = if sort == SortBy::Name && health_filter.is_empty() {
+        // An index range: the cost of a page does not grow with the number of jobs.
+        let names = readers.job_names_page(
+            &tenant,
+            prefix,
+            after.as_ref().map(|(_, name)| name.as_str()),
+            descending,
+            limit + 1,
+        )?;
+        let more = names.len() > limit as usize;
+        let mut page = Vec::with_capacity(limit as usize);
+        for name in names.into_iter().take(limit as usize) {
+            page.extend(listed(name)?);
+        }
+        (page, more, readers.count_jobs(&tenant, prefix)?)
+    } else {
+        // Health is judged at request time, so filtering or sorting by it (or by a value
+        // that changes with every run) reads every job of the prefix: O(jobs).
+        let mut all = Vec::new();
+        for name in readers.job_names_page(&tenant, prefix, None, false, u32::MAX)? {
+            if let Some(job) = listed(name)? {
+                if health_filter.is_empty() || health_filter.contains(&job.health.state) {
+                    all.push(job);
+                }
+            }
+        }
+        all.sort_by(|a, b| {
+            compare(
+                sort,
+                descending,
+                (a.key(sort), &a.name),
+                (b.key(sort), &b.name),
+            )
+        });
+        let total = all.len() as u64;
+        let start = match &after {
+            None => 0,
+            Some((key, name)) => all.partition_point(|job| {
+                compare(sort, descending, (job.key(sort), &job.name), (*key, name))
+                    != Ordering::Greater
+            }),
+        };
+        let mut rest: Vec<Listed> = all.into_iter().skip(start).collect();
+        let more = rest.len() > limit as usize;
+        rest.truncate(limit as usize);
+        (rest, more, total)
+    };
+    let next_cursor = page.last().filter(|_| more).map(|last| {
+        Cursor {
+            query: query_id.clone(),
+            key: last
+                .key(sort)
+                .map_or(serde_json::Value::Null, serde_json::Value::from),
+            id: last.name.clone(),
+        }
+        .encode()
+    });
+    Ok(JobListEnvelope {
+        success: true,
+        message: JOBS_MESSAGE.to_owned(),
+        data: JobListData {
+            jobs: page.iter().map(|job| entry(job, now)).collect(),
+            next_cursor,
+            total,
+        },
+        timestamp: rfc3339_millis(now.timestamp_millis()),
+    })
+}
+
+fn cursor_key(cursor: &Cursor, sort: SortBy) -> Result<Option<f64>, ApiError> {
+    match (&cursor.key, sort) {
+        (serde_json::Value::Null, _) => Ok(None),
+        (serde_json::Value::Number(n), SortBy::LastRun | SortBy::SuccessRate | SortBy::Health) => {
+            Ok(n.as_f64())
+        }
+        _ => Err(invalid("cursor", "is not a cursor this service issued")),
+    }
+}
+
+fn entry(job: &Listed, now: chrono::DateTime<Utc>) -> JobListEntry {
+    let stats = &job.snapshot.stats;
+    let success = stats.success_rate_percent();
+    JobListEntry {
+        job_name: job.name.clone(),
+        status: stats.status().to_owned(),
+        health: health_summary(&job.health),
+        queue: QueueStats {
+            pending: stats.pending,
+            processing: stats.processing,
+            failed: stats.failed,
+            completed: stats.completed,
+        },
+        success_rate: success.map(human_percent),
+        success_rate_percent: success.map(percent_one_decimal),
+        average_execution_time_ms: stats.average_duration_ms(),
+        last_run: stats.last_started_at.map(rfc3339_millis),
+        last_outcome: job
+            .health
+            .last_failed
+            .map(|failed| if failed { "failed" } else { "completed" }.to_owned()),
+        next_run: job
+            .snapshot
+            .cron
+            .as_ref()
+            .and_then(|c| c.next_after(now))
+            .map(|t| rfc3339_millis(t.timestamp_millis())),
+    }
+}
+
+fn executions(
+    state: &AppState,
+    request: &Request,
+    tenant: TenantId,
+    job: &JobName,
+    auth: &BearerAuth,
+) -> Result<ExecutionsEnvelope, ApiError> {
+    refuse_repeated_tenant(request)?;
+    let params = QueryParams::of(request)?;
+    let mut states = params.list("status", "pending, processing, completed, failed", |text| {
+        [
+            ExecutionState::Pending,
+            ExecutionState::Processing,
+            ExecutionState::Completed,
+            ExecutionState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    })?;
+    states.sort();
+    states.dedup();
+    let from = params.time("from")?;
+    let to = params.time("to")?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from > to {
+            return Err(invalid("from", "must not be after to"));
+        }
+    }
+    let limit = params.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)?;
+    let state_text: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let query_id = fingerprint(&[
+        &tenant.to_string(),
+        job.as_str(),
+        "executions",
+        &state_text.join(","),
+        &format!("{from:?}"),
+        &format!("{to:?}"),
+    ]);
+    let after = match Cursor::decode(&params, &query_id)? {
+        None => None,
+        Some(cursor) => {
+            let key = cursor
+                .key
+                .as_i64()
+                .ok_or_else(|| invalid("cursor", "is not a cursor this service issued"))?;
+            Some((key, cursor.id))
+        }
+    };
+    auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
+
+    let mut rows = state
+        .readers
+        .get()
+        .executions_page(
+            &tenant,
+            job,
+            &ExecutionsQuery {
+                states,
+                from,
+                to,
+                after,
+                limit: limit + 1,
+            },
+        )?
+        .ok_or(ApiError::JobNotFound)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = rows.last().filter(|_| more).map(|last| {
+        let key = last
+            .started_at
+            .or(last.enqueued_at)
+            .or(last.finished_at)
+            .unwrap_or(0);
+        Cursor {
+            query: query_id.clone(),
+            key: key.into(),
+            id: last.execution_id.clone(),
+        }
+        .encode()
+    });
+    Ok(ExecutionsEnvelope {
+        success: true,
+        message: EXECUTIONS_MESSAGE.to_owned(),
+        data: ExecutionsData {
+            executions: rows.iter().map(recent_execution).collect(),
+            next_cursor,
+        },
+        timestamp: rfc3339_millis(Utc::now().timestamp_millis()),
+    })
+}

@@ -1,0 +1,354 @@
+//! Job health (CONTRACT §5): a pure function of a job's read model, its schedule and the
+//! instant judged. No I/O and no clock: the caller says which instant (`asOf`) the projection
+//! can vouch for, so a lagging projector never raises a false `missed` or `stuck`.
+//!
+//! What it needs beyond the aggregates is bounded by time, never by history: the start times
+//! in the matching window (at most 8 days plus grace) and the oldest processing executions.
+
+use super::{EpochMillis, JobStats};
+use crate::schedule::CronSchedule;
+
+/// How far back fires are matched to starts (the contract's 8 days).
+pub const MATCHING_WINDOW_MS: i64 = 8 * DAY_MS;
+const DAY_MS: i64 = 86_400_000;
+/// Default grace bounds: 10% of the cron period, clamped to 1 min … 1 h.
+const MIN_DEFAULT_GRACE_MS: i64 = 60_000;
+const MAX_DEFAULT_GRACE_MS: i64 = 3_600_000;
+/// At most this many stuck execution ids are listed.
+pub const MAX_STUCK_IDS: usize = 20;
+/// More fires than 8 days of a once-a-minute cron (11,520) can hold.
+const MAX_FIRES: usize = 12_000;
+
+/// A job's health state, in the contract's order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HealthState {
+    Unknown,
+    Stuck,
+    Missed,
+    Failing,
+    Healthy,
+    New,
+}
+
+impl HealthState {
+    pub const ALL: [HealthState; 6] = [
+        HealthState::Unknown,
+        HealthState::Stuck,
+        HealthState::Missed,
+        HealthState::Failing,
+        HealthState::Healthy,
+        HealthState::New,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Stuck => "stuck",
+            HealthState::Missed => "missed",
+            HealthState::Failing => "failing",
+            HealthState::Healthy => "healthy",
+            HealthState::New => "new",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Which instant the projection can vouch for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// Judge at this instant: the request time while caught up, else the stream publish time
+    /// of the last applied event.
+    At(EpochMillis),
+    /// The stream has been unreachable too long to judge time-based states: the state is
+    /// `unknown` since `since`; the other fields are as of `as_of` (the last applied event).
+    Unknown {
+        as_of: EpochMillis,
+        since: EpochMillis,
+    },
+}
+
+impl Judgement {
+    pub fn as_of(self) -> EpochMillis {
+        match self {
+            Judgement::At(at) | Judgement::Unknown { as_of: at, .. } => at,
+        }
+    }
+}
+
+/// A cron's fire times over a span, listed once and searched many times: judging a
+/// once-a-minute job over 8 days walks 11,520 fires, which the `cron` crate computes one by one.
+/// Questions outside the span go to the cron itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fires {
+    cron: CronSchedule,
+    /// Exclusive.
+    from: EpochMillis,
+    /// Inclusive.
+    until: EpochMillis,
+    times: Vec<EpochMillis>,
+}
+
+impl Fires {
+    /// Lists the fires in `(from, until]`.
+    pub fn new(cron: CronSchedule, from: EpochMillis, until: EpochMillis) -> Self {
+        let times = cron.fires_between(from, until, usize::MAX);
+        Fires {
+            cron,
+            from,
+            until,
+            times,
+        }
+    }
+
+    /// Fires covering what health may ask at any instant from `earliest_as_of` to a day after
+    /// `latest_as_of`.
+    pub fn for_judging(
+        cron: CronSchedule,
+        earliest_as_of: EpochMillis,
+        latest_as_of: EpochMillis,
+    ) -> Self {
+        let from = earliest_as_of - MATCHING_WINDOW_MS - 2 * DAY_MS;
+        Fires::new(cron, from, latest_as_of + DAY_MS)
+    }
+
+    pub fn cron(&self) -> &CronSchedule {
+        &self.cron
+    }
+
+    pub fn latest_at_or_before(&self, at: EpochMillis) -> Option<EpochMillis> {
+        let count = self.times.partition_point(|f| *f <= at);
+        if at <= self.until && count > 0 {
+            return Some(self.times[count - 1]);
+        }
+        self.cron.latest_at_or_before(at)
+    }
+
+    pub fn next_after(&self, at: EpochMillis) -> Option<EpochMillis> {
+        let count = self.times.partition_point(|f| *f <= at);
+        if at >= self.from && count < self.times.len() {
+            return Some(self.times[count]);
+        }
+        chrono::DateTime::from_timestamp_millis(at)
+            .and_then(|t| self.cron.next_after(t))
+            .map(|t| t.timestamp_millis())
+    }
+
+    /// The fires in `(after, until]`.
+    pub fn between(&self, after: EpochMillis, until: EpochMillis) -> std::borrow::Cow<'_, [i64]> {
+        if after >= self.from && until <= self.until {
+            let start = self.times.partition_point(|f| *f <= after);
+            let end = self.times.partition_point(|f| *f <= until);
+            return std::borrow::Cow::Borrowed(&self.times[start..end.max(start)]);
+        }
+        std::borrow::Cow::Owned(self.cron.fires_between(after, until, MAX_FIRES))
+    }
+}
+
+/// After this long without the stream, time-based states are not judged (`unknown`).
+pub const UNREACHABLE_AFTER_MS: i64 = 60_000;
+
+/// Where the projection stands, as the projector reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Everything the stream held when last asked has been applied, and the stream is there.
+    pub caught_up: bool,
+    /// Since when the stream has been unreachable, if it is.
+    pub unreachable_since: Option<EpochMillis>,
+    /// Stream publish time of the last applied message.
+    pub last_published_at: Option<EpochMillis>,
+}
+
+impl Position {
+    /// The instant the projection can vouch for at `now` (CONTRACT §5): `now` while caught
+    /// up, else the publish time of the last applied event, and `unknown` after
+    /// [`UNREACHABLE_AFTER_MS`] without the stream.
+    pub fn judgement(&self, now: EpochMillis) -> Judgement {
+        let seen = self.last_published_at.unwrap_or(now).min(now);
+        match self.unreachable_since {
+            Some(since) if now - since > UNREACHABLE_AFTER_MS => Judgement::Unknown {
+                as_of: seen,
+                since: since + UNREACHABLE_AFTER_MS,
+            },
+            _ if self.caught_up => Judgement::At(now),
+            _ => Judgement::At(seen),
+        }
+    }
+}
+
+/// What health needs beyond the job's aggregates.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthInput<'a> {
+    pub stats: &'a JobStats,
+    /// The current schedule's fires (`None`: no schedule, never `missed`).
+    pub fires: Option<&'a Fires>,
+    /// Execution start times, ascending, covering at least
+    /// [`HealthInput::starts_needed_from`] onwards.
+    pub starts: &'a [EpochMillis],
+    /// The oldest processing executions (start time, id), oldest first: at least
+    /// [`MAX_STUCK_IDS`] + 1 of them when there are that many.
+    pub processing: &'a [(EpochMillis, String)],
+    /// `JOBSTATS_MAX_RUNTIME`, for jobs whose schedule does not set one.
+    pub default_max_runtime_ms: i64,
+}
+
+/// A job's health at one instant (CONTRACT §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub state: HealthState,
+    pub as_of: EpochMillis,
+    pub since: Option<EpochMillis>,
+    pub consecutive_failures: i64,
+    pub missed_last_24h: u32,
+    pub missed_last_7d: u32,
+    pub stuck_execution_ids: Vec<String>,
+    /// The latest fire at or before `as_of`.
+    pub expected_at: Option<EpochMillis>,
+    /// The grace in force (null without a cron).
+    pub grace_ms: Option<i64>,
+    pub max_runtime_ms: i64,
+    /// `true` when the last finished execution failed; `None` before any finished.
+    pub last_failed: Option<bool>,
+}
+
+/// The grace in force at `as_of`: the schedule's, else 10% of the cron period around `as_of`.
+pub fn grace_ms(stats: &JobStats, fires: Option<&Fires>, as_of: EpochMillis) -> Option<i64> {
+    let fires = fires?;
+    if let Some(grace) = stats.schedule.as_ref().and_then(|s| s.grace_ms) {
+        return Some(grace);
+    }
+    let previous = fires.latest_at_or_before(as_of);
+    let next = fires.next_after(as_of);
+    let period = match (previous, next) {
+        (Some(p), Some(n)) => n - p,
+        _ => MAX_DEFAULT_GRACE_MS * 10,
+    };
+    Some((period / 10).clamp(MIN_DEFAULT_GRACE_MS, MAX_DEFAULT_GRACE_MS))
+}
+
+/// The earliest start time health at `as_of` may look at: the caller must supply every start
+/// from here on.
+pub fn starts_needed_from(
+    stats: &JobStats,
+    cron: Option<&CronSchedule>,
+    as_of: EpochMillis,
+) -> Option<EpochMillis> {
+    let cron = cron?;
+    let grace = stats
+        .schedule
+        .as_ref()
+        .and_then(|s| s.grace_ms)
+        .unwrap_or(MAX_DEFAULT_GRACE_MS);
+    let latest_due = cron.latest_at_or_before(as_of - grace).unwrap_or(as_of);
+    Some((as_of - MATCHING_WINDOW_MS).min(latest_due) - grace)
+}
+
+/// Judges one job.
+pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
+    let as_of = judgement.as_of();
+    let stats = input.stats;
+    let schedule = stats.schedule.as_ref();
+    let max_runtime_ms = schedule
+        .and_then(|s| s.max_runtime_ms)
+        .unwrap_or(input.default_max_runtime_ms);
+    let fires = input
+        .fires
+        .filter(|_| schedule.is_some_and(|s| s.cron.is_some()));
+    let grace = grace_ms(stats, fires, as_of);
+
+    let stuck: Vec<&(EpochMillis, String)> = input
+        .processing
+        .iter()
+        .filter(|(started, _)| as_of - started > max_runtime_ms)
+        .collect();
+    let (missed_last_24h, missed_last_7d, missed_since) = match (fires, grace, schedule) {
+        (Some(fires), Some(grace), Some(schedule)) => {
+            missed(fires, schedule.since, grace, as_of, input.starts)
+        }
+        _ => (0, 0, None),
+    };
+    let run = stats.outcome_run.as_ref();
+    let last_failed = stats.last_finished.as_ref().map(|l| l.failed);
+    let consecutive_failures = run.filter(|r| r.failed).map_or(0, |r| r.length);
+
+    let (state, since) = if let Judgement::Unknown { since, .. } = judgement {
+        (HealthState::Unknown, Some(since))
+    } else if let Some((started, _)) = stuck.first() {
+        (HealthState::Stuck, Some(started + max_runtime_ms))
+    } else if let Some(since) = missed_since {
+        (HealthState::Missed, Some(since))
+    } else if last_failed == Some(true) {
+        (HealthState::Failing, run.map(|r| r.first.0))
+    } else if last_failed == Some(false) {
+        (HealthState::Healthy, run.map(|r| r.first.0))
+    } else {
+        (HealthState::New, None)
+    };
+    Health {
+        state,
+        as_of,
+        since,
+        consecutive_failures,
+        missed_last_24h,
+        missed_last_7d,
+        stuck_execution_ids: stuck
+            .iter()
+            .take(MAX_STUCK_IDS)
+            .map(|(_, id)| id.clone())
+            .collect(),
+        expected_at: fires.and_then(|f| f.latest_at_or_before(as_of)),
+        grace_ms: grace,
+        max_runtime_ms,
+        last_failed,
+    }
+}
+
+/// Missed fires in the last 24 h and 7 d, and — when the latest due fire has no start — when
+/// the job became `missed` (that fire + grace).
+///
+/// Matching (CONTRACT §5): in time order, fire `f` takes the earliest start not yet taken in
+/// `[f − grace, f + grace)`; it begins with the first fire after the later of the schedule's
+/// `since` and `as_of − 8 days`.
+fn missed(
+    fires: &Fires,
+    schedule_since: EpochMillis,
+    grace: i64,
+    as_of: EpochMillis,
+    starts: &[EpochMillis],
+) -> (u32, u32, Option<EpochMillis>) {
+    let due_until = as_of - grace;
+    let begin = schedule_since.max(as_of - MATCHING_WINDOW_MS);
+    let (mut last_24h, mut last_7d) = (0, 0);
+    let mut next_start = 0;
+    for &fire in fires.between(begin, due_until).iter() {
+        while next_start < starts.len() && starts[next_start] < fire - grace {
+            next_start += 1;
+        }
+        if next_start < starts.len() && starts[next_start] < fire + grace {
+            next_start += 1;
+            continue;
+        }
+        if fire > as_of - DAY_MS {
+            last_24h += 1;
+        }
+        if fire > as_of - 7 * DAY_MS {
+            last_7d += 1;
+        }
+    }
+    // The state looks at the latest due fire only: a late run (up to `as_of`) clears it.
+    let since = fires
+        .latest_at_or_before(due_until)
+        .filter(|fire| *fire > schedule_since)
+        .filter(|fire| {
+            let from = starts.partition_point(|s| *s < fire - grace);
+            starts.get(from).is_none_or(|s| *s > as_of)
+        })
+        .map(|fire| fire + grace);
+    (last_24h, last_7d, since)
+}
+
+#[cfg(test)]
+#[path = "health_tests.rs"]
+mod tests;
