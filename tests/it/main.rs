@@ -6,5 +6,6 @@ mod cli;
 mod contract;
 mod health;
 mod helpers;
+mod jobs;
 mod projector;
 mod replay;
