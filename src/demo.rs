@@ -19,67 +19,105 @@ use crate::service::{self, Shutdown};
 pub const DEMO_TENANT: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
 pub const OTHER_DEMO_TENANT: &str = "9b2d6a1e-4c3f-4e8a-b1d2-7f6e5d4c3b2a";
 
+/// What a demo job shows, so the demo has a job in every health state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shows {
+    /// Runs on schedule (with its share of failures); live runs keep coming.
+    Normal,
+    /// The run before the latest is still processing, past its 10-minute limit.
+    Stuck,
+    /// Stopped running 20 minutes ago.
+    Missed,
+    /// Its last three runs failed.
+    Failing,
+    /// One execution enqueued, nothing finished.
+    New,
+}
+
 /// How a demo job behaves.
 struct DemoJob {
     tenant: &'static str,
     name: &'static str,
-    cron: &'static str,
+    cron: Option<&'static str>,
     /// Typical run time and spread, in ms.
     duration_ms: (i64, i64),
     /// Failures per thousand runs.
     failures_per_mille: u64,
-    /// Leaves its newest execution processing forever.
-    stuck: bool,
+    shows: Shows,
 }
 
 const DEMO_JOBS: &[DemoJob] = &[
     DemoJob {
         tenant: DEMO_TENANT,
         name: "tokenExpiry",
-        cron: "0 */6 * * *",
+        cron: Some("0 */6 * * *"),
         duration_ms: (38_000, 8_000),
         failures_per_mille: 5,
-        stuck: false,
+        shows: Shows::Normal,
     },
     DemoJob {
         tenant: DEMO_TENANT,
         name: "nightly-report",
-        cron: "0 2 * * *",
+        cron: Some("0 2 * * *"),
         duration_ms: (1_500_000, 600_000),
-        failures_per_mille: 30,
-        stuck: false,
+        failures_per_mille: 0,
+        shows: Shows::Normal,
     },
     DemoJob {
         tenant: DEMO_TENANT,
         name: "email-digest",
-        cron: "*/15 * * * *",
+        cron: Some("*/15 * * * *"),
         duration_ms: (850, 400),
-        failures_per_mille: 250,
-        stuck: false,
+        failures_per_mille: 100,
+        shows: Shows::Normal,
     },
     DemoJob {
         tenant: DEMO_TENANT,
         name: "inventory.sync",
-        cron: "*/30 * * * *",
+        cron: Some("*/30 * * * *"),
         duration_ms: (125_000, 20_000),
         failures_per_mille: 10,
-        stuck: true,
+        shows: Shows::Stuck,
+    },
+    DemoJob {
+        tenant: DEMO_TENANT,
+        name: "cache.warmup",
+        cron: Some("*/5 * * * *"),
+        duration_ms: (4_000, 1_000),
+        failures_per_mille: 0,
+        shows: Shows::Missed,
+    },
+    DemoJob {
+        tenant: DEMO_TENANT,
+        name: "payments.reconcile",
+        cron: Some("0 * * * *"),
+        duration_ms: (20_000, 5_000),
+        failures_per_mille: 0,
+        shows: Shows::Failing,
+    },
+    DemoJob {
+        tenant: DEMO_TENANT,
+        name: "reports.backfill",
+        cron: None,
+        duration_ms: (60_000, 10_000),
+        failures_per_mille: 0,
+        shows: Shows::New,
     },
     DemoJob {
         tenant: OTHER_DEMO_TENANT,
         name: "billing:export",
-        cron: "30 1 * * *",
+        cron: Some("30 1 * * *"),
         duration_ms: (300_000, 60_000),
         failures_per_mille: 20,
-        stuck: false,
+        shows: Shows::Normal,
     },
     DemoJob {
         tenant: OTHER_DEMO_TENANT,
         name: "tokenExpiry",
-        cron: "0 */6 * * *",
+        cron: Some("0 */6 * * *"),
         duration_ms: (41_000, 5_000),
         failures_per_mille: 0,
-        stuck: false,
+        shows: Shows::Normal,
     },
 ];
 
@@ -101,17 +139,29 @@ impl SplitMix {
     }
 }
 
-/// Publishes one complete run that started at `start`.
+/// How a published run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Completed or failed at the job's failure rate.
+    AsUsual,
+    Fails,
+    /// Still processing.
+    Never,
+}
+
+/// Publishes one run that started at `start`. A run whose end would lie in the future is
+/// moved back, so no event claims to have happened after it was published.
 async fn publish_run(
     publisher: &Publisher,
     job: &DemoJob,
     start: DateTime<Utc>,
     random: &mut SplitMix,
-    finish: bool,
+    ending: Ending,
 ) -> Result<u64, PublishError> {
+    let duration = random.spread(job.duration_ms);
+    let start = start.min(Utc::now() - chrono::Duration::milliseconds(duration));
     let execution = format!("{}-{}", job.name, start.format("%Y%m%dT%H%M%SZ"));
     let run = EventBuilder::new(job.tenant, job.name)?.execution(&execution)?;
-    let duration = random.spread(job.duration_ms);
     publisher
         .publish(
             &run.clone()
@@ -120,10 +170,11 @@ async fn publish_run(
         )
         .await?;
     let mut receipt = publisher.publish(&run.clone().at(start).started()?).await?;
-    if finish {
+    if ending != Ending::Never {
         let end = start + chrono::Duration::milliseconds(duration);
         let items = Some(random.next() % 500);
-        let event = if random.next() % 1000 < job.failures_per_mille {
+        let fails = random.next() % 1000 < job.failures_per_mille;
+        let event = if fails || ending == Ending::Fails {
             run.at(end)
                 .failed(items, Some("upstream API returned 503"))?
         } else {
@@ -134,25 +185,36 @@ async fn publish_run(
     Ok(receipt.sequence)
 }
 
-/// Publishes a history for every demo job (its last 40 scheduled runs); returns the stream
-/// sequence of the last event.
+/// Publishes a history for every demo job (its last 40 scheduled runs, shaped by what the job
+/// shows); returns the stream sequence of the last event.
 pub async fn publish_demo_history(publisher: &Publisher) -> Result<u64, PublishError> {
     let now = Utc::now();
     let mut last_sequence = 0;
     for (index, job) in DEMO_JOBS.iter().enumerate() {
         let builder = EventBuilder::new(job.tenant, job.name)?;
+        let Some(cron_text) = job.cron else {
+            let run = builder.execution(&format!("{}-queued", job.name))?;
+            let queued = run.at(now - chrono::Duration::minutes(2)).enqueued()?;
+            last_sequence = publisher.publish(&queued).await?.sequence;
+            continue;
+        };
+        let max_runtime = (job.shows == Shows::Stuck).then_some(Duration::from_secs(600));
         publisher
             .publish(
                 &builder
                     .at(now - chrono::Duration::days(30))
-                    .scheduled(Some(job.cron))?,
+                    .scheduled_with(Some(cron_text), None, max_runtime)?,
             )
             .await?;
-        let cron = CronSchedule::parse(job.cron).expect("demo crons are valid");
+        let cron = CronSchedule::parse(cron_text).expect("demo crons are valid");
+        let until = match job.shows {
+            Shows::Missed => now - chrono::Duration::minutes(20),
+            _ => now,
+        };
         let mut runs = Vec::new();
         let mut at = now - chrono::Duration::days(30);
         while let Some(next) = cron.next_after(at) {
-            if next > now {
+            if next > until {
                 break;
             }
             runs.push(next);
@@ -161,9 +223,13 @@ pub async fn publish_demo_history(publisher: &Publisher) -> Result<u64, PublishE
         let recent = &runs[runs.len().saturating_sub(40)..];
         let mut random = SplitMix(index as u64 + 1);
         for (i, start) in recent.iter().enumerate() {
-            let last = i + 1 == recent.len();
-            last_sequence =
-                publish_run(publisher, job, *start, &mut random, !(job.stuck && last)).await?;
+            let from_end = recent.len() - i;
+            let ending = match job.shows {
+                Shows::Stuck if from_end == 2 => Ending::Never,
+                Shows::Failing if from_end <= 3 => Ending::Fails,
+                _ => Ending::AsUsual,
+            };
+            last_sequence = publish_run(publisher, job, *start, &mut random, ending).await?;
         }
     }
     tracing::info!(last_sequence, "demo history published");
@@ -185,10 +251,12 @@ pub async fn run_live_runs(
             _ = tokio::time::sleep(interval) => {}
         }
         let job = &DEMO_JOBS[(random.next() % DEMO_JOBS.len() as u64) as usize];
-        if job.stuck {
+        // The jobs that show a problem keep it.
+        if job.shows != Shows::Normal {
             continue;
         }
-        if let Err(e) = publish_run(&publisher, job, Utc::now(), &mut random, true).await {
+        if let Err(e) = publish_run(&publisher, job, Utc::now(), &mut random, Ending::AsUsual).await
+        {
             tracing::warn!(error = %e, "demo runner could not publish");
         }
     }
@@ -375,7 +443,15 @@ pub async fn demo(
     println!(
         "curl -s http://{address}/api/v1/admin/jobs/tokenExpiry/stats -H 'accept: application/json' -H 'authorization: Bearer {token}' -H 'x-tenantid: {DEMO_TENANT}'"
     );
-    println!("  Other demo jobs: nightly-report, email-digest, inventory.sync (stuck run)");
+    println!("  Jobs that need attention (missed, stuck, failing), worst first:");
+    println!(
+        "curl -s 'http://{address}/api/v1/admin/jobs?health=unknown,stuck,missed,failing&sort=health' -H 'authorization: Bearer {token}' -H 'x-tenantid: {DEMO_TENANT}'"
+    );
+    println!(
+        "  Demo jobs: tokenExpiry, nightly-report, email-digest (healthy or failing by chance),"
+    );
+    println!("  inventory.sync (stuck), cache.warmup (missed), payments.reconcile (failing),");
+    println!("  reports.backfill (new)");
     println!();
 
     shutdown.wait().await;

@@ -331,23 +331,54 @@ fn the_demo_comes_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(90);
-    let curl = loop {
+    let mut curls = Vec::new();
+    while curls.len() < 2 {
         let line = lines_rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the demo printed no curl command in time");
         if line.starts_with("curl ") {
-            break line;
+            curls.push(line);
         }
+    }
+    let run_curl = |curl: &str| -> serde_json::Value {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{curl} -w '\\n%{{http_code}}'"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        assert_eq!(code, "200", "{text}");
+        serde_json::from_str(body).unwrap()
     };
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{curl} -w '\\n%{{http_code}}'"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    assert_eq!(code, "200", "{text}");
-    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    // The second command lists the jobs in trouble, worst first: the demo has one of each.
+    let trouble = run_curl(&curls[1]);
+    let states: Vec<(String, String)> = trouble["data"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["jobName"].as_str().unwrap().to_owned(),
+                j["health"]["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (job, state) in [
+        ("inventory.sync", "stuck"),
+        ("cache.warmup", "missed"),
+        ("payments.reconcile", "failing"),
+    ] {
+        assert!(
+            states.contains(&(job.to_owned(), state.to_owned())),
+            "{job} {state} in {states:?}"
+        );
+    }
+    assert!(
+        states.iter().all(|(_, s)| s != "healthy" && s != "new"),
+        "{states:?}"
+    );
+    let body = run_curl(&curls[0]);
     assert!(
         body["data"]["queue"]["completed"].as_i64().unwrap() > 0,
         "{body}"
