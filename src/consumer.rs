@@ -186,6 +186,12 @@ impl Projector {
             .checkpoint()
     }
 
+    fn mark_connected(&self) {
+        let status = &self.handles.status;
+        status.nats_connected.store(true, Ordering::Relaxed);
+        status.disconnected_since_ms.store(0, Ordering::Relaxed);
+    }
+
     fn report_connection(&self) {
         let connected = self.client.connection_state() == async_nats::connection::State::Connected;
         let status = &self.handles.status;
@@ -322,6 +328,9 @@ impl Projector {
             };
             let (consumer_sequence, sequence, published_at_ms) = match message.info() {
                 Ok(info) => {
+                    // A delivery proves the stream is reachable, whatever the last connection
+                    // poll said: health must not stay `unknown` while events flow.
+                    self.mark_connected();
                     // Health must not judge past what is applied while more is on its way.
                     let status = &self.handles.status;
                     status

@@ -252,32 +252,10 @@ impl ReadPool {
                  ORDER BY recency_key DESC, execution_id DESC
                  LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![job_id, recent], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get::<_, Option<i64>>(5)?,
-                    r.get(6)?,
-                ))
-            })?;
-            let mut executions = Vec::with_capacity(recent as usize);
-            for row in rows {
-                let (execution_id, state, enqueued_at, started_at, finished_at, items, error) =
-                    row?;
-                executions.push(ExecutionSummary {
-                    execution_id,
-                    state: ExecutionState::from_code(state)
-                        .ok_or_else(|| StoreError::Corrupt(format!("execution state {state}")))?,
-                    enqueued_at,
-                    started_at,
-                    finished_at,
-                    items_processed: items.map(|n| n.max(0) as u64),
-                    error,
-                });
-            }
+            let rows = stmt.query_map(params![job_id, recent], execution_row)?;
+            let executions = rows
+                .map(|row| row.map_err(StoreError::from).and_then(summary_from_row))
+                .collect::<Result<Vec<_>, _>>()?;
             let cron = stats
                 .schedule
                 .as_ref()
@@ -395,33 +373,11 @@ impl ReadPool {
                     after_id,
                     query.limit
                 ],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                        r.get(6)?,
-                    ))
-                },
+                execution_row,
             )?;
-            let mut executions = Vec::new();
-            for row in rows {
-                let (execution_id, state, enqueued_at, started_at, finished_at, items, error) =
-                    row?;
-                executions.push(ExecutionSummary {
-                    execution_id,
-                    state: ExecutionState::from_code(state)
-                        .ok_or_else(|| StoreError::Corrupt(format!("execution state {state}")))?,
-                    enqueued_at,
-                    started_at,
-                    finished_at,
-                    items_processed: items.map(|n| n.max(0) as u64),
-                    error,
-                });
-            }
+            let executions = rows
+                .map(|row| row.map_err(StoreError::from).and_then(summary_from_row))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(executions))
         })
     }
@@ -487,6 +443,44 @@ impl ReadPool {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+/// The columns `execution_id, state, enqueued_at, started_at, finished_at, items_processed,
+/// error`, as read.
+type ExecutionRow = (
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
+fn execution_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn summary_from_row(row: ExecutionRow) -> Result<ExecutionSummary, StoreError> {
+    let (execution_id, state, enqueued_at, started_at, finished_at, items, error) = row;
+    Ok(ExecutionSummary {
+        execution_id,
+        state: ExecutionState::from_code(state)
+            .ok_or_else(|| StoreError::Corrupt(format!("execution state {state}")))?,
+        enqueued_at,
+        started_at,
+        finished_at,
+        items_processed: items.map(|n| n.max(0) as u64),
+        error,
+    })
 }
 
 /// Which executions a page holds.
