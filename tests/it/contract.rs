@@ -169,12 +169,19 @@ fn the_compose_file_references_files_and_variables_that_exist() {
             .unwrap();
     let services = compose["services"].as_mapping().expect("services");
     assert!(services.contains_key("nats") && services.contains_key("jobstats"));
-    let cli_help = std::process::Command::new(crate::helpers::BIN)
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&cli_help.stdout).to_string();
     for (name, service) in services {
+        // The settings of the command this service runs (the image's default: serve).
+        let command = service
+            .get("command")
+            .and_then(|c| c.as_sequence())
+            .and_then(|c| c.first())
+            .and_then(|c| c.as_str())
+            .unwrap_or("serve");
+        let cli_help = std::process::Command::new(crate::helpers::BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&cli_help.stdout).to_string();
         if let Some(build) = service.get("build") {
             let context = build
                 .get("context")

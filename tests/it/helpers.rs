@@ -31,7 +31,10 @@ pub fn nats_server_binary() -> PathBuf {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BINARY
         .get_or_init(|| {
-            jobstats::demo::find_or_install_nats_server().unwrap_or_else(|e| panic!("{e}"))
+            jobstats::nats_server::find_or_install(std::path::Path::new(env!(
+                "CARGO_TARGET_TMPDIR"
+            )))
+            .unwrap_or_else(|e| panic!("{e}"))
         })
         .clone()
 }

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod contract;
+mod fresh_machine;
 mod health;
 mod helpers;
 mod jobs;

