@@ -16,6 +16,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobHealthLabels {
+    pub tenant: String,
+    pub health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,
     pub status: u16,
@@ -35,6 +41,10 @@ pub struct Metrics {
     pub rebuild_events_done: Gauge,
     pub rebuild_events_total: Gauge,
     pub rebuilds_completed: Counter,
+    pub jobs_by_health: Family<JobHealthLabels, Gauge>,
+    /// When `jobs_by_health` was last counted; held while a scrape recounts, so concurrent
+    /// scrapes wait for one count instead of each judging every job.
+    pub jobs_by_health_counted: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Default for Metrics {
@@ -53,6 +63,13 @@ impl Default for Metrics {
         let rebuild_events_done = Gauge::default();
         let rebuild_events_total = Gauge::default();
         let rebuilds_completed = Counter::default();
+        let jobs_by_health = Family::<JobHealthLabels, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs by health state (CONTRACT §5) per tenant, counted at scrape time at most every \
+             10 s; tenants past the 100 with most jobs are summed under tenant=\"_other\"",
+            jobs_by_health.clone(),
+        );
         registry.register(
             "events_applied",
             "Valid events applied to the read model by this process",
@@ -121,11 +138,27 @@ impl Default for Metrics {
             rebuild_events_done,
             rebuild_events_total,
             rebuilds_completed,
+            jobs_by_health,
+            jobs_by_health_counted: tokio::sync::Mutex::new(None),
         }
     }
 }
 
 impl Metrics {
+    /// Replaces the jobs-by-health gauges with `counts` (tenant label, state, jobs); states
+    /// absent from `counts` read 0 rather than vanish, so a job leaving a state shows.
+    pub fn set_jobs_by_health(&self, counts: &[(String, &'static str, i64)]) {
+        self.jobs_by_health.clear();
+        for (tenant, health, jobs) in counts {
+            self.jobs_by_health
+                .get_or_create(&JobHealthLabels {
+                    tenant: tenant.clone(),
+                    health: (*health).to_owned(),
+                })
+                .set(*jobs);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();

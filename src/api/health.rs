@@ -1,11 +1,17 @@
 //! Liveness, readiness and Prometheus metrics.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use poem::{handler, web::Data, Response};
 
+use super::stats::{judge, judgement};
 use super::AppState;
+use crate::events::TenantId;
+use crate::projection::health::HealthState;
+use crate::store::StoreError;
 
 /// Alive: the process answers.
 #[handler]
@@ -55,11 +61,82 @@ pub fn readyz(state: Data<&Arc<AppState>>) -> Response {
     json(code, body)
 }
 
+/// Tenants labelled in `jobstats_jobs`; the others are summed under [`OTHER_TENANTS`], so the
+/// series count stays bounded (101 tenants × 6 states) however many tenants publish.
+const MAX_TENANT_LABELS: usize = 100;
+const OTHER_TENANTS: &str = "_other";
+/// Counting judges every job (O(jobs)); scrapes closer together than this reuse the count.
+const JOBS_BY_HEALTH_TTL: Duration = Duration::from_secs(10);
+
 #[handler]
-pub fn metrics(state: Data<&Arc<AppState>>) -> Response {
+pub async fn metrics(state: Data<&Arc<AppState>>) -> Response {
+    let state = state.0.clone();
+    {
+        let mut counted = state.metrics.jobs_by_health_counted.lock().await;
+        if counted.is_none_or(|at| at.elapsed() >= JOBS_BY_HEALTH_TTL) {
+            // SQLite reads and a judgement per job: off the async workers.
+            let counting = state.clone();
+            match tokio::task::spawn_blocking(move || jobs_by_health(&counting)).await {
+                Ok(Ok(counts)) => {
+                    state.metrics.set_jobs_by_health(&counts);
+                    *counted = Some(Instant::now());
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "counting jobs by health failed"),
+                Err(error) => tracing::warn!(%error, "counting jobs by health panicked"),
+            }
+        }
+    }
     Response::builder()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())
+}
+
+/// (tenant label, state, jobs) for every tenant's jobs, judged now as the stats answer would.
+fn jobs_by_health(state: &AppState) -> Result<Vec<(String, &'static str, i64)>, StoreError> {
+    let readers = state.readers.get();
+    let now = chrono::Utc::now();
+    let mut per_tenant: HashMap<TenantId, [i64; HealthState::ALL.len()]> = HashMap::new();
+    for (tenant, job) in readers.all_jobs()? {
+        let Some(snapshot) = readers.cached_job_snapshot(&tenant, &job, 0)? else {
+            continue;
+        };
+        let health = judge(
+            &snapshot,
+            judgement(state, &snapshot, now),
+            state.default_max_runtime_ms,
+        );
+        let slot = HealthState::ALL
+            .iter()
+            .position(|s| *s == health.state)
+            .unwrap_or(0);
+        per_tenant.entry(tenant).or_default()[slot] += 1;
+    }
+    let mut tenants: Vec<(TenantId, [i64; 6])> = per_tenant.into_iter().collect();
+    // The tenants with most jobs keep their label; ties by id, so the cut is stable.
+    tenants.sort_by(|(a, x), (b, y)| {
+        let (x, y): (i64, i64) = (x.iter().sum(), y.iter().sum());
+        y.cmp(&x).then_with(|| a.to_string().cmp(&b.to_string()))
+    });
+    let mut other = [0i64; 6];
+    let mut counts = Vec::new();
+    for (rank, (tenant, states)) in tenants.into_iter().enumerate() {
+        if rank < MAX_TENANT_LABELS {
+            let label = tenant.to_string();
+            for (state, jobs) in HealthState::ALL.iter().zip(states) {
+                counts.push((label.clone(), state.as_str(), jobs));
+            }
+        } else {
+            for (sum, jobs) in other.iter_mut().zip(states) {
+                *sum += jobs;
+            }
+        }
+    }
+    if other.iter().any(|jobs| *jobs > 0) {
+        for (state, jobs) in HealthState::ALL.iter().zip(other) {
+            counts.push((OTHER_TENANTS.to_owned(), state.as_str(), jobs));
+        }
+    }
+    Ok(counts)
 }
 
 fn json(status: poem::http::StatusCode, body: serde_json::Value) -> Response {

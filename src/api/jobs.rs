@@ -74,7 +74,7 @@ pub struct JobListData {
 }
 
 #[derive(Debug, Clone, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", example)]
 pub struct JobListEnvelope {
     pub success: bool,
     pub message: String,
@@ -93,12 +93,104 @@ pub struct ExecutionsData {
 }
 
 #[derive(Debug, Clone, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", example)]
 pub struct ExecutionsEnvelope {
     pub success: bool,
     pub message: String,
     pub data: ExecutionsData,
     pub timestamp: String,
+}
+
+impl poem_openapi::types::Example for JobListEnvelope {
+    /// `?health=missed,failing&sort=health` on the demo's data.
+    fn example() -> Self {
+        let entry =
+            |name: &str, state: &str, since: &str, failures: i64, missed: u32| JobListEntry {
+                job_name: name.into(),
+                status: "idle".into(),
+                health: HealthSummary {
+                    state: state.into(),
+                    as_of: "2026-12-02T14:05:00.000Z".into(),
+                    since: Some(since.into()),
+                    consecutive_failures: failures,
+                    missed_runs: super::stats::MissedRuns {
+                        last_24h: missed,
+                        last_7d: missed,
+                    },
+                },
+                queue: QueueStats {
+                    pending: 0,
+                    processing: 0,
+                    failed: 12 + failures,
+                    completed: 480,
+                },
+                success_rate: Some("97.0%".into()),
+                success_rate_percent: Some(97.0),
+                average_execution_time_ms: Some(1_850),
+                last_run: Some("2026-12-02T13:40:02.114Z".into()),
+                last_outcome: Some(if failures > 0 { "failed" } else { "completed" }.into()),
+                next_run: Some("2026-12-02T14:10:00.000Z".into()),
+            };
+        JobListEnvelope {
+            success: true,
+            message: JOBS_MESSAGE.into(),
+            data: JobListData {
+                jobs: vec![
+                    entry("cache.warmup", "missed", "2026-12-02T13:51:00.000Z", 0, 2),
+                    entry(
+                        "payments.reconcile",
+                        "failing",
+                        "2026-12-02T12:20:04.530Z",
+                        3,
+                        0,
+                    ),
+                ],
+                next_cursor: None,
+                total: 2,
+            },
+            timestamp: "2026-12-02T14:05:00.000Z".into(),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for ExecutionsEnvelope {
+    /// `?status=failed&limit=2`, with more pages to come.
+    fn example() -> Self {
+        let failed = |id: &str, started: &str, finished: &str, duration_ms: i64| RecentExecution {
+            id: id.into(),
+            status: "failed".into(),
+            started_at: Some(started.into()),
+            completed_at: Some(finished.into()),
+            items_processed: None,
+            enqueued_at: Some(started.into()),
+            duration_ms: Some(duration_ms),
+            error: Some("upstream timed out after 30s".into()),
+        };
+        ExecutionsEnvelope {
+            success: true,
+            message: EXECUTIONS_MESSAGE.into(),
+            data: ExecutionsData {
+                executions: vec![
+                    failed(
+                        "exec-20261202-1340",
+                        "2026-12-02T13:40:02.114Z",
+                        "2026-12-02T13:40:32.120Z",
+                        30_006,
+                    ),
+                    failed(
+                        "exec-20261202-1320",
+                        "2026-12-02T13:20:01.950Z",
+                        "2026-12-02T13:20:31.990Z",
+                        30_040,
+                    ),
+                ],
+                next_cursor: Some(
+                    "eyJrIjoxNzY0NjgyODAxOTUwLCJpZCI6ImV4ZWMtMjAyNjEyMDItMTMyMCJ9".into(),
+                ),
+            },
+            timestamp: "2026-12-02T14:05:00.000Z".into(),
+        }
+    }
 }
 
 macro_rules! envelope_response {

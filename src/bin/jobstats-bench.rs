@@ -320,6 +320,184 @@ fn query_p50_us(dir: &Path, executions: u64) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// Writes one `*/10 * * * *` job: `history` runs long before the health window, then one run
+/// per fire over the last `recent` fires up to now. Returns the database path.
+fn scheduled_job_db(dir: &Path, name: &str, history: u64, recent: u64) -> std::path::PathBuf {
+    let db = dir.join(format!("{name}.db"));
+    let (mut writer, _) = Writer::open(&db).unwrap();
+    let tenant = "00000000-0000-4000-8000-000000000001";
+    let job = EventBuilder::new(tenant, "scheduled").unwrap();
+    let now = Utc::now();
+    let ten_minutes = chrono::Duration::minutes(10);
+    let last_fire = now - chrono::Duration::seconds(now.timestamp().rem_euclid(600));
+    let first_recent = last_fire - ten_minutes * (recent as i32 - 1);
+    let history_base =
+        first_recent - chrono::Duration::days(30) - chrono::Duration::seconds(history as i64);
+    let mut sequence = 0u64;
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+    let scheduled = job
+        .clone()
+        .at(history_base - chrono::Duration::seconds(1))
+        .scheduled(Some("*/10 * * * *"))
+        .unwrap();
+    pending.push((scheduled.subject(), scheduled.to_bytes()));
+    let starts = (0..history)
+        .map(|i| history_base + chrono::Duration::seconds(i as i64))
+        .chain(
+            (0..recent)
+                .map(|i| first_recent + ten_minutes * i as i32 + chrono::Duration::seconds(2)),
+        );
+    for (i, start) in starts.enumerate() {
+        let run = job.clone().execution(&format!("e{i}")).unwrap();
+        for event in [
+            run.clone().at(start).started().unwrap(),
+            run.at(start + chrono::Duration::milliseconds(500))
+                .completed(None)
+                .unwrap(),
+        ] {
+            pending.push((event.subject(), event.to_bytes()));
+        }
+        if pending.len() >= 20_000 {
+            apply_encoded(&mut writer, &pending, &mut sequence);
+            pending.clear();
+        }
+    }
+    apply_encoded(&mut writer, &pending, &mut sequence);
+    db
+}
+
+/// p50 of a stats read with health (snapshot from SQLite, no cache, then the health verdict
+/// at the present) for the job [`scheduled_job_db`] wrote.
+fn health_read_p50_us(db: &Path) -> (f64, f64) {
+    use jobstats::projection::health::{HealthState, Judgement};
+    let pool = ReadPool::open(db).unwrap();
+    let tenant = jobstats::events::TenantId::parse("00000000-0000-4000-8000-000000000001").unwrap();
+    let job = jobstats::events::JobName::parse("scheduled").unwrap();
+    let (mut whole, mut reads) = (Vec::new(), Vec::new());
+    for _ in 0..500 {
+        let started = Instant::now();
+        let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
+        reads.push(started.elapsed().as_secs_f64() * 1e6);
+        let now = Utc::now().timestamp_millis();
+        let health = jobstats::api::stats::judge(&snapshot, Judgement::At(now), 3_600_000);
+        whole.push(started.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(health.state, HealthState::Healthy, "{health:?}");
+    }
+    whole.sort_by(f64::total_cmp);
+    reads.sort_by(f64::total_cmp);
+    (whole[whole.len() / 2], reads[reads.len() / 2])
+}
+
+/// `jobs` scheduled jobs in one tenant, every tenth of them failing; p50 and p99 (ms) of
+/// `GET /api/v1/admin/jobs?health=missed,failing&limit=50` and of the unfiltered name-sorted page,
+/// through the real HTTP stack in-process (auth, parsing, the handler, JSON).
+async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
+    use poem::Endpoint;
+    let db = dir.join("job-list.db");
+    let tenant = "00000000-0000-4000-8000-000000000001";
+    {
+        let (mut writer, _) = Writer::open(&db).unwrap();
+        let base = Utc::now() - chrono::Duration::hours(1);
+        let mut sequence = 0u64;
+        let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+        // Three crons shared by all jobs, as real fleets share a handful.
+        let crons = ["* * * * *", "*/5 * * * *", "0 * * * *"];
+        for j in 0..jobs {
+            let job = EventBuilder::new(tenant, &format!("job-{j:05}")).unwrap();
+            let scheduled = job
+                .clone()
+                .at(base - chrono::Duration::days(10))
+                .scheduled(Some(crons[j as usize % crons.len()]))
+                .unwrap();
+            pending.push((scheduled.subject(), scheduled.to_bytes()));
+            let run = job.execution(&format!("e{j}")).unwrap();
+            let start = base + chrono::Duration::milliseconds(j as i64);
+            let finished = run.clone().at(start + chrono::Duration::seconds(1));
+            for event in [
+                run.at(start).started().unwrap(),
+                if j % 10 == 0 {
+                    finished.failed(None, Some("boom")).unwrap()
+                } else {
+                    finished.completed(None).unwrap()
+                },
+            ] {
+                pending.push((event.subject(), event.to_bytes()));
+            }
+        }
+        apply_encoded(&mut writer, &pending, &mut sequence);
+    }
+    let readers = Arc::new(jobstats::store::CurrentReader::new(
+        ReadPool::open(&db).unwrap(),
+    ));
+    let authenticator =
+        jobstats::api::auth::Authenticator::new(jobstats::api::auth::AuthSettings {
+            hs256_secret: Some(BENCH_SECRET.into()),
+            public_key_file: None,
+            issuer: None,
+            realms: None,
+            audience: None,
+        })
+        .unwrap();
+    let state = Arc::new(jobstats::api::AppState {
+        readers,
+        authenticator,
+        metrics: Default::default(),
+        status: Default::default(),
+        nats: None,
+        bodies: Default::default(),
+        default_max_runtime_ms: 3_600_000,
+    });
+    let app = jobstats::api::app(state);
+    let now = Utc::now().timestamp();
+    let token = jobstats::api::auth::mint_hs256(
+        BENCH_SECRET,
+        &jobstats::api::auth::DevClaims {
+            sub: "bench".into(),
+            roles: vec!["system_admin".into()],
+            tenant_id: Some(tenant.into()),
+            iss: None,
+            iat: now,
+            exp: now + 3600,
+        },
+    )
+    .unwrap();
+    let mut figures = [(0.0, 0.0); 2];
+    for (figure, query) in figures
+        .iter_mut()
+        .zip(["health=missed,failing&limit=50", "limit=50"])
+    {
+        let mut samples = Vec::new();
+        for round in 0..220 {
+            let request = poem::Request::builder()
+                .uri(format!("/api/v1/admin/jobs?{query}").parse().unwrap())
+                .header("authorization", format!("Bearer {token}"))
+                .header("x-tenantid", tenant)
+                .finish();
+            let started = Instant::now();
+            let response = app.call(request).await.unwrap();
+            let body = response.into_body().into_vec().await.unwrap();
+            let elapsed = started.elapsed().as_secs_f64() * 1e3;
+            let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                page["data"]["jobs"].as_array().map(Vec::len),
+                Some(50),
+                "a full page of {query}: {}",
+                page["message"]
+            );
+            // The first rounds fill the snapshot cache, as a running server's would be.
+            if round >= 20 {
+                samples.push(elapsed);
+            }
+        }
+        samples.sort_by(f64::total_cmp);
+        *figure = (
+            samples[samples.len() / 2],
+            samples[samples.len() * 99 / 100],
+        );
+    }
+    figures
+}
+
 fn wrk(url: &str, token: Option<&str>) -> Option<(f64, String, String)> {
     let mut command = std::process::Command::new("wrk");
     command.args(["-t2", "-c64", "-d5s", "--latency"]);
@@ -360,7 +538,8 @@ async fn main() {
         .unwrap_or(if smoke { 5_000 } else { 1_000_000 });
     let skip_http = std::env::args().any(|a| a == "--no-http");
     let dir = tempfile::tempdir().unwrap();
-    let binary = jobstats::demo::find_nats_server().expect("nats-server (set NATS_SERVER_BIN)");
+    let binary =
+        jobstats::nats_server::find(Path::new("data")).expect("nats-server (set NATS_SERVER_BIN)");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -384,6 +563,22 @@ async fn main() {
     jobstats::stream::ensure_stream(&js, "JOB_EVENTS")
         .await
         .unwrap();
+    if std::env::args().any(|a| a == "--health-only") {
+        let (small, read_small) =
+            health_read_p50_us(&scheduled_job_db(dir.path(), "health-small", 0, 1_000));
+        let (large, read_large) = health_read_p50_us(&scheduled_job_db(
+            dir.path(),
+            "health-large",
+            1_000_000,
+            1_000,
+        ));
+        println!("(7) stats with health p50: 1k {small:.1} us (read {read_small:.1}), 1M+1k {large:.1} us (read {read_large:.1}), ratio {:.2}", large / small);
+        let [(f50, f99), (n50, n99)] = job_list_latencies(dir.path(), 10_000).await;
+        println!("(8) job list of 10000: health-filtered p50/p99 {f50:.2}/{f99:.2} ms, by name {n50:.2}/{n99:.2} ms");
+        let _ = nats.kill();
+        let _ = nats.wait();
+        return;
+    }
     let events = mix(total);
     let writer_only = writer_only_rate(dir.path(), &events);
     if std::env::args().any(|a| a == "--writer-only") {
@@ -511,6 +706,51 @@ async fn main() {
         "(5) p50 ratio large / small",
         format!("{:.2}", p50_large / p50_small),
         &verdict(p50_large / p50_small, 1.5, 1.2, AtMost, ""),
+    );
+
+    let (history, recent) = if smoke {
+        (1_000, 100)
+    } else {
+        (1_000_000, 1_000)
+    };
+    let (health_small, read_small) =
+        health_read_p50_us(&scheduled_job_db(dir.path(), "health-small", 0, recent));
+    let (health_large, read_large) = health_read_p50_us(&scheduled_job_db(
+        dir.path(),
+        "health-large",
+        history,
+        recent,
+    ));
+    row(
+        &format!("(7) stats with health p50, {recent} executions (us)"),
+        format!("{health_small:.1}"),
+        &format!("*/10 cron, one run per fire, 8-day window full; SQLite read {read_small:.1}"),
+    );
+    row(
+        &format!(
+            "(7) stats with health p50, {} executions (us)",
+            history + recent
+        ),
+        format!("{health_large:.1}"),
+        &format!("the same window after a long history; SQLite read {read_large:.1}"),
+    );
+    row(
+        "(7) p50 ratio large / small",
+        format!("{:.2}", health_large / health_small),
+        &verdict(health_large / health_small, 1.5, 1.2, AtMost, ""),
+    );
+    let list_jobs = if smoke { 500 } else { 10_000 };
+    let [(filtered_p50, filtered_p99), (named_p50, named_p99)] =
+        job_list_latencies(dir.path(), list_jobs).await;
+    row(
+        &format!("(8) job list of {list_jobs}, health=missed,failing, 50/page: p50 / p99 (ms)"),
+        format!("{filtered_p50:.2} / {filtered_p99:.2}"),
+        "judges every job of the tenant: O(jobs)",
+    );
+    row(
+        &format!("(8) job list of {list_jobs}, by name, 50/page: p50 / p99 (ms)"),
+        format!("{named_p50:.2} / {named_p99:.2}"),
+        "an index range: O(page)",
     );
 
     if !smoke && !skip_http {
@@ -649,8 +889,15 @@ const METHOD: &str = "
   harness while wrk runs. wrk, nats-server, the harness and serve share the machine's cores.
 - (5): `ReadPool::job_snapshot` (SQLite, no cache) for a job with 1k and with 1M executions.
 - (6): VmHWM of that serve process after (2) and (4).
+- (7): `ReadPool::job_snapshot` plus the health verdict at the present, for a `*/10 * * * *`
+  job with one run per fire over its last 1,000 fires, alone and after 1M older runs: the
+  cost follows the 8-day window, not the history.
+- (8): `GET /api/v1/admin/jobs` through the API's poem endpoint in-process (token check,
+  parsing, handler, JSON) over 10,000 jobs of one tenant on three crons, a tenth failing; 200
+  requests after 20 that warm the snapshot cache. The health filter judges every job; the name page does not.
 - Rerun: `cargo build --release --bins && NATS_SERVER_BIN=$(command -v nats-server)
-  target/release/jobstats-bench` (`--events N`, `--no-http`, `--writer-only`, `--smoke`).
+  target/release/jobstats-bench` (`--events N`, `--no-http`, `--writer-only`, `--health-only`,
+  `--smoke`).
 ";
 
 #[cfg(test)]

@@ -79,10 +79,14 @@ impl Judgement {
 }
 
 /// A cron's fire times over a span, listed once and searched many times: judging a
-/// once-a-minute job over 8 days walks 11,520 fires, which the `cron` crate computes one by one.
-/// Questions outside the span go to the cron itself.
+/// once-a-minute job over 8 days walks 11,520 fires, which the `cron` crate computes at about a
+/// microsecond each. Cheap to clone (shared), so one list can serve every job with the same
+/// cron. Questions outside the span go to the cron itself.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fires {
+pub struct Fires(std::sync::Arc<FireList>);
+
+#[derive(Debug, PartialEq)]
+struct FireList {
     cron: CronSchedule,
     /// Exclusive.
     from: EpochMillis,
@@ -95,55 +99,83 @@ impl Fires {
     /// Lists the fires in `(from, until]`.
     pub fn new(cron: CronSchedule, from: EpochMillis, until: EpochMillis) -> Self {
         let times = cron.fires_between(from, until, usize::MAX);
-        Fires {
+        Fires(std::sync::Arc::new(FireList {
             cron,
             from,
             until,
             times,
-        }
+        }))
     }
 
-    /// Fires covering what health may ask at any instant from `earliest_as_of` to a day after
-    /// `latest_as_of`.
+    /// The span [`Fires::for_judging`] lists: what health may ask at any instant from
+    /// `earliest_as_of` to a day after `latest_as_of`.
+    pub fn judging_span(
+        earliest_as_of: EpochMillis,
+        latest_as_of: EpochMillis,
+    ) -> (EpochMillis, EpochMillis) {
+        (
+            earliest_as_of - MATCHING_WINDOW_MS - 2 * DAY_MS,
+            latest_as_of + DAY_MS,
+        )
+    }
+
+    /// Fires covering [`Fires::judging_span`].
     pub fn for_judging(
         cron: CronSchedule,
         earliest_as_of: EpochMillis,
         latest_as_of: EpochMillis,
     ) -> Self {
-        let from = earliest_as_of - MATCHING_WINDOW_MS - 2 * DAY_MS;
-        Fires::new(cron, from, latest_as_of + DAY_MS)
+        let (from, until) = Fires::judging_span(earliest_as_of, latest_as_of);
+        Fires::new(cron, from, until)
+    }
+
+    /// Whether this list answers every question about `(from, until]` itself.
+    pub fn covers(&self, from: EpochMillis, until: EpochMillis) -> bool {
+        self.0.from <= from && until <= self.0.until
+    }
+
+    /// How many fires are listed (what this value costs in memory).
+    pub fn len(&self) -> usize {
+        self.0.times.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.times.is_empty()
     }
 
     pub fn cron(&self) -> &CronSchedule {
-        &self.cron
+        &self.0.cron
     }
 
     pub fn latest_at_or_before(&self, at: EpochMillis) -> Option<EpochMillis> {
-        let count = self.times.partition_point(|f| *f <= at);
-        if at <= self.until && count > 0 {
-            return Some(self.times[count - 1]);
+        let list = &*self.0;
+        let count = list.times.partition_point(|f| *f <= at);
+        if at <= list.until && count > 0 {
+            return Some(list.times[count - 1]);
         }
-        self.cron.latest_at_or_before(at)
+        list.cron.latest_at_or_before(at)
     }
 
     pub fn next_after(&self, at: EpochMillis) -> Option<EpochMillis> {
-        let count = self.times.partition_point(|f| *f <= at);
-        if at >= self.from && count < self.times.len() {
-            return Some(self.times[count]);
+        let list = &*self.0;
+        let count = list.times.partition_point(|f| *f <= at);
+        if at >= list.from && count < list.times.len() {
+            return Some(list.times[count]);
         }
         chrono::DateTime::from_timestamp_millis(at)
-            .and_then(|t| self.cron.next_after(t))
+            .and_then(|t| list.cron.next_after(t))
             .map(|t| t.timestamp_millis())
     }
 
     /// The fires in `(after, until]`.
     pub fn between(&self, after: EpochMillis, until: EpochMillis) -> std::borrow::Cow<'_, [i64]> {
-        if after >= self.from && until <= self.until {
-            let start = self.times.partition_point(|f| *f <= after);
-            let end = self.times.partition_point(|f| *f <= until);
-            return std::borrow::Cow::Borrowed(&self.times[start..end.max(start)]);
+        let list = &*self.0;
+        if after >= list.from && until <= list.until {
+            let start = list.times.partition_point(|f| *f <= after);
+            let end = list.times.partition_point(|f| *f <= until);
+            return std::borrow::Cow::Borrowed(&list.times[start..end.max(start)]);
         }
-        std::borrow::Cow::Owned(self.cron.fires_between(after, until, MAX_FIRES))
+        std::borrow::Cow::Owned(list.cron.fires_between(after, until, MAX_FIRES))
     }
 }
 

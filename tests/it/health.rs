@@ -187,6 +187,28 @@ async fn each_health_state_is_reached_from_events() {
     assert_eq!(fresh["health"]["since"], Value::Null);
     assert_eq!(fresh["schedule"]["maxRuntimeMs"], 3_600_000);
 
+    // Operators see the same verdicts as counts per tenant and state in /metrics.
+    let metrics = app.metrics().await;
+    for (state, jobs) in [
+        ("missed", 1),
+        ("healthy", 1),
+        ("stuck", 1),
+        ("failing", 1),
+        ("new", 1),
+        ("unknown", 0),
+    ] {
+        let line = format!("jobstats_jobs{{tenant=\"{TENANT}\",health=\"{state}\"}} {jobs}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("jobstats_jobs"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
     // A success heals the failing job; a late start clears the missed one.
     let mut more = run("flaky", "d", now - 5 * MIN, Some(1_000), true);
     more.extend(run(
