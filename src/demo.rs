@@ -201,14 +201,6 @@ pub async fn publish_demo_history(publisher: &Publisher) -> Result<u64, PublishE
             last_sequence = publisher.publish(&queued).await?.sequence;
             continue;
         };
-        let max_runtime = (job.shows == Shows::Stuck).then_some(Duration::from_secs(600));
-        publisher
-            .publish(
-                &builder
-                    .at(now - chrono::Duration::days(30))
-                    .scheduled_with(Some(cron_text), None, max_runtime)?,
-            )
-            .await?;
         let cron = CronSchedule::parse(cron_text).expect("demo crons are valid");
         let until = match job.shows {
             Shows::Missed => now - chrono::Duration::minutes(20),
@@ -224,6 +216,17 @@ pub async fn publish_demo_history(publisher: &Publisher) -> Result<u64, PublishE
             at = next;
         }
         let recent = &runs[runs.len().saturating_sub(40)..];
+        // Scheduled just before its first run: the history covers every fire since, so the
+        // only missed runs are the ones the job is meant to show.
+        let scheduled_at = recent.first().copied().unwrap_or(now) - chrono::Duration::minutes(1);
+        let max_runtime = (job.shows == Shows::Stuck).then_some(Duration::from_secs(600));
+        publisher
+            .publish(&builder.at(scheduled_at).scheduled_with(
+                Some(cron_text),
+                None,
+                max_runtime,
+            )?)
+            .await?;
         let mut random = SplitMix(index as u64 + 1);
         for (i, start) in recent.iter().enumerate() {
             let from_end = recent.len() - i;
