@@ -143,6 +143,48 @@ pub struct ServeOptions {
     pub max_runtime: Duration,
     #[command(flatten)]
     pub jwt: JwtOptions,
+    #[command(flatten)]
+    pub http: HttpLimits,
+}
+
+/// Limits that keep an exposed HTTP server from being exhausted by its clients.
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimits {
+    /// Most open client connections; more wait in the listen backlog until one closes.
+    #[arg(long, env = "JOBSTATS_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+    /// A connection with no bytes read or written for this long is closed (e.g. 60s).
+    #[arg(long, env = "JOBSTATS_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_http_timeout)]
+    pub http_idle_timeout: Duration,
+    /// Once a client has sent bytes, the answer must start within this long, or the
+    /// connection is closed (a request that never completes its headers).
+    #[arg(long, env = "JOBSTATS_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_http_timeout)]
+    pub http_request_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "JOBSTATS_HTTP2_MAX_STREAMS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub http2_max_streams: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            http_max_connections: 1024,
+            http_idle_timeout: Duration::from_secs(60),
+            http_request_timeout: Duration::from_secs(30),
+            http2_max_streams: 64,
+        }
+    }
+}
+
+fn parse_http_timeout(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&duration) {
+        Ok(duration)
+    } else {
+        Err(format!("{value:?} must be between 100ms and 1h"))
+    }
 }
 
 fn parse_max_runtime(value: &str) -> Result<Duration, String> {

@@ -392,6 +392,7 @@ pub async fn demo(
         listen: options.listen,
         consumer: "jobstats-demo".into(),
         read_only: false,
+        http: Default::default(),
         jwt: JwtOptions {
             jwt_hs256_secret: Some(secret.clone()),
             jwt_public_key_file: None,

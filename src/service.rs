@@ -92,7 +92,7 @@ pub async fn serve(
             bodies: Default::default(),
             default_max_runtime_ms: options.max_runtime.as_millis() as i64,
         });
-        api::serve(listener, state, shutdown.wait()).await?;
+        api::serve(listener, state, &options.http, shutdown.wait()).await?;
         return Ok(());
     }
 
@@ -164,7 +164,7 @@ pub async fn serve(
         default_max_runtime_ms: options.max_runtime.as_millis() as i64,
     });
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
-    let http = api::serve(listener, state, shutdown.wait());
+    let http = api::serve(listener, state, &options.http, shutdown.wait());
     let http_result = http.await;
     // The projector commits the batch in hand before it returns.
     if let Err(e) = projector.await {

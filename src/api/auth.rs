@@ -8,6 +8,7 @@ use std::path::Path;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::TenantId;
 
 /// Longest token accepted before any decoding (Keycloak tokens are 1–3 KiB).
@@ -136,14 +137,20 @@ pub struct Authenticator {
     settings: AuthSettings,
     /// Tokens already verified, by (token, realm header), with the unix time they expire at:
     /// a dashboard polling with one token pays for the signature check once.
-    verified: std::sync::Mutex<VerifiedTokens>,
+    verified: ByteBounded<(String, Option<String>), (Principal, i64)>,
 }
 
-/// Verified tokens by (token, realm header): the principal and the unix time it expires at.
-type VerifiedTokens = std::collections::HashMap<(String, Option<String>), (Principal, i64)>;
+/// Bytes of verified tokens remembered (keys included: a token may be 8 KiB).
+const VERIFIED_TOKEN_CACHE_BYTES: u64 = 8 << 20;
 
-/// Most verified tokens remembered; past it the cache starts over.
-const VERIFIED_TOKEN_CACHE_ENTRIES: usize = 10_000;
+fn verified_token_bytes(key: &(String, Option<String>), value: &(Principal, i64)) -> u64 {
+    let principal = &value.0;
+    let strings = key.0.len()
+        + key.1.as_ref().map_or(0, String::len)
+        + principal.subject.as_ref().map_or(0, String::len)
+        + principal.roles.iter().map(|r| r.len() + 32).sum::<usize>();
+    (strings + std::mem::size_of::<((String, Option<String>), (Principal, i64))>() + 64) as u64
+}
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,7 +200,7 @@ impl Authenticator {
         Ok(Authenticator {
             keys,
             settings,
-            verified: Default::default(),
+            verified: byte_bounded(VERIFIED_TOKEN_CACHE_BYTES, 1_024, verified_token_bytes),
         })
     }
 
@@ -254,20 +261,14 @@ impl Authenticator {
         }
         let cache_key = (token.to_owned(), realm.map(str::to_owned));
         let now = chrono::Utc::now().timestamp();
-        {
-            let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((principal, expires_at)) = cache.get(&cache_key) {
-                if now <= *expires_at {
-                    return Ok(principal.clone());
-                }
+        if let Some((principal, expires_at)) = self.verified.get(&cache_key) {
+            if now <= expires_at {
+                return Ok(principal);
             }
         }
         let (principal, expires_at) = self.verify(token, realm)?;
-        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= VERIFIED_TOKEN_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(cache_key, (principal.clone(), expires_at));
+        self.verified
+            .insert(cache_key, (principal.clone(), expires_at));
         Ok(principal)
     }
 
@@ -332,46 +333,49 @@ impl Authenticator {
     }
 
     /// The issuer must match the configured one (with `{realm}` bound to the realm), and a
-    /// token presented with a `realmname` must come from that realm.
+    /// token presented with a `realmname` must have been issued by that realm (CONTRACT §3),
+    /// whatever the issuer setting: a realm is read from the issuer the Keycloak way,
+    /// `…/realms/<realm>`. Without `realmname`, a token whose issuer names a realm must name an
+    /// allowed one.
     fn check_issuer(&self, issuer: Option<&str>, realm: Option<&str>) -> Result<(), AuthError> {
-        let Some(template) = &self.settings.issuer else {
-            // No issuer configured: only the realm binding is checked (Keycloak's `/realms/<r>`).
-            return match realm {
-                None => Ok(()),
-                Some(realm) => match issuer {
-                    Some(iss)
-                        if iss
-                            .trim_end_matches('/')
-                            .ends_with(&format!("/realms/{realm}")) =>
-                    {
-                        Ok(())
-                    }
-                    _ => Err(AuthError::WrongIssuer),
-                },
-            };
+        let issuer_realm = match &self.settings.issuer {
+            None => issuer.and_then(keycloak_realm),
+            Some(template) => {
+                let issuer = issuer.ok_or(AuthError::WrongIssuer)?;
+                match template.split_once("{realm}") {
+                    None if issuer == template => keycloak_realm(issuer),
+                    None => return Err(AuthError::WrongIssuer),
+                    Some((prefix, suffix)) => Some(
+                        issuer
+                            .strip_prefix(prefix)
+                            .and_then(|rest| rest.strip_suffix(suffix))
+                            .filter(|r| valid_realm_name(r))
+                            .ok_or(AuthError::WrongIssuer)?,
+                    ),
+                }
+            }
         };
-        let issuer = issuer.ok_or(AuthError::WrongIssuer)?;
-        if !template.contains("{realm}") {
-            return if issuer == template {
-                Ok(())
-            } else {
-                Err(AuthError::WrongIssuer)
-            };
+        match (realm, issuer_realm) {
+            // The realm named must be the realm that issued the token.
+            (Some(named), Some(issued)) if named == issued => Ok(()),
+            (Some(_), _) => Err(AuthError::WrongIssuer),
+            (None, Some(issued)) if !self.realm_allowed(issued) => Err(AuthError::WrongIssuer),
+            (None, _) => Ok(()),
         }
-        let (prefix, suffix) = template.split_once("{realm}").expect("checked above");
-        let token_realm = issuer
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix(suffix))
-            .ok_or(AuthError::WrongIssuer)?;
-        let allowed = match &self.settings.realms {
-            Some(realms) => realms.iter().any(|r| r == token_realm),
-            None => valid_realm_name(token_realm),
-        };
-        if !allowed || realm.is_some_and(|r| r != token_realm) {
-            return Err(AuthError::WrongIssuer);
-        }
-        Ok(())
     }
+
+    fn realm_allowed(&self, realm: &str) -> bool {
+        match &self.settings.realms {
+            Some(allowed) => allowed.iter().any(|r| r == realm),
+            None => valid_realm_name(realm),
+        }
+    }
+}
+
+/// The realm a Keycloak issuer (`https://host/realms/<realm>`) names.
+fn keycloak_realm(issuer: &str) -> Option<&str> {
+    let (_, realm) = issuer.trim_end_matches('/').rsplit_once("/realms/")?;
+    valid_realm_name(realm).then_some(realm)
 }
 
 /// Reads every `PUBLIC KEY` block of a PEM file as an RS256 or ES256 key.
@@ -443,4 +447,101 @@ pub fn mint_hs256(secret: &str, claims: &DevClaims) -> Result<String, String> {
         jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).map_err(|e| e.to_string())?;
     jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &key)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "unit-test-secret-0123456789abcdef0123";
+
+    fn authenticator(issuer: Option<&str>, realms: Option<&[&str]>) -> Authenticator {
+        Authenticator::new(AuthSettings {
+            hs256_secret: Some(SECRET.into()),
+            public_key_file: None,
+            issuer: issuer.map(str::to_owned),
+            realms: realms.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            audience: None,
+        })
+        .unwrap()
+    }
+
+    fn token(issuer: Option<&str>) -> String {
+        let now = chrono::Utc::now().timestamp();
+        mint_hs256(
+            SECRET,
+            &DevClaims {
+                sub: "u".into(),
+                roles: vec![ROLE_SUPER_ADMIN.into()],
+                tenant_id: None,
+                iss: issuer.map(str::to_owned),
+                iat: now,
+                exp: now + 600,
+            },
+        )
+        .unwrap()
+    }
+
+    /// (issuer setting × realm list × token issuer × `realmname`) → accepted? The contract:
+    /// a `realmname` must be a configured realm and the token must have been issued by it;
+    /// without one, a token from any allowed realm is accepted.
+    #[test]
+    fn the_realm_rule_holds_for_every_issuer_setting() {
+        const ALPHA: &str = "https://idp.example/realms/alpha";
+        const BETA: &str = "https://idp.example/realms/beta";
+        const TEMPLATE: &str = "https://idp.example/realms/{realm}";
+        const PLAIN: &str = "https://auth.example";
+        let both: &[&str] = &["alpha", "beta"];
+        let alpha_only: &[&str] = &["alpha"];
+        /// (issuer setting, realm list, token issuer, `realmname`, accepted).
+        type Row<'a> = (
+            Option<&'a str>,
+            Option<&'a [&'a str]>,
+            Option<&'a str>,
+            Option<&'a str>,
+            bool,
+        );
+        #[rustfmt::skip]
+        let table: &[Row] = &[
+            // A fixed issuer naming a realm (the finding): only that realm's name is accepted.
+            (Some(ALPHA), Some(both), Some(ALPHA), None, true),
+            (Some(ALPHA), Some(both), Some(ALPHA), Some("alpha"), true),
+            (Some(ALPHA), Some(both), Some(ALPHA), Some("beta"), false),
+            (Some(ALPHA), Some(both), Some(BETA), Some("beta"), false),
+            (Some(ALPHA), None, Some(ALPHA), Some("beta"), false),
+            (Some(ALPHA), Some(alpha_only), Some(ALPHA), Some("gamma"), false),
+            // A fixed issuer naming no realm cannot vouch for any realm.
+            (Some(PLAIN), None, Some(PLAIN), None, true),
+            (Some(PLAIN), None, Some(PLAIN), Some("alpha"), false),
+            (Some(PLAIN), None, Some(ALPHA), None, false),
+            // A templated issuer binds the realm.
+            (Some(TEMPLATE), Some(both), Some(ALPHA), None, true),
+            (Some(TEMPLATE), Some(both), Some(BETA), Some("beta"), true),
+            (Some(TEMPLATE), Some(both), Some(ALPHA), Some("beta"), false),
+            (Some(TEMPLATE), Some(alpha_only), Some(BETA), None, false),
+            (Some(TEMPLATE), None, Some("https://idp.example/realms/a b"), None, false),
+            (Some(TEMPLATE), None, None, None, false),
+            // No issuer setting: the realm comes from a Keycloak issuer, when there is one.
+            (None, Some(both), Some(BETA), Some("beta"), true),
+            (None, Some(both), Some(ALPHA), Some("beta"), false),
+            (None, Some(alpha_only), Some(BETA), None, false),
+            (None, Some(both), Some(PLAIN), Some("alpha"), false),
+            (None, Some(both), Some(PLAIN), None, true),
+            (None, None, None, Some("alpha"), false),
+            (None, None, None, None, true),
+            // A realm name outside the list is refused before the token is read.
+            (None, Some(alpha_only), Some(BETA), Some("beta"), false),
+        ];
+        for (i, (issuer, realms, token_issuer, realm_header, accepted)) in table.iter().enumerate()
+        {
+            let result =
+                authenticator(*issuer, *realms).authenticate(&token(*token_issuer), *realm_header);
+            assert_eq!(
+                result.is_ok(),
+                *accepted,
+                "row {i}: issuer {issuer:?}, realms {realms:?}, token from {token_issuer:?}, \
+                 realmname {realm_header:?}: {result:?}"
+            );
+        }
+    }
 }

@@ -7,7 +7,6 @@
 //! the endpoint's CPU; here it happens once per snapshot, and a request serializes only those
 //! two small objects and copies the parts around them.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -21,6 +20,7 @@ use super::rfc3339_millis;
 use super::stats::{
     health_stats, judge, render, schedule_stats, JobStatsEnvelope, SUCCESS_MESSAGE,
 };
+use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
 use crate::projection::health::{Health, Judgement};
 use crate::store::JobSnapshot;
@@ -211,22 +211,22 @@ fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
 }
 
 /// Bodies by (tenant, job, recent), each for the snapshot it was made from.
-#[derive(Default)]
 pub struct BodyCache {
-    bodies: Mutex<Bodies>,
+    bodies: ByteBounded<(TenantId, JobName, u32), Arc<StatsBody>>,
 }
 
-#[derive(Default)]
-struct Bodies {
-    by_key: HashMap<(TenantId, JobName, u32), Arc<StatsBody>>,
-    /// Bytes of the templates in `by_key`.
-    bytes: usize,
-}
+/// Most template bytes kept (an answer with 100 recent executions is ~20 KB).
+const BODY_CACHE_BYTES: u64 = 32 << 20;
 
-/// Most bodies kept, and most template bytes (an answer with 100 recent executions is ~20 KB);
-/// past either the cache starts over, as the snapshot cache does.
-const BODY_CACHE_ENTRIES: usize = 10_000;
-const BODY_CACHE_BYTES: usize = 32 << 20;
+impl Default for BodyCache {
+    fn default() -> Self {
+        BodyCache {
+            bodies: byte_bounded(BODY_CACHE_BYTES, 4_096, |(_, job, _), body| {
+                (body.template_bytes() + job.as_str().len() + 128) as u64
+            }),
+        }
+    }
+}
 
 impl BodyCache {
     /// The body for `snapshot`, made on first use.
@@ -238,29 +238,13 @@ impl BodyCache {
         snapshot: Arc<JobSnapshot>,
     ) -> Arc<StatsBody> {
         let key = (*tenant, job.clone(), recent);
-        if let Some(body) = self
-            .bodies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_key
-            .get(&key)
-            .filter(|body| body.is_for(&snapshot))
-        {
-            return body.clone();
+        if let Some(body) = self.bodies.get(&key).filter(|body| body.is_for(&snapshot)) {
+            return body;
         }
-        // Made outside the lock: concurrent requests for a fresh snapshot may each make one,
+        // Made outside any lock: concurrent requests for a fresh snapshot may each make one,
         // and the last stored wins; all are equal.
         let body = Arc::new(StatsBody::new(job, snapshot));
-        let size = body.template_bytes();
-        let mut bodies = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
-        if bodies.by_key.len() >= BODY_CACHE_ENTRIES || bodies.bytes + size > BODY_CACHE_BYTES {
-            bodies.by_key.clear();
-            bodies.bytes = 0;
-        }
-        if let Some(replaced) = bodies.by_key.insert(key, body.clone()) {
-            bodies.bytes = bodies.bytes.saturating_sub(replaced.template_bytes());
-        }
-        bodies.bytes += size;
+        self.bodies.insert(key, body.clone());
         body
     }
 }
@@ -410,11 +394,15 @@ mod tests {
         for i in 0..1_000 {
             let job = JobName::parse(&format!("job-{i}")).unwrap();
             cache.body(&tenant, &job, 10, snapshot(None, Some(&big_error)));
-            let bodies = cache.bodies.lock().unwrap();
-            assert!(bodies.bytes <= BODY_CACHE_BYTES, "{} bytes", bodies.bytes);
-            let counted: usize = bodies.by_key.values().map(|b| b.template_bytes()).sum();
-            assert_eq!(bodies.bytes, counted);
+            assert!(
+                cache.bodies.weight() <= BODY_CACHE_BYTES,
+                "{} bytes",
+                cache.bodies.weight()
+            );
         }
+        // Full, and still serving: the bodies kept are the ones it counts.
+        assert!(cache.bodies.weight() > BODY_CACHE_BYTES / 2);
+        assert!(cache.bodies.len() > 100);
     }
 
     #[test]

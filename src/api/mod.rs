@@ -10,6 +10,7 @@ pub mod body;
 pub mod errors;
 mod health;
 pub mod jobs;
+mod limits;
 mod params;
 mod query;
 pub mod stats;
@@ -70,14 +71,33 @@ pub fn openapi_json() -> String {
     openapi_service().spec()
 }
 
+/// Bytes of the Swagger page handed to a connection at a time.
+const DOCS_SLICE: usize = 4 * 1024;
+
 /// Builds the complete application.
 pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let api = openapi_service();
     let spec = api.spec();
-    let docs = api.swagger_ui();
+    // The Swagger page is ~1.6 MB: rendered once and shared, never copied per request.
+    let docs_page = bytes::Bytes::from(api.swagger_ui_html());
+    let docs = move || {
+        let page = docs_page.clone();
+        poem::endpoint::make_sync(move |_| {
+            // Streamed in slices of the shared page: a client that does not read holds at
+            // most what the connection buffers, not a copy of the whole page.
+            let slices: Vec<std::io::Result<bytes::Bytes>> = (0..page.len())
+                .step_by(DOCS_SLICE)
+                .map(|at| Ok(page.slice(at..(at + DOCS_SLICE).min(page.len()))))
+                .collect();
+            Response::builder()
+                .content_type("text/html; charset=utf-8")
+                .body(poem::Body::from_bytes_stream(futures::stream::iter(slices)))
+        })
+    };
     let edge_state = state.clone();
     Route::new()
-        .nest("/api/v1/docs", docs)
+        .at("/api/v1/docs", docs())
+        .at("/api/v1/docs/", docs())
         .at(
             "/api/v1/openapi.json",
             poem::endpoint::make_sync(move |_| {
@@ -201,10 +221,17 @@ fn json_error(error: poem::Error) -> Response {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    limits: &crate::config::HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let acceptor = limits::LimitedAcceptor::new(
+        TcpAcceptor::from_tokio(listener)?,
+        limits.http_max_connections as usize,
+        limits.http_request_timeout,
+    );
     poem::Server::new_with_acceptor(acceptor)
+        .idle_timeout(limits.http_idle_timeout)
+        .http2_max_concurrent_streams(limits.http2_max_streams)
         .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
         .await
 }

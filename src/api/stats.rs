@@ -263,9 +263,13 @@ pub fn extraction_error(error: poem::Error) -> ApiError {
                 ApiError::InvalidTenant("x-tenantid header is required and must be a UUID".into())
             }
             "jobName" => ApiError::InvalidJobName(format!("Invalid job name: {}", param.reason)),
-            name => {
-                ApiError::InvalidParameter(format!("Invalid parameter {name}: {}", param.reason))
-            }
+            // poem-openapi's reason names its own types (`optional_integer(uint32)`); say it
+            // in the user's words.
+            "recent" => super::query::invalid(
+                "recent",
+                &format!("must be an integer from 1 to {MAX_RECENT}"),
+            ),
+            name => super::query::invalid(name, "has an invalid value"),
         };
     }
     if error.is::<poem_openapi::error::ParsePathError>() {
@@ -313,22 +317,19 @@ impl StatsApi {
         /// The authentication realm; the token must come from it.
         #[oai(name = "realmname")]
         _realm: Header<Option<String>>,
-        /// How many recent executions to return (1–100, default 10).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        recent: Query<Option<u32>>,
+        /// How many recent executions to return (1–100, default 10). Read strictly from the
+        /// query string (a repeat is a 400), like every other parameter.
+        #[oai(
+            name = "recent",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
+        _recent: Query<Option<u32>>,
         auth: BearerAuth,
     ) -> StatsResponse {
         let Some(state) = request.data::<Arc<AppState>>() else {
             return ApiError::Internal("application state missing".into()).into();
         };
-        match answer(
-            state,
-            request,
-            tenant.0 .0,
-            &job_name.0 .0,
-            recent.0,
-            &auth.0,
-        ) {
+        match answer(state, request, tenant.0 .0, &job_name.0 .0, &auth.0) {
             Ok(body) => StatsResponse::Ok(StatsJson(body)),
             Err(error) => error.into(),
         }
@@ -340,16 +341,11 @@ fn answer(
     request: &Request,
     tenant: TenantId,
     job: &JobName,
-    recent: Option<u32>,
     principal: &Principal,
 ) -> Result<Vec<u8>, ApiError> {
     refuse_repeated_tenant(request)?;
-    let recent = recent.unwrap_or(DEFAULT_RECENT);
-    if !(1..=MAX_RECENT).contains(&recent) {
-        return Err(ApiError::InvalidParameter(format!(
-            "recent must be between 1 and {MAX_RECENT}"
-        )));
-    }
+    let params = super::query::QueryParams::of(request)?;
+    let recent = params.integer("recent", 1, MAX_RECENT, DEFAULT_RECENT)?;
     principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
     let readers = state.readers.get();
     let snapshot = readers

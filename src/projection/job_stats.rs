@@ -56,7 +56,10 @@ pub struct JobStats {
     pub completed: i64,
     pub failed: i64,
     /// Sum and count of run times over completed executions with both times known.
-    pub duration_sum_ms: i64,
+    /// Wider than any one duration: 2^63 executions of the longest run the contract allows
+    /// (year 0000 to 9999, ~3.2e14 ms) sum to ~3e33, far below i128's 1.7e38, so no history a
+    /// publisher can send overflows it.
+    pub duration_sum_ms: i128,
     pub duration_count: i64,
     pub last_finished: Option<LastFinished>,
     /// The latest start time of any execution.
@@ -114,7 +117,7 @@ impl JobStats {
         *bucket += sign;
         if execution.state == ExecutionState::Completed {
             if let Some(duration) = execution.duration_ms() {
-                self.duration_sum_ms += sign * duration;
+                self.duration_sum_ms += i128::from(sign * duration);
                 self.duration_count += sign;
             }
         }
@@ -220,7 +223,7 @@ impl JobStats {
             if let (ExecutionState::Completed, Some(duration)) =
                 (execution.state, execution.duration_ms())
             {
-                stats.duration_sum_ms += duration;
+                stats.duration_sum_ms += i128::from(duration);
                 stats.duration_count += 1;
             }
             if let Some(started) = execution.started_at {
@@ -266,7 +269,9 @@ impl JobStats {
     pub fn average_duration_ms(&self) -> Option<i64> {
         (self.duration_count > 0).then(|| {
             // Round half up, in integers: exact for any history length.
-            (self.duration_sum_ms + self.duration_count / 2) / self.duration_count
+            // The mean of i64 durations is itself within i64.
+            let count = i128::from(self.duration_count);
+            ((self.duration_sum_ms + count / 2) / count) as i64
         })
     }
 

@@ -194,6 +194,33 @@ fn consecutive_failures_count_failures_since_the_last_success_by_finish_time() {
 }
 
 /// One execution: its events (with possible exact duplicates), in a valid causal order.
+/// The earliest and latest instants the contract's timestamps can name (0000-01-01T00:00:00Z,
+/// 9999-12-31T23:59:59.999Z).
+const FIRST_INSTANT: i64 = -62_167_219_200_000;
+const LAST_INSTANT: i64 = 253_402_300_799_999;
+
+#[test]
+fn the_longest_runs_the_contract_allows_never_overflow_the_totals() {
+    // 29,300 such runs overflowed an i64 total (issue 16): twice that, applied one by one.
+    let start = FIRST_INSTANT + 5;
+    let longest = LAST_INSTANT - start;
+    let mut rows: BTreeMap<String, Execution> = BTreeMap::new();
+    let mut stats = JobStats::default();
+    for i in 0..60_000 {
+        for (id, event) in run(&format!("e{i}"), start, longest, true) {
+            let old = rows.get(&id);
+            if let Some(new) = transition(old, &event) {
+                stats.absorb(&id, old, &new);
+                rows.insert(id, new);
+            }
+        }
+    }
+    assert!(stats.duration_sum_ms > i128::from(i64::MAX));
+    assert_eq!(stats.average_duration_ms(), Some(longest));
+    let recomputed = JobStats::recompute(rows.iter().map(|(id, row)| (id.as_str(), row)), None);
+    assert_eq!(stats, recomputed);
+}
+
 fn execution_strategy(index: usize) -> impl Strategy<Value = Vec<(String, ExecutionEvent)>> {
     (
         0i64..1_000_000,
@@ -243,5 +270,32 @@ proptest! {
         let (rows, stats) = apply_all(&events);
         let recomputed = JobStats::recompute(rows.iter().map(|(id, row)| (id.as_str(), row)), None);
         prop_assert_eq!(stats, recomputed);
+    }
+
+    #[test]
+    fn extreme_timestamps_average_exactly_and_recompute_the_same(
+        runs in proptest::collection::vec(
+            (prop_oneof![Just(FIRST_INSTANT + 5), FIRST_INSTANT + 5..LAST_INSTANT], any::<bool>()),
+            1..30,
+        )
+    ) {
+        let events: Vec<_> = runs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (start, ok))| run(&format!("x{i}"), *start, LAST_INSTANT - start, *ok))
+            .collect();
+        let (rows, stats) = apply_all(&events);
+        let recomputed = JobStats::recompute(rows.iter().map(|(id, row)| (id.as_str(), row)), None);
+        prop_assert_eq!(&stats, &recomputed);
+        let durations: Vec<i128> = runs
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(start, _)| i128::from(LAST_INSTANT - start))
+            .collect();
+        let count = durations.len() as i128;
+        let expected = (count > 0)
+            .then(|| ((durations.iter().sum::<i128>() + count / 2) / count) as i64);
+        prop_assert_eq!(stats.average_duration_ms(), expected);
+        prop_assert!(expected.is_none_or(|avg| avg >= 0));
     }
 }

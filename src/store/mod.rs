@@ -16,6 +16,37 @@ use rusqlite::Connection;
 
 use crate::projection::{JobStats, LastFinished, OutcomeRun, ScheduleRecord};
 
+/// An i128 in SQLite, which has no such type: an INTEGER while it fits in 64 bits (every
+/// realistic total, and files written before totals were wide), else 16 big-endian bytes. A
+/// BLOB, not TEXT, because INTEGER affinity turns a too-large numeric text into a lossy REAL.
+pub(crate) struct WideInt(pub i128);
+
+impl rusqlite::types::ToSql for WideInt {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value};
+        Ok(ToSqlOutput::Owned(match i64::try_from(self.0) {
+            Ok(narrow) => Value::Integer(narrow),
+            Err(_) => Value::Blob(self.0.to_be_bytes().to_vec()),
+        }))
+    }
+}
+
+impl rusqlite::types::FromSql for WideInt {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        use rusqlite::types::{FromSqlError, ValueRef};
+        match value {
+            ValueRef::Integer(narrow) => Ok(WideInt(i128::from(narrow))),
+            ValueRef::Blob(bytes) => <[u8; 16]>::try_from(bytes)
+                .map(|b| WideInt(i128::from_be_bytes(b)))
+                .map_err(|_| FromSqlError::InvalidBlobSize {
+                    expected_size: 16,
+                    blob_size: bytes.len(),
+                }),
+            _ => Err(FromSqlError::InvalidType),
+        }
+    }
+}
+
 pub use reader::{
     CurrentReader, DeadLetter, ExecutionSummary, ExecutionsQuery, Freshness, HealthData,
     JobSnapshot, ReadPool,
@@ -116,7 +147,7 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
         processing: r.get(1)?,
         completed: r.get(2)?,
         failed: r.get(3)?,
-        duration_sum_ms: r.get(4)?,
+        duration_sum_ms: r.get::<_, WideInt>(4)?.0,
         duration_count: r.get(5)?,
         last_finished,
         last_started_at: r.get(9)?,
@@ -220,5 +251,44 @@ pub fn frozen_until(path: &Path) -> Result<Option<String>, StoreError> {
         Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
         Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WideInt;
+
+    #[test]
+    fn wide_totals_round_trip_through_an_integer_column() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (total INTEGER NOT NULL)")
+            .unwrap();
+        let values = [
+            0,
+            -7,
+            i128::from(i64::MAX),
+            i128::from(i64::MAX) + 1,
+            i128::from(i64::MIN) - 1,
+            9_503_800_000_000_000_000_000,
+        ];
+        for value in values {
+            conn.execute("INSERT INTO t (total) VALUES (?1)", [WideInt(value)])
+                .unwrap();
+        }
+        let read: Vec<i128> = conn
+            .prepare("SELECT total FROM t ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok(r.get::<_, WideInt>(0)?.0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(read, values);
+        // Values that fit stay plain integers, readable by any SQL client.
+        let kind: String = conn
+            .query_row("SELECT typeof(total) FROM t WHERE rowid = 3", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kind, "integer");
     }
 }

@@ -12,6 +12,7 @@ use super::{
     configure_common, job_stats_from_row, resolve, StoreError, JOB_STATS_COLUMNS,
     JOB_STATS_COLUMN_COUNT,
 };
+use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
 use crate::projection::{health, ExecutionState, JobStats};
 
@@ -74,7 +75,8 @@ pub struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     /// Snapshots by (tenant, job, recent), each valid until its job changes.
-    snapshots: Mutex<SnapshotCache>,
+    snapshots: ByteBounded<(TenantId, String, u32), Arc<JobSnapshot>>,
+    changes: Mutex<ChangeLog>,
     /// Fire lists by cron expression, shared by every job with that cron.
     fires: FiresCache,
 }
@@ -82,13 +84,22 @@ pub struct ReadPool {
 /// Fire lists by cron expression. Listing a cron's fires is the dominant cost of judging
 /// health (a microsecond per fire: ~16 ms for a once-a-minute cron's 11 days), and jobs share
 /// a handful of crons, so each list is made once and reused until time moves past its span.
-#[derive(Default)]
 struct FiresCache {
-    lists: Mutex<HashMap<String, health::Fires>>,
+    lists: ByteBounded<String, health::Fires>,
 }
 
-/// Past this many listed fires (8 bytes each) the fires cache starts over.
-const FIRES_CACHE_FIRES: usize = 2_000_000;
+/// Bytes of fire lists kept (8 per fire: a once-a-minute cron's list is ~200 KB).
+const FIRES_CACHE_BYTES: u64 = 16 << 20;
+
+impl Default for FiresCache {
+    fn default() -> Self {
+        FiresCache {
+            lists: byte_bounded(FIRES_CACHE_BYTES, 16_384, |cron, fires| {
+                (cron.len() + fires.len() * std::mem::size_of::<i64>() + 256) as u64
+            }),
+        }
+    }
+}
 
 impl FiresCache {
     /// Fires of `cron` covering [`health::Fires::judging_span`], from the cache when it has
@@ -102,46 +113,43 @@ impl FiresCache {
     ) -> health::Fires {
         const DAY: i64 = 86_400_000;
         let (from, until) = health::Fires::judging_span(earliest_as_of, latest_as_of);
-        {
-            let lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(fires) = lists.get(cron.expression()) {
-                if fires.covers(from, until) {
-                    return fires.clone();
-                }
+        if let Some(fires) = self.lists.get(cron.expression()) {
+            if fires.covers(from, until) {
+                return fires;
             }
         }
         let from = (from - DAY).div_euclid(DAY) * DAY;
         let until = (until + DAY).div_euclid(DAY) * DAY + DAY;
         let fires = health::Fires::new(cron.clone(), from, until);
-        let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
-        let listed: usize = lists.values().map(health::Fires::len).sum();
-        if listed + fires.len() > FIRES_CACHE_FIRES {
-            lists.clear();
-        }
-        lists.insert(cron.expression().to_owned(), fires.clone());
+        self.lists
+            .insert(cron.expression().to_owned(), fires.clone());
         fires
     }
 }
 
+/// When jobs last changed, which decides whether a cached snapshot is still the truth.
 #[derive(Default)]
-struct SnapshotCache {
-    snapshots: HashMap<(TenantId, String, u32), Arc<JobSnapshot>>,
+struct ChangeLog {
     /// The checkpoint of the last commit that changed each job (reported by the writer's
     /// owner before it publishes the new checkpoint).
     changed_at: HashMap<(TenantId, String), u64>,
     /// Set when `changed_at` is reset: snapshots read before it are not trusted.
     floor: u64,
-    /// Estimated heap bytes of `snapshots`.
-    bytes: usize,
 }
 
-/// Most snapshots kept, and most bytes they may hold (a snapshot carries up to 100 recent
-/// executions); past either the cache starts over (it refills from hot jobs quickly).
-const SNAPSHOT_CACHE_ENTRIES: usize = 10_000;
-const SNAPSHOT_CACHE_BYTES: usize = 32 << 20;
+/// Jobs whose last change is remembered (~100 bytes each); past it the log starts over from
+/// a floor, which only costs re-reads.
+const CHANGE_LOG_ENTRIES: usize = 200_000;
+/// Bytes of snapshots kept (a snapshot carries up to 100 recent executions and, for a frequent
+/// cron, up to 400 KB of start times).
+const SNAPSHOT_CACHE_BYTES: u64 = 32 << 20;
 
 /// A rough size of one snapshot in memory, for the cache's budget.
-fn snapshot_bytes(snapshot: &JobSnapshot) -> usize {
+fn snapshot_bytes(key: &(TenantId, String, u32), snapshot: &Arc<JobSnapshot>) -> u64 {
+    (key.1.len() + snapshot_heap_bytes(snapshot)) as u64
+}
+
+fn snapshot_heap_bytes(snapshot: &JobSnapshot) -> usize {
     let executions: usize = snapshot
         .recent
         .iter()
@@ -170,7 +178,8 @@ impl ReadPool {
         let pool = ReadPool {
             path: resolve(path),
             idle: Mutex::new(Vec::new()),
-            snapshots: Mutex::new(SnapshotCache::default()),
+            snapshots: byte_bounded(SNAPSHOT_CACHE_BYTES, 2_048, snapshot_bytes),
+            changes: Mutex::new(ChangeLog::default()),
             fires: FiresCache::default(),
         };
         // Fail early (and keep the connection) if the file cannot be read.
@@ -233,16 +242,15 @@ impl ReadPool {
     /// Records that a commit at `sequence` changed these jobs, so their cached snapshots are
     /// read again; other jobs' snapshots stay valid. Call before publishing the checkpoint.
     pub fn jobs_changed(&self, jobs: &[(TenantId, String)], sequence: u64) {
-        let mut cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.changed_at.len() >= SNAPSHOT_CACHE_ENTRIES {
-            // Forgetting when jobs changed would make stale snapshots look valid: drop them too.
-            cache.changed_at.clear();
-            cache.snapshots.clear();
-            cache.bytes = 0;
-            cache.floor = sequence;
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if changes.changed_at.len() + jobs.len() > CHANGE_LOG_ENTRIES {
+            // Forgetting when jobs changed would make stale snapshots look valid: nothing read
+            // before this commit is trusted any more.
+            changes.changed_at.clear();
+            changes.floor = sequence;
         }
         for job in jobs {
-            cache.changed_at.insert(job.clone(), sequence);
+            changes.changed_at.insert(job.clone(), sequence);
         }
     }
 
@@ -255,36 +263,23 @@ impl ReadPool {
         recent: u32,
     ) -> Result<Option<Arc<JobSnapshot>>, StoreError> {
         let key = (*tenant, job.as_str().to_owned(), recent);
-        {
-            let cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(hit) = cache.snapshots.get(&key) {
-                let changed_at = cache
-                    .changed_at
-                    .get(&(key.0, key.1.clone()))
-                    .copied()
-                    .unwrap_or(0)
-                    .max(cache.floor);
-                if hit.freshness.last_sequence >= changed_at {
-                    return Ok(Some(hit.clone()));
-                }
+        if let Some(hit) = self.snapshots.get(&key) {
+            let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+            let changed_at = changes
+                .changed_at
+                .get(&(key.0, key.1.clone()))
+                .copied()
+                .unwrap_or(0)
+                .max(changes.floor);
+            if hit.freshness.last_sequence >= changed_at {
+                return Ok(Some(hit));
             }
         }
         let Some(snapshot) = self.job_snapshot(tenant, job, recent)? else {
             return Ok(None);
         };
         let snapshot = Arc::new(snapshot);
-        let mut cache = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        let size = snapshot_bytes(&snapshot);
-        if cache.snapshots.len() >= SNAPSHOT_CACHE_ENTRIES
-            || cache.bytes + size > SNAPSHOT_CACHE_BYTES
-        {
-            cache.snapshots.clear();
-            cache.bytes = 0;
-        }
-        if let Some(replaced) = cache.snapshots.insert(key, snapshot.clone()) {
-            cache.bytes = cache.bytes.saturating_sub(snapshot_bytes(&replaced));
-        }
-        cache.bytes += size;
+        self.snapshots.insert(key, snapshot.clone());
         Ok(Some(snapshot))
     }
 

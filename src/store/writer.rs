@@ -416,7 +416,7 @@ impl<'w> BatchState<'w> {
                 s.processing,
                 s.completed,
                 s.failed,
-                s.duration_sum_ms,
+                super::WideInt(s.duration_sum_ms),
                 s.duration_count,
                 last.map(|l| l.finished_at),
                 last.map(|l| l.execution_id.as_str()),

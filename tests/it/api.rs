@@ -530,7 +530,15 @@ async fn errors_are_json_everywhere() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
     let auth = format!("Bearer {}", admin_token());
-    for query in ["recent=0", "recent=101", "recent=abc"] {
+    // Every bad value, and a repeat (which poem would silently read as its first), is a 400
+    // whose message names the parameter in the user's words, not the framework's types.
+    for query in [
+        "recent=0",
+        "recent=101",
+        "recent=abc",
+        "recent=5&recent=7",
+        "recent=-1",
+    ] {
         let (status, body, _) = get(
             &f.app,
             &format!("/api/v1/admin/jobs/tokenExpiry/stats?{query}"),
@@ -541,6 +549,12 @@ async fn errors_are_json_everywhere() {
             (status, body["error"]["code"].as_str().unwrap()),
             (400, "INVALID_PARAMETER"),
             "{query}"
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("recent"), "{query}: {message}");
+        assert!(
+            !message.contains("uint32") && !message.contains("optional_"),
+            "{query}: {message}"
         );
     }
     let head = f

@@ -193,6 +193,7 @@ impl App {
             consumer: "jobstats-test".into(),
             read_only,
             jwt,
+            http: Default::default(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = Shutdown::new(async move {
@@ -334,9 +335,15 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(nats_url: &str, db_path: &Path) -> Self {
+        Self::start_with_env(nats_url, db_path, &[])
+    }
+
+    /// [`ServeProcess::start`] with more settings in the environment.
+    pub fn start_with_env(nats_url: &str, db_path: &Path, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new(BIN)
             .arg("serve")
+            .envs(env.iter().copied())
             .env("JOBSTATS_NATS_URL", nats_url)
             .env("JOBSTATS_DB_PATH", db_path)
             .env("JOBSTATS_LISTEN", format!("127.0.0.1:{port}"))

@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod contract;
 mod fresh_machine;
+mod hardening;
 mod health;
 mod helpers;
 mod jobs;
