@@ -153,11 +153,11 @@ pub async fn run(
             }
             Err(error) => {
                 failures += 1;
-                projector
-                    .handles
-                    .status
-                    .last_error_at_ms
-                    .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                // Nothing past the checkpoint was acknowledged: the stream keeps it, reads go
+                // on from the file, and /readyz says why the projection stands still until a
+                // commit succeeds again (a full disk frees up, NATS returns).
+                projector.handles.status.record_error(&error.to_string());
+                projector.handles.metrics.projector_errors.inc();
                 let pause = Duration::from_millis((250 * 2u64.pow(failures.min(5))).min(5_000));
                 tracing::warn!(%error, ?pause, "projector session failed; retrying");
                 tokio::select! {
@@ -448,6 +448,7 @@ impl Projector {
         .await
         .map_err(|e| ProjectorError::Writer(e.to_string()))?;
         let outcome = outcome?;
+        self.handles.status.clear_error();
         // AckPolicy::All: this acknowledges every message up to it.
         if let Err(e) = last.ack().await {
             tracing::debug!(error = %e, "ack not sent; the messages will be redelivered and skipped");
@@ -488,7 +489,6 @@ impl Projector {
         let status = &self.handles.status;
         status.last_sequence.store(checkpoint, Ordering::Release);
         status.lag.store(lag, Ordering::Relaxed);
-        status.last_error_at_ms.store(0, Ordering::Relaxed);
         if lag == 0 {
             status.caught_up.store(true, Ordering::Relaxed);
         }

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub rebuild_events_total: Gauge,
     pub rebuilds_completed: Counter,
     pub jobs_by_health: Family<JobHealthLabels, Gauge>,
+    pub projector_errors: Counter,
     /// When `jobs_by_health` was last counted; held while a scrape recounts, so concurrent
     /// scrapes wait for one count instead of each judging every job.
     pub jobs_by_health_counted: tokio::sync::Mutex<Option<std::time::Instant>>,
@@ -64,6 +65,13 @@ impl Default for Metrics {
         let rebuild_events_total = Gauge::default();
         let rebuilds_completed = Counter::default();
         let jobs_by_health = Family::<JobHealthLabels, Gauge>::default();
+        let projector_errors = Counter::default();
+        registry.register(
+            "projector_errors",
+            "Projector sessions that failed (NATS, or the database: a full disk, an I/O \
+             error); nothing past the checkpoint is acknowledged, and it retries",
+            projector_errors.clone(),
+        );
         registry.register(
             "jobs",
             "Jobs by health state (CONTRACT §5) per tenant, counted at scrape time at most every \
@@ -139,6 +147,7 @@ impl Default for Metrics {
             rebuild_events_total,
             rebuilds_completed,
             jobs_by_health,
+            projector_errors,
             jobs_by_health_counted: tokio::sync::Mutex::new(None),
         }
     }
@@ -180,8 +189,12 @@ pub struct ProjectorStatus {
     pub rebuilding: AtomicBool,
     pub rebuild_done: AtomicU64,
     pub rebuild_total: AtomicU64,
-    /// Unix ms of the last projector error (0: none since the last success).
+    /// Unix ms of the last projector error (0: none since the last successful commit).
     pub last_error_at_ms: AtomicI64,
+    /// What that error said (e.g. "database or disk is full").
+    pub last_error: std::sync::Mutex<Option<String>>,
+    /// What start-up had to repair (a damaged database moved aside), reported until restart.
+    pub startup_recovery: std::sync::Mutex<Option<String>>,
     /// Unix ms since which NATS has been unreachable (0: connected).
     pub disconnected_since_ms: AtomicI64,
     /// The highest stream sequence delivered to the projector (applied or not yet).
@@ -208,9 +221,26 @@ impl ProjectorStatus {
         }
     }
 
-    pub fn ready(&self) -> bool {
-        self.nats_connected.load(Ordering::Relaxed)
-            && self.caught_up.load(Ordering::Relaxed)
-            && !self.rebuilding.load(Ordering::Relaxed)
+    pub fn record_error(&self, error: &str) {
+        self.last_error_at_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_owned());
+    }
+
+    pub fn clear_error(&self) {
+        if self.last_error_at_ms.swap(0, Ordering::Relaxed) != 0 {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// The projector's failure since its last successful commit, if any.
+    pub fn error(&self) -> Option<String> {
+        if self.last_error_at_ms.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

@@ -64,6 +64,32 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let status = Arc::new(ProjectorStatus::default());
 
+    // Checked before anything reads the file. A damaged file cannot say whether it was a
+    // point-in-time copy, so only an explicit --read-only keeps it from being rebuilt.
+    let damaged = (!options.read_only)
+        .then(|| store::integrity_problem(&db_path))
+        .flatten();
+    if let Some(problem) = damaged {
+        // The stream is the source of truth: a damaged file is kept for a post-mortem and
+        // the read model is built again from sequence 1; /readyz says so until caught up.
+        let aside = store::move_aside(&db_path).with_context(|| {
+            format!(
+                "JOBSTATS_DB_PATH {}: moving a damaged file aside",
+                db_path.display()
+            )
+        })?;
+        let recovery = format!(
+            "{} failed its integrity check ({problem}); moved to {} and rebuilding from the stream",
+            db_path.display(),
+            aside.display()
+        );
+        tracing::error!("{recovery}");
+        *status
+            .startup_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(recovery);
+    }
+
     let frozen = store::frozen_until(&db_path)
         .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
     if options.read_only || frozen.is_some() {
@@ -99,7 +125,6 @@ pub async fn serve(
     let _serve_lock = generation::lock_serve(&db_path)
         .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
     generation::remove_leftovers(&db_path)?;
-
     let built_with = store::projection_version_of(&db_path)?;
     let needs_rebuild = built_with.is_some_and(|v| v != PROJECTION_VERSION);
     let writer = if needs_rebuild {

@@ -33,9 +33,10 @@ pub fn readyz(state: Data<&Arc<AppState>>) -> Response {
         .map(|c| c.connection_state() == async_nats::connection::State::Connected);
     let caught_up = status.caught_up.load(Ordering::Relaxed);
     let rebuilding = status.rebuilding.load(Ordering::Relaxed);
+    let projector_error = status.error();
     let ready = match nats_connected {
         None => true,
-        Some(connected) => connected && caught_up && !rebuilding,
+        Some(connected) => connected && caught_up && !rebuilding && projector_error.is_none(),
     };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
@@ -43,6 +44,11 @@ pub fn readyz(state: Data<&Arc<AppState>>) -> Response {
         "caughtUp": caught_up,
         "lastAppliedSequence": status.last_sequence.load(Ordering::Relaxed),
         "lagEvents": status.lag.load(Ordering::Relaxed),
+        // Why the projection stands still (e.g. "database or disk is full"), null when it
+        // does not.
+        "projectorError": projector_error,
+        // A damaged database found at start, moved aside and rebuilt (null: none).
+        "startupRecovery": *status.startup_recovery.lock().unwrap_or_else(|p| p.into_inner()),
         "rebuild": if rebuilding {
             serde_json::json!({
                 "inProgress": true,

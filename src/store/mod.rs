@@ -88,6 +88,50 @@ pub fn resolve(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// What is wrong with the database at `path`, if anything: it cannot be opened as SQLite, or
+/// `PRAGMA quick_check` finds damage. `None` for a sound file or no file. O(file size).
+pub fn integrity_problem(path: &Path) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    let check = || -> rusqlite::Result<String> {
+        let conn = Connection::open_with_flags(
+            resolve(path),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let mut stmt = conn.prepare("PRAGMA quick_check(5)")?;
+        let lines: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(lines.join("; "))
+    };
+    match check() {
+        Ok(verdict) if verdict == "ok" => None,
+        Ok(verdict) => Some(format!("quick_check: {verdict}")),
+        Err(error) => Some(error.to_string()),
+    }
+}
+
+/// Moves a damaged database (the file `path` names, its `-wal`/`-shm`, and a generation
+/// symlink) aside as `<file>.corrupt-<unix ms>`, so a new one can be built from the stream and
+/// the old one is kept for a post-mortem. Returns where the file went.
+pub fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let file = resolve(path);
+    let stamp = chrono::Utc::now().timestamp_millis();
+    let aside = PathBuf::from(format!("{}.corrupt-{stamp}", file.display()));
+    std::fs::rename(&file, &aside)?;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", file.display()));
+        if side.exists() {
+            std::fs::rename(&side, format!("{}{suffix}", aside.display()))?;
+        }
+    }
+    if path.is_symlink() {
+        std::fs::remove_file(path)?;
+    }
+    Ok(aside)
+}
+
 /// The `job_stats` columns [`job_stats_from_row`] reads, in its order.
 const JOB_STATS_COLUMNS: &str = "pending, processing, completed, failed, duration_sum_ms, \
      duration_count, last_finished_at, last_finished_execution_id, last_finished_duration_ms, \

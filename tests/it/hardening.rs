@@ -6,7 +6,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use chrono::TimeZone;
+use jobstats::publish::EventBuilder;
+
 use crate::helpers::*;
+
+fn t0() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
 
 /// Whether the server has closed `stream` (reads end or fail) within `within`.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
@@ -189,4 +196,222 @@ fn rss_kb(pid: u32) -> i64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// Whether this machine lets the test give a process a small filesystem of its own.
+fn can_mount_tmpfs(at: &std::path::Path) -> bool {
+    running_as_root()
+        && std::process::Command::new("/usr/bin/unshare")
+            .args(["-m", "/bin/sh", "-c"])
+            .arg(format!(
+                "/usr/bin/mount -t tmpfs -o size=1m tmpfs {}",
+                at.display()
+            ))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+async fn readyz(serve: &ServeProcess) -> serde_json::Value {
+    serve
+        .http
+        .get(serve.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_disk_stops_the_projection_and_it_resumes_with_nothing_lost_or_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    if !can_mount_tmpfs(&disk) {
+        eprintln!("skipped: a small filesystem needs root and mount namespaces here");
+        return;
+    }
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    // `serve` on a 2 MB filesystem of its own (a mount namespace: nothing else sees it).
+    let port = free_port();
+    let child = std::process::Command::new("/usr/bin/unshare")
+        .args(["-m", "/bin/sh", "-c"])
+        .arg(format!(
+            "/usr/bin/mount -t tmpfs -o size=2m tmpfs {} && exec {BIN} serve",
+            disk.display()
+        ))
+        .env("JOBSTATS_NATS_URL", nats.url())
+        .env("JOBSTATS_DB_PATH", disk.join("stats.db"))
+        .env("JOBSTATS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("JOBSTATS_JWT_HS256_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let serve = ServeProcess {
+        child,
+        address: format!("127.0.0.1:{port}").parse().unwrap(),
+        http: reqwest::Client::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while healthz_within(&serve.url("/healthz"), Duration::from_secs(1))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "serve did not come up on its small disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publisher = nats.publisher().await;
+    let before = runs(
+        "before",
+        100,
+        t0(),
+        chrono::Duration::seconds(1),
+        |_| 1_000,
+        |_| true,
+    );
+    serve
+        .wait_applied(publish_all(&publisher, &before).await)
+        .await;
+    assert_eq!(
+        serve.stats("before").await["data"]["queue"]["completed"],
+        100
+    );
+
+    // 3,000 failures with 2,000-character messages: several times what the disk holds.
+    let error = "e".repeat(2_000);
+    let mut bulk = Vec::new();
+    for i in 0..3_000 {
+        let run = EventBuilder::new(TENANT, "bulk")
+            .unwrap()
+            .execution(&format!("b{i}"))
+            .unwrap();
+        let start = t0() + chrono::Duration::seconds(i);
+        bulk.push(run.clone().at(start).started().unwrap());
+        bulk.push(
+            run.at(start + chrono::Duration::seconds(1))
+                .failed(None, Some(&error))
+                .unwrap(),
+        );
+    }
+    let head = publish_all(&publisher, &bulk).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stalled = loop {
+        let ready = readyz(&serve).await;
+        if ready["projectorError"]
+            .as_str()
+            .is_some_and(|e| e.contains("full"))
+        {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "the disk never filled: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stalled["status"], "not_ready", "{stalled}");
+    assert!(stalled["lastAppliedSequence"].as_u64().unwrap() < head);
+    // Reads go on from what was committed.
+    assert_eq!(
+        serve.stats("before").await["data"]["queue"]["completed"],
+        100
+    );
+
+    // Space comes back (as when an operator frees the disk): the projector resumes by itself.
+    let grown = std::process::Command::new("/usr/bin/nsenter")
+        .arg(format!("--mount=/proc/{}/ns/mnt", serve.child.id()))
+        .args(["/usr/bin/mount", "-o", "remount,size=256m"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    serve.wait_applied(head).await;
+    let stats = serve.stats("bulk").await["data"].clone();
+    assert_eq!(stats["queue"]["failed"], 3_000, "{stats}");
+    assert_eq!(stats["queue"]["processing"], 0, "{stats}");
+    assert_eq!(
+        serve.stats("before").await["data"]["queue"]["completed"],
+        100
+    );
+    let ready = readyz(&serve).await;
+    assert_eq!(ready["projectorError"], serde_json::Value::Null, "{ready}");
+}
+
+#[tokio::test]
+async fn a_damaged_database_is_moved_aside_and_rebuilt_with_the_same_answers() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stats.db");
+    nats.ensure_stream().await;
+    let mut serve = ServeProcess::start(&nats.url(), &db);
+    let publisher = nats.publisher().await;
+    let events = runs(
+        "steady",
+        2_000,
+        t0(),
+        chrono::Duration::seconds(1),
+        |i| 500 + i,
+        |i| i % 7 != 0,
+    );
+    let head = publish_all(&publisher, &events).await;
+    serve.wait_applied(head).await;
+    let before = serve.stats("steady").await["data"].clone();
+    serve.signal("TERM");
+    serve.child.wait().unwrap();
+
+    // Everything into the main file first (serve leaves recent commits in the WAL).
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    // Up to 64 KB of garbage over the file's b-tree pages, as a bad disk or a stray write would.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(std::fs::canonicalize(&db).unwrap())
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        assert!(len > 8_192, "{len} bytes");
+        file.seek(SeekFrom::Start(4_096)).unwrap();
+        let garbage = vec![0xAB; (len - 4_096).min(65_536) as usize];
+        file.write_all(&garbage).unwrap();
+    }
+    assert!(jobstats::store::integrity_problem(&db).is_some());
+
+    let serve = ServeProcess::start(&nats.url(), &db);
+    serve.wait_applied(head).await;
+    let ready = readyz(&serve).await;
+    let recovery = ready["startupRecovery"].as_str().unwrap_or_default();
+    assert!(
+        recovery.contains("integrity check") && recovery.contains(".corrupt-"),
+        "{ready}"
+    );
+    let after = serve.stats("steady").await["data"].clone();
+    for field in [
+        "queue",
+        "averageExecutionTimeMs",
+        "successRate",
+        "lastExecutionTime",
+    ] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    let kept = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
+    assert!(kept, "the damaged file is kept for a post-mortem");
 }
