@@ -415,3 +415,47 @@ async fn a_damaged_database_is_moved_aside_and_rebuilt_with_the_same_answers() {
         .any(|e| e.file_name().to_string_lossy().contains(".corrupt-"));
     assert!(kept, "the damaged file is kept for a post-mortem");
 }
+
+#[tokio::test]
+async fn ten_thousand_large_valid_tokens_do_not_grow_the_server_without_bound() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::start(&nats.url(), &dir.path().join("stats.db"));
+    healthz_within(&serve.url("/healthz"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let rss_before = rss_kb(serve.child.id());
+    let now = chrono::Utc::now().timestamp();
+    let padding = "x".repeat(5_600);
+    for i in 0..10_000 {
+        let token = jobstats::api::auth::mint_hs256(
+            SECRET,
+            &jobstats::api::auth::DevClaims {
+                sub: format!("user-{i}-{padding}"),
+                roles: vec!["super_admin".into()],
+                tenant_id: None,
+                iss: None,
+                iat: now,
+                exp: now + 600,
+            },
+        )
+        .unwrap();
+        assert!(token.len() > 7_000);
+        let response = serve
+            .http
+            .get(serve.url("/api/v1/admin/jobs/none/stats"))
+            .bearer_auth(&token)
+            .header("x-tenantid", TENANT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "a valid token is accepted");
+    }
+    // Every token is cached once verified; the cache is bounded in bytes (8 MB), so 75 MB of
+    // tokens cannot stay in memory (they grew the process by 84 MB when it counted entries).
+    let grown_mb = (rss_kb(serve.child.id()) - rss_before) as f64 / 1024.0;
+    assert!(
+        grown_mb < 40.0,
+        "10,000 tokens grew the server by {grown_mb:.0} MB"
+    );
+}
