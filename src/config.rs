@@ -141,6 +141,10 @@ pub struct ServeOptions {
     /// sets no `maxRuntimeMs` (e.g. `90m`, `2h`; 1s–30d).
     #[arg(long, env = "JOBSTATS_MAX_RUNTIME", default_value = "1h", value_parser = parse_max_runtime)]
     pub max_runtime: Duration,
+    /// A second address for `/readyz` and `/metrics` (and `/healthz`); when set, the API
+    /// address no longer serves the first two, so it can face the internet.
+    #[arg(long, env = "JOBSTATS_ADMIN_LISTEN", value_parser = parse_listen)]
+    pub admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub jwt: JwtOptions,
     #[command(flatten)]

@@ -393,6 +393,7 @@ pub async fn demo(
         consumer: "jobstats-demo".into(),
         read_only: false,
         http: Default::default(),
+        admin_listen: None,
         jwt: JwtOptions {
             jwt_hs256_secret: Some(secret.clone()),
             jwt_public_key_file: None,

@@ -118,7 +118,14 @@ pub async fn serve(
             bodies: Default::default(),
             default_max_runtime_ms: options.max_runtime.as_millis() as i64,
         });
-        api::serve(listener, state, &options.http, shutdown.wait()).await?;
+        api::serve(
+            listener,
+            admin_listener(options).await?,
+            state,
+            &options.http,
+            shutdown.wait(),
+        )
+        .await?;
         return Ok(());
     }
 
@@ -189,7 +196,13 @@ pub async fn serve(
         default_max_runtime_ms: options.max_runtime.as_millis() as i64,
     });
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
-    let http = api::serve(listener, state, &options.http, shutdown.wait());
+    let http = api::serve(
+        listener,
+        admin_listener(options).await?,
+        state,
+        &options.http,
+        shutdown.wait(),
+    );
     let http_result = http.await;
     // The projector commits the batch in hand before it returns.
     if let Err(e) = projector.await {
@@ -292,4 +305,15 @@ impl Progress for StatusProgress {
     fn finish(&mut self) {
         self.human.finish();
     }
+}
+
+/// Binds `JOBSTATS_ADMIN_LISTEN`, when set.
+async fn admin_listener(options: &ServeOptions) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(address) = options.admin_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("JOBSTATS_ADMIN_LISTEN {address}: cannot listen"))?;
+    Ok(Some(listener))
 }

@@ -74,8 +74,18 @@ pub fn openapi_json() -> String {
 /// Bytes of the Swagger page handed to a connection at a time.
 const DOCS_SLICE: usize = 4 * 1024;
 
+/// Where `/readyz` and `/metrics` are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operations {
+    /// On the API port, beside the API.
+    WithApi,
+    /// Only on the admin listener (`JOBSTATS_ADMIN_LISTEN`), so an exposed API port does not
+    /// show them; `/healthz` stays on both.
+    Separate,
+}
+
 /// Builds the complete application.
-pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
+pub fn app(state: Arc<AppState>, operations: Operations) -> impl Endpoint<Output = Response> {
     let api = openapi_service();
     let spec = api.spec();
     // The Swagger page is ~1.6 MB: rendered once and shared, never copied per request.
@@ -95,7 +105,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         })
     };
     let edge_state = state.clone();
-    Route::new()
+    let routes = Route::new()
         .at("/api/v1/docs", docs())
         .at("/api/v1/docs/", docs())
         .at(
@@ -107,9 +117,14 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             }),
         )
         .nest("/api/v1", api)
-        .at("/healthz", poem::get(health::healthz))
-        .at("/readyz", poem::get(health::readyz))
-        .at("/metrics", poem::get(health::metrics))
+        .at("/healthz", poem::get(health::healthz));
+    let routes = match operations {
+        Operations::WithApi => routes
+            .at("/readyz", poem::get(health::readyz))
+            .at("/metrics", poem::get(health::metrics)),
+        Operations::Separate => routes,
+    };
+    routes
         .data(state)
         .around(move |endpoint, request| {
             let state = edge_state.clone();
@@ -217,21 +232,54 @@ fn json_error(error: poem::Error) -> Response {
     response
 }
 
-/// Serves until `shutdown` resolves, then drains requests for up to 10 s.
+/// The admin listener's application: `/healthz`, `/readyz` and `/metrics` only.
+pub fn admin_app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
+    Route::new()
+        .at("/healthz", poem::get(health::healthz))
+        .at("/readyz", poem::get(health::readyz))
+        .at("/metrics", poem::get(health::metrics))
+        .data(state)
+        .catch_all_error(|error: poem::Error| async move { json_error(error) })
+}
+
+/// Serves the API (and, given `admin`, the operations endpoints there instead) until
+/// `shutdown` resolves, then drains requests for up to 10 s.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
     state: Arc<AppState>,
     limits: &crate::config::HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let acceptor = limits::LimitedAcceptor::new(
-        TcpAcceptor::from_tokio(listener)?,
-        limits.http_max_connections as usize,
-        limits.http_request_timeout,
-    );
-    poem::Server::new_with_acceptor(acceptor)
-        .idle_timeout(limits.http_idle_timeout)
-        .http2_max_concurrent_streams(limits.http2_max_streams)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
-        .await
+    use futures::FutureExt;
+    let shutdown = shutdown.shared();
+    let server = |listener| -> std::io::Result<_> {
+        let acceptor = limits::LimitedAcceptor::new(
+            TcpAcceptor::from_tokio(listener)?,
+            limits.http_max_connections as usize,
+            limits.http_request_timeout,
+        );
+        Ok(poem::Server::new_with_acceptor(acceptor)
+            .idle_timeout(limits.http_idle_timeout)
+            .http2_max_concurrent_streams(limits.http2_max_streams))
+    };
+    let drain = Some(Duration::from_secs(10));
+    match admin {
+        None => {
+            server(listener)?
+                .run_with_graceful_shutdown(app(state, Operations::WithApi), shutdown, drain)
+                .await
+        }
+        Some(admin) => {
+            let api = server(listener)?.run_with_graceful_shutdown(
+                app(state.clone(), Operations::Separate),
+                shutdown.clone(),
+                drain,
+            );
+            let operations =
+                server(admin)?.run_with_graceful_shutdown(admin_app(state), shutdown, drain);
+            let (api, operations) = tokio::join!(api, operations);
+            api.and(operations)
+        }
+    }
 }

@@ -447,7 +447,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
         bodies: Default::default(),
         default_max_runtime_ms: 3_600_000,
     });
-    let app = jobstats::api::app(state);
+    let app = jobstats::api::app(state, jobstats::api::Operations::WithApi);
     let now = Utc::now().timestamp();
     let token = jobstats::api::auth::mint_hs256(
         BENCH_SECRET,

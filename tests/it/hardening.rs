@@ -459,3 +459,56 @@ async fn ten_thousand_large_valid_tokens_do_not_grow_the_server_without_bound() 
         "10,000 tokens grew the server by {grown_mb:.0} MB"
     );
 }
+
+#[tokio::test]
+async fn an_admin_listener_keeps_metrics_and_readiness_off_the_api_port() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let serve = ServeProcess::start_with_env(
+        &nats.url(),
+        &dir.path().join("stats.db"),
+        &[("JOBSTATS_ADMIN_LISTEN", &admin)],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while healthz_within(&format!("http://{admin}/healthz"), Duration::from_secs(1))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no admin listener");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    healthz_within(&serve.url("/healthz"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    for path in ["/metrics", "/readyz"] {
+        let response = reqwest::get(serve.url(path)).await.unwrap();
+        assert_eq!(response.status(), 404, "{path} on the API port");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "NOT_FOUND", "{path}");
+    }
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("jobstats_events_applied"), "{metrics}");
+    let ready: serde_json::Value = reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ready["lastAppliedSequence"].is_u64(), "{ready}");
+    // The API itself is where it was.
+    let stats = serve
+        .http
+        .get(serve.url("/api/v1/admin/jobs/none/stats"))
+        .bearer_auth(admin_token())
+        .header("x-tenantid", TENANT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 404);
+}

@@ -194,6 +194,7 @@ impl App {
             read_only,
             jwt,
             http: Default::default(),
+            admin_listen: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = Shutdown::new(async move {
