@@ -512,3 +512,62 @@ async fn an_admin_listener_keeps_metrics_and_readiness_off_the_api_port() {
         .unwrap();
     assert_eq!(stats.status(), 404);
 }
+
+#[tokio::test]
+async fn an_http2_client_that_never_opens_its_window_cannot_pile_up_answers() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::start(&nats.url(), &dir.path().join("stats.db"));
+    healthz_within(&serve.url("/healthz"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let rss_before = rss_kb(serve.child.id());
+    // Cleartext HTTP/2 with a zero stream window: the server may send headers, never bodies.
+    let tcp = TcpStream::connect(serve.address).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut pending = Vec::new();
+    let mut refused = 0;
+    for _ in 0..600 {
+        let mut client =
+            match tokio::time::timeout(Duration::from_secs(2), client.clone().ready()).await {
+                Ok(Ok(client)) => client,
+                // The server's stream limit holds further requests back: that is the point.
+                _ => {
+                    refused += 1;
+                    continue;
+                }
+            };
+        let request = http::Request::get(format!("http://{}/api/v1/docs", serve.address))
+            .body(())
+            .unwrap();
+        match client.send_request(request, true) {
+            Ok((response, _)) => pending.push(response),
+            Err(_) => refused += 1,
+        }
+        if refused > 20 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown_mb = (rss_kb(serve.child.id()) - rss_before) as f64 / 1024.0;
+    eprintln!(
+        "h2 zero window: {} streams accepted, {refused} held back, grew {grown_mb:.0} MB",
+        pending.len()
+    );
+    // Each held answer used to be a 1.6 MB copy (278 MB → 1.15 GB for 600); now at most 64
+    // streams are open and each holds slices of one shared page.
+    assert!(
+        grown_mb < 60.0,
+        "{} streams accepted, {refused} held back: grew {grown_mb:.0} MB",
+        pending.len()
+    );
+    // A legitimate client is still answered.
+    healthz_within(&serve.url("/healthz"), Duration::from_secs(2))
+        .await
+        .unwrap();
+}
