@@ -169,6 +169,11 @@ pub struct HttpLimits {
     #[arg(long, env = "JOBSTATS_HTTP2_MAX_STREAMS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub http2_max_streams: u32,
+    /// Most bytes of request headers on HTTP/2 (HTTP/1 has hyper's fixed limits: 100
+    /// headers, ~400 KB of head).
+    #[arg(long, env = "JOBSTATS_HTTP2_MAX_HEADER_BYTES", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1_024..=1_048_576))]
+    pub http2_max_header_bytes: u32,
 }
 
 impl Default for HttpLimits {
@@ -178,6 +183,7 @@ impl Default for HttpLimits {
             http_idle_timeout: Duration::from_secs(60),
             http_request_timeout: Duration::from_secs(30),
             http2_max_streams: 64,
+            http2_max_header_bytes: 16_384,
         }
     }
 }

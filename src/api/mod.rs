@@ -261,7 +261,8 @@ pub async fn serve(
         );
         Ok(poem::Server::new_with_acceptor(acceptor)
             .idle_timeout(limits.http_idle_timeout)
-            .http2_max_concurrent_streams(limits.http2_max_streams))
+            .http2_max_concurrent_streams(limits.http2_max_streams)
+            .http2_max_header_list_size(limits.http2_max_header_bytes))
     };
     let drain = Some(Duration::from_secs(10));
     match admin {

@@ -571,3 +571,42 @@ async fn an_http2_client_that_never_opens_its_window_cannot_pile_up_answers() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn http2_headers_past_the_limit_are_refused() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::start_with_env(
+        &nats.url(),
+        &dir.path().join("stats.db"),
+        &[("JOBSTATS_HTTP2_MAX_HEADER_BYTES", "4096")],
+    );
+    healthz_within(&serve.url("/healthz"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let send = |header_bytes: usize| {
+        let address = serve.address;
+        async move {
+            let tcp = TcpStream::connect(address).await.unwrap();
+            let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(connection);
+            let request = http::Request::get(format!("http://{address}/healthz"))
+                .header("x-padding", "p".repeat(header_bytes))
+                .body(())
+                .unwrap();
+            let mut client = client.ready().await.unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            match tokio::time::timeout(Duration::from_secs(5), response).await {
+                Ok(Ok(response)) => Ok(response.status().as_u16()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("no answer".to_owned()),
+            }
+        }
+    };
+    assert_eq!(send(1_000).await, Ok(200));
+    let refused = send(8_000).await;
+    assert!(
+        matches!(refused, Ok(431) | Err(_)),
+        "8 KB of headers past a 4 KB limit: {refused:?}"
+    );
+}
