@@ -290,15 +290,6 @@ fn real_python() -> PathBuf {
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
-
 /// Whether this machine lets the test hide Debian's nats-server in a mount namespace.
 fn can_hide_system_nats() -> bool {
     Command::new("/usr/bin/unshare")

@@ -39,22 +39,35 @@ async fn healthz_within(url: &str, within: Duration) -> Result<Duration, String>
     }
 }
 
-#[tokio::test]
-async fn requests_that_never_complete_their_headers_are_cut_off_and_others_still_answer() {
+/// A real `jobstats serve` with `env`, its own NATS and database, answering `/healthz`.
+struct Served {
+    serve: ServeProcess,
+    _nats: NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn served(env: &[(&str, &str)]) -> Served {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let serve = ServeProcess::start_with_env(
-        &nats.url(),
-        &dir.path().join("stats.db"),
-        &[
-            ("JOBSTATS_HTTP_REQUEST_TIMEOUT", "1s"),
-            ("JOBSTATS_HTTP_IDLE_TIMEOUT", "3s"),
-        ],
-    );
-    let healthz = serve.url("/healthz");
-    healthz_within(&healthz, Duration::from_secs(10))
+    let serve = ServeProcess::start_with_env(&nats.url(), &dir.path().join("stats.db"), env);
+    healthz_within(&serve.url("/healthz"), Duration::from_secs(10))
         .await
         .unwrap();
+    Served {
+        serve,
+        _nats: nats,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn requests_that_never_complete_their_headers_are_cut_off_and_others_still_answer() {
+    let Served { serve, .. } = &served(&[
+        ("JOBSTATS_HTTP_REQUEST_TIMEOUT", "1s"),
+        ("JOBSTATS_HTTP_IDLE_TIMEOUT", "3s"),
+    ])
+    .await;
+    let healthz = serve.url("/healthz");
 
     // 100 slowloris connections: a header line, then one byte every 300 ms, never finishing;
     // and 100 that connect and send nothing.
@@ -113,20 +126,12 @@ async fn requests_that_never_complete_their_headers_are_cut_off_and_others_still
 
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_instead_of_growing_the_server() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let serve = ServeProcess::start_with_env(
-        &nats.url(),
-        &dir.path().join("stats.db"),
-        &[
-            ("JOBSTATS_HTTP_MAX_CONNECTIONS", "8"),
-            ("JOBSTATS_HTTP_IDLE_TIMEOUT", "2s"),
-        ],
-    );
+    let Served { serve, .. } = &served(&[
+        ("JOBSTATS_HTTP_MAX_CONNECTIONS", "8"),
+        ("JOBSTATS_HTTP_IDLE_TIMEOUT", "2s"),
+    ])
+    .await;
     let healthz = serve.url("/healthz");
-    healthz_within(&healthz, Duration::from_secs(10))
-        .await
-        .unwrap();
     // Let the start-up probe's connection go.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
 
@@ -152,12 +157,7 @@ async fn connections_beyond_the_cap_wait_instead_of_growing_the_server() {
 
 #[tokio::test]
 async fn the_swagger_page_is_served_from_one_shared_buffer() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let serve = ServeProcess::start(&nats.url(), &dir.path().join("stats.db"));
-    healthz_within(&serve.url("/healthz"), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let Served { serve, .. } = &served(&[]).await;
     for path in ["/api/v1/docs", "/api/v1/docs/"] {
         let response = reqwest::get(serve.url(path)).await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
@@ -196,15 +196,6 @@ fn rss_kb(pid: u32) -> i64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
 }
 
 /// Whether this machine lets the test give a process a small filesystem of its own.
@@ -418,12 +409,7 @@ async fn a_damaged_database_is_moved_aside_and_rebuilt_with_the_same_answers() {
 
 #[tokio::test]
 async fn ten_thousand_large_valid_tokens_do_not_grow_the_server_without_bound() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let serve = ServeProcess::start(&nats.url(), &dir.path().join("stats.db"));
-    healthz_within(&serve.url("/healthz"), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let Served { serve, .. } = &served(&[]).await;
     let rss_before = rss_kb(serve.child.id());
     let now = chrono::Utc::now().timestamp();
     let padding = "x".repeat(5_600);
@@ -515,12 +501,7 @@ async fn an_admin_listener_keeps_metrics_and_readiness_off_the_api_port() {
 
 #[tokio::test]
 async fn an_http2_client_that_never_opens_its_window_cannot_pile_up_answers() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let serve = ServeProcess::start(&nats.url(), &dir.path().join("stats.db"));
-    healthz_within(&serve.url("/healthz"), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let Served { serve, .. } = &served(&[]).await;
     let rss_before = rss_kb(serve.child.id());
     // Cleartext HTTP/2 with a zero stream window: the server may send headers, never bodies.
     let tcp = TcpStream::connect(serve.address).await.unwrap();
@@ -574,16 +555,7 @@ async fn an_http2_client_that_never_opens_its_window_cannot_pile_up_answers() {
 
 #[tokio::test]
 async fn http2_headers_past_the_limit_are_refused() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let serve = ServeProcess::start_with_env(
-        &nats.url(),
-        &dir.path().join("stats.db"),
-        &[("JOBSTATS_HTTP2_MAX_HEADER_BYTES", "4096")],
-    );
-    healthz_within(&serve.url("/healthz"), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let Served { serve, .. } = &served(&[("JOBSTATS_HTTP2_MAX_HEADER_BYTES", "4096")]).await;
     let send = |header_bytes: usize| {
         let address = serve.address;
         async move {

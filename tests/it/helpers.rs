@@ -485,3 +485,13 @@ pub fn runs(
         })
         .collect()
 }
+
+/// Whether the tests run as root (and may use mount namespaces, other users).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
