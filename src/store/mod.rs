@@ -88,6 +88,12 @@ pub fn resolve(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// An execution state code read from the file (corruption when it is none of ours).
+pub(crate) fn execution_state(code: i64) -> Result<crate::projection::ExecutionState, StoreError> {
+    crate::projection::ExecutionState::from_code(code)
+        .ok_or_else(|| StoreError::Corrupt(format!("execution state {code}")))
+}
+
 /// What is wrong with the database at `path`, if anything: it cannot be opened as SQLite, or
 /// `PRAGMA quick_check` finds damage. `None` for a sound file or no file. O(file size).
 pub fn integrity_problem(path: &Path) -> Option<String> {

@@ -544,8 +544,7 @@ fn summary_from_row(row: ExecutionRow) -> Result<ExecutionSummary, StoreError> {
     let (execution_id, state, enqueued_at, started_at, finished_at, items, error) = row;
     Ok(ExecutionSummary {
         execution_id,
-        state: ExecutionState::from_code(state)
-            .ok_or_else(|| StoreError::Corrupt(format!("execution state {state}")))?,
+        state: super::execution_state(state)?,
         enqueued_at,
         started_at,
         finished_at,

@@ -11,7 +11,7 @@ use super::{
     JOB_STATS_COLUMNS, JOB_STATS_COLUMN_COUNT,
 };
 use crate::events::{self, DecodeError, Event, EventKind, TenantId};
-use crate::projection::{transition, Execution, ExecutionEvent, ExecutionState, JobStats};
+use crate::projection::{transition, Execution, ExecutionEvent, JobStats};
 
 /// One message as read from the stream.
 #[derive(Debug, Clone)]
@@ -473,8 +473,7 @@ fn load_execution(
         return Ok(None);
     };
     Ok(Some(Execution {
-        state: ExecutionState::from_code(state)
-            .ok_or_else(|| StoreError::Corrupt(format!("execution state {state}")))?,
+        state: super::execution_state(state)?,
         enqueued_at,
         started_at,
         finished_at,

@@ -1,7 +1,6 @@
 //! The tools job runners and new users touch: `run`, `publish`, `token`, and the README's
 //! first command, `demo`.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -323,13 +322,7 @@ fn the_demo_comes_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = demo.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let lines_rx = lines_of(&mut demo);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut curls = Vec::new();
     while curls.len() < 2 {
@@ -340,17 +333,7 @@ fn the_demo_comes_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c() {
             curls.push(line);
         }
     }
-    let run_curl = |curl: &str| -> serde_json::Value {
-        let output = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{curl} -w '\\n%{{http_code}}'"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        assert_eq!(code, "200", "{text}");
-        serde_json::from_str(body).unwrap()
-    };
+    let run_curl = |curl: &str| curl_until_ok(curl, Duration::ZERO);
     // The second command lists the jobs in trouble, worst first: the demo has one of each.
     let trouble = run_curl(&curls[1]);
     let states: Vec<(String, String)> = trouble["data"]["jobs"]

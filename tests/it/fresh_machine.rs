@@ -2,10 +2,8 @@
 //! environment compose would give them, and the demo gets its own NATS without root.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
@@ -119,36 +117,6 @@ fn resolve(
         .map(|c| c.iter().map(|a| a.as_str().unwrap().to_owned()).collect())
         .unwrap_or_else(|| vec!["serve".to_owned()]);
     (command, env)
-}
-
-/// Stdout lines of a child, as they come.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    lines
-}
-
-/// Runs a printed `curl` until it answers 200 (the projector may still be applying).
-fn curl_until_ok(curl: &str, within: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let output = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{curl} -w '\\n%{{http_code}}'"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).to_string();
-        if let Some((body, "200")) = text.rsplit_once('\n') {
-            return serde_json::from_str(body).unwrap();
-        }
-        assert!(Instant::now() < deadline, "{curl}\nanswered: {text}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn stop(mut child: Child) {

@@ -1,9 +1,11 @@
 //! Test fixtures: a real `nats-server -js` per test, the real `jobstats` binary or the real
 //! in-process server on a free port, real SQLite files, tokens minted here.
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -494,4 +496,35 @@ pub fn running_as_root() -> bool {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1))
         == Some("0")
+}
+
+/// Stdout lines of a child, as they come.
+pub fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    lines
+}
+
+/// Runs a printed `curl` until it answers 200 (the projector may still be applying); with
+/// `within` zero, the first answer must be a 200.
+pub fn curl_until_ok(curl: &str, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{curl} -w '\\n%{{http_code}}'"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        if let Some((body, "200")) = text.rsplit_once('\n') {
+            return serde_json::from_str(body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "{curl}\nanswered: {text}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
