@@ -61,6 +61,7 @@ pub const PROJECTION_VERSION: i64 = 2;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_read_model.sql"),
     include_str!("migrations/0002_health.sql"),
+    include_str!("migrations/0003_recount_by_recency.sql"),
 ];
 
 /// How many bytes of a dead letter's payload are kept.
