@@ -1,15 +1,18 @@
 //! Command line and configuration (CONTRACT §4). Every option has a `JOBSTATS_*` environment
-//! variable; an optional TOML file (`--config` / `JOBSTATS_CONFIG`) fills in variables that are
-//! not set, so the precedence is flag > environment > file > default. A bad value stops
+//! variable; an optional TOML file (`--config` / `JOBSTATS_CONFIG`) fills in options that are
+//! not set, so the precedence is flag > environment > file > default ([`parse_layered`]). A bad value stops
 //! start-up with a message naming the variable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::api::auth::AuthSettings;
+use crate::replay::RebuildUntil;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -223,14 +226,6 @@ pub struct RebuildOptions {
     pub output: Option<PathBuf>,
 }
 
-/// Where a point-in-time rebuild stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RebuildUntil {
-    Sequence(u64),
-    /// Unix ms: messages stored by JetStream at or before this time.
-    Time(i64),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EventTypeArg {
     Scheduled,
@@ -410,44 +405,127 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
-/// Loads the optional TOML file into the environment for every variable not already set.
-/// Runs before any thread starts.
-pub fn load_config_file(args: &[String]) -> Result<(), String> {
+/// Parses the command line with the optional TOML file layered under it:
+/// flag > environment > file > default. The file's values become command-line arguments of
+/// this parse only; the process environment is never touched, so a command that `jobstats run`
+/// spawns inherits exactly the environment it was given. A key no option of jobstats has stops
+/// start-up, naming the key; a key that belongs to another subcommand is left alone (one file
+/// serves every command).
+pub fn parse_layered(args: Vec<OsString>) -> Result<Cli, String> {
+    let path = config_path(&args, |name| std::env::var_os(name));
+    let Some(path) = path else {
+        return Ok(Cli::parse_from(args));
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("JOBSTATS_CONFIG/--config {}: {e}", path.display()))?;
+    let args = with_file_layer(args, &text, |name| std::env::var_os(name).is_some())
+        .map_err(|e| format!("JOBSTATS_CONFIG/--config {}: {e}", path.display()))?;
+    Ok(Cli::parse_from(args))
+}
+
+/// `--config FILE`, `--config=FILE`, else `JOBSTATS_CONFIG`.
+fn config_path(args: &[OsString], env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
     let from_args = args
         .windows(2)
         .find(|w| w[0] == "--config")
-        .map(|w| w[1].clone())
-        .or_else(|| {
-            args.iter()
-                .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
-        });
-    let Some(path) = from_args.or_else(|| std::env::var("JOBSTATS_CONFIG").ok()) else {
-        return Ok(());
+        .map(|w| w[1].clone());
+    let from_args = from_args.or_else(|| {
+        args.iter()
+            .find_map(|a| a.to_str()?.strip_prefix("--config=").map(OsString::from))
+    });
+    from_args
+        .or_else(|| env("JOBSTATS_CONFIG"))
+        .map(PathBuf::from)
+}
+
+/// The arguments with the file's values added for every option that neither the command line
+/// nor the environment (`is_set`) gives.
+fn with_file_layer(
+    mut args: Vec<OsString>,
+    file: &str,
+    is_set: impl Fn(&str) -> bool,
+) -> Result<Vec<OsString>, String> {
+    let table: toml::Table = toml::from_str(file).map_err(|e| e.to_string())?;
+    let command = Cli::command();
+    // What was given so far; an unparsable line is left for the real parse to report.
+    let Ok(given) = command
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+    else {
+        return Ok(args);
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("JOBSTATS_CONFIG/--config {path}: {e}"))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| format!("JOBSTATS_CONFIG/--config {path}: {e}"))?;
-    for (key, value) in table {
-        let variable = format!("JOBSTATS_{}", key.to_ascii_uppercase());
-        let value = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|i| {
-                    i.as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| i.to_string())
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-            other => other.to_string(),
+    let subcommand = given
+        .subcommand()
+        .and_then(|(name, matches)| Some((command.find_subcommand(name)?, matches)));
+    let known = |key: &str| {
+        let env = format!("JOBSTATS_{}", key.to_ascii_uppercase());
+        std::iter::once(&command)
+            .chain(command.get_subcommands())
+            .flat_map(|c| c.get_arguments())
+            .any(|a| a.get_env().is_some_and(|e| e == env.as_str()))
+    };
+    let (mut global, mut local) = (Vec::new(), Vec::new());
+    for (key, value) in &table {
+        if !known(key) || key == "config" {
+            return Err(format!("unknown key `{key}` (keys are the JOBSTATS_* variable names without the prefix, in lowercase)"));
+        }
+        let env = format!("JOBSTATS_{}", key.to_ascii_uppercase());
+        let find = |c: &clap::Command| {
+            c.get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == env.as_str()))
+                .cloned()
         };
-        if std::env::var_os(&variable).is_none() {
-            std::env::set_var(&variable, value);
+        let (arg, matches, target) = if let Some(arg) = find(&command) {
+            (arg, &given, &mut global)
+        } else if let Some((arg, matches)) =
+            subcommand.as_ref().and_then(|(c, m)| Some((find(c)?, *m)))
+        {
+            (arg, matches, &mut local)
+        } else {
+            continue; // another subcommand's option
+        };
+        let on_command_line = matches
+            .value_source(arg.get_id().as_str())
+            .is_some_and(|s| s == clap::parser::ValueSource::CommandLine);
+        if is_set(&env) || on_command_line {
+            continue;
+        }
+        let long = arg
+            .get_long()
+            .expect("every option with a variable has a long flag");
+        let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        match (value, is_switch) {
+            (toml::Value::Boolean(true), true) => target.push(OsString::from(format!("--{long}"))),
+            (toml::Value::Boolean(false), true) => {}
+            (_, true) => return Err(format!("`{key}` must be true or false")),
+            (value, false) => {
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Array(items) => items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                target.push(OsString::from(format!("--{long}={text}")));
+            }
         }
     }
-    Ok(())
+    // Subcommand options go right after the subcommand's name (before a `run` command's own
+    // arguments); global ones right after the program name.
+    if let Some((subcommand, _)) = &subcommand {
+        let name = subcommand.get_name();
+        let at = args
+            .iter()
+            .skip(1)
+            .position(|a| a == name)
+            .map_or(args.len(), |i| i + 2);
+        args.splice(at..at, local);
+    }
+    args.splice(1..1, global);
+    Ok(args)
 }
 
 #[cfg(test)]
@@ -480,5 +558,67 @@ mod tests {
         assert!(parse_stream_name("a.b")
             .unwrap_err()
             .contains("JOBSTATS_STREAM"));
+    }
+
+    fn layered(cli: &[&str], file: &str, env: &[&str]) -> Result<Vec<String>, String> {
+        let args = cli.iter().map(OsString::from).collect();
+        with_file_layer(args, file, |name| env.contains(&name))
+            .map(|args| args.into_iter().map(|a| a.into_string().unwrap()).collect())
+    }
+
+    #[test]
+    fn the_file_fills_in_what_flags_and_environment_leave_open() {
+        let file = "nats_url = \"nats://file:4222\"\nstream = \"FROM_FILE\"\nlisten = \"127.0.0.1:9\"\nmax_runtime = \"2h\"\nread_only = true\njwt_realms = [\"a\", \"b\"]\n";
+        let args = layered(
+            &["jobstats", "serve", "--listen", "127.0.0.1:7"],
+            file,
+            &["JOBSTATS_STREAM"],
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(&args).unwrap();
+        assert_eq!(cli.common.nats_url, "nats://file:4222");
+        // The environment wins over the file (clap reads the real environment, where
+        // JOBSTATS_STREAM is unset in tests, so the default shows the file was skipped).
+        assert_eq!(cli.common.stream, "JOB_EVENTS");
+        let Command::Serve(serve) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            serve.listen,
+            "127.0.0.1:7".parse().unwrap(),
+            "the flag wins"
+        );
+        assert_eq!(serve.max_runtime, Duration::from_secs(7200));
+        assert!(serve.read_only);
+        assert_eq!(serve.jwt.jwt_realms, Some(vec!["a".into(), "b".into()]));
+    }
+
+    #[test]
+    fn an_unknown_key_stops_start_up_naming_it() {
+        let error = layered(&["jobstats", "serve"], "natsurl = \"x\"", &[]).unwrap_err();
+        assert!(error.contains("`natsurl`"), "{error}");
+    }
+
+    #[test]
+    fn another_commands_keys_are_left_alone_and_a_run_command_keeps_its_arguments() {
+        let args = layered(
+            &["jobstats", "run", "--job", "j", "--", "echo", "hi"],
+            "listen = \"127.0.0.1:9\"\ntenant = \"t\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            args,
+            [
+                "jobstats",
+                "run",
+                "--tenant=t",
+                "--job",
+                "j",
+                "--",
+                "echo",
+                "hi"
+            ]
+        );
     }
 }

@@ -119,7 +119,7 @@ enum ProjectorError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("writer task failed: {0}")]
-    Writer(String),
+    Writer(#[from] tokio::task::JoinError),
 }
 
 /// Runs until `shutdown` resolves; then commits the batch in hand and returns.
@@ -445,8 +445,7 @@ impl Projector {
                 .unwrap_or_else(|p| p.into_inner())
                 .apply_decoded(&incoming, &decoded)
         })
-        .await
-        .map_err(|e| ProjectorError::Writer(e.to_string()))?;
+        .await?;
         let outcome = outcome?;
         self.handles.status.clear_error();
         // AckPolicy::All: this acknowledges every message up to it.
@@ -517,8 +516,7 @@ impl Projector {
             let readers = ReadPool::open(&db_path)?;
             Ok((writer, readers))
         })
-        .await
-        .map_err(|e| ProjectorError::Writer(e.to_string()))??;
+        .await??;
         let new_path = writer.path().to_path_buf();
         let old_path = {
             let mut current = self.writer.lock().unwrap_or_else(|p| p.into_inner());

@@ -3,24 +3,29 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use jobstats::config::{Cli, Command, EventTypeArg, LogFormat};
 use jobstats::publish::{EventBuilder, Publisher};
 use jobstats::service::{self, Shutdown};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if let Err(message) = jobstats::config::load_config_file(&args) {
-        eprintln!("error: {message}");
-        return ExitCode::from(2);
-    }
-    let cli = Cli::parse();
+    let cli = match jobstats::config::parse_layered(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     // Long-running commands log progress; one-shot tools only warnings (their output is the result).
     let quiet = matches!(
         cli.command,
         Command::Publish(_) | Command::Run(_) | Command::Token(_) | Command::Openapi
     );
-    init_tracing(cli.common.log_format, if quiet { "warn" } else { "info" });
+    // Our progress lines at INFO, dependencies only when something is wrong (async_nats
+    // alone logs four "connected" lines at start); RUST_LOG overrides both.
+    init_tracing(
+        cli.common.log_format,
+        if quiet { "warn" } else { "warn,jobstats=info" },
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

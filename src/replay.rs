@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
 
-use crate::config::RebuildUntil;
 use crate::store::{generation, IncomingMessage, StoreError, Writer};
 use tokio::sync::mpsc;
 
@@ -33,7 +32,7 @@ pub enum ReplayError {
     #[error(transparent)]
     Generation(#[from] generation::GenerationError),
     #[error("rebuild task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Usage(String),
 }
@@ -113,6 +112,14 @@ impl Progress for HumanProgress {
 
 const REPLAY_BATCH: usize = 25_000;
 
+/// Where a point-in-time rebuild stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildUntil {
+    Sequence(u64),
+    /// Unix ms: messages stored by JetStream at or before this time.
+    Time(i64),
+}
+
 /// Replays the stream into `scratch` (a new file) up to the stream's head at start, or to
 /// `until`. Returns the finished writer's report; the file is durable when this returns.
 pub async fn replay_into(
@@ -135,9 +142,8 @@ pub async fn replay_into(
         _ => None,
     };
     let scratch_path = scratch.to_path_buf();
-    let mut writer = tokio::task::spawn_blocking(move || Writer::open_scratch(&scratch_path))
-        .await
-        .map_err(|e| ReplayError::Task(e.to_string()))??;
+    let mut writer =
+        tokio::task::spawn_blocking(move || Writer::open_scratch(&scratch_path)).await??;
     let mut messages_done = 0u64;
     progress.update(0, stop_at);
 
@@ -221,18 +227,14 @@ pub async fn replay_into(
             Ok(())
         };
         let read_result = read.await;
-        writer = applier
-            .await
-            .map_err(|e| ReplayError::Task(e.to_string()))??;
+        writer = applier.await??;
         read_result?;
     }
     progress.update(messages_done, stop_at);
     progress.finish();
     let last_sequence = writer.checkpoint();
     let path = writer.path().to_path_buf();
-    tokio::task::spawn_blocking(move || writer.finish_scratch())
-        .await
-        .map_err(|e| ReplayError::Task(e.to_string()))??;
+    tokio::task::spawn_blocking(move || writer.finish_scratch()).await??;
     Ok(RebuildReport {
         path,
         messages: messages_done,

@@ -53,9 +53,6 @@ pub enum ApiError {
     /// 405 METHOD_NOT_ALLOWED, with `Allow`.
     #[error("Method not allowed; use GET or HEAD")]
     MethodNotAllowed,
-    /// 503 NOT_READY: the read model is not available (e.g. while a first rebuild runs).
-    #[error("{0}")]
-    Unavailable(String),
     /// 500 INTERNAL_ERROR; the cause is logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -77,7 +74,6 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,7 +88,6 @@ impl ApiError {
             ApiError::JobNotFound => "JOB_NOT_FOUND",
             ApiError::RouteNotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            ApiError::Unavailable(_) => "NOT_READY",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }

@@ -225,9 +225,9 @@ pub enum StatsResponse {
     /// INTERNAL_ERROR.
     #[oai(status = 500)]
     Internal(Json<ErrorEnvelope>),
-    /// NOT_READY: no read model is available yet.
-    #[oai(status = 503)]
-    Unavailable(Json<ErrorEnvelope>),
+    /// METHOD_NOT_ALLOWED: only GET and HEAD read statistics.
+    #[oai(status = 405)]
+    MethodNotAllowed(Json<ErrorEnvelope>, #[oai(header = "Allow")] String),
 }
 
 impl From<ApiError> for StatsResponse {
@@ -240,8 +240,8 @@ impl From<ApiError> for StatsResponse {
             ApiError::Unauthorized(_) => StatsResponse::Unauthorized(body, "Bearer".into()),
             ApiError::Forbidden(_) => StatsResponse::Forbidden(body),
             ApiError::JobNotFound | ApiError::RouteNotFound => StatsResponse::NotFound(body),
-            ApiError::Unavailable(_) => StatsResponse::Unavailable(body),
-            ApiError::MethodNotAllowed | ApiError::Internal(_) => StatsResponse::Internal(body),
+            ApiError::MethodNotAllowed => StatsResponse::MethodNotAllowed(body, "GET, HEAD".into()),
+            ApiError::Internal(_) => StatsResponse::Internal(body),
         }
     }
 }

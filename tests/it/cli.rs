@@ -108,6 +108,62 @@ fn run_still_runs_the_command_when_nats_is_down() {
     );
 }
 
+#[test]
+fn a_config_file_configures_jobstats_but_never_the_command_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("jobstats.toml");
+    let closed = format!("nats://127.0.0.1:{}", free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "nats_url = \"{closed}\"\njwt_hs256_secret = \"{SECRET}\"\ntenant = \"{TENANT}\"\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .env_remove("JOBSTATS_NATS_URL")
+        .env_remove("JOBSTATS_JWT_HS256_SECRET")
+        .env_remove("JOBSTATS_TENANT")
+        .env("RUST_LOG", "warn")
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "run",
+            "--job",
+            "configured",
+            "--publish-timeout",
+            "1s",
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "echo secret=${JOBSTATS_JWT_HS256_SECRET:-unset}",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The tenant came from the file (the command ran), the NATS URL too (its port is closed).
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "secret=unset",
+        "the file's secret leaked to the child"
+    );
+    assert!(stderr.contains("publishing"), "{stderr}");
+
+    std::fs::write(&config, "nats_ur1 = \"nats://x\"\n").unwrap();
+    let output = Command::new(BIN)
+        .env("JOBSTATS_CONFIG", &config)
+        .args(["token", "--secret", SECRET])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("unknown key `nats_ur1`"), "{stderr}");
+}
+
 #[tokio::test]
 async fn publish_rejects_invalid_input_naming_the_field() {
     let nats = NatsServer::start();
