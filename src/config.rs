@@ -495,23 +495,7 @@ fn with_file_layer(
             .get_long()
             .expect("every option with a variable has a long flag");
         let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
-        match (value, is_switch) {
-            (toml::Value::Boolean(true), true) => target.push(OsString::from(format!("--{long}"))),
-            (toml::Value::Boolean(false), true) => {}
-            (_, true) => return Err(format!("`{key}` must be true or false")),
-            (value, false) => {
-                let text = match value {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Array(items) => items
-                        .iter()
-                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    other => other.to_string(),
-                };
-                target.push(OsString::from(format!("--{long}={text}")));
-            }
-        }
+        target.extend(file_argument(key, value, long, is_switch)?);
     }
     // Subcommand options go right after the subcommand's name (before a `run` command's own
     // arguments); global ones right after the program name.
@@ -526,6 +510,28 @@ fn with_file_layer(
     }
     args.splice(1..1, global);
     Ok(args)
+}
+
+/// One file value as a command-line argument (`None` for a switch set to false).
+fn file_argument(
+    key: &str,
+    value: &toml::Value,
+    long: &str,
+    is_switch: bool,
+) -> Result<Option<OsString>, String> {
+    let text = match (value, is_switch) {
+        (toml::Value::Boolean(true), true) => return Ok(Some(format!("--{long}").into())),
+        (toml::Value::Boolean(false), true) => return Ok(None),
+        (_, true) => return Err(format!("`{key}` must be true or false")),
+        (toml::Value::String(s), false) => s.clone(),
+        (toml::Value::Array(items), false) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(","),
+        (other, false) => other.to_string(),
+    };
+    Ok(Some(format!("--{long}={text}").into()))
 }
 
 #[cfg(test)]
