@@ -1,49 +1,37 @@
 //! Health: each state from a small history, and a property test against a brute-force
 //! reading of the contract over the full execution list.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 use uuid::Uuid;
 
 use super::*;
-use crate::projection::{transition, Execution, ExecutionEvent, ExecutionState, FinishKey};
+use crate::projection::{ExecutionEvent, ExecutionState, FinishKey, MemoryJob};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
 /// 2025-07-10T12:00:00Z, a whole hour.
 const T0: i64 = 1_752_148_800_000;
 
-/// A job's rows and aggregates, built the way the writer builds them.
+/// A job's rows and aggregates, folded the way the writer folds them.
 #[derive(Default)]
-struct Job {
-    rows: BTreeMap<String, Execution>,
-    stats: JobStats,
+struct Job(MemoryJob);
+
+impl std::ops::Deref for Job {
+    type Target = MemoryJob;
+    fn deref(&self) -> &MemoryJob {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Job {
+    fn deref_mut(&mut self) -> &mut MemoryJob {
+        &mut self.0
+    }
 }
 
 impl Job {
     fn apply(&mut self, id: &str, event: ExecutionEvent) {
-        let old = self.rows.get(id);
-        if let Some(new) = transition(old, &event) {
-            self.stats.absorb(id, old, &new);
-            self.rows.insert(id.to_owned(), new);
-        }
-        let boundary = self
-            .stats
-            .outcome_run
-            .as_ref()
-            .filter(|r| r.stale)
-            .and_then(|r| r.boundary.clone());
-        if let Some(boundary) = boundary {
-            let after: Vec<FinishKey> = self
-                .rows
-                .iter()
-                .filter_map(|(id, row)| row.finished_at.map(|at| (at, id.clone())))
-                .filter(|key| *key > boundary)
-                .collect();
-            self.stats
-                .recount_run(after.len() as i64, after.into_iter().min());
-        }
+        self.0.step(id, &event);
     }
 
     fn run(&mut self, id: &str, start: i64, duration: Option<i64>, ok: bool) {

@@ -1,6 +1,7 @@
 //! The pure projection core: how one event changes one execution (the forward-only state
-//! machine of CONTRACT §2) and how that change moves the per-job aggregates. No I/O, no async:
-//! the live consumer and the replay feed the same functions, and the tests drive them directly.
+//! machine of CONTRACT §2) and how that change moves the per-job aggregates, composed in
+//! [`apply`], the fold. No I/O, no async: the writer (live consumer and replay alike) loads the
+//! rows an event touches, calls [`apply`] and persists the result; the tests call it directly.
 //!
 //! Aggregates are updated from `(old row, new row)` pairs, never by re-reading history, so a
 //! stats read costs the same whatever the history's length. Sums and counts are deltas; the
@@ -8,11 +9,15 @@
 //! what makes them independent of the order in which different executions' events arrive.
 
 mod execution;
+mod fold;
 pub mod format;
 pub mod health;
 mod job_stats;
 
 pub use execution::{transition, Execution, ExecutionEvent, ExecutionState};
+#[cfg(test)]
+pub(crate) use fold::MemoryJob;
+pub use fold::{apply, Change};
 pub use health::{Health, HealthInput, HealthState, Judgement};
 pub use job_stats::{FinishKey, JobStats, LastFinished, OutcomeRun, ScheduleRecord};
 

@@ -7,37 +7,13 @@ use uuid::Uuid;
 
 use super::*;
 
-/// Applies events one by one, as the writer does in batches of one.
+/// Applies events one by one through the fold, as the writer does in batches of one.
 fn apply_all(events: &[(String, ExecutionEvent)]) -> (BTreeMap<String, Execution>, JobStats) {
-    let mut rows: BTreeMap<String, Execution> = BTreeMap::new();
-    let mut stats = JobStats::default();
+    let mut job = MemoryJob::default();
     for (id, event) in events {
-        let old = rows.get(id);
-        if let Some(new) = transition(old, event) {
-            stats.absorb(id, old, &new);
-            rows.insert(id.clone(), new);
-        }
-        settle(&mut stats, &rows);
+        job.step(id, event);
     }
-    (rows, stats)
-}
-
-/// What the store does for a split outcome run: recount the executions after its boundary.
-fn settle(stats: &mut JobStats, rows: &BTreeMap<String, Execution>) {
-    let Some(boundary) = stats
-        .outcome_run
-        .as_ref()
-        .filter(|r| r.stale)
-        .and_then(|r| r.boundary.clone())
-    else {
-        return;
-    };
-    let after: Vec<FinishKey> = rows
-        .iter()
-        .filter_map(|(id, row)| row.finished_at.map(|at| (at, id.clone())))
-        .filter(|key| *key > boundary)
-        .collect();
-    stats.recount_run(after.len() as i64, after.into_iter().min());
+    (job.rows, job.stats)
 }
 
 fn run(id: &str, start: i64, duration: i64, ok: bool) -> Vec<(String, ExecutionEvent)> {
@@ -113,7 +89,12 @@ fn the_first_terminal_event_wins_and_repeats_change_nothing() {
     assert_eq!(rows["e1"].state, ExecutionState::Completed);
     assert_eq!(rows["e1"].finished_at, Some(3_000));
     assert_eq!((stats.completed, stats.failed), (1, 0));
-    assert_eq!(transition(Some(&rows["e1"]), &events[1].1), None);
+    let mut job = MemoryJob {
+        rows: rows.clone(),
+        stats: stats.clone(),
+    };
+    assert_eq!(job.step("e1", &events[1].1), Change::Unchanged);
+    assert_eq!((job.rows, job.stats), (rows, stats));
 }
 
 #[test]
@@ -204,17 +185,13 @@ fn the_longest_runs_the_contract_allows_never_overflow_the_totals() {
     // 29,300 such runs overflowed an i64 total (issue 16): twice that, applied one by one.
     let start = FIRST_INSTANT + 5;
     let longest = LAST_INSTANT - start;
-    let mut rows: BTreeMap<String, Execution> = BTreeMap::new();
-    let mut stats = JobStats::default();
+    let mut job = MemoryJob::default();
     for i in 0..60_000 {
         for (id, event) in run(&format!("e{i}"), start, longest, true) {
-            let old = rows.get(&id);
-            if let Some(new) = transition(old, &event) {
-                stats.absorb(&id, old, &new);
-                rows.insert(id, new);
-            }
+            job.step(&id, &event);
         }
     }
+    let MemoryJob { rows, stats } = job;
     assert!(stats.duration_sum_ms > i128::from(i64::MAX));
     assert_eq!(stats.average_duration_ms(), Some(longest));
     let recomputed = JobStats::recompute(rows.iter().map(|(id, row)| (id.as_str(), row)), None);

@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_read_model.sql"),
     include_str!("migrations/0002_health.sql"),
     include_str!("migrations/0003_recount_by_recency.sql"),
+    include_str!("migrations/0004_starts_in_recency_index.sql"),
 ];
 
 /// How many bytes of a dead letter's payload are kept.

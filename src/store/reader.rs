@@ -600,6 +600,13 @@ fn read_freshness(tx: &rusqlite::Transaction<'_>) -> Result<Freshness, StoreErro
         })?)
 }
 
+/// A job's start times from `?2` on, oldest first: one range of the recency index, which
+/// says whether each execution started (migration 0004), so the executions table is never
+/// visited. A started execution's recency key is its start time.
+const STARTS_SINCE_SQL: &str = "SELECT recency_key FROM executions
+     WHERE job_id = ?1 AND recency_key >= ?2 AND started
+     ORDER BY recency_key, execution_id LIMIT ?3";
+
 /// The start times and processing executions health may look at from any instant this
 /// snapshot can be judged at (from the last applied event's publish time up to now), so a
 /// cached snapshot serves every later request. Both are index ranges bounded by time.
@@ -618,11 +625,7 @@ fn read_health_data(
     // default's range.
     if let Some(from) = health::starts_needed_from(stats, cron, earliest_judged) {
         data.starts_from = from - 3_600_000;
-        let mut stmt = tx.prepare_cached(
-            "SELECT started_at FROM executions
-             WHERE job_id = ?1 AND recency_key >= ?2 AND started_at IS NOT NULL
-             ORDER BY recency_key, execution_id LIMIT ?3",
-        )?;
+        let mut stmt = tx.prepare_cached(STARTS_SINCE_SQL)?;
         let rows = stmt.query_map(params![job_id, data.starts_from, MAX_STARTS], |r| r.get(0))?;
         data.starts = rows.collect::<Result<_, _>>()?;
     }
@@ -677,5 +680,31 @@ impl CurrentReader {
     pub fn replace(&self, pool: ReadPool) -> std::sync::Arc<ReadPool> {
         let mut current = self.pool.write().unwrap_or_else(|p| p.into_inner());
         std::mem::replace(&mut *current, std::sync::Arc::new(pool))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::STARTS_SINCE_SQL;
+
+    /// The health read's cost must follow the judged window, not the history: a plan that
+    /// visits the table pays one scattered page per start once the history is large.
+    #[test]
+    fn the_start_times_of_a_window_are_read_from_the_index_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = super::super::Writer::open(&dir.path().join("plan.db")).unwrap();
+        drop(writer);
+        let conn = rusqlite::Connection::open(dir.path().join("plan.db")).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {STARTS_SINCE_SQL}"))
+            .unwrap()
+            .query_map(rusqlite::params![1, 0, 10], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            plan,
+            ["SEARCH executions USING COVERING INDEX executions_by_recency (job_id=? AND recency_key>?)"],
+        );
     }
 }

@@ -10,8 +10,8 @@ use super::{
     configure_common, job_stats_from_row, migrate, resolve, StoreError, DEAD_LETTER_PAYLOAD_BYTES,
     JOB_STATS_COLUMNS, JOB_STATS_COLUMN_COUNT,
 };
-use crate::events::{self, DecodeError, Event, EventKind, TenantId};
-use crate::projection::{transition, Execution, ExecutionEvent, FinishKey, JobStats};
+use crate::events::{self, DecodeError, Event, TenantId};
+use crate::projection::{self, Change, Execution, FinishKey, JobStats};
 
 /// One message as read from the stream.
 #[derive(Debug, Clone)]
@@ -38,6 +38,8 @@ pub struct BatchOutcome {
     pub dead_letter_codes: Vec<&'static str>,
     /// Every (tenant, job) whose rows this batch changed (for read caches).
     pub changed_jobs: Vec<(TenantId, String)>,
+    /// When JetStream stored the last message the checkpoint now covers.
+    pub last_published_at_ms: Option<i64>,
 }
 
 /// Job ids by tenant, then job name (nested so a lookup borrows the name instead of cloning it).
@@ -214,6 +216,7 @@ impl Writer {
         )?;
         tx.commit()?;
         self.checkpoint = outcome.last_sequence;
+        outcome.last_published_at_ms = last_published_at_ms;
         for (tenant, job, id) in new_jobs {
             self.job_ids.entry(tenant).or_default().insert(job, id);
             self.next_job_id = self.next_job_id.max(id + 1);
@@ -323,23 +326,10 @@ impl<'w> BatchState<'w> {
         };
         job.last_sequence = sequence;
 
-        if let EventKind::Scheduled {
-            cron,
-            grace_ms,
-            max_runtime_ms,
-        } = &event.kind
-        {
-            job.stats.apply_schedule(
-                cron.as_ref().map(|c| c.expression()),
-                *grace_ms,
-                *max_runtime_ms,
-                event.occurred_at.timestamp_millis(),
-                event.event_id,
-            );
+        let Some(execution_id) = event.execution_id() else {
+            projection::apply(&mut job.stats, None, event);
             return Ok(());
-        }
-        let execution_event = ExecutionEvent::from_event(event).expect("not scheduled");
-        let execution_id = event.execution_id().expect("execution events carry an id");
+        };
         let key = (job_id, execution_id.as_str().to_owned());
         let (current, dirty) = match self.executions.entry(key) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -353,9 +343,8 @@ impl<'w> BatchState<'w> {
                 entry.insert((loaded, false))
             }
         };
-        if let Some(next) = transition(current.as_ref(), &execution_event) {
-            job.stats
-                .absorb(execution_id.as_str(), current.as_ref(), &next);
+        if let Change::Execution(next) = projection::apply(&mut job.stats, current.as_ref(), event)
+        {
             *current = Some(next);
             *dirty = true;
         }
@@ -368,8 +357,8 @@ impl<'w> BatchState<'w> {
         let mut upsert_execution = tx.prepare_cached(
             "INSERT OR REPLACE INTO executions
                  (job_id, execution_id, state, enqueued_at, started_at, finished_at,
-                  items_processed, error, recency_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                  items_processed, error, recency_key, started)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         let executions = std::mem::take(&mut self.executions);
         let mut changed: Vec<(&(i64, String), &Execution)> = executions
@@ -394,7 +383,8 @@ impl<'w> BatchState<'w> {
                 row.finished_at,
                 row.items_processed.map(|n| n as i64),
                 row.error,
-                row.recency_key()
+                row.recency_key(),
+                row.started_at.is_some()
             ])?;
         }
         let mut upsert_job = tx.prepare_cached(
