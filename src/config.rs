@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::api::auth::AuthSettings;
-use crate::replay::RebuildUntil;
+use crate::ingest::replay::RebuildUntil;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -10,8 +10,7 @@
 //! | [`projection`] | the pure core: execution state machine, aggregate deltas, formatting | do I/O or async |
 //! | [`store`] | SQLite: migrations, the batch writer + checkpoint, read-only readers, generations | await anything |
 //! | [`stream`] | NATS connection and the stream definition | touch SQLite |
-//! | [`consumer`] | the live projector: durable consumer → store → ack | answer HTTP |
-//! | [`replay`] | rebuilds (full, point-in-time) through the same apply path, and the swap | answer HTTP |
+//! | [`ingest`] | the one path stream → decode → batches → writer; [`ingest::live`] (durable consumer, ack after commit) and [`ingest::replay`] (rebuilds, the swap) are policies over it | answer HTTP |
 //! | [`api`] | HTTP: routes, auth, errors, health, metrics | write SQLite |
 //! | [`publish`] | the publisher used by `jobstats publish`/`run`, the demo and Rust runners | read SQLite |
 //! | [`service`] | wires the pieces into `serve` (projector + API, start-up rebuild) | hold business rules |
@@ -23,14 +22,13 @@
 pub mod api;
 pub mod cache;
 pub mod config;
-pub mod consumer;
 pub mod demo;
 pub mod events;
+pub mod ingest;
 pub mod metrics;
 pub mod nats_server;
 pub mod projection;
 pub mod publish;
-pub mod replay;
 pub mod runner;
 pub mod schedule;
 pub mod service;

@@ -64,10 +64,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rebuild(options) => {
             let client =
                 jobstats::stream::connect(&common.nats_url, "jobstats-rebuild", true).await?;
-            let mut progress = jobstats::replay::HumanProgress::default();
+            let mut progress = jobstats::ingest::replay::HumanProgress::default();
             let report = match &options.output {
                 Some(output) => {
-                    jobstats::replay::rebuild_copy(
+                    jobstats::ingest::replay::rebuild_copy(
                         &client,
                         &common.stream,
                         &common.db_path,
@@ -78,7 +78,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await?
                 }
                 None => {
-                    jobstats::replay::rebuild_live(
+                    jobstats::ingest::replay::rebuild_live(
                         &client,
                         &common.stream,
                         &common.db_path,

@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 use crate::api::{self, auth::Authenticator, AppState};
 use crate::config::{CommonOptions, ServeOptions};
-use crate::consumer::{self, ProjectorConfig, ProjectorHandles};
+use crate::ingest::live::{self, ProjectorConfig, ProjectorHandles};
+use crate::ingest::replay::{self, Progress};
 use crate::metrics::{Metrics, ProjectorStatus};
-use crate::replay::{self, Progress};
 use crate::store::{self, generation, CurrentReader, ReadPool, Writer, PROJECTION_VERSION};
 
 /// A shutdown signal that many tasks can wait on.
@@ -182,7 +182,7 @@ pub async fn serve(
                     None => return,
                 },
             };
-            consumer::run(client, config, writer, handles, shutdown.wait()).await;
+            live::run(client, config, writer, handles, shutdown.wait()).await;
         })
     };
 

@@ -664,7 +664,7 @@ async fn main() {
     );
     let started = Instant::now();
     let mut silent = |_: u64, _: u64| {};
-    let report = jobstats::replay::replay_into(
+    let report = jobstats::ingest::replay::replay_into(
         &client,
         "JOB_EVENTS",
         &dir.path().join("rebuilt.db"),

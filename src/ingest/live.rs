@@ -10,9 +10,9 @@
 //! generation — so no message is ever applied ahead of one that was lost in flight.
 
 use std::future::Future;
-use std::ops::Not;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,13 +23,11 @@ use async_nats::jetstream::{
     stream::Stream,
 };
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::events::{self, DecodeError, Event};
+use super::{commit_batches, Batcher, IngestError, Position, Received, SharedWriter};
 use crate::metrics::{Metrics, ProjectorStatus, ReasonLabel};
-use crate::store::{
-    self, generation, BatchOutcome, CurrentReader, IncomingMessage, ReadPool, StoreError, Writer,
-};
+use crate::store::{self, generation, BatchOutcome, CurrentReader, ReadPool, StoreError, Writer};
 use crate::stream::{ensure_stream, NatsError};
 
 /// How the projector is set up.
@@ -68,40 +66,16 @@ pub struct ProjectorHandles {
     pub applied: watch::Sender<u64>,
 }
 
-/// A message as the writer needs it, decoded by the reader. The reply subject, headers and
-/// client handle of the `jetstream::Message` are dropped on arrival: with up to four batches
-/// of 40k in memory they were a large part of the projector's peak memory.
-struct Received {
-    sequence: u64,
-    published_at_ms: i64,
-    decoded: Result<Event, DecodeError>,
-    /// Subject and payload, kept only when the message is a dead letter (the writer stores
-    /// them with the reason); an event needs neither once decoded.
-    dead_letter: Option<(async_nats::Subject, bytes::Bytes)>,
-}
-
-/// Messages for one commit, and the last of them whole, to acknowledge them all with
-/// (AckPolicy::All).
-struct Batch {
-    received: Vec<Received>,
-    last: Option<jetstream::Message>,
-}
-
-impl Batch {
-    fn with_capacity(capacity: usize) -> Self {
-        Batch {
-            received: Vec::with_capacity(capacity),
-            last: None,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.received.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.received.len()
-    }
+/// What waiting for a delivery gave.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per delivery, never stored; boxing would allocate per message"
+)]
+enum Next {
+    Message(jetstream::Message),
+    /// Nothing to process yet (a tick, a linger, a missed heartbeat): wait again.
+    Continue,
+    End(Result<SessionEnd, ProjectorError>),
 }
 
 /// Why a consuming session ended.
@@ -118,6 +92,8 @@ enum ProjectorError {
     Nats(#[from] NatsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
     #[error("writer task failed: {0}")]
     Writer(#[from] tokio::task::JoinError),
 }
@@ -174,7 +150,7 @@ struct Projector {
     client: async_nats::Client,
     js: jetstream::Context,
     config: ProjectorConfig,
-    writer: Arc<Mutex<Writer>>,
+    writer: SharedWriter,
     handles: ProjectorHandles,
 }
 
@@ -213,7 +189,7 @@ impl Projector {
     /// something requires a resync.
     async fn session(
         &mut self,
-        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, ProjectorError> {
         self.follow_generation_swap().await?;
         let mut stream = ensure_stream(&self.js, &self.config.stream).await?;
@@ -231,24 +207,14 @@ impl Projector {
             .await
             .map_err(|e| NatsError::Consumer(e.to_string()))?;
 
-        // Reading and committing overlap: the reader keeps pulling while the previous batch
-        // commits. A bounded channel keeps at most two batches waiting for the writer.
-        let (batches, mut to_commit) = mpsc::channel::<Batch>(2);
-        let committing = std::sync::atomic::AtomicBool::new(false);
-        let committer = async {
-            while let Some(batch) = to_commit.recv().await {
-                committing.store(true, Ordering::Relaxed);
-                let committed = self.commit(batch).await;
-                committing.store(to_commit.is_empty().not(), Ordering::Relaxed);
-                if let Err(error) = committed {
-                    // Dropping the receiver stops the reader; nothing past the checkpoint was acked.
-                    drop(to_commit);
-                    return Err(error);
-                }
-            }
-            Ok(())
-        };
-        let reader = self.read_batches(&mut messages, batches, &committing, shutdown);
+        // Reading and committing overlap: the reader keeps pulling while a batch commits.
+        let (batcher, batches) = Batcher::new(self.config.batch_size);
+        let busy = AtomicBool::new(false);
+        let this = &*self;
+        let committer = commit_batches(&self.writer, batches, &busy, |outcome, last| {
+            this.committed(outcome, last)
+        });
+        let reader = self.read_batches(&mut messages, batcher, &busy, shutdown);
         let (end, committed) = tokio::join!(reader, committer);
         committed?;
         end
@@ -259,120 +225,112 @@ impl Projector {
     async fn read_batches(
         &self,
         messages: &mut pull::Stream,
-        batches: mpsc::Sender<Batch>,
-        committing: &std::sync::atomic::AtomicBool,
-        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        mut batcher: Batcher,
+        busy: &AtomicBool,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, ProjectorError> {
-        let mut batch = Batch::with_capacity(self.config.batch_size);
         let mut last_consumer_sequence: Option<u64> = None;
         let mut generation_check = tokio::time::interval(Duration::from_millis(500));
         generation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        macro_rules! hand_over {
-            () => {
-                if !batch.is_empty() {
-                    let full =
-                        std::mem::replace(&mut batch, Batch::with_capacity(self.config.batch_size));
-                    if batches.send(full).await.is_err() {
-                        return Ok(SessionEnd::Resync("the writer stopped"));
-                    }
-                }
+        let end = loop {
+            let waited = self.next_message(
+                messages,
+                &mut batcher,
+                busy,
+                &mut generation_check,
+                shutdown,
+            );
+            let message = match waited.await {
+                Next::Message(message) => message,
+                Next::Continue => continue,
+                Next::End(end) => break end,
             };
-        }
-        loop {
-            // Wait for a message: with an empty batch as long as it takes, else `linger`.
-            let next = if batch.is_empty() {
-                tokio::select! {
-                    _ = &mut *shutdown => return Ok(SessionEnd::Shutdown),
-                    _ = generation_check.tick() => {
-                        self.report_connection();
-                        if self.generation_changed() {
-                            return Ok(SessionEnd::Resync("database generation swapped"));
-                        }
-                        continue;
-                    }
-                    next = messages.next() => next,
-                }
-            } else {
-                tokio::select! {
-                    _ = &mut *shutdown => {
-                        hand_over!();
-                        return Ok(SessionEnd::Shutdown);
-                    }
-                    next = tokio::time::timeout(self.config.linger, messages.next()) => match next {
-                        Ok(next) => next,
-                        // While the writer is busy, a bigger batch costs nothing in latency
-                        // and commits cheaper; when it is idle, commit what we have.
-                        Err(_elapsed) if committing.load(Ordering::Relaxed) => continue,
-                        Err(_elapsed) => {
-                            hand_over!();
-                            continue;
-                        }
-                    },
-                }
+            let position = match Position::of(&message) {
+                Ok(position) => position,
+                Err(e) => break Err(e.into()),
             };
-            let message = match next {
-                None => {
-                    hand_over!();
-                    return Ok(SessionEnd::Resync("message stream ended"));
-                }
-                Some(Err(e)) => {
-                    if matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat) {
-                        tracing::debug!("missed a heartbeat");
-                        self.report_connection();
-                        continue;
-                    }
-                    hand_over!();
-                    return Err(NatsError::Messages(e.to_string()).into());
-                }
-                Some(Ok(message)) => message,
-            };
-            let (consumer_sequence, sequence, published_at_ms) = match message.info() {
-                Ok(info) => {
-                    // A delivery proves the stream is reachable, whatever the last connection
-                    // poll said: health must not stay `unknown` while events flow.
-                    self.mark_connected();
-                    // Health must not judge past what is applied while more is on its way.
-                    let status = &self.handles.status;
-                    status
-                        .delivered_sequence
-                        .fetch_max(info.stream_sequence, Ordering::Relaxed);
-                    status.lag.store(info.pending, Ordering::Relaxed);
-                    (
-                        info.consumer_sequence,
-                        info.stream_sequence,
-                        (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
-                    )
-                }
-                Err(e) => {
-                    hand_over!();
-                    return Err(NatsError::Messages(format!(
-                        "message without JetStream metadata: {e}"
-                    ))
-                    .into());
-                }
-            };
-            if last_consumer_sequence.is_some_and(|last| consumer_sequence != last + 1) {
+            self.saw_delivery(&position);
+            if last_consumer_sequence.is_some_and(|last| position.consumer_sequence != last + 1) {
                 // A delivery went missing: applying this one would skip it for good.
-                hand_over!();
-                return Ok(SessionEnd::Resync("gap in consumer deliveries"));
+                break Ok(SessionEnd::Resync("gap in consumer deliveries"));
             }
-            last_consumer_sequence = Some(consumer_sequence);
+            last_consumer_sequence = Some(position.consumer_sequence);
             // Decoding here runs in parallel with the writer's commit of the previous batch.
-            let decoded = events::decode(message.subject.as_str(), &message.payload);
-            let dead_letter = decoded
-                .is_err()
-                .then(|| (message.subject.clone(), message.payload.clone()));
-            batch.received.push(Received {
-                sequence,
-                published_at_ms,
-                decoded,
-                dead_letter,
-            });
-            batch.last = Some(message);
-            if batch.len() >= self.config.batch_size {
-                hand_over!();
+            let received = Received::decode(&message, &position);
+            if batcher.push(received, Some(message)).await.is_err() {
+                return Ok(SessionEnd::Resync("the writer stopped"));
             }
+        };
+        // What was read before the end is still committed and acknowledged.
+        if batcher.hand_over().await.is_err() {
+            return Ok(SessionEnd::Resync("the writer stopped"));
         }
+        end
+    }
+
+    /// Waits for the next delivery: with an empty batch as long as it takes (watching the
+    /// connection and the database generation meanwhile), else for `linger`, after which an
+    /// idle writer gets the batch in hand.
+    async fn next_message(
+        &self,
+        messages: &mut pull::Stream,
+        batcher: &mut Batcher,
+        busy: &AtomicBool,
+        generation_check: &mut tokio::time::Interval,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Next {
+        let next = if batcher.is_empty() {
+            tokio::select! {
+                _ = &mut *shutdown => return Next::End(Ok(SessionEnd::Shutdown)),
+                _ = generation_check.tick() => {
+                    self.report_connection();
+                    if batcher.writer_stopped() {
+                        return Next::End(Ok(SessionEnd::Resync("the writer stopped")));
+                    }
+                    if self.generation_changed() {
+                        return Next::End(Ok(SessionEnd::Resync("database generation swapped")));
+                    }
+                    return Next::Continue;
+                }
+                next = messages.next() => next,
+            }
+        } else {
+            tokio::select! {
+                _ = &mut *shutdown => return Next::End(Ok(SessionEnd::Shutdown)),
+                next = tokio::time::timeout(self.config.linger, messages.next()) => match next {
+                    Ok(next) => next,
+                    Err(_elapsed) => {
+                        let idle = !busy.load(Ordering::Relaxed) || batcher.writer_stopped();
+                        if idle && batcher.hand_over().await.is_err() {
+                            return Next::End(Ok(SessionEnd::Resync("the writer stopped")));
+                        }
+                        return Next::Continue;
+                    }
+                },
+            }
+        };
+        match next {
+            None => Next::End(Ok(SessionEnd::Resync("message stream ended"))),
+            Some(Err(e)) if matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat) => {
+                tracing::debug!("missed a heartbeat");
+                self.report_connection();
+                Next::Continue
+            }
+            Some(Err(e)) => Next::End(Err(NatsError::Messages(e.to_string()).into())),
+            Some(Ok(message)) => Next::Message(message),
+        }
+    }
+
+    /// A delivery proves the stream is reachable, whatever the last connection poll said:
+    /// health must not stay `unknown` while events flow, nor judge past what is applied
+    /// while more is on its way.
+    fn saw_delivery(&self, position: &Position) {
+        self.mark_connected();
+        let status = &self.handles.status;
+        status
+            .delivered_sequence
+            .fetch_max(position.stream_sequence, Ordering::Relaxed);
+        status.lag.store(position.pending, Ordering::Relaxed);
     }
 
     /// Deletes and recreates the durable consumer so delivery starts right after `checkpoint`.
@@ -414,51 +372,28 @@ impl Projector {
         Ok(consumer)
     }
 
-    /// Commits the batch in hand (if any) and acknowledges it.
-    async fn commit(&self, batch: Batch) -> Result<(), ProjectorError> {
-        let Batch {
-            received,
-            last: Some(last),
-        } = batch
-        else {
-            return Ok(());
-        };
-        let writer = self.writer.clone();
-        let last_published_at_ms = received.last().map(|r| r.published_at_ms);
-        let outcome = tokio::task::spawn_blocking(move || {
-            let (incoming, decoded): (Vec<IncomingMessage<'_>>, Vec<_>) = received
-                .iter()
-                .map(|r| {
-                    (
-                        IncomingMessage {
-                            sequence: r.sequence,
-                            subject: r.dead_letter.as_ref().map_or("", |(s, _)| s.as_str()),
-                            payload: r.dead_letter.as_ref().map_or(&[], |(_, p)| p),
-                            published_at_ms: Some(r.published_at_ms),
-                        },
-                        &r.decoded,
-                    )
-                })
-                .unzip();
-            writer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .apply_decoded(&incoming, &decoded)
-        })
-        .await?;
-        let outcome = outcome?;
+    /// After a commit: acknowledges the batch, tells the readers which jobs changed, and
+    /// publishes the new checkpoint.
+    async fn committed(
+        &self,
+        outcome: BatchOutcome,
+        last: Option<jetstream::Message>,
+    ) -> Result<(), ProjectorError> {
         self.handles.status.clear_error();
-        // AckPolicy::All: this acknowledges every message up to it.
-        if let Err(e) = last.ack().await {
-            tracing::debug!(error = %e, "ack not sent; the messages will be redelivered and skipped");
+        let mut lag = 0;
+        if let Some(last) = last {
+            // AckPolicy::All: this acknowledges every message up to it.
+            if let Err(e) = last.ack().await {
+                tracing::debug!(error = %e, "ack not sent; the messages will be redelivered and skipped");
+            }
+            lag = last.info().map(|i| i.pending).unwrap_or(0);
         }
-        let lag = last.info().map(|i| i.pending).unwrap_or(0);
         // Before the new checkpoint is published: readers must not serve these jobs from cache.
         self.handles
             .readers
             .get()
             .jobs_changed(&outcome.changed_jobs, outcome.last_sequence);
-        if let Some(published) = last_published_at_ms {
+        if let Some(published) = outcome.last_published_at_ms {
             self.handles
                 .status
                 .last_published_at_ms

@@ -10,15 +10,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
 
-use crate::store::{generation, IncomingMessage, StoreError, Writer};
-use tokio::sync::mpsc;
-
-/// A message, when JetStream stored it, and its decode result.
-type Decoded = (
-    jetstream::Message,
-    i64,
-    Result<crate::events::Event, crate::events::DecodeError>,
-);
+use super::{commit_batches, Batcher, IngestError, Position, Received};
+use crate::store::{generation, StoreError, Writer};
 use crate::stream::{ensure_stream, NatsError};
 
 /// Failures of a rebuild. None of them touches the live database: the half-built file is
@@ -31,6 +24,8 @@ pub enum ReplayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Generation(#[from] generation::GenerationError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
     #[error("rebuild task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
@@ -133,22 +128,25 @@ pub async fn replay_into(
     let js = jetstream::new(client.clone());
     let mut stream = ensure_stream(&js, stream_name).await?;
     let head = crate::stream::last_sequence(&mut stream).await?;
-    let stop_at = match until {
-        Some(RebuildUntil::Sequence(sequence)) => sequence.min(head),
-        _ => head,
-    };
-    let stop_after_ms = match until {
-        Some(RebuildUntil::Time(ms)) => Some(ms),
-        _ => None,
+    let stop = Stop {
+        at_sequence: match until {
+            Some(RebuildUntil::Sequence(sequence)) => sequence.min(head),
+            _ => head,
+        },
+        after_ms: match until {
+            Some(RebuildUntil::Time(ms)) => Some(ms),
+            _ => None,
+        },
     };
     let scratch_path = scratch.to_path_buf();
-    let mut writer =
-        tokio::task::spawn_blocking(move || Writer::open_scratch(&scratch_path)).await??;
+    let writer = tokio::task::spawn_blocking(move || Writer::open_scratch(&scratch_path)).await??;
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(writer));
     let mut messages_done = 0u64;
-    progress.update(0, stop_at);
+    progress.update(0, stop.at_sequence);
 
     let first = stream.cached_info().state.first_sequence;
-    if stop_at > 0 && stream.cached_info().state.messages > 0 && first <= stop_at {
+    if stop.at_sequence > 0 && stream.cached_info().state.messages > 0 && first <= stop.at_sequence
+    {
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 deliver_policy: DeliverPolicy::All,
@@ -161,77 +159,23 @@ pub async fn replay_into(
             .messages()
             .await
             .map_err(|e| NatsError::Consumer(e.to_string()))?;
-        // The writer applies batch N on its own thread while this task reads and decodes
-        // batch N + 1.
-        let (batches, mut to_apply) = mpsc::channel::<Vec<Decoded>>(2);
-        let applier = tokio::task::spawn_blocking(move || -> Result<Writer, StoreError> {
-            while let Some(batch) = to_apply.blocking_recv() {
-                let (messages, rest): (Vec<jetstream::Message>, Vec<_>) =
-                    batch.into_iter().map(|(m, p, d)| (m, (p, d))).unzip();
-                let (published, decoded): (Vec<i64>, Vec<_>) = rest.into_iter().unzip();
-                let incoming: Vec<IncomingMessage<'_>> = messages
-                    .iter()
-                    .zip(&published)
-                    .map(|(message, published_at_ms)| IncomingMessage {
-                        sequence: message.info().map_or(0, |i| i.stream_sequence),
-                        subject: message.subject.as_str(),
-                        payload: &message.payload,
-                        published_at_ms: Some(*published_at_ms),
-                    })
-                    .collect();
-                writer.apply_decoded(&incoming, &decoded)?;
-            }
-            Ok(writer)
+        let (batcher, batches) = Batcher::new(REPLAY_BATCH);
+        let busy = std::sync::atomic::AtomicBool::new(false);
+        let committer = commit_batches(&writer, batches, &busy, |outcome, _| {
+            messages_done += outcome.applied + outcome.dead_letters + outcome.skipped;
+            progress.update(messages_done, stop.at_sequence);
+            std::future::ready(Ok::<_, ReplayError>(()))
         });
-        let mut batch: Vec<Decoded> = Vec::with_capacity(REPLAY_BATCH);
-        let mut done = false;
-        let read = async {
-            while !done {
-                let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
-                    .await
-                    .map_err(|_| {
-                        NatsError::Messages("no message for 30 s before the head".into())
-                    })?;
-                let message = match next {
-                    None => break,
-                    Some(Err(e)) => return Err(NatsError::Messages(e.to_string())),
-                    Some(Ok(message)) => message,
-                };
-                let info = message
-                    .info()
-                    .map_err(|e| NatsError::Messages(e.to_string()))?;
-                let sequence = info.stream_sequence;
-                let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
-                if stop_after_ms.is_some_and(|limit| published_ms > limit) {
-                    break;
-                }
-                done = sequence >= stop_at || info.pending == 0;
-                if sequence <= stop_at {
-                    let decoded = crate::events::decode(message.subject.as_str(), &message.payload);
-                    batch.push((message, published_ms, decoded));
-                }
-                if batch.len() >= REPLAY_BATCH || (done && !batch.is_empty()) {
-                    messages_done += batch.len() as u64;
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
-                    if batches.send(full).await.is_err() {
-                        break; // the writer failed; its error is reported below
-                    }
-                    progress.update(messages_done, stop_at);
-                }
-            }
-            if !batch.is_empty() {
-                messages_done += batch.len() as u64;
-                let _ = batches.send(std::mem::take(&mut batch)).await;
-            }
-            drop(batches);
-            Ok(())
-        };
-        let read_result = read.await;
-        writer = applier.await??;
-        read_result?;
+        let (read, committed) = tokio::join!(read_until(&mut messages, batcher, &stop), committer);
+        committed?;
+        read?;
     }
-    progress.update(messages_done, stop_at);
+    progress.update(messages_done, stop.at_sequence);
     progress.finish();
+    let writer = std::sync::Arc::into_inner(writer)
+        .expect("the committer has returned its handle")
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     let last_sequence = writer.checkpoint();
     let path = writer.path().to_path_buf();
     tokio::task::spawn_blocking(move || writer.finish_scratch()).await??;
@@ -243,6 +187,51 @@ pub async fn replay_into(
     })
 }
 
+/// Where a replay ends: the last sequence to apply, and optionally the last publish time.
+struct Stop {
+    at_sequence: u64,
+    after_ms: Option<i64>,
+}
+
+/// Reads the ordered consumer into batches up to `stop`. A writer failure ends the read; the
+/// committer reports it.
+async fn read_until(
+    messages: &mut pull::Ordered,
+    mut batcher: Batcher,
+    stop: &Stop,
+) -> Result<(), NatsError> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .map_err(|_| NatsError::Messages("no message for 30 s before the head".into()))?;
+        let message = match next {
+            None => break,
+            Some(Err(e)) => return Err(NatsError::Messages(e.to_string())),
+            Some(Ok(message)) => message,
+        };
+        let position = Position::of(&message)?;
+        if stop
+            .after_ms
+            .is_some_and(|limit| position.published_at_ms > limit)
+        {
+            break;
+        }
+        if position.stream_sequence <= stop.at_sequence
+            && batcher
+                .push(Received::decode(&message, &position), None)
+                .await
+                .is_err()
+        {
+            return Ok(());
+        }
+        if position.stream_sequence >= stop.at_sequence || position.pending == 0 {
+            break;
+        }
+    }
+    let _ = batcher.hand_over().await;
+    Ok(())
+}
+
 /// Rebuilds the live database: builds a new generation and swaps it in. A running `serve`
 /// follows the swap by itself; without one, the old generation is removed here.
 pub async fn rebuild_live(
@@ -251,8 +240,8 @@ pub async fn rebuild_live(
     db_path: &Path,
     progress: &mut dyn Progress,
 ) -> Result<RebuildReport, ReplayError> {
-    let _lock = generation::lock_rebuild(db_path)?;
-    remove_interrupted_builds(db_path);
+    let lock = generation::lock_rebuild(db_path)?;
+    generation::remove_interrupted_builds(&lock, db_path)?;
     let (generation_path, building) = generation::next_generation(db_path);
     let mut report = replay_into(client, stream_name, &building, None, progress).await?;
     std::fs::rename(&building, &generation_path).map_err(StoreError::from)?;
@@ -261,17 +250,8 @@ pub async fn rebuild_live(
     tracing::info!(generation = %generation_path.display(), messages = report.messages,
         last_sequence = report.last_sequence, "rebuilt database swapped in");
     if !generation::is_served(db_path) {
-        if let Some(previous) = previous.filter(|p| *p != generation_path) {
-            if previous == db_path {
-                // It was a plain file, now replaced by the symlink: only its journals remain.
-                for suffix in ["-wal", "-shm"] {
-                    let mut name = db_path.as_os_str().to_owned();
-                    name.push(suffix);
-                    let _ = std::fs::remove_file(PathBuf::from(name));
-                }
-            } else {
-                generation::remove_database_files(&previous);
-            }
+        if let Some(previous) = previous {
+            generation::remove_replaced(db_path, &previous);
         }
     }
     Ok(report)
@@ -300,27 +280,4 @@ pub async fn rebuild_copy(
     std::fs::rename(&building, output).map_err(StoreError::from)?;
     report.path = output.to_path_buf();
     Ok(report)
-}
-
-fn remove_interrupted_builds(db_path: &Path) {
-    let dir = match db_path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let Some(name) = db_path.file_name().and_then(|n| n.to_str()) else {
-        return;
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            continue;
-        };
-        if file_name.starts_with(&format!("{name}.gen-")) && file_name.ends_with(".building") {
-            tracing::info!(file = file_name, "removing an interrupted rebuild");
-            generation::remove_database_files(&entry.path());
-        }
-    }
 }

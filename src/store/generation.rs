@@ -119,35 +119,9 @@ pub fn remove_database_files(path: &Path) {
 /// no rebuild runs), generations the path no longer points to, and the stray `-wal`/`-shm` of
 /// a plain file replaced by a symlink. Call only when no process reads an old generation.
 pub fn remove_leftovers(db: &Path) -> Result<(), GenerationError> {
-    let Some(dir) = db.parent().map(|d| {
-        if d.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            d
-        }
-    }) else {
-        return Ok(());
-    };
-    let Some(name) = db.file_name().and_then(|n| n.to_str()) else {
-        return Ok(());
-    };
     let rebuild_running = matches!(lock_rebuild(db), Err(GenerationError::Busy(..)));
     let current = resolve(db);
-    let prefix = format!("{name}.gen-");
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            continue;
-        };
-        let Some(rest) = file_name.strip_prefix(&prefix) else {
-            continue;
-        };
-        if rest.ends_with("-wal") || rest.ends_with("-shm") || rest.ends_with("-journal") {
-            continue;
-        }
-        let path = entry.path();
-        let building = rest.ends_with(".building");
+    for (path, building) in generations(db)? {
         if building && rebuild_running {
             continue;
         }
@@ -156,10 +130,65 @@ pub fn remove_leftovers(db: &Path) -> Result<(), GenerationError> {
         }
         remove_database_files(&path);
     }
+    remove_stray_journals(db);
+    Ok(())
+}
+
+/// Removes the `.building` files of interrupted rebuilds. The caller holds the rebuild lock.
+pub fn remove_interrupted_builds(
+    _rebuild_lock: &FileLock,
+    db: &Path,
+) -> Result<(), GenerationError> {
+    for (path, building) in generations(db)? {
+        if building {
+            tracing::info!(file = %path.display(), "removing an interrupted rebuild");
+            remove_database_files(&path);
+        }
+    }
+    Ok(())
+}
+
+/// After a swap that no `serve` follows: removes the file `db` resolved to before (a plain
+/// file replaced by the symlink leaves only its journals behind).
+pub fn remove_replaced(db: &Path, previous: &Path) {
+    if previous == db {
+        remove_stray_journals(db);
+    } else if resolve(db) != previous {
+        remove_database_files(previous);
+    }
+}
+
+/// A symlinked path has no journals of its own; those left are a replaced plain file's.
+fn remove_stray_journals(db: &Path) {
     if db.is_symlink() {
         for suffix in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(sibling(db, suffix));
         }
     }
-    Ok(())
+}
+
+/// The generation files next to `db` (not their journals), each with whether it is still
+/// being built.
+fn generations(db: &Path) -> Result<Vec<(PathBuf, bool)>, GenerationError> {
+    let dir = match db.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = db.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.gen-");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if rest.ends_with("-wal") || rest.ends_with("-shm") || rest.ends_with("-journal") {
+            continue;
+        }
+        found.push((entry.path(), rest.ends_with(".building")));
+    }
+    Ok(found)
 }
