@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 
+use crate::api::auth::AuthSettings;
 use crate::api::auth::{mint_hs256, DevClaims, ROLE_SYSTEM_ADMIN};
-use crate::config::{CommonOptions, DemoOptions, DemoRunnersOptions, JwtOptions, ServeOptions};
 use crate::publish::{EventBuilder, PublishError, Publisher};
 use crate::schedule::CronSchedule;
-use crate::service::{self, Shutdown};
+use crate::service::{self, ServeConfig, Shutdown};
 
 /// Where the demo keeps what it makes: the NATS store and a nats-server it had to install.
 const DATA_DIR: &str = "data";
@@ -269,16 +269,17 @@ pub async fn run_live_runs(
 }
 
 /// `jobstats demo-runners`: history, then live runs until `shutdown`. With the service's
-/// secret, prints a token and the commands to read what the runners publish.
+/// secret, prints a token and the commands to read what the runners publish at `api_url`.
 pub async fn run_demo_runners(
     publisher: Publisher,
-    options: &DemoRunnersOptions,
+    secret: Option<&str>,
+    api_url: &str,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     publish_demo_history(&publisher).await?;
-    match options.jwt_hs256_secret.as_deref() {
+    match secret {
         Some(secret) if secret.len() >= 32 => {
-            let base = options.api_url.trim_end_matches('/');
+            let base = api_url.trim_end_matches('/');
             println!();
             println!("jobstats demo runners are publishing to the service at {base}.");
             print_welcome(base, &demo_token(secret)?);
@@ -369,54 +370,64 @@ async fn start_nats(url: &str) -> anyhow::Result<tokio::process::Child> {
     bail!("nats-server did not come up on port {port}")
 }
 
+/// What `jobstats demo` runs with.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub nats_url: String,
+    pub stream: String,
+    pub db_path: std::path::PathBuf,
+    pub listen: SocketAddr,
+    /// The HS256 secret to serve with; a random one when unset or under 32 bytes.
+    pub secret: Option<String>,
+}
+
 /// Runs the whole demo until `shutdown`.
-pub async fn demo(
-    common: &CommonOptions,
-    options: &DemoOptions,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
+pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut nats_child =
-        match crate::stream::connect(&common.nats_url, "jobstats-demo-probe", true).await {
+        match crate::stream::connect(&config.nats_url, "jobstats-demo-probe", true).await {
             Ok(_) => {
-                eprintln!("using NATS at {}", common.nats_url);
+                eprintln!("using NATS at {}", config.nats_url);
                 None
             }
-            Err(_) => Some(start_nats(&common.nats_url).await?),
+            Err(_) => Some(start_nats(&config.nats_url).await?),
         };
-    let secret = std::env::var("JOBSTATS_JWT_HS256_SECRET")
-        .ok()
+    let secret = config
+        .secret
+        .clone()
         .filter(|s| s.len() >= 32)
         .unwrap_or_else(|| format!("jobstats-demo-{}", uuid::Uuid::new_v4().simple()));
-    let serve_options = ServeOptions {
-        max_runtime: std::time::Duration::from_secs(3600),
-        listen: options.listen,
+    let serve_config = ServeConfig {
+        nats_url: config.nats_url.clone(),
+        stream: config.stream.clone(),
+        db_path: config.db_path.clone(),
         consumer: "jobstats-demo".into(),
         read_only: false,
-        http: Default::default(),
+        default_max_runtime: Duration::from_secs(3600),
         admin_listen: None,
-        jwt: JwtOptions {
-            jwt_hs256_secret: Some(secret.clone()),
-            jwt_public_key_file: None,
-            jwt_issuer: None,
-            jwt_realms: None,
-            jwt_audience: None,
+        auth: AuthSettings {
+            hs256_secret: Some(secret.clone()),
+            public_key_file: None,
+            issuer: None,
+            realms: None,
+            audience: None,
         },
+        http: Default::default(),
     };
-    let listener = tokio::net::TcpListener::bind(options.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("JOBSTATS_LISTEN {}: cannot listen", options.listen))?;
+        .with_context(|| format!("JOBSTATS_LISTEN {}: cannot listen", config.listen))?;
     let address: SocketAddr = listener.local_addr()?;
+    let (applied, mut applied_sequence) = tokio::sync::watch::channel(0);
     let server = {
-        let common = common.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(
-            async move { service::serve(&common, &serve_options, listener, shutdown).await },
+            async move { service::serve(&serve_config, listener, shutdown, applied).await },
         )
     };
-    let publisher = Publisher::connect(&common.nats_url).await?;
+    let publisher = Publisher::connect(&config.nats_url).await?;
     // The stream exists once serve's projector made it; the first publishes wait for that.
-    let js = async_nats::jetstream::new(async_nats::connect(&common.nats_url).await?);
-    crate::stream::ensure_stream(&js, &common.stream).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(&config.nats_url).await?);
+    crate::stream::ensure_stream(&js, &config.stream).await?;
     let history_head = publish_demo_history(&publisher).await?;
     let runners = {
         let shutdown = shutdown.clone();
@@ -426,13 +437,21 @@ pub async fn demo(
     };
 
     let token = demo_token(&secret)?;
-    wait_until_applied(address, history_head).await;
-    println!();
-    println!("jobstats demo is running (Ctrl-C stops everything it started).");
-    print_welcome(&format!("http://{address}"), &token);
-
-    shutdown.wait().await;
-    let _ = runners.await;
+    // The curl commands are printed once serve has applied the history they read. A serve
+    // that stops first drops the sender: its error is reported below.
+    let ready = applied_sequence
+        .wait_for(|sequence| *sequence >= history_head)
+        .await
+        .is_ok();
+    if ready {
+        println!();
+        println!("jobstats demo is running (Ctrl-C stops everything it started).");
+        print_welcome(&format!("http://{address}"), &token);
+        shutdown.wait().await;
+        let _ = runners.await;
+    } else {
+        runners.abort();
+    }
     let served = server.await;
     if let Some(child) = nats_child.as_mut() {
         let _ = child.start_kill();
@@ -440,29 +459,4 @@ pub async fn demo(
     }
     served.map_err(|e| anyhow::anyhow!("serve task failed: {e}"))??;
     Ok(())
-}
-
-/// Waits until `/readyz` says the projector applied `sequence`.
-async fn wait_until_applied(address: SocketAddr, sequence: u64) {
-    for _ in 0..600 {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(address).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let request =
-                format!("GET /readyz HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
-            if stream.write_all(request.as_bytes()).await.is_ok() {
-                let mut response = Vec::new();
-                let _ = stream.read_to_end(&mut response).await;
-                let text = String::from_utf8_lossy(&response);
-                let applied = text
-                    .split_once("\r\n\r\n")
-                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
-                    .and_then(|body| body["lastAppliedSequence"].as_u64())
-                    .unwrap_or(0);
-                if applied >= sequence {
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

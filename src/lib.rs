@@ -16,12 +16,12 @@
 //! | [`service`] | wires the pieces into `serve` (projector + API, start-up rebuild) | hold business rules |
 //! | [`runner`] | `jobstats run`: wraps a command as one execution | |
 //! | [`demo`] | `jobstats demo`: NATS + serve + demo job runners | |
-//! | [`config`] | CLI and environment configuration | |
+//! | [`cli`] | the command line: flags, environment and file layered; one function per subcommand, turning them into domain options | be called by the library |
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cache;
-pub mod config;
+pub mod cli;
 pub mod demo;
 pub mod events;
 pub mod ingest;

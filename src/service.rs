@@ -3,15 +3,18 @@
 //! connections and a shutdown future from here.
 
 use std::future::Future;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::api::{self, auth::Authenticator, AppState};
-use crate::config::{CommonOptions, ServeOptions};
+use crate::api::auth::{AuthSettings, Authenticator};
+use crate::api::limits::HttpLimits;
+use crate::api::{self, AppState};
 use crate::ingest::live::{self, ProjectorConfig, ProjectorHandles};
 use crate::ingest::replay::{self, Progress};
 use crate::metrics::{Metrics, ProjectorStatus};
@@ -52,54 +55,65 @@ pub async fn termination_signal() {
     tracing::info!("shutting down");
 }
 
-/// Runs `jobstats serve` on an already bound listener until `shutdown`.
+/// What `serve` runs with (the CLI builds it from flags, environment and file).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub nats_url: String,
+    pub stream: String,
+    /// The read model: a plain file or a generation symlink.
+    pub db_path: PathBuf,
+    /// Durable consumer name; each read replica uses its own.
+    pub consumer: String,
+    /// Serve the file as it is, without projecting.
+    pub read_only: bool,
+    /// How long an execution may process before its job is `stuck`, for schedules that set
+    /// no `maxRuntimeMs`.
+    pub default_max_runtime: Duration,
+    /// Where `/readyz` and `/metrics` go instead of the API address, when set.
+    pub admin_listen: Option<SocketAddr>,
+    pub auth: AuthSettings,
+    pub http: HttpLimits,
+}
+
+/// Runs `jobstats serve` on an already bound listener until `shutdown`. `applied` receives
+/// the checkpoint at start and after each commit, for in-process observers (the demo waits
+/// on it before it prints its curl commands).
 pub async fn serve(
-    common: &CommonOptions,
-    options: &ServeOptions,
+    config: &ServeConfig,
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
+    applied: watch::Sender<u64>,
 ) -> anyhow::Result<()> {
-    let authenticator = Authenticator::new(options.jwt.settings())?;
-    let db_path = common.db_path.clone();
+    let authenticator = Authenticator::new(config.auth.clone())?;
+    let db_path = &config.db_path;
     let metrics = Arc::new(Metrics::default());
     let status = Arc::new(ProjectorStatus::default());
-
-    // Checked before anything reads the file. A damaged file cannot say whether it was a
-    // point-in-time copy, so only an explicit --read-only keeps it from being rebuilt.
-    let damaged = (!options.read_only)
-        .then(|| store::integrity_problem(&db_path))
-        .flatten();
-    if let Some(problem) = damaged {
-        // The stream is the source of truth: a damaged file is kept for a post-mortem and
-        // the read model is built again from sequence 1; /readyz says so until caught up.
-        let aside = store::move_aside(&db_path).with_context(|| {
-            format!(
-                "JOBSTATS_DB_PATH {}: moving a damaged file aside",
-                db_path.display()
-            )
-        })?;
-        let recovery = format!(
-            "{} failed its integrity check ({problem}); moved to {} and rebuilding from the stream",
-            db_path.display(),
-            aside.display()
-        );
-        tracing::error!("{recovery}");
-        *status
-            .startup_recovery
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(recovery);
+    if !config.read_only {
+        move_aside_if_damaged(db_path, &status)?;
     }
+    let state = |readers, nats| {
+        Arc::new(AppState {
+            readers,
+            authenticator,
+            metrics: metrics.clone(),
+            status: status.clone(),
+            nats,
+            bodies: Default::default(),
+            default_max_runtime_ms: config.default_max_runtime.as_millis() as i64,
+        })
+    };
+    let admin = admin_listener(config.admin_listen).await?;
 
-    let frozen = store::frozen_until(&db_path)
+    let frozen = store::frozen_until(db_path)
         .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
-    if options.read_only || frozen.is_some() {
+    if config.read_only || frozen.is_some() {
         anyhow::ensure!(
             db_path.exists(),
             "JOBSTATS_DB_PATH {}: no such database to serve read-only",
             db_path.display()
         );
         tracing::info!(db = %db_path.display(), frozen_until = ?frozen, "serving read-only");
-        let readers = Arc::new(CurrentReader::new(ReadPool::open(&db_path)?));
+        let readers = Arc::new(CurrentReader::new(ReadPool::open(db_path)?));
         let freshness = readers.get().freshness()?;
         status
             .last_sequence
@@ -109,101 +123,41 @@ pub async fn serve(
             freshness.last_published_at_ms.unwrap_or(0),
             Ordering::Relaxed,
         );
-        let state = Arc::new(AppState {
-            readers,
-            authenticator,
-            metrics,
-            status,
-            nats: None,
-            bodies: Default::default(),
-            default_max_runtime_ms: options.max_runtime.as_millis() as i64,
-        });
-        api::serve(
-            listener,
-            admin_listener(options).await?,
-            state,
-            &options.http,
-            shutdown.wait(),
-        )
-        .await?;
+        applied.send_replace(freshness.last_sequence);
+        let state = state(readers, None);
+        api::serve(listener, admin, state, &config.http, shutdown.wait()).await?;
         return Ok(());
     }
 
-    let _serve_lock = generation::lock_serve(&db_path)
+    let _serve_lock = generation::lock_serve(db_path)
         .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
-    generation::remove_leftovers(&db_path)?;
-    let built_with = store::projection_version_of(&db_path)?;
-    let needs_rebuild = built_with.is_some_and(|v| v != PROJECTION_VERSION);
-    let writer = if needs_rebuild {
-        // Bring the old file's schema up to date (new columns stay empty) so the API can keep
-        // answering from it while the rebuild runs.
-        Writer::open(&db_path)
-            .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
-        None
-    } else {
-        let (writer, _) = Writer::open(&db_path)
-            .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
-        Some(writer)
-    };
-    let readers = Arc::new(CurrentReader::new(ReadPool::open(&db_path)?));
-    let client = crate::stream::connect(&common.nats_url, "jobstats-serve", false).await?;
+    generation::remove_leftovers(db_path)?;
+    let (writer, built_with) = open_writer(db_path)?;
+    let readers = Arc::new(CurrentReader::new(ReadPool::open(db_path)?));
+    let client = crate::stream::connect(&config.nats_url, "jobstats-serve", false).await?;
     let freshness = readers.get().freshness().unwrap_or_default();
     status.last_published_at_ms.store(
         freshness.last_published_at_ms.unwrap_or(0),
         Ordering::Relaxed,
     );
-    let (applied, _) = watch::channel(freshness.last_sequence);
+    applied.send_replace(freshness.last_sequence);
     let handles = ProjectorHandles {
         status: status.clone(),
         metrics: metrics.clone(),
         readers: readers.clone(),
         applied,
     };
+    let projector = tokio::spawn(project(
+        client.clone(),
+        ProjectorConfig::new(&config.stream, &config.consumer, db_path.clone()),
+        writer.ok_or(built_with),
+        handles,
+        shutdown.clone(),
+    ));
 
-    let projector = {
-        let client = client.clone();
-        let config = ProjectorConfig::new(&common.stream, &options.consumer, db_path.clone());
-        let stream = common.stream.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let writer = match writer {
-                Some(writer) => writer,
-                None => match rebuild_on_start(
-                    &client,
-                    &stream,
-                    &config.db_path,
-                    &handles,
-                    &shutdown,
-                    built_with,
-                )
-                .await
-                {
-                    Some(writer) => writer,
-                    None => return,
-                },
-            };
-            live::run(client, config, writer, handles, shutdown.wait()).await;
-        })
-    };
-
-    let state = Arc::new(AppState {
-        readers,
-        authenticator,
-        metrics,
-        status,
-        nats: Some(client.clone()),
-        bodies: Default::default(),
-        default_max_runtime_ms: options.max_runtime.as_millis() as i64,
-    });
+    let state = state(readers, Some(client.clone()));
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
-    let http = api::serve(
-        listener,
-        admin_listener(options).await?,
-        state,
-        &options.http,
-        shutdown.wait(),
-    );
-    let http_result = http.await;
+    let http_result = api::serve(listener, admin, state, &config.http, shutdown.wait()).await;
     // The projector commits the batch in hand before it returns.
     if let Err(e) = projector.await {
         tracing::error!(error = %e, "projector task failed");
@@ -211,6 +165,75 @@ pub async fn serve(
     client.flush().await.ok();
     http_result?;
     Ok(())
+}
+
+/// Checked before anything reads the file. The stream is the source of truth: a damaged
+/// file is kept for a post-mortem and the read model is built again from sequence 1;
+/// /readyz says so until caught up. (A damaged file cannot say whether it was a
+/// point-in-time copy, so only an explicit --read-only keeps it from being rebuilt.)
+fn move_aside_if_damaged(db_path: &Path, status: &ProjectorStatus) -> anyhow::Result<()> {
+    let Some(problem) = store::integrity_problem(db_path) else {
+        return Ok(());
+    };
+    let aside = store::move_aside(db_path).with_context(|| {
+        format!(
+            "JOBSTATS_DB_PATH {}: moving a damaged file aside",
+            db_path.display()
+        )
+    })?;
+    let recovery = format!(
+        "{} failed its integrity check ({problem}); moved to {} and rebuilding from the stream",
+        db_path.display(),
+        aside.display()
+    );
+    tracing::error!("{recovery}");
+    *status
+        .startup_recovery
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(recovery);
+    Ok(())
+}
+
+/// The writer, or `None` when the file was built by another projection version (then with
+/// that version): its schema is still brought up to date (new columns stay empty) so the API
+/// can keep answering from it while a rebuild runs.
+fn open_writer(db_path: &Path) -> anyhow::Result<(Option<Writer>, Option<i64>)> {
+    let built_with = store::projection_version_of(db_path)?;
+    let (writer, _) =
+        Writer::open(db_path).with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
+    if built_with.is_some_and(|v| v != PROJECTION_VERSION) {
+        return Ok((None, built_with));
+    }
+    Ok((Some(writer), built_with))
+}
+
+/// The projector task: the live consumer on `writer`, after a start-up rebuild when the file
+/// was built by another projection version (`Err(version)`).
+async fn project(
+    client: async_nats::Client,
+    config: ProjectorConfig,
+    writer: Result<Writer, Option<i64>>,
+    handles: ProjectorHandles,
+    shutdown: Shutdown,
+) {
+    let writer = match writer {
+        Ok(writer) => writer,
+        Err(built_with) => {
+            let rebuilt = rebuild_on_start(
+                &client,
+                &config.stream,
+                &config.db_path,
+                &handles,
+                &shutdown,
+                built_with,
+            );
+            match rebuilt.await {
+                Some(writer) => writer,
+                None => return,
+            }
+        }
+    };
+    live::run(client, config, writer, handles, shutdown.wait()).await;
 }
 
 /// Rebuilds blue-green when the file on disk was built by another projection version, while
@@ -308,8 +331,10 @@ impl Progress for StatusProgress {
 }
 
 /// Binds `JOBSTATS_ADMIN_LISTEN`, when set.
-async fn admin_listener(options: &ServeOptions) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    let Some(address) = options.admin_listen else {
+async fn admin_listener(
+    address: Option<SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(address) = address else {
         return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(address)

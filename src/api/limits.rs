@@ -15,6 +15,31 @@ use poem::web::{LocalAddr, RemoteAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The HTTP server's limits (`JOBSTATS_HTTP_*`, CONTRACT §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Most open client connections; more wait in the listen backlog until one closes.
+    pub max_connections: u32,
+    /// A connection with no bytes read or written for this long is closed.
+    pub idle_timeout: Duration,
+    /// Once a client has sent bytes, the answer must start within this long.
+    pub request_timeout: Duration,
+    pub http2_max_streams: u32,
+    pub http2_max_header_bytes: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            http2_max_streams: 64,
+            http2_max_header_bytes: 16_384,
+        }
+    }
+}
+
 /// Accepts at most `permits` connections at once: the next waits in the kernel's backlog
 /// until one closes, so memory never grows with the number of clients.
 pub struct LimitedAcceptor<A> {

@@ -10,7 +10,7 @@ pub mod body;
 pub mod errors;
 mod health;
 pub mod jobs;
-mod limits;
+pub mod limits;
 mod params;
 mod query;
 pub mod stats;
@@ -248,7 +248,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     admin: Option<tokio::net::TcpListener>,
     state: Arc<AppState>,
-    limits: &crate::config::HttpLimits,
+    limits: &limits::HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use futures::FutureExt;
@@ -256,11 +256,11 @@ pub async fn serve(
     let server = |listener| -> std::io::Result<_> {
         let acceptor = limits::LimitedAcceptor::new(
             TcpAcceptor::from_tokio(listener)?,
-            limits.http_max_connections as usize,
-            limits.http_request_timeout,
+            limits.max_connections as usize,
+            limits.request_timeout,
         );
         Ok(poem::Server::new_with_acceptor(acceptor)
-            .idle_timeout(limits.http_idle_timeout)
+            .idle_timeout(limits.idle_timeout)
             .http2_max_concurrent_streams(limits.http2_max_streams)
             .http2_max_header_list_size(limits.http2_max_header_bytes))
     };

@@ -17,7 +17,7 @@ async fn fixture() -> Fixture {
     fixture_with(jwt_options()).await
 }
 
-async fn fixture_with(jwt: jobstats::config::JwtOptions) -> Fixture {
+async fn fixture_with(jwt: jobstats::api::auth::AuthSettings) -> Fixture {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let app = App::spawn_with(&nats.url(), &dir.path().join("stats.db"), jwt, false).await;
@@ -419,12 +419,12 @@ async fn rs256_issuer_realm_and_audience_rules() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("keys.pem");
     std::fs::write(&key_file, RSA_PUBLIC).unwrap();
-    let f = fixture_with(jobstats::config::JwtOptions {
-        jwt_hs256_secret: None,
-        jwt_public_key_file: Some(key_file),
-        jwt_issuer: Some("https://sso.example.com/realms/{realm}".into()),
-        jwt_realms: Some(vec!["acme".into(), "globex".into()]),
-        jwt_audience: Some("jobstats".into()),
+    let f = fixture_with(jobstats::api::auth::AuthSettings {
+        hs256_secret: None,
+        public_key_file: Some(key_file),
+        issuer: Some("https://sso.example.com/realms/{realm}".into()),
+        realms: Some(vec!["acme".into(), "globex".into()]),
+        audience: Some("jobstats".into()),
     })
     .await;
     let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();

@@ -9,10 +9,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use jobstats::api::auth::AuthSettings;
 use jobstats::api::auth::{mint_hs256, DevClaims};
-use jobstats::config::{CommonOptions, JwtOptions, LogFormat, ServeOptions};
 use jobstats::publish::{EventBuilder, Publisher};
-use jobstats::service::Shutdown;
+use jobstats::service::{ServeConfig, Shutdown};
 use tempfile::TempDir;
 
 pub const TENANT: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
@@ -153,23 +153,14 @@ pub struct App {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-pub fn common_options(nats_url: &str, db_path: &Path) -> CommonOptions {
-    CommonOptions {
-        nats_url: nats_url.to_owned(),
-        stream: "JOB_EVENTS".into(),
-        db_path: db_path.to_path_buf(),
-        config: None,
-        log_format: LogFormat::Text,
-    }
-}
-
-pub fn jwt_options() -> JwtOptions {
-    JwtOptions {
-        jwt_hs256_secret: Some(SECRET.into()),
-        jwt_public_key_file: None,
-        jwt_issuer: None,
-        jwt_realms: None,
-        jwt_audience: None,
+/// Verification of the HS256 tokens the tests sign with [`SECRET`].
+pub fn jwt_options() -> AuthSettings {
+    AuthSettings {
+        hs256_secret: Some(SECRET.into()),
+        public_key_file: None,
+        issuer: None,
+        realms: None,
+        audience: None,
     }
 }
 
@@ -181,29 +172,31 @@ impl App {
     pub async fn spawn_with(
         nats_url: &str,
         db_path: &Path,
-        jwt: JwtOptions,
+        auth: AuthSettings,
         read_only: bool,
     ) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        let common = common_options(nats_url, db_path);
-        let options = ServeOptions {
-            max_runtime: std::time::Duration::from_secs(3600),
-            listen: address,
+        let config = ServeConfig {
+            nats_url: nats_url.to_owned(),
+            stream: "JOB_EVENTS".into(),
+            db_path: db_path.to_path_buf(),
             consumer: "jobstats-test".into(),
             read_only,
-            jwt,
-            http: Default::default(),
+            default_max_runtime: Duration::from_secs(3600),
             admin_listen: None,
+            auth,
+            http: Default::default(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = Shutdown::new(async move {
             let _ = stopped.await;
         });
         let task = tokio::spawn(async move {
-            jobstats::service::serve(&common, &options, listener, shutdown).await
+            let (applied, _) = tokio::sync::watch::channel(0);
+            jobstats::service::serve(&config, listener, shutdown, applied).await
         });
         let app = App {
             address,

@@ -1,4 +1,4 @@
-//! Command line and configuration (CONTRACT §4). Every option has a `JOBSTATS_*` environment
+//! Command-line arguments and configuration (CONTRACT §4). Every option has a `JOBSTATS_*` environment
 //! variable; an optional TOML file (`--config` / `JOBSTATS_CONFIG`) fills in options that are
 //! not set, so the precedence is flag > environment > file > default ([`parse_layered`]). A bad value stops
 //! start-up with a message naming the variable.
@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::api::auth::AuthSettings;
+use crate::api::limits::HttpLimits;
 use crate::ingest::replay::RebuildUntil;
 
 #[derive(Debug, Parser)]
@@ -151,12 +152,12 @@ pub struct ServeOptions {
     #[command(flatten)]
     pub jwt: JwtOptions,
     #[command(flatten)]
-    pub http: HttpLimits,
+    pub http: HttpLimitArgs,
 }
 
 /// Limits that keep an exposed HTTP server from being exhausted by its clients.
 #[derive(Debug, Clone, Args)]
-pub struct HttpLimits {
+pub struct HttpLimitArgs {
     /// Most open client connections; more wait in the listen backlog until one closes.
     #[arg(long, env = "JOBSTATS_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -179,14 +180,14 @@ pub struct HttpLimits {
     pub http2_max_header_bytes: u32,
 }
 
-impl Default for HttpLimits {
-    fn default() -> Self {
+impl HttpLimitArgs {
+    pub fn limits(&self) -> HttpLimits {
         HttpLimits {
-            http_max_connections: 1024,
-            http_idle_timeout: Duration::from_secs(60),
-            http_request_timeout: Duration::from_secs(30),
-            http2_max_streams: 64,
-            http2_max_header_bytes: 16_384,
+            max_connections: self.http_max_connections,
+            idle_timeout: self.http_idle_timeout,
+            request_timeout: self.http_request_timeout,
+            http2_max_streams: self.http2_max_streams,
+            http2_max_header_bytes: self.http2_max_header_bytes,
         }
     }
 }

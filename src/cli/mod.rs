@@ -1,0 +1,302 @@
+//! The command line at the edge: [`args`] parses flags, environment and file; each subcommand
+//! is one function here that turns its arguments into the library's domain options and calls
+//! it. Nothing below this module sees a clap type.
+
+pub mod args;
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use serde_json::{json, Value};
+
+use crate::events::{self, DecodeError, Event, TenantId};
+use crate::publish::{EventBuilder, Publisher};
+use crate::service::{self, ServeConfig, Shutdown};
+pub use args::{parse_layered, Cli, Command, LogFormat};
+use args::{
+    CommonOptions, DemoOptions, DemoRunnersOptions, EventTypeArg, PublishOptions, RebuildOptions,
+    RunOptions, ServeOptions, TokenOptions,
+};
+
+/// Runs the parsed command; its exit code.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = &cli.common;
+    match &cli.command {
+        Command::Serve(options) => serve(common, options).await?,
+        Command::Rebuild(options) => rebuild(common, options).await?,
+        Command::Publish(options) => publish(common, options).await?,
+        Command::Run(options) => return run(common, options).await,
+        Command::Token(options) => token(options)?,
+        Command::Demo(options) => demo(common, options).await?,
+        Command::DemoRunners(options) => demo_runners(common, options).await?,
+        Command::Openapi => println!("{}", crate::api::openapi_json()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the command is a one-shot tool whose output is its result (it logs warnings only).
+pub fn is_quiet(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Publish(_) | Command::Run(_) | Command::Token(_) | Command::Openapi
+    )
+}
+
+fn serve_config(common: &CommonOptions, options: &ServeOptions) -> ServeConfig {
+    ServeConfig {
+        nats_url: common.nats_url.clone(),
+        stream: common.stream.clone(),
+        db_path: common.db_path.clone(),
+        consumer: options.consumer.clone(),
+        read_only: options.read_only,
+        default_max_runtime: options.max_runtime,
+        admin_listen: options.admin_listen,
+        auth: options.jwt.settings(),
+        http: options.http.limits(),
+    }
+}
+
+async fn serve(common: &CommonOptions, options: &ServeOptions) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("JOBSTATS_LISTEN {}: cannot listen", options.listen))?;
+    let shutdown = Shutdown::new(service::termination_signal());
+    let (applied, _) = tokio::sync::watch::channel(0);
+    service::serve(&serve_config(common, options), listener, shutdown, applied).await
+}
+
+async fn rebuild(common: &CommonOptions, options: &RebuildOptions) -> anyhow::Result<()> {
+    use crate::ingest::replay;
+    let client = crate::stream::connect(&common.nats_url, "jobstats-rebuild", true).await?;
+    let mut progress = replay::HumanProgress::default();
+    let report = match &options.output {
+        Some(output) => {
+            let until = options.until;
+            replay::rebuild_copy(
+                &client,
+                &common.stream,
+                &common.db_path,
+                output,
+                until,
+                &mut progress,
+            )
+            .await?
+        }
+        None => {
+            replay::rebuild_live(&client, &common.stream, &common.db_path, &mut progress).await?
+        }
+    };
+    let rate = report.messages as f64 * 1000.0 / (report.elapsed_ms.max(1) as f64);
+    println!(
+        "rebuilt {} from {} messages (last sequence {}) in {:.1} s ({:.0} events/s)",
+        report.path.display(),
+        report.messages,
+        report.last_sequence,
+        report.elapsed_ms as f64 / 1000.0,
+        rate
+    );
+    Ok(())
+}
+
+async fn publish(common: &CommonOptions, options: &PublishOptions) -> anyhow::Result<()> {
+    let event = event_from_flags(options)?;
+    let publisher = Publisher::connect(&common.nats_url).await?;
+    let receipt = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        publisher.publish(&event),
+    )
+    .await
+    .map_err(|_| anyhow!("no JetStream ack within 10 s"))??;
+    println!(
+        "published {} {} (event {}) at stream sequence {}{}",
+        event.event_type(),
+        event.job_name,
+        event.event_id,
+        receipt.sequence,
+        if receipt.duplicate {
+            " (duplicate: already stored)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// The event the flags describe, checked by the decoder the projector uses: which fields a
+/// type takes and their ranges are decided in one place, and a flag the decoder would turn
+/// into a dead letter is refused here, named as the flag.
+fn event_from_flags(options: &PublishOptions) -> anyhow::Result<Event> {
+    let tenant = TenantId::parse(&options.tenant)
+        .map_err(|reason| anyhow!("invalid --tenant {:?}: {reason}", options.tenant))?;
+    let event_type = match options.event_type {
+        EventTypeArg::Scheduled => events::EventType::Scheduled,
+        EventTypeArg::Enqueued => events::EventType::Enqueued,
+        EventTypeArg::Started => events::EventType::Started,
+        EventTypeArg::Completed => events::EventType::Completed,
+        EventTypeArg::Failed => events::EventType::Failed,
+    };
+    let occurred_at = match &options.occurred_at {
+        Some(at) => chrono::DateTime::parse_from_rfc3339(at)
+            .map_err(|_| anyhow!("invalid --occurred-at {at:?}: expected an RFC 3339 time"))?
+            .with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    let event_id = match &options.event_id {
+        Some(id) => uuid::Uuid::try_parse(id)
+            .map_err(|_| anyhow!("invalid --event-id {id:?}: expected a UUID"))?,
+        None => uuid::Uuid::new_v4(),
+    };
+    let mut body = json!({
+        "specVersion": 1,
+        "eventId": event_id,
+        "type": event_type.to_string(),
+        "tenantId": tenant.to_string(),
+        "jobName": options.job,
+        "occurredAt": occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    let fields = body.as_object_mut().expect("a JSON object");
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let optional = [
+        ("executionId", options.execution.clone().map(Value::from)),
+        ("itemsProcessed", options.items.map(Value::from)),
+        ("error", options.error.clone().map(Value::from)),
+        (
+            "cron",
+            options
+                .cron
+                .as_deref()
+                .map(|c| if c == "none" { Value::Null } else { c.into() }),
+        ),
+        ("graceMs", options.grace.map(millis).map(Value::from)),
+        (
+            "maxRuntimeMs",
+            options.max_runtime.map(millis).map(Value::from),
+        ),
+    ];
+    for (field, value) in optional {
+        if let Some(value) = value {
+            fields.insert(field.to_owned(), value);
+        }
+    }
+    let bytes = serde_json::to_vec(&body)?;
+    events::decode(&events::subject_for(&tenant, event_type), &bytes)
+        .map_err(|error| anyhow!("{}", in_flag_terms(&error)))
+}
+
+/// A decoder's complaint about a field, told in the flag that set it.
+fn in_flag_terms(error: &DecodeError) -> String {
+    let flag = |field: &str| match field {
+        "executionId" => "--execution",
+        "itemsProcessed" => "--items",
+        "error" => "--error",
+        "cron" => "--cron",
+        "graceMs" => "--grace",
+        "maxRuntimeMs" => "--max-runtime",
+        "jobName" => "--job",
+        "tenantId" => "--tenant",
+        "occurredAt" => "--occurred-at",
+        "eventId" => "--event-id",
+        _ => "a flag",
+    };
+    match error {
+        DecodeError::MissingField("cron") => {
+            "--cron is required for scheduled events (use --cron none to remove the schedule)"
+                .into()
+        }
+        DecodeError::MissingField(field) => {
+            format!("{} is required for this event type", flag(field))
+        }
+        DecodeError::FieldNotAllowed { field, event_type } => {
+            format!("{} is not allowed on {event_type} events", flag(field))
+        }
+        // The decoder counts milliseconds; the flags take durations.
+        DecodeError::InvalidField {
+            field: "graceMs", ..
+        } => "invalid --grace: must be between 1s and 1d".into(),
+        DecodeError::InvalidField {
+            field: "maxRuntimeMs",
+            ..
+        } => "invalid --max-runtime: must be between 1s and 30d".into(),
+        DecodeError::InvalidField { field, reason } => {
+            format!("invalid {}: {reason}", flag(field))
+        }
+        DecodeError::WrongType { field, expected } => {
+            format!("invalid {}: must be {expected}", flag(field))
+        }
+        DecodeError::InvalidCron { expression, reason } => {
+            format!("invalid --cron {expression:?}: {reason}")
+        }
+        other => format!("invalid event: {other}"),
+    }
+}
+
+async fn run(common: &CommonOptions, options: &RunOptions) -> anyhow::Result<ExitCode> {
+    let execution = options
+        .execution
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let builder = EventBuilder::new(&options.tenant, &options.job)?.execution(&execution)?;
+    let outcome = crate::runner::run(
+        &common.nats_url,
+        builder,
+        &options.command,
+        options.publish_timeout,
+    )
+    .await;
+    for error in &outcome.publish_errors {
+        eprintln!("jobstats run: {error}");
+    }
+    Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+}
+
+fn token(options: &TokenOptions) -> anyhow::Result<()> {
+    let secret = options
+        .secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            anyhow!("JOBSTATS_JWT_HS256_SECRET (or --secret) is required to sign a token")
+        })?;
+    if let Some(tenant) = &options.tenant {
+        TenantId::parse(tenant)
+            .map_err(|reason| anyhow!("invalid --tenant {tenant:?}: {reason}"))?;
+    }
+    let now = chrono::Utc::now().timestamp();
+    let token = crate::api::auth::mint_hs256(
+        secret,
+        &crate::api::auth::DevClaims {
+            sub: options.subject.clone(),
+            roles: options.roles.clone(),
+            tenant_id: options.tenant.clone(),
+            iss: options.issuer.clone(),
+            iat: now,
+            exp: now + options.ttl.as_secs() as i64,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn demo(common: &CommonOptions, options: &DemoOptions) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new(service::termination_signal());
+    let demo = crate::demo::DemoConfig {
+        nats_url: common.nats_url.clone(),
+        stream: common.stream.clone(),
+        db_path: common.db_path.clone(),
+        listen: options.listen,
+        secret: std::env::var("JOBSTATS_JWT_HS256_SECRET").ok(),
+    };
+    crate::demo::demo(&demo, shutdown).await
+}
+
+async fn demo_runners(common: &CommonOptions, options: &DemoRunnersOptions) -> anyhow::Result<()> {
+    let publisher = Publisher::connect(&common.nats_url).await?;
+    crate::demo::run_demo_runners(
+        publisher,
+        options.jwt_hs256_secret.as_deref(),
+        &options.api_url,
+        service::termination_signal(),
+    )
+    .await
+}
