@@ -275,7 +275,7 @@ impl poem::IntoResponse for StatsJson {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::projection::{ExecutionState, JobStats};
+    use crate::projection::{Execution, ExecutionState, JobStats};
     use crate::store::{ExecutionSummary, Freshness};
     use chrono::TimeZone;
 
@@ -309,12 +309,14 @@ mod tests {
             stats,
             recent: vec![ExecutionSummary {
                 execution_id: "run-\"7\"".into(),
-                state: ExecutionState::Failed,
-                enqueued_at: Some(1_699_999_999_000),
-                started_at: Some(1_700_000_000_000),
-                finished_at: Some(1_700_000_012_345),
-                items_processed: Some(12),
-                error: error.map(str::to_owned),
+                row: Execution {
+                    state: ExecutionState::Failed,
+                    enqueued_at: Some(1_699_999_999_000),
+                    started_at: Some(1_700_000_000_000),
+                    finished_at: Some(1_700_000_012_345),
+                    items_processed: Some(12),
+                    error: error.map(str::to_owned),
+                },
             }],
             freshness: Freshness {
                 last_sequence: 99,

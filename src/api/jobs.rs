@@ -647,11 +647,7 @@ fn executions(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next_cursor = rows.last().filter(|_| more).map(|last| {
-        let key = last
-            .started_at
-            .or(last.enqueued_at)
-            .or(last.finished_at)
-            .unwrap_or(0);
+        let key = last.row.recency_key();
         Cursor {
             query: query_id.clone(),
             key: key.into(),

@@ -473,19 +473,16 @@ pub fn render(
     }
 }
 
-pub fn recent_execution(execution: &ExecutionSummary) -> RecentExecution {
-    let duration = match (execution.started_at, execution.finished_at) {
-        (Some(start), Some(end)) => Some((end - start).max(0)),
-        _ => None,
-    };
+pub fn recent_execution(summary: &ExecutionSummary) -> RecentExecution {
+    let row = &summary.row;
     RecentExecution {
-        id: execution.execution_id.clone(),
-        status: execution.state.as_str().to_owned(),
-        started_at: execution.started_at.map(rfc3339_millis),
-        completed_at: execution.finished_at.map(rfc3339_millis),
-        items_processed: execution.items_processed,
-        enqueued_at: execution.enqueued_at.map(rfc3339_millis),
-        duration_ms: duration,
-        error: execution.error.clone(),
+        id: summary.execution_id.clone(),
+        status: row.state.as_str().to_owned(),
+        started_at: row.started_at.map(rfc3339_millis),
+        completed_at: row.finished_at.map(rfc3339_millis),
+        items_processed: row.items_processed,
+        enqueued_at: row.enqueued_at.map(rfc3339_millis),
+        duration_ms: row.duration_ms(),
+        error: row.error.clone(),
     }
 }

@@ -96,6 +96,48 @@ pub(crate) fn execution_state(code: i64) -> Result<crate::projection::ExecutionS
         .ok_or_else(|| StoreError::Corrupt(format!("execution state {code}")))
 }
 
+/// An execution's stored columns, in the order every reader of `executions` selects them.
+pub(crate) const EXECUTION_COLUMNS: &str =
+    "state, enqueued_at, started_at, finished_at, items_processed, error";
+
+/// [`EXECUTION_COLUMNS`] as read, before the state code is checked.
+pub(crate) type ExecutionColumns = (
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// Reads [`EXECUTION_COLUMNS`] starting at column `first`.
+pub(crate) fn execution_columns(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<ExecutionColumns> {
+    Ok((
+        r.get(first)?,
+        r.get(first + 1)?,
+        r.get(first + 2)?,
+        r.get(first + 3)?,
+        r.get(first + 4)?,
+        r.get(first + 5)?,
+    ))
+}
+
+pub(crate) fn execution_from_columns(
+    (state, enqueued_at, started_at, finished_at, items, error): ExecutionColumns,
+) -> Result<crate::projection::Execution, StoreError> {
+    Ok(crate::projection::Execution {
+        state: execution_state(state)?,
+        enqueued_at,
+        started_at,
+        finished_at,
+        items_processed: items.map(|n| n.max(0) as u64),
+        error,
+    })
+}
+
 /// What is wrong with the database at `path`, if anything: it cannot be opened as SQLite, or
 /// `PRAGMA quick_check` finds damage. `None` for a sound file or no file. O(file size).
 pub fn integrity_problem(path: &Path) -> Option<String> {
@@ -247,6 +289,12 @@ fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
 
 /// Reads the projection version of an existing file without changing it.
 pub fn projection_version_of(path: &Path) -> Result<Option<i64>, StoreError> {
+    Ok(read_meta(path, "projection_version")?.and_then(|v| v.parse().ok()))
+}
+
+/// A `meta` value of an existing file, read without changing it; `None` for no file, no
+/// `meta` table or no such key.
+fn read_meta(path: &Path, key: &str) -> Result<Option<String>, StoreError> {
     if !path.exists() {
         return Ok(None);
     }
@@ -255,21 +303,15 @@ pub fn projection_version_of(path: &Path) -> Result<Option<i64>, StoreError> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     configure_common(&conn)?;
-    let value: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'projection_version'",
-            [],
-            |r| r.get(0),
-        )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
-                Ok(None)
-            }
-            other => Err(other),
-        })?;
-    Ok(value.and_then(|v| v.parse().ok()))
+    let value = conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+        r.get::<_, String>(0)
+    });
+    match value {
+        Ok(value) => Ok(Some(value)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Marks a point-in-time copy: `serve` serves such a file read-only and never projects into it.
@@ -285,25 +327,7 @@ pub fn mark_frozen(path: &Path, description: &str) -> Result<(), StoreError> {
 
 /// The point a frozen copy was built up to, if the file is one.
 pub fn frozen_until(path: &Path) -> Result<Option<String>, StoreError> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let conn = Connection::open_with_flags(
-        resolve(path),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    configure_common(&conn)?;
-    let value = conn.query_row(
-        "SELECT value FROM meta WHERE key = 'frozen_until'",
-        [],
-        |r| r.get::<_, String>(0),
-    );
-    match value {
-        Ok(value) => Ok(Some(value)),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    read_meta(path, "frozen_until")
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
-use crate::projection::{health, ExecutionState, JobStats};
+use crate::projection::{health, Execution, ExecutionState, JobStats};
 
 /// How far the read model has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,12 +34,7 @@ pub struct Freshness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutionSummary {
     pub execution_id: String,
-    pub state: ExecutionState,
-    pub enqueued_at: Option<i64>,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub items_processed: Option<u64>,
-    pub error: Option<String>,
+    pub row: Execution,
 }
 
 /// A consistent view of one job.
@@ -156,7 +151,7 @@ fn snapshot_heap_bytes(snapshot: &JobSnapshot) -> usize {
         .map(|e| {
             std::mem::size_of::<ExecutionSummary>()
                 + e.execution_id.len()
-                + e.error.as_ref().map_or(0, String::len)
+                + e.row.error.as_ref().map_or(0, String::len)
         })
         .sum();
     // Health data can dominate for a frequent cron: up to MAX_STARTS start times. Counting it
@@ -297,8 +292,8 @@ impl ReadPool {
                 return Ok(None);
             };
             let mut stmt = tx.prepare_cached(
-                "SELECT execution_id, state, enqueued_at, started_at, finished_at,
-                        items_processed, error
+                "SELECT execution_id, state, enqueued_at, started_at, finished_at, items_processed,
+                        error
                  FROM executions
                  WHERE job_id = ?1
                  ORDER BY recency_key DESC, execution_id DESC
@@ -516,40 +511,17 @@ impl ReadPool {
     }
 }
 
-/// The columns `execution_id, state, enqueued_at, started_at, finished_at, items_processed,
-/// error`, as read.
-type ExecutionRow = (
-    String,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-);
+/// `execution_id` then [`super::EXECUTION_COLUMNS`], as read.
+type ExecutionRow = (String, super::ExecutionColumns);
 
 fn execution_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    ))
+    Ok((r.get(0)?, super::execution_columns(r, 1)?))
 }
 
-fn summary_from_row(row: ExecutionRow) -> Result<ExecutionSummary, StoreError> {
-    let (execution_id, state, enqueued_at, started_at, finished_at, items, error) = row;
+fn summary_from_row((execution_id, columns): ExecutionRow) -> Result<ExecutionSummary, StoreError> {
     Ok(ExecutionSummary {
         execution_id,
-        state: super::execution_state(state)?,
-        enqueued_at,
-        started_at,
-        finished_at,
-        items_processed: items.map(|n| n.max(0) as u64),
-        error,
+        row: super::execution_from_columns(columns)?,
     })
 }
 

@@ -455,33 +455,16 @@ fn load_execution(
     job_id: i64,
     execution_id: &str,
 ) -> Result<Option<Execution>, StoreError> {
-    let row = tx
-        .prepare_cached(
-            "SELECT state, enqueued_at, started_at, finished_at, items_processed, error
-             FROM executions WHERE job_id = ?1 AND execution_id = ?2",
-        )?
+    let columns = tx
+        .prepare_cached(&format!(
+            "SELECT {} FROM executions WHERE job_id = ?1 AND execution_id = ?2",
+            super::EXECUTION_COLUMNS
+        ))?
         .query_row(params![job_id, execution_id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get(5)?,
-            ))
+            super::execution_columns(r, 0)
         })
         .optional()?;
-    let Some((state, enqueued_at, started_at, finished_at, items, error)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(Execution {
-        state: super::execution_state(state)?,
-        enqueued_at,
-        started_at,
-        finished_at,
-        items_processed: items.map(|n| n.max(0) as u64),
-        error,
-    }))
+    columns.map(super::execution_from_columns).transpose()
 }
 
 fn load_job(tx: &Connection, job_id: i64) -> Result<JobRow, StoreError> {
