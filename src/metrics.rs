@@ -50,106 +50,107 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("jobstats");
-        let metrics_events_applied = Counter::default();
-        let dead_letters = Family::<ReasonLabel, Counter>::default();
-        let last_applied_sequence = Gauge::default();
-        let projector_lag = Gauge::default();
-        let batches_committed = Counter::default();
-        let http_requests = Family::<RequestLabels, Counter>::default();
-        let http_latency_seconds = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_25, 2.0, 14))
-        });
-        let rebuild_in_progress = Gauge::default();
-        let rebuild_events_done = Gauge::default();
-        let rebuild_events_total = Gauge::default();
-        let rebuilds_completed = Counter::default();
-        let jobs_by_health = Family::<JobHealthLabels, Gauge>::default();
-        let projector_errors = Counter::default();
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("jobstats"),
+            events_applied: Counter::default(),
+            dead_letters: Family::default(),
+            last_applied_sequence: Gauge::default(),
+            projector_lag: Gauge::default(),
+            batches_committed: Counter::default(),
+            http_requests: Family::default(),
+            http_latency_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 14))
+            }),
+            rebuild_in_progress: Gauge::default(),
+            rebuild_events_done: Gauge::default(),
+            rebuild_events_total: Gauge::default(),
+            rebuilds_completed: Counter::default(),
+            jobs_by_health: Family::default(),
+            projector_errors: Counter::default(),
+            jobs_by_health_counted: tokio::sync::Mutex::new(None),
+        };
+        metrics.register_projection();
+        metrics.register_serving();
+        metrics
+    }
+}
+
+impl Metrics {
+    /// The projector's and the read model's metrics.
+    fn register_projection(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "projector_errors",
             "Projector sessions that failed (NATS, or the database: a full disk, an I/O \
              error); nothing past the checkpoint is acknowledged, and it retries",
-            projector_errors.clone(),
+            self.projector_errors.clone(),
         );
         registry.register(
             "jobs",
             "Jobs by health state (CONTRACT §5) per tenant, counted at scrape time at most every \
              10 s; tenants past the 100 with most jobs are summed under tenant=\"_other\"",
-            jobs_by_health.clone(),
+            self.jobs_by_health.clone(),
         );
         registry.register(
             "events_applied",
             "Valid events applied to the read model by this process",
-            metrics_events_applied.clone(),
+            self.events_applied.clone(),
         );
         registry.register(
             "dead_letters",
             "Messages recorded as dead letters by this process, by reason",
-            dead_letters.clone(),
+            self.dead_letters.clone(),
         );
         registry.register(
             "last_applied_sequence",
             "Stream sequence of the read model's checkpoint",
-            last_applied_sequence.clone(),
+            self.last_applied_sequence.clone(),
         );
         registry.register(
             "projector_lag_events",
             "Messages in the stream not yet applied (consumer pending count)",
-            projector_lag.clone(),
+            self.projector_lag.clone(),
         );
         registry.register(
             "batches_committed",
             "SQLite transactions committed by the projector",
-            batches_committed.clone(),
+            self.batches_committed.clone(),
         );
+    }
+
+    /// HTTP and rebuild metrics.
+    fn register_serving(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "http_requests",
             "HTTP requests answered, by route and status",
-            http_requests.clone(),
+            self.http_requests.clone(),
         );
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency, by route and status",
-            http_latency_seconds.clone(),
+            self.http_latency_seconds.clone(),
         );
         registry.register(
             "rebuild_in_progress",
             "1 while this process rebuilds the read model",
-            rebuild_in_progress.clone(),
+            self.rebuild_in_progress.clone(),
         );
         registry.register(
             "rebuild_events_done",
             "Messages replayed by the running rebuild",
-            rebuild_events_done.clone(),
+            self.rebuild_events_done.clone(),
         );
         registry.register(
             "rebuild_events_total",
             "Stream head the running rebuild replays up to",
-            rebuild_events_total.clone(),
+            self.rebuild_events_total.clone(),
         );
         registry.register(
             "rebuilds_completed",
             "Rebuilds this process completed and swapped in",
-            rebuilds_completed.clone(),
+            self.rebuilds_completed.clone(),
         );
-        Metrics {
-            registry,
-            events_applied: metrics_events_applied,
-            dead_letters,
-            last_applied_sequence,
-            projector_lag,
-            batches_committed,
-            http_requests,
-            http_latency_seconds,
-            rebuild_in_progress,
-            rebuild_events_done,
-            rebuild_events_total,
-            rebuilds_completed,
-            jobs_by_health,
-            projector_errors,
-            jobs_by_health_counted: tokio::sync::Mutex::new(None),
-        }
     }
 }
 

@@ -107,23 +107,9 @@ pub async fn serve(
     let frozen = store::frozen_until(db_path)
         .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
     if config.read_only || frozen.is_some() {
-        anyhow::ensure!(
-            db_path.exists(),
-            "JOBSTATS_DB_PATH {}: no such database to serve read-only",
-            db_path.display()
-        );
         tracing::info!(db = %db_path.display(), frozen_until = ?frozen, "serving read-only");
-        let readers = Arc::new(CurrentReader::new(ReadPool::open(db_path)?));
-        let freshness = readers.get().freshness()?;
-        status
-            .last_sequence
-            .store(freshness.last_sequence, Ordering::Relaxed);
-        // A copy is judged as of its last event, never as of now.
-        status.last_published_at_ms.store(
-            freshness.last_published_at_ms.unwrap_or(0),
-            Ordering::Relaxed,
-        );
-        applied.send_replace(freshness.last_sequence);
+        let readers = open_read_only(db_path, &status)?;
+        applied.send_replace(status.last_sequence.load(Ordering::Relaxed));
         let state = state(readers, None);
         api::serve(listener, admin, state, &config.http, shutdown.wait()).await?;
         return Ok(());
@@ -165,6 +151,26 @@ pub async fn serve(
     client.flush().await.ok();
     http_result?;
     Ok(())
+}
+
+/// The readers of a file served as it is (a copy is judged as of its last event, never as
+/// of now).
+fn open_read_only(db_path: &Path, status: &ProjectorStatus) -> anyhow::Result<Arc<CurrentReader>> {
+    anyhow::ensure!(
+        db_path.exists(),
+        "JOBSTATS_DB_PATH {}: no such database to serve read-only",
+        db_path.display()
+    );
+    let readers = Arc::new(CurrentReader::new(ReadPool::open(db_path)?));
+    let freshness = readers.get().freshness()?;
+    status
+        .last_sequence
+        .store(freshness.last_sequence, Ordering::Relaxed);
+    status.last_published_at_ms.store(
+        freshness.last_published_at_ms.unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    Ok(readers)
 }
 
 /// Checked before anything reads the file. The stream is the source of truth: a damaged

@@ -398,6 +398,76 @@ fn compare(
     by_key.then_with(|| a.1.cmp(b.1))
 }
 
+/// A job-list request's parameters, checked.
+struct ListQuery {
+    health_filter: Vec<HealthState>,
+    prefix: String,
+    sort: SortBy,
+    descending: bool,
+    limit: u32,
+    /// What a cursor of this query carries, so it is refused by any other query.
+    query_id: String,
+    /// The last job of the previous page: its sort key and name.
+    after: Option<(Option<f64>, String)>,
+}
+
+impl ListQuery {
+    fn parse(params: &QueryParams, tenant: &TenantId) -> Result<Self, ApiError> {
+        let mut health_filter = params.list(
+            "health",
+            "unknown, stuck, missed, failing, healthy, new",
+            HealthState::parse,
+        )?;
+        health_filter.sort();
+        health_filter.dedup();
+        let prefix = params.get("q").unwrap_or("");
+        if prefix.len() > JobName::MAX_LEN
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+        {
+            return Err(invalid(
+                "q",
+                "must be a job-name prefix (up to 128 of A-Z a-z 0-9 . _ : -)",
+            ));
+        }
+        let sort = match params.choice(
+            "sort",
+            &["name", "lastRun", "successRate", "health"],
+            "name",
+        )? {
+            "lastRun" => SortBy::LastRun,
+            "successRate" => SortBy::SuccessRate,
+            "health" => SortBy::Health,
+            _ => SortBy::Name,
+        };
+        let descending = params.choice("order", &["asc", "desc"], "asc")? == "desc";
+        let limit = params.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)?;
+        let filter_text: Vec<&str> = health_filter.iter().map(|s| s.as_str()).collect();
+        let query_id = fingerprint(&[
+            &tenant.to_string(),
+            "jobs",
+            &filter_text.join(","),
+            prefix,
+            &format!("{sort:?}"),
+            if descending { "desc" } else { "asc" },
+        ]);
+        let after = match Cursor::decode(params, &query_id)? {
+            None => None,
+            Some(c) => Some((cursor_key(&c, sort)?, c.id)),
+        };
+        Ok(ListQuery {
+            health_filter,
+            prefix: prefix.to_owned(),
+            sort,
+            descending,
+            limit,
+            query_id,
+            after,
+        })
+    }
+}
+
 fn list(
     state: &AppState,
     request: &Request,
@@ -405,51 +475,7 @@ fn list(
     auth: &BearerAuth,
 ) -> Result<JobListEnvelope, ApiError> {
     refuse_repeated_tenant(request)?;
-    let params = QueryParams::of(request)?;
-    let mut health_filter = params.list(
-        "health",
-        "unknown, stuck, missed, failing, healthy, new",
-        HealthState::parse,
-    )?;
-    health_filter.sort();
-    health_filter.dedup();
-    let prefix = params.get("q").unwrap_or("");
-    if prefix.len() > JobName::MAX_LEN
-        || !prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-    {
-        return Err(invalid(
-            "q",
-            "must be a job-name prefix (up to 128 of A-Z a-z 0-9 . _ : -)",
-        ));
-    }
-    let sort = match params.choice(
-        "sort",
-        &["name", "lastRun", "successRate", "health"],
-        "name",
-    )? {
-        "lastRun" => SortBy::LastRun,
-        "successRate" => SortBy::SuccessRate,
-        "health" => SortBy::Health,
-        _ => SortBy::Name,
-    };
-    let descending = params.choice("order", &["asc", "desc"], "asc")? == "desc";
-    let limit = params.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)?;
-    let filter_text: Vec<&str> = health_filter.iter().map(|s| s.as_str()).collect();
-    let query_id = fingerprint(&[
-        &tenant.to_string(),
-        "jobs",
-        &filter_text.join(","),
-        prefix,
-        &format!("{sort:?}"),
-        if descending { "desc" } else { "asc" },
-    ]);
-    let cursor = Cursor::decode(&params, &query_id)?;
-    let after = match &cursor {
-        None => None,
-        Some(c) => Some((cursor_key(c, sort)?, c.id.clone())),
-    };
+    let query = ListQuery::parse(&QueryParams::of(request)?, &tenant)?;
     auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
 
     let readers = state.readers.get();
@@ -470,56 +496,39 @@ fn list(
             health,
         }))
     };
-    let (page, more, total) = if sort == SortBy::Name && health_filter.is_empty() {
+    let (limit, sort) = (query.limit as usize, query.sort);
+    let (page, more, total) = if sort == SortBy::Name && query.health_filter.is_empty() {
         // An index range: the cost of a page does not grow with the number of jobs.
         let names = readers.job_names_page(
             &tenant,
-            prefix,
-            after.as_ref().map(|(_, name)| name.as_str()),
-            descending,
-            limit + 1,
+            &query.prefix,
+            query.after.as_ref().map(|(_, name)| name.as_str()),
+            query.descending,
+            query.limit + 1,
         )?;
-        let more = names.len() > limit as usize;
-        let mut page = Vec::with_capacity(limit as usize);
-        for name in names.into_iter().take(limit as usize) {
+        let more = names.len() > limit;
+        let mut page = Vec::with_capacity(limit);
+        for name in names.into_iter().take(limit) {
             page.extend(listed(name)?);
         }
-        (page, more, readers.count_jobs(&tenant, prefix)?)
+        (page, more, readers.count_jobs(&tenant, &query.prefix)?)
     } else {
         // Health is judged at request time, so filtering or sorting by it (or by a value
         // that changes with every run) reads every job of the prefix: O(jobs).
         let mut all = Vec::new();
-        for name in readers.job_names_page(&tenant, prefix, None, false, u32::MAX)? {
+        for name in readers.job_names_page(&tenant, &query.prefix, None, false, u32::MAX)? {
             if let Some(job) = listed(name)? {
-                if health_filter.is_empty() || health_filter.contains(&job.health.state) {
+                if query.health_filter.is_empty() || query.health_filter.contains(&job.health.state)
+                {
                     all.push(job);
                 }
             }
         }
-        all.sort_by(|a, b| {
-            compare(
-                sort,
-                descending,
-                (a.key(sort), &a.name),
-                (b.key(sort), &b.name),
-            )
-        });
-        let total = all.len() as u64;
-        let start = match &after {
-            None => 0,
-            Some((key, name)) => all.partition_point(|job| {
-                compare(sort, descending, (job.key(sort), &job.name), (*key, name))
-                    != Ordering::Greater
-            }),
-        };
-        let mut rest: Vec<Listed> = all.into_iter().skip(start).collect();
-        let more = rest.len() > limit as usize;
-        rest.truncate(limit as usize);
-        (rest, more, total)
+        sorted_page(all, &query)
     };
     let next_cursor = page.last().filter(|_| more).map(|last| {
         Cursor {
-            query: query_id.clone(),
+            query: query.query_id.clone(),
             key: last
                 .key(sort)
                 .map_or(serde_json::Value::Null, serde_json::Value::from),
@@ -537,6 +546,31 @@ fn list(
         },
         timestamp: rfc3339_millis(now.timestamp_millis()),
     })
+}
+
+/// The page of `all` (every job that matched) after the query's cursor: the page, whether
+/// more follow, and how many matched.
+fn sorted_page(mut all: Vec<Listed>, query: &ListQuery) -> (Vec<Listed>, bool, u64) {
+    let (sort, descending) = (query.sort, query.descending);
+    all.sort_by(|a, b| {
+        compare(
+            sort,
+            descending,
+            (a.key(sort), &a.name),
+            (b.key(sort), &b.name),
+        )
+    });
+    let total = all.len() as u64;
+    let start = match &query.after {
+        None => 0,
+        Some((key, name)) => all.partition_point(|job| {
+            compare(sort, descending, (job.key(sort), &job.name), (*key, name)) != Ordering::Greater
+        }),
+    };
+    let mut rest: Vec<Listed> = all.into_iter().skip(start).collect();
+    let more = rest.len() > query.limit as usize;
+    rest.truncate(query.limit as usize);
+    (rest, more, total)
 }
 
 fn cursor_key(cursor: &Cursor, sort: SortBy) -> Result<Option<f64>, ApiError> {
@@ -579,15 +613,13 @@ fn entry(job: &Listed, now: chrono::DateTime<Utc>) -> JobListEntry {
     }
 }
 
-fn executions(
-    state: &AppState,
-    request: &Request,
-    tenant: TenantId,
+/// An executions request's parameters, checked: the store's query, the page size, and the
+/// query's fingerprint for cursors.
+fn executions_query(
+    params: &QueryParams,
+    tenant: &TenantId,
     job: &JobName,
-    auth: &BearerAuth,
-) -> Result<ExecutionsEnvelope, ApiError> {
-    refuse_repeated_tenant(request)?;
-    let params = QueryParams::of(request)?;
+) -> Result<(ExecutionsQuery, u32, String), ApiError> {
     let mut states = params.list("status", "pending, processing, completed, failed", |text| {
         [
             ExecutionState::Pending,
@@ -617,7 +649,7 @@ fn executions(
         &format!("{from:?}"),
         &format!("{to:?}"),
     ]);
-    let after = match Cursor::decode(&params, &query_id)? {
+    let after = match Cursor::decode(params, &query_id)? {
         None => None,
         Some(cursor) => {
             let key = cursor
@@ -627,22 +659,31 @@ fn executions(
             Some((key, cursor.id))
         }
     };
+    let query = ExecutionsQuery {
+        states,
+        from,
+        to,
+        after,
+        limit: limit + 1,
+    };
+    Ok((query, limit, query_id))
+}
+
+fn executions(
+    state: &AppState,
+    request: &Request,
+    tenant: TenantId,
+    job: &JobName,
+    auth: &BearerAuth,
+) -> Result<ExecutionsEnvelope, ApiError> {
+    refuse_repeated_tenant(request)?;
+    let (query, limit, query_id) = executions_query(&QueryParams::of(request)?, &tenant, job)?;
     auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
 
     let mut rows = state
         .readers
         .get()
-        .executions_page(
-            &tenant,
-            job,
-            &ExecutionsQuery {
-                states,
-                from,
-                to,
-                after,
-                limit: limit + 1,
-            },
-        )?
+        .executions_page(&tenant, job, &query)?
         .ok_or(ApiError::JobNotFound)?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);

@@ -354,6 +354,17 @@ impl<'w> BatchState<'w> {
     /// Writes every changed row, in key order (sequential B-tree inserts). Returns the jobs
     /// created by this batch.
     fn flush(mut self, tx: &Connection) -> Result<Vec<(TenantId, String, i64)>, StoreError> {
+        self.write_executions(tx)?;
+        self.write_jobs(tx)?;
+        Ok(self
+            .new_jobs
+            .into_iter()
+            .flat_map(|(tenant, jobs)| jobs.into_iter().map(move |(job, id)| (tenant, job, id)))
+            .collect())
+    }
+
+    /// Writes the changed executions, raising each job's finish lead on the way.
+    fn write_executions(&mut self, tx: &Connection) -> Result<(), StoreError> {
         let mut upsert_execution = tx.prepare_cached(
             "INSERT OR REPLACE INTO executions
                  (job_id, execution_id, state, enqueued_at, started_at, finished_at,
@@ -387,6 +398,11 @@ impl<'w> BatchState<'w> {
                 row.started_at.is_some()
             ])?;
         }
+        Ok(())
+    }
+
+    /// Writes the touched jobs' aggregates, recounting a split outcome run first.
+    fn write_jobs(&mut self, tx: &Connection) -> Result<(), StoreError> {
         let mut upsert_job = tx.prepare_cached(
             "INSERT OR REPLACE INTO job_stats
                  (job_id, tenant_id, job_name, pending, processing, completed, failed,
@@ -399,7 +415,7 @@ impl<'w> BatchState<'w> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
         )?;
-        let mut jobs: Vec<(i64, JobRow)> = self.jobs.into_iter().collect();
+        let mut jobs: Vec<(i64, JobRow)> = std::mem::take(&mut self.jobs).into_iter().collect();
         jobs.sort_unstable_by_key(|(id, _)| *id);
         for (job_id, mut row) in jobs {
             if row.stats.outcome_run.as_ref().is_some_and(|r| r.stale) {
@@ -441,12 +457,7 @@ impl<'w> BatchState<'w> {
                 row.finish_lead_ms
             ])?;
         }
-        drop(upsert_job);
-        Ok(self
-            .new_jobs
-            .into_iter()
-            .flat_map(|(tenant, jobs)| jobs.into_iter().map(move |(job, id)| (tenant, job, id)))
-            .collect())
+        Ok(())
     }
 }
 
