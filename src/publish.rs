@@ -294,4 +294,43 @@ impl EventBuilder {
             error: error.map(str::to_owned),
         }))
     }
+
+    /// The events of one whole run of this execution, in the order a runner publishes them:
+    /// `enqueued` (when `queued` is given, that long before the start), `started` at `start`,
+    /// then the end `duration` later. The one history builder of the tests, the benchmark
+    /// harness and the demo.
+    pub fn run(
+        &self,
+        start: DateTime<Utc>,
+        queued: Option<chrono::Duration>,
+        duration: chrono::Duration,
+        end: RunEnd<'_>,
+    ) -> Result<Vec<Event>, PublishError> {
+        let mut events = Vec::with_capacity(3);
+        if let Some(queued) = queued {
+            events.push(self.clone().at(start - queued).enqueued()?);
+        }
+        events.push(self.clone().at(start).started()?);
+        let finished = self.clone().at(start + duration);
+        match end {
+            RunEnd::Completed { items } => events.push(finished.completed(items)?),
+            RunEnd::Failed { items, error } => events.push(finished.failed(items, error)?),
+            RunEnd::Never => {}
+        }
+        Ok(events)
+    }
+}
+
+/// How a run built by [`EventBuilder::run`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd<'a> {
+    Completed {
+        items: Option<u64>,
+    },
+    Failed {
+        items: Option<u64>,
+        error: Option<&'a str>,
+    },
+    /// Still processing.
+    Never,
 }

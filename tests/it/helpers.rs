@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use jobstats::api::auth::AuthSettings;
 use jobstats::api::auth::{mint_hs256, DevClaims};
-use jobstats::publish::{EventBuilder, Publisher};
+use jobstats::publish::{EventBuilder, Publisher, RunEnd};
 use jobstats::service::{ServeConfig, Shutdown};
 use tempfile::TempDir;
 
@@ -43,61 +43,38 @@ pub fn nats_server_binary() -> PathBuf {
 
 /// A `nats-server -js` of this test: own port, own store, killed and deleted on drop.
 pub struct NatsServer {
-    child: Option<Child>,
-    pub port: u16,
-    pub store: TempDir,
+    server: jobstats::nats_server::JetStreamServer,
+    _store: TempDir,
 }
 
 impl NatsServer {
+    /// A nats-server of this test's own, on a port it picks itself, with a fresh store.
     pub fn start() -> Self {
         let store = tempfile::tempdir().expect("temp dir");
-        let mut server = NatsServer {
-            child: None,
-            port: free_port(),
-            store,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(nats_server_binary())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        let server = jobstats::nats_server::JetStreamServer::start(
+            &nats_server_binary(),
+            store.path(),
+            None,
+        )
+        .expect("start nats-server");
+        NatsServer {
+            server,
+            _store: store,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
+    /// Kills the server (SIGKILL).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.stop();
     }
 
     /// Kills the server and starts it again on the same port and store.
     pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
+        self.server.restart().expect("restart nats-server");
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -116,12 +93,6 @@ impl NatsServer {
         jobstats::stream::ensure_stream(&js, "JOB_EVENTS")
             .await
             .expect("create stream");
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -418,23 +389,25 @@ pub fn execution_events(
     duration_ms: i64,
     ok: bool,
 ) -> Vec<jobstats::events::Event> {
-    let run = EventBuilder::new(TENANT, job)
-        .expect("valid job")
-        .execution(execution)
-        .expect("valid execution");
-    let end = start + chrono::Duration::milliseconds(duration_ms);
-    vec![
-        run.clone()
-            .at(start - chrono::Duration::milliseconds(100))
-            .enqueued()
-            .expect("event"),
-        run.clone().at(start).started().expect("event"),
-        if ok {
-            run.at(end).completed(Some(10)).expect("event")
-        } else {
-            run.at(end).failed(None, Some("boom")).expect("event")
-        },
-    ]
+    let end = if ok {
+        RunEnd::Completed { items: Some(10) }
+    } else {
+        RunEnd::Failed {
+            items: None,
+            error: Some("boom"),
+        }
+    };
+    EventBuilder::new(TENANT, job)
+        .and_then(|job| job.execution(execution))
+        .and_then(|run| {
+            run.run(
+                start,
+                Some(chrono::Duration::milliseconds(100)),
+                chrono::Duration::milliseconds(duration_ms),
+                end,
+            )
+        })
+        .expect("valid run")
 }
 
 /// Publishes events concurrently (acks awaited), returning the highest stream sequence.

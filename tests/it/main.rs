@@ -2,6 +2,7 @@
 //! `jobstats` binary and server.
 
 mod api;
+mod bench;
 mod cli;
 mod contract;
 mod fresh_machine;

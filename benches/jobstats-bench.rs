@@ -1,8 +1,8 @@
 //! Benchmark harness: one run, one local nats-server, ratios against ceilings measured in the
 //! same run (absolute numbers drift ±20% on shared machines; ratios hold).
 //!
-//! `cargo run --release --bin jobstats-bench` writes BENCHMARKS.md; `--smoke` runs a tiny
-//! version in seconds (CI) and writes nothing.
+//! `cargo bench --bench jobstats-bench` writes BENCHMARKS.md; `-- --smoke` runs a tiny
+//! version in seconds (CI: `cargo test --bench jobstats-bench -- --smoke`) and writes nothing.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -12,43 +12,13 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use chrono::{TimeZone, Utc};
 use futures::StreamExt;
-use jobstats::publish::EventBuilder;
+use jobstats::nats_server::JetStreamServer;
+use jobstats::publish::{EventBuilder, RunEnd};
 use jobstats::store::{IncomingMessage, ReadPool, Writer};
 
-use Direction::{AtLeast, AtMost};
-
-enum Direction {
-    AtLeast,
-    AtMost,
-}
-
-/// The issue's floor and goal for a figure, and whether this run meets them.
-fn verdict(value: f64, floor: f64, goal: f64, direction: Direction, unit: &str) -> String {
-    let (sign, meets): (&str, fn(f64, f64) -> bool) = match direction {
-        AtLeast => (">=", |v, limit| v >= limit),
-        AtMost => ("<=", |v, limit| v <= limit),
-    };
-    let mark = |limit| if meets(value, limit) { "met" } else { "MISSED" };
-    format!(
-        "floor {sign} {floor}{unit}: {}; goal {sign} {goal}{unit}: {}",
-        mark(floor),
-        mark(goal)
-    )
-}
-
-/// A wrk latency (`779.00us`, `3.49ms`, `1.02s`) in milliseconds.
-fn wrk_ms(text: &str) -> Option<f64> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    match unit {
-        "us" => Some(number / 1_000.0),
-        "ms" => Some(number),
-        "s" => Some(number * 1_000.0),
-        "m" => Some(number * 60_000.0),
-        _ => None,
-    }
-}
+#[path = "support/figures.rs"]
+mod figures;
+use figures::{verdict, wrk_ms, Direction::AtLeast, Direction::AtMost};
 
 struct Row {
     figure: String,
@@ -78,21 +48,26 @@ fn mix_from(total: usize, first_execution: u64) -> Vec<jobstats::events::Event> 
             .unwrap()
             .execution(&format!("exec-{execution}"))
             .unwrap();
-        let duration = 500 + (execution * 7919 % 60_000) as i64;
-        events.push(run.clone().at(start).enqueued().unwrap());
-        events.push(run.clone().at(start).started().unwrap());
-        let end = start + chrono::Duration::milliseconds(duration);
-        let terminal = if execution.is_multiple_of(33) {
-            run.at(end).failed(Some(1), Some("boom")).unwrap()
+        let duration = chrono::Duration::milliseconds(500 + (execution * 7919 % 60_000) as i64);
+        let end = if execution.is_multiple_of(33) {
+            RunEnd::Failed {
+                items: Some(1),
+                error: Some("boom"),
+            }
         } else {
-            run.at(end).completed(Some(execution % 500)).unwrap()
+            RunEnd::Completed {
+                items: Some(execution % 500),
+            }
         };
+        let mut run = run
+            .run(start, Some(chrono::Duration::zero()), duration, end)
+            .unwrap();
         if execution % 33 == 7 {
-            let mut again = terminal.clone();
+            let mut again = run[2].clone();
             again.event_id = uuid::Uuid::new_v4();
-            events.push(again);
+            run.insert(2, again);
         }
-        events.push(terminal);
+        events.extend(run);
         execution += 1;
     }
     events.truncate(total);
@@ -174,9 +149,11 @@ async fn noop_ordered(js: &jetstream::Context, head: u64) -> f64 {
     head as f64 / started.elapsed().as_secs_f64()
 }
 
+const SECOND: chrono::Duration = chrono::Duration::seconds(1);
+
 const BENCH_SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 
-/// `jobstats serve` (next to this binary) on an empty database.
+/// `jobstats serve` (the binary cargo built with this harness) on an empty database.
 struct Serve {
     process: std::process::Child,
     port: u16,
@@ -189,17 +166,16 @@ impl Serve {
             .local_addr()
             .unwrap()
             .port();
-        let process =
-            std::process::Command::new(std::env::current_exe().unwrap().with_file_name("jobstats"))
-                .arg("serve")
-                .env("JOBSTATS_NATS_URL", nats_url)
-                .env("JOBSTATS_DB_PATH", db)
-                .env("JOBSTATS_LISTEN", format!("127.0.0.1:{port}"))
-                .env("JOBSTATS_JWT_HS256_SECRET", BENCH_SECRET)
-                .env("JOBSTATS_CONSUMER", consumer)
-                .env("RUST_LOG", "warn")
-                .spawn()
-                .expect("jobstats serve next to the bench binary (cargo build --bins)");
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_jobstats"))
+            .arg("serve")
+            .env("JOBSTATS_NATS_URL", nats_url)
+            .env("JOBSTATS_DB_PATH", db)
+            .env("JOBSTATS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("JOBSTATS_JWT_HS256_SECRET", BENCH_SECRET)
+            .env("JOBSTATS_CONSUMER", consumer)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("jobstats serve (cargo builds it for the bench)");
         Serve { process, port }
     }
 
@@ -293,12 +269,8 @@ fn query_p50_us(dir: &Path, executions: u64) -> f64 {
             .execution(&format!("e{i}"))
             .unwrap();
         let start = run_base + chrono::Duration::seconds(i as i64);
-        for event in [
-            run.clone().at(start).started().unwrap(),
-            run.at(start + chrono::Duration::seconds(1))
-                .completed(None)
-                .unwrap(),
-        ] {
+        let end = RunEnd::Completed { items: None };
+        for event in run.run(start, None, SECOND, end).unwrap() {
             pending.push((event.subject(), event.to_bytes()));
         }
         if pending.len() >= 20_000 || i + 1 == executions {
@@ -349,12 +321,9 @@ fn scheduled_job_db(dir: &Path, name: &str, history: u64, recent: u64) -> std::p
         );
     for (i, start) in starts.enumerate() {
         let run = job.clone().execution(&format!("e{i}")).unwrap();
-        for event in [
-            run.clone().at(start).started().unwrap(),
-            run.at(start + chrono::Duration::milliseconds(500))
-                .completed(None)
-                .unwrap(),
-        ] {
+        let half_a_second = chrono::Duration::milliseconds(500);
+        let end = RunEnd::Completed { items: None };
+        for event in run.run(start, None, half_a_second, end).unwrap() {
             pending.push((event.subject(), event.to_bytes()));
         }
         if pending.len() >= 20_000 {
@@ -410,17 +379,17 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
                 .scheduled(Some(crons[j as usize % crons.len()]))
                 .unwrap();
             pending.push((scheduled.subject(), scheduled.to_bytes()));
+            let end = if j % 10 == 0 {
+                RunEnd::Failed {
+                    items: None,
+                    error: Some("boom"),
+                }
+            } else {
+                RunEnd::Completed { items: None }
+            };
             let run = job.execution(&format!("e{j}")).unwrap();
             let start = base + chrono::Duration::milliseconds(j as i64);
-            let finished = run.clone().at(start + chrono::Duration::seconds(1));
-            for event in [
-                run.at(start).started().unwrap(),
-                if j % 10 == 0 {
-                    finished.failed(None, Some("boom")).unwrap()
-                } else {
-                    finished.completed(None).unwrap()
-                },
-            ] {
+            for event in run.run(start, None, SECOND, end).unwrap() {
                 pending.push((event.subject(), event.to_bytes()));
             }
         }
@@ -448,19 +417,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
         default_max_runtime_ms: 3_600_000,
     });
     let app = jobstats::api::app(state, jobstats::api::Operations::WithApi);
-    let now = Utc::now().timestamp();
-    let token = jobstats::api::auth::mint_hs256(
-        BENCH_SECRET,
-        &jobstats::api::auth::DevClaims {
-            sub: "bench".into(),
-            roles: vec!["system_admin".into()],
-            tenant_id: Some(tenant.into()),
-            iss: None,
-            iat: now,
-            exp: now + 3600,
-        },
-    )
-    .unwrap();
+    let token = bench_token("system_admin", Some(tenant));
     let mut figures = [(0.0, 0.0); 2];
     for (figure, query) in figures
         .iter_mut()
@@ -528,257 +485,355 @@ fn wrk(url: &str, token: Option<&str>) -> Option<(f64, String, String)> {
     Some((rate, percentile("50%"), percentile("99%")))
 }
 
-#[tokio::main]
-async fn main() {
-    let smoke = std::env::args().any(|a| a == "--smoke");
-    let total: usize = std::env::args()
-        .skip_while(|a| a != "--events")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(if smoke { 5_000 } else { 1_000_000 });
-    let skip_http = std::env::args().any(|a| a == "--no-http");
-    let dir = tempfile::tempdir().unwrap();
-    let binary =
-        jobstats::nats_server::find(Path::new("data")).expect("nats-server (set NATS_SERVER_BIN)");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut nats = std::process::Command::new(&binary)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path().join("nats"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    let url = format!("nats://127.0.0.1:{port}");
-    let client = loop {
-        if let Ok(client) = async_nats::connect(&url).await {
-            break client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let js = jetstream::new(client.clone());
-    jobstats::stream::ensure_stream(&js, "JOB_EVENTS")
-        .await
-        .unwrap();
-    if std::env::args().any(|a| a == "--health-only") {
-        let (small, read_small) =
-            health_read_p50_us(&scheduled_job_db(dir.path(), "health-small", 0, 1_000));
-        let (large, read_large) = health_read_p50_us(&scheduled_job_db(
-            dir.path(),
-            "health-large",
-            1_000_000,
-            1_000,
-        ));
-        println!("(7) stats with health p50: 1k {small:.1} us (read {read_small:.1}), 1M+1k {large:.1} us (read {read_large:.1}), ratio {:.2}", large / small);
-        let [(f50, f99), (n50, n99)] = job_list_latencies(dir.path(), 10_000).await;
-        println!("(8) job list of 10000: health-filtered p50/p99 {f50:.2}/{f99:.2} ms, by name {n50:.2}/{n99:.2} ms");
-        let _ = nats.kill();
-        let _ = nats.wait();
-        return;
-    }
-    let events = mix(total);
-    let writer_only = writer_only_rate(dir.path(), &events);
-    if std::env::args().any(|a| a == "--writer-only") {
-        println!("(0) SQLite writer alone: {writer_only:.0} events/s");
-        let _ = nats.kill();
-        let _ = nats.wait();
-        return;
-    }
-    let started = Instant::now();
-    let head = publish(&js, &events).await;
-    let publish_rate = head as f64 / started.elapsed().as_secs_f64();
-    drop(events);
-    let mut rows = Vec::new();
-    let mut row = |figure: &str, value: String, note: &str| {
+/// Flags of the harness.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = "jobstats benchmark harness: ratios against ceilings measured in one run")]
+struct BenchArgs {
+    /// A tiny run in seconds (CI); writes nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Events in the stream (default 1,000,000; 5,000 with --smoke). BENCHMARKS.md is written
+    /// only by a full run of 1,000,000 with HTTP.
+    #[arg(long)]
+    events: Option<usize>,
+    /// Skip the wrk figures (4).
+    #[arg(long)]
+    no_http: bool,
+    /// Only figure (0), the SQLite writer alone.
+    #[arg(long)]
+    writer_only: bool,
+    /// Only figures (7) and (8), health reads and the job list.
+    #[arg(long)]
+    health_only: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The figures of this run, printed as they come.
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn row(&mut self, figure: &str, value: String, note: &str) {
         println!("{figure:<55} {value:>14}  {note}");
-        rows.push(Row {
+        self.rows.push(Row {
             figure: figure.into(),
             value,
             note: note.into(),
         });
-    };
-    row(
-        "events in the stream",
-        head.to_string(),
-        "10 tenants x 100 jobs, 97% completed, 3% failed, ~1% duplicates",
-    );
-    row(
-        "publish rate (events/s)",
-        format!("{publish_rate:.0}"),
-        "async publishes, acks awaited",
-    );
-    row(
-        "(0) SQLite writer alone, 20k-event batches (events/s)",
-        format!("{writer_only:.0}"),
-        "decode + apply + commit, no NATS",
-    );
+    }
+}
 
-    // Ceiling and projector alternate, three pairs, and the median pair ratio is the figure:
-    // one pair alone moved by ±0.1 between runs on this shared machine. The last pair's
-    // database is the one `serve` answers from in (4).
-    let rounds = if smoke { 1 } else { 3 };
-    let mut ratios = Vec::new();
-    let mut live = None;
-    for round in 1..=rounds {
-        let ceiling = noop_durable(&js, head, 40_000).await;
-        let (db, consumer) = if round == rounds {
-            ("live.db".to_owned(), "bench-projector".to_owned())
-        } else {
-            (
-                format!("projector-{round}.db"),
-                format!("bench-projector-{round}"),
-            )
-        };
-        let (projector, serve) = serve_catch_up(&url, &dir.path().join(db), &consumer, head).await;
-        if round == rounds {
-            live = Some(serve);
-        }
-        ratios.push(projector / ceiling);
-        row(
-            &format!("(1) no-op durable consumer, ack per 40k batch, pair {round}"),
-            format!("{ceiling:.0}"),
-            "events/s, ceiling",
-        );
-        row(
-            &format!("(2) projector catch-up (jobstats serve), pair {round}"),
-            format!("{projector:.0}"),
-            &format!("events/s, ratio {:.2}", projector / ceiling),
+/// What every section of a run shares: its flags, a temporary directory, one nats-server.
+struct Bench {
+    args: BenchArgs,
+    dir: tempfile::TempDir,
+    nats: JetStreamServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    table: Table,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = <BenchArgs as clap::Parser>::parse();
+    let total = args
+        .events
+        .unwrap_or(if args.smoke { 5_000 } else { 1_000_000 });
+    let mut bench = Bench::start(args).await;
+    if bench.args.health_only {
+        bench.health_only().await;
+        return;
+    }
+    let events = mix(total);
+    let writer_only = writer_only_rate(bench.dir.path(), &events);
+    if bench.args.writer_only {
+        println!("(0) SQLite writer alone: {writer_only:.0} events/s");
+        return;
+    }
+    let head = bench.publish(events, writer_only).await;
+    let live = bench.catch_up(head).await;
+    bench.rebuild(head).await;
+    bench.reads().await;
+    if !bench.args.smoke && !bench.args.no_http {
+        bench.http(&live).await;
+    }
+    if let Some(peak_kb) = live.peak_rss_kb() {
+        let peak_mb = peak_kb as f64 / 1024.0;
+        bench.table.row(
+            "(6) peak RSS of serve through (2) and (4) (MB)",
+            format!("{peak_mb:.0}"),
+            &verdict(peak_mb, 250.0, 150.0, AtMost, " MB"),
         );
     }
-    let live = live.expect("at least one round");
-    ratios.sort_by(f64::total_cmp);
-    row(
-        "(2) projector / no-op consumer (median pair)",
-        format!("{:.2}", ratios[ratios.len() / 2]),
-        &verdict(ratios[ratios.len() / 2], 0.5, 0.8, AtLeast, ""),
-    );
+    drop(live);
+    if !bench.args.smoke && total == 1_000_000 && !bench.args.no_http {
+        bench.write_markdown();
+    }
+}
 
-    let ordered = noop_ordered(&js, head).await;
-    row(
-        "(3) no-op ordered consumer (events/s)",
-        format!("{ordered:.0}"),
-        "ceiling",
-    );
-    let started = Instant::now();
-    let mut silent = |_: u64, _: u64| {};
-    let report = jobstats::ingest::replay::replay_into(
-        &client,
-        "JOB_EVENTS",
-        &dir.path().join("rebuilt.db"),
-        None,
-        &mut silent,
-    )
-    .await
-    .unwrap();
-    let rebuild_rate = report.messages as f64 / started.elapsed().as_secs_f64();
-    row(
-        "(3) rebuild (events/s)",
-        format!("{rebuild_rate:.0}"),
-        &format!("{} ms total", started.elapsed().as_millis()),
-    );
-    row(
-        "(3) rebuild / no-op ordered read",
-        format!("{:.2}", rebuild_rate / ordered),
-        &verdict(rebuild_rate / ordered, 0.4, 0.6, AtLeast, ""),
-    );
+impl Bench {
+    async fn start(args: BenchArgs) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = jobstats::nats_server::find(Path::new("data"))
+            .expect("nats-server (set NATS_SERVER_BIN)");
+        let nats = JetStreamServer::start(&binary, &dir.path().join("nats"), None)
+            .expect("start nats-server");
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        jobstats::stream::ensure_stream(&js, "JOB_EVENTS")
+            .await
+            .unwrap();
+        Bench {
+            args,
+            dir,
+            nats,
+            client,
+            js,
+            table: Table::default(),
+        }
+    }
 
-    let (small, large) = if smoke {
-        (100, 1_000)
-    } else {
-        (1_000, 1_000_000)
-    };
-    let p50_small = query_p50_us(dir.path(), small);
-    let p50_large = query_p50_us(dir.path(), large);
-    row(
-        &format!("(5) stats read p50, {small} executions (us)"),
-        format!("{p50_small:.1}"),
-        "",
-    );
-    row(
-        &format!("(5) stats read p50, {large} executions (us)"),
-        format!("{p50_large:.1}"),
-        "",
-    );
-    row(
-        "(5) p50 ratio large / small",
-        format!("{:.2}", p50_large / p50_small),
-        &verdict(p50_large / p50_small, 1.5, 1.2, AtMost, ""),
-    );
+    async fn health_only(&self) {
+        let dir = self.dir.path();
+        let (small, read_small) =
+            health_read_p50_us(&scheduled_job_db(dir, "health-small", 0, 1_000));
+        let (large, read_large) =
+            health_read_p50_us(&scheduled_job_db(dir, "health-large", 1_000_000, 1_000));
+        println!("(7) stats with health p50: 1k {small:.1} us (read {read_small:.1}), 1M+1k {large:.1} us (read {read_large:.1}), ratio {:.2}", large / small);
+        let [(f50, f99), (n50, n99)] = job_list_latencies(dir, 10_000).await;
+        println!("(8) job list of 10000: health-filtered p50/p99 {f50:.2}/{f99:.2} ms, by name {n50:.2}/{n99:.2} ms");
+    }
 
-    let (history, recent) = if smoke {
-        (1_000, 100)
-    } else {
-        (1_000_000, 1_000)
-    };
-    let (health_small, read_small) =
-        health_read_p50_us(&scheduled_job_db(dir.path(), "health-small", 0, recent));
-    let (health_large, read_large) = health_read_p50_us(&scheduled_job_db(
-        dir.path(),
-        "health-large",
-        history,
-        recent,
-    ));
-    row(
-        &format!("(7) stats with health p50, {recent} executions (us)"),
-        format!("{health_small:.1}"),
-        &format!("*/10 cron, one run per fire, 8-day window full; SQLite read {read_small:.1}"),
-    );
-    row(
-        &format!(
-            "(7) stats with health p50, {} executions (us)",
-            history + recent
-        ),
-        format!("{health_large:.1}"),
-        &format!("the same window after a long history; SQLite read {read_large:.1}"),
-    );
-    row(
-        "(7) p50 ratio large / small",
-        format!("{:.2}", health_large / health_small),
-        &verdict(health_large / health_small, 1.5, 1.2, AtMost, ""),
-    );
-    let list_jobs = if smoke { 500 } else { 10_000 };
-    let [(filtered_p50, filtered_p99), (named_p50, named_p99)] =
-        job_list_latencies(dir.path(), list_jobs).await;
-    row(
-        &format!("(8) job list of {list_jobs}, health=missed,failing, 50/page: p50 / p99 (ms)"),
-        format!("{filtered_p50:.2} / {filtered_p99:.2}"),
-        "judges every job of the tenant: O(jobs)",
-    );
-    row(
-        &format!("(8) job list of {list_jobs}, by name, 50/page: p50 / p99 (ms)"),
-        format!("{named_p50:.2} / {named_p99:.2}"),
-        "an index range: O(page)",
-    );
-
-    if !smoke && !skip_http {
-        let http_port = live.port;
-        let now = Utc::now().timestamp();
-        let token = jobstats::api::auth::mint_hs256(
-            BENCH_SECRET,
-            &jobstats::api::auth::DevClaims {
-                sub: "bench".into(),
-                roles: vec!["super_admin".into()],
-                tenant_id: None,
-                iss: None,
-                iat: now,
-                exp: now + 3600,
-            },
-        )
-        .unwrap();
-        let base = format!("http://127.0.0.1:{http_port}");
-        let trivial = wrk(&format!("{base}/healthz"), None);
-        let stats = wrk(
-            &format!("{base}/api/v1/admin/jobs/job-1/stats"),
-            Some(&token),
+    /// Publishes the mix; returns the stream's head.
+    async fn publish(&mut self, events: Vec<jobstats::events::Event>, writer_only: f64) -> u64 {
+        let started = Instant::now();
+        let head = publish(&self.js, &events).await;
+        let publish_rate = head as f64 / started.elapsed().as_secs_f64();
+        drop(events);
+        let table = &mut self.table;
+        table.row(
+            "events in the stream",
+            head.to_string(),
+            "10 tenants x 100 jobs, 97% completed, 3% failed, ~1% duplicates",
         );
-        // The same while the projector ingests ~10k events/s, published as many runners
-        // would: a steady 100 events every 10 ms rather than one burst per second.
+        table.row(
+            "publish rate (events/s)",
+            format!("{publish_rate:.0}"),
+            "async publishes, acks awaited",
+        );
+        table.row(
+            "(0) SQLite writer alone, 20k-event batches (events/s)",
+            format!("{writer_only:.0}"),
+            "decode + apply + commit, no NATS",
+        );
+        head
+    }
+
+    /// (1)/(2): ceiling and projector alternate, three pairs, and the median pair ratio is
+    /// the figure: one pair alone moved by ±0.1 between runs on this shared machine. Returns
+    /// the last pair's `serve`, which (4) and (6) measure.
+    async fn catch_up(&mut self, head: u64) -> Serve {
+        let rounds = if self.args.smoke { 1 } else { 3 };
+        let mut ratios = Vec::new();
+        let mut live = None;
+        for round in 1..=rounds {
+            let ceiling = noop_durable(&self.js, head, 40_000).await;
+            let (db, consumer) = if round == rounds {
+                ("live.db".to_owned(), "bench-projector".to_owned())
+            } else {
+                (
+                    format!("projector-{round}.db"),
+                    format!("bench-projector-{round}"),
+                )
+            };
+            let db = self.dir.path().join(db);
+            let (projector, serve) = serve_catch_up(&self.nats.url(), &db, &consumer, head).await;
+            live = Some(serve);
+            ratios.push(projector / ceiling);
+            self.table.row(
+                &format!("(1) no-op durable consumer, ack per 40k batch, pair {round}"),
+                format!("{ceiling:.0}"),
+                "events/s, ceiling",
+            );
+            self.table.row(
+                &format!("(2) projector catch-up (jobstats serve), pair {round}"),
+                format!("{projector:.0}"),
+                &format!("events/s, ratio {:.2}", projector / ceiling),
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        self.table.row(
+            "(2) projector / no-op consumer (median pair)",
+            format!("{median:.2}"),
+            &verdict(median, 0.5, 0.8, AtLeast, ""),
+        );
+        live.expect("at least one round")
+    }
+
+    /// (3): `replay_into` (what `jobstats rebuild` runs) against an ordered read.
+    async fn rebuild(&mut self, head: u64) {
+        let ordered = noop_ordered(&self.js, head).await;
+        self.table.row(
+            "(3) no-op ordered consumer (events/s)",
+            format!("{ordered:.0}"),
+            "ceiling",
+        );
+        let started = Instant::now();
+        let mut silent = |_: u64, _: u64| {};
+        let report = jobstats::ingest::replay::replay_into(
+            &self.client,
+            "JOB_EVENTS",
+            &self.dir.path().join("rebuilt.db"),
+            None,
+            &mut silent,
+        )
+        .await
+        .unwrap();
+        let rebuild_rate = report.messages as f64 / started.elapsed().as_secs_f64();
+        self.table.row(
+            "(3) rebuild (events/s)",
+            format!("{rebuild_rate:.0}"),
+            &format!("{} ms total", started.elapsed().as_millis()),
+        );
+        self.table.row(
+            "(3) rebuild / no-op ordered read",
+            format!("{:.2}", rebuild_rate / ordered),
+            &verdict(rebuild_rate / ordered, 0.4, 0.6, AtLeast, ""),
+        );
+    }
+
+    /// (5), (7), (8): reads whose cost must not grow with history.
+    async fn reads(&mut self) {
+        let (dir, smoke) = (self.dir.path().to_path_buf(), self.args.smoke);
+        let (small, large) = if smoke {
+            (100, 1_000)
+        } else {
+            (1_000, 1_000_000)
+        };
+        let (p50_small, p50_large) = (query_p50_us(&dir, small), query_p50_us(&dir, large));
+        let table = &mut self.table;
+        table.row(
+            &format!("(5) stats read p50, {small} executions (us)"),
+            format!("{p50_small:.1}"),
+            "",
+        );
+        table.row(
+            &format!("(5) stats read p50, {large} executions (us)"),
+            format!("{p50_large:.1}"),
+            "",
+        );
+        table.row(
+            "(5) p50 ratio large / small",
+            format!("{:.2}", p50_large / p50_small),
+            &verdict(p50_large / p50_small, 1.5, 1.2, AtMost, ""),
+        );
+        let (history, recent) = if smoke {
+            (1_000, 100)
+        } else {
+            (1_000_000, 1_000)
+        };
+        let (health_small, read_small) =
+            health_read_p50_us(&scheduled_job_db(&dir, "health-small", 0, recent));
+        let (health_large, read_large) =
+            health_read_p50_us(&scheduled_job_db(&dir, "health-large", history, recent));
+        table.row(
+            &format!("(7) stats with health p50, {recent} executions (us)"),
+            format!("{health_small:.1}"),
+            &format!("*/10 cron, one run per fire, 8-day window full; SQLite read {read_small:.1}"),
+        );
+        table.row(
+            &format!(
+                "(7) stats with health p50, {} executions (us)",
+                history + recent
+            ),
+            format!("{health_large:.1}"),
+            &format!("the same window after a long history; SQLite read {read_large:.1}"),
+        );
+        table.row(
+            "(7) p50 ratio large / small",
+            format!("{:.2}", health_large / health_small),
+            &verdict(health_large / health_small, 1.5, 1.2, AtMost, ""),
+        );
+        let list_jobs = if smoke { 500 } else { 10_000 };
+        let [(filtered_p50, filtered_p99), (named_p50, named_p99)] =
+            job_list_latencies(&dir, list_jobs).await;
+        table.row(
+            &format!("(8) job list of {list_jobs}, health=missed,failing, 50/page: p50 / p99 (ms)"),
+            format!("{filtered_p50:.2} / {filtered_p99:.2}"),
+            "judges every job of the tenant: O(jobs)",
+        );
+        table.row(
+            &format!("(8) job list of {list_jobs}, by name, 50/page: p50 / p99 (ms)"),
+            format!("{named_p50:.2} / {named_p99:.2}"),
+            "an index range: O(page)",
+        );
+    }
+
+    /// (4): wrk against the live `serve`, idle and while the projector ingests.
+    async fn http(&mut self, live: &Serve) {
+        let base = format!("http://127.0.0.1:{}", live.port);
+        let token = bench_token("super_admin", None);
+        let stats_url = format!("{base}/api/v1/admin/jobs/job-1/stats");
+        let trivial = wrk(&format!("{base}/healthz"), None);
+        let stats = wrk(&stats_url, Some(&token));
+        let (stats_ingesting, ingest_rate) = self.wrk_while_ingesting(stats_url, token).await;
+        let (Some((trivial, _, _)), Some((stats, p50, p99)), Some((busy, busy_p50, busy_p99))) =
+            (trivial, stats, stats_ingesting)
+        else {
+            self.table.row(
+                "(4) HTTP",
+                "skipped".into(),
+                "wrk not installed (apt-get install wrk)",
+            );
+            return;
+        };
+        let table = &mut self.table;
+        table.row(
+            "(4) /healthz req/s (trivial endpoint)",
+            format!("{trivial:.0}"),
+            "wrk -t2 -c64 -d5s",
+        );
+        table.row(
+            "(4) stats req/s",
+            format!("{stats:.0}"),
+            &format!("p50 {p50}, p99 {p99}"),
+        );
+        table.row(
+            "(4) stats / trivial req/s",
+            format!("{:.2}", stats / trivial),
+            &verdict(stats / trivial, 0.4, 0.7, AtLeast, ""),
+        );
+        table.row(
+            "(4) stats req/s while ingesting ~10k events/s",
+            format!("{busy:.0}"),
+            &format!(
+                "p50 {busy_p50}, p99 {busy_p99}; {ingest_rate:.0} events/s published meanwhile"
+            ),
+        );
+        let p99_ms = wrk_ms(&busy_p99).unwrap_or(f64::INFINITY);
+        table.row(
+            "(4) stats p99 while ingesting (ms)",
+            format!("{p99_ms:.2}"),
+            &verdict(p99_ms, 10.0, 5.0, AtMost, " ms"),
+        );
+    }
+
+    /// wrk on `url` while the projector ingests ~10k events/s, published as many runners
+    /// would: a steady 100 events every 10 ms rather than one burst per second. Returns
+    /// wrk's figures and the rate actually published meanwhile.
+    async fn wrk_while_ingesting(
+        &self,
+        url: String,
+        token: String,
+    ) -> (Option<(f64, String, String)>, f64) {
         let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let ingest = {
-            let js = js.clone();
+            let js = self.js.clone();
             let events = mix_from(80_000, 10_000_000);
             let published = published.clone();
             tokio::spawn(async move {
@@ -792,84 +847,58 @@ async fn main() {
             })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let ingest_from = (published.load(Ordering::Relaxed), Instant::now());
-        let stats_ingesting = tokio::task::spawn_blocking({
-            let url = format!("{base}/api/v1/admin/jobs/job-1/stats");
-            let token = token.clone();
-            move || wrk(&url, Some(&token))
-        })
-        .await
-        .unwrap();
-        let ingest_rate = (published.load(Ordering::Relaxed) - ingest_from.0) as f64
-            / ingest_from.1.elapsed().as_secs_f64();
+        let (from_count, from_time) = (published.load(Ordering::Relaxed), Instant::now());
+        let figures = tokio::task::spawn_blocking(move || wrk(&url, Some(&token)))
+            .await
+            .unwrap();
+        let rate = (published.load(Ordering::Relaxed) - from_count) as f64
+            / from_time.elapsed().as_secs_f64();
         ingest.abort();
-        match (trivial, stats, stats_ingesting) {
-            (Some((trivial, _, _)), Some((stats, p50, p99)), Some((busy, busy_p50, busy_p99))) => {
-                row(
-                    "(4) /healthz req/s (trivial endpoint)",
-                    format!("{trivial:.0}"),
-                    "wrk -t2 -c64 -d5s",
-                );
-                row(
-                    "(4) stats req/s",
-                    format!("{stats:.0}"),
-                    &format!("p50 {p50}, p99 {p99}"),
-                );
-                row(
-                    "(4) stats / trivial req/s",
-                    format!("{:.2}", stats / trivial),
-                    &verdict(stats / trivial, 0.4, 0.7, AtLeast, ""),
-                );
-                row(
-                    "(4) stats req/s while ingesting ~10k events/s",
-                    format!("{busy:.0}"),
-                    &format!(
-                        "p50 {busy_p50}, p99 {busy_p99}; {ingest_rate:.0} events/s published \
-                         meanwhile"
-                    ),
-                );
-                let p99_ms = wrk_ms(&busy_p99).unwrap_or(f64::INFINITY);
-                row(
-                    "(4) stats p99 while ingesting (ms)",
-                    format!("{p99_ms:.2}"),
-                    &verdict(p99_ms, 10.0, 5.0, AtMost, " ms"),
-                );
-            }
-            _ => row(
-                "(4) HTTP",
-                "skipped".into(),
-                "wrk not installed (apt-get install wrk)",
-            ),
-        }
+        (figures, rate)
     }
-    if let Some(peak_kb) = live.peak_rss_kb() {
-        let peak_mb = peak_kb as f64 / 1024.0;
-        row(
-            "(6) peak RSS of serve through (2) and (4) (MB)",
-            format!("{peak_mb:.0}"),
-            &verdict(peak_mb, 250.0, 150.0, AtMost, " MB"),
-        );
-    }
-    drop(live);
-    let _ = nats.kill();
-    let _ = nats.wait();
 
-    if !smoke && total == 1_000_000 && !skip_http {
-        let mut text = String::from("# Benchmarks\n\nOne run of `cargo build --release && target/release/jobstats-bench` on one local nats-server.\n\n");
+    fn write_markdown(&self) {
+        let binary = jobstats::nats_server::find(Path::new("data")).expect("nats-server");
+        let version = std::process::Command::new(&binary)
+            .arg("--version")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().map(str::to_owned))
+            .unwrap_or_default();
+        let mut text = String::from("# Benchmarks\n\nOne run of `cargo bench --bench jobstats-bench` on one local nats-server.\n\n");
         text.push_str(&format!(
-            "- machine: {} cores, {}\n- nats-server: {}\n- date: {}\n\n| figure | value | note |\n|---|---|---|\n",
+            "- machine: {} cores, {memory}\n- nats-server: {}\n- date: {}\n\n| figure | value | note |\n|---|---|---|\n",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(str::to_owned)).unwrap_or_default(),
-            String::from_utf8_lossy(&std::process::Command::new(&binary).arg("--version").output().map(|o| o.stdout).unwrap_or_default()).trim(),
+            String::from_utf8_lossy(&version).trim(),
             Utc::now().format("%Y-%m-%d"),
         ));
-        for r in &rows {
+        for r in &self.table.rows {
             text.push_str(&format!("| {} | {} | {} |\n", r.figure, r.value, r.note));
         }
         text.push_str(METHOD);
         std::fs::write("BENCHMARKS.md", text).unwrap();
         println!("wrote BENCHMARKS.md");
     }
+}
+
+/// A bench token with `role`, for `tenant` (none: any).
+fn bench_token(role: &str, tenant: Option<&str>) -> String {
+    let now = Utc::now().timestamp();
+    jobstats::api::auth::mint_hs256(
+        BENCH_SECRET,
+        &jobstats::api::auth::DevClaims {
+            sub: "bench".into(),
+            roles: vec![role.into()],
+            tenant_id: tenant.map(str::to_owned),
+            iss: None,
+            iat: now,
+            exp: now + 3600,
+        },
+    )
+    .unwrap()
 }
 
 /// How the figures are taken (appended to BENCHMARKS.md).
@@ -895,39 +924,9 @@ const METHOD: &str = "
 - (8): `GET /api/v1/admin/jobs` through the API's poem endpoint in-process (token check,
   parsing, handler, JSON) over 10,000 jobs of one tenant on three crons, a tenth failing; 200
   requests after 20 that warm the snapshot cache. The health filter judges every job; the name page does not.
-- Rerun: `cargo build --release --bins && NATS_SERVER_BIN=$(command -v nats-server)
-  target/release/jobstats-bench` (`--events N`, `--no-http`, `--writer-only`, `--health-only`,
-  `--smoke`).
+- Rerun: `NATS_SERVER_BIN=$(command -v nats-server) cargo bench --bench jobstats-bench`
+  (after `--`: `--events N`, `--no-http`, `--writer-only`, `--health-only`, `--smoke`).
 ";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrk_latencies_read_in_milliseconds() {
-        assert_eq!(wrk_ms("779.00us"), Some(0.779));
-        assert_eq!(wrk_ms("3.49ms"), Some(3.49));
-        assert_eq!(wrk_ms("1.02s"), Some(1020.0));
-        assert_eq!(wrk_ms("?"), None);
-    }
-
-    #[test]
-    fn verdicts_follow_the_direction_of_the_target() {
-        assert_eq!(
-            verdict(0.62, 0.5, 0.8, AtLeast, ""),
-            "floor >= 0.5: met; goal >= 0.8: MISSED"
-        );
-        assert_eq!(
-            verdict(3.5, 10.0, 5.0, AtMost, " ms"),
-            "floor <= 10 ms: met; goal <= 5 ms: met"
-        );
-        assert_eq!(
-            verdict(260.0, 250.0, 150.0, AtMost, " MB"),
-            "floor <= 250 MB: MISSED; goal <= 150 MB: MISSED"
-        );
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
