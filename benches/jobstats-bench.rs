@@ -886,19 +886,9 @@ impl Bench {
 
 /// A bench token with `role`, for `tenant` (none: any).
 fn bench_token(role: &str, tenant: Option<&str>) -> String {
-    let now = Utc::now().timestamp();
-    jobstats::api::auth::mint_hs256(
-        BENCH_SECRET,
-        &jobstats::api::auth::DevClaims {
-            sub: "bench".into(),
-            roles: vec![role.into()],
-            tenant_id: tenant.map(str::to_owned),
-            iss: None,
-            iat: now,
-            exp: now + 3600,
-        },
-    )
-    .unwrap()
+    let claims =
+        jobstats::api::auth::DevClaims::new("bench", &[role], tenant, Duration::from_secs(3600));
+    jobstats::api::auth::mint_hs256(BENCH_SECRET, &claims).unwrap()
 }
 
 /// How the figures are taken (appended to BENCHMARKS.md).

@@ -20,7 +20,7 @@ use crate::service::{self, ServeConfig, Shutdown};
 const DATA_DIR: &str = "data";
 
 /// The tenant whose stats the printed curl command reads.
-pub const DEMO_TENANT: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
+pub const DEMO_TENANT: &str = crate::api::params::EXAMPLE_TENANT;
 pub const OTHER_DEMO_TENANT: &str = "9b2d6a1e-4c3f-4e8a-b1d2-7f6e5d4c3b2a";
 
 /// What a demo job shows, so the demo has a job in every health state.
@@ -290,19 +290,14 @@ pub async fn run_demo_runners(
 
 /// A `system_admin` token of the demo tenant, valid 12 hours.
 fn demo_token(secret: &str) -> anyhow::Result<String> {
-    let now = Utc::now().timestamp();
-    mint_hs256(
-        secret,
-        &DevClaims {
-            sub: "demo-admin".into(),
-            roles: vec![ROLE_SYSTEM_ADMIN.into()],
-            tenant_id: Some(DEMO_TENANT.into()),
-            iss: None,
-            iat: now,
-            exp: now + 12 * 3600,
-        },
-    )
-    .map_err(anyhow::Error::msg)
+    let twelve_hours = Duration::from_secs(12 * 3600);
+    let claims = DevClaims::new(
+        "demo-admin",
+        &[ROLE_SYSTEM_ADMIN],
+        Some(DEMO_TENANT),
+        twelve_hours,
+    );
+    mint_hs256(secret, &claims).map_err(anyhow::Error::msg)
 }
 
 /// What a newcomer needs to look: the token and curl commands that work as printed.

@@ -1,20 +1,19 @@
-//! Cron expressions as job runners write them (5 fields, Vixie cron semantics, UTC) and the
-//! next fire time. The `cron` crate wants a seconds field, numbers weekdays 1–7 from Sunday and
-//! ANDs day-of-month with day-of-week; this module translates so users get the crontab
-//! behaviour they know: weekdays 0–7 (0 and 7 are Sunday) and, when both day fields are
-//! restricted, a run on either.
-
-use std::collections::BTreeSet;
-use std::str::FromStr;
+//! Cron expressions as job runners write them (5 fields, Vixie cron semantics, UTC) and their
+//! fire times, on `croner`, which has crontab semantics built in: weekdays 0–7 (0 and 7 are
+//! Sunday) and, when both day fields are restricted, a run on either. Its extensions beyond
+//! Vixie cron (`L`, `W`, `#`, `?`, seconds, years, `@` macros) are refused: the contract
+//! promises the 5-field syntax every cron user knows, and other implementations must agree.
 
 use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds, Year};
 
 /// A validated 5-field cron expression.
 #[derive(Debug, Clone)]
 pub struct CronSchedule {
     expression: String,
-    /// One schedule, or two whose union is the Vixie "either day field" rule.
-    schedules: Vec<cron::Schedule>,
+    /// Boxed: a parsed pattern is a few hundred bytes, and every decoded event carries its
+    /// schedule by value.
+    cron: Box<croner::Cron>,
 }
 
 impl PartialEq for CronSchedule {
@@ -22,8 +21,6 @@ impl PartialEq for CronSchedule {
         self.expression == other.expression
     }
 }
-
-const WEEKDAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 
 impl CronSchedule {
     /// Parses `minute hour day-of-month month day-of-week`.
@@ -38,22 +35,36 @@ impl CronSchedule {
                 fields.len()
             ));
         }
-        let [minute, hour, day_of_month, month, day_of_week] =
-            [fields[0], fields[1], fields[2], fields[3], fields[4]];
-        let weekdays = translate_weekdays(day_of_week)?;
-        let build = |dom: &str, dow: &str| -> Result<cron::Schedule, String> {
-            cron::Schedule::from_str(&format!("0 {minute} {hour} {dom} {month} {dow}"))
-                .map_err(|e| e.to_string())
-        };
-        let restricted = |field: &str| !field.starts_with('*') && field != "?";
-        let schedules = if restricted(day_of_month) && restricted(day_of_week) {
-            vec![build(day_of_month, "*")?, build("*", &weekdays)?]
-        } else {
-            vec![build(day_of_month, &weekdays)?]
-        };
+        if let Some(field) = fields.iter().find(|f| !plain_vixie(f)) {
+            return Err(format!(
+                "`{field}` is not 5-field cron syntax (numbers, names, * , - /)"
+            ));
+        }
+        let parser = CronParser::builder()
+            .sloppy_ranges(true)
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build();
+        let cron = parser.parse(expression).map_err(|error| {
+            // croner does not say which field is wrong: find it by parsing each one alone.
+            const FIELD_NAMES: [&str; 5] =
+                ["minute", "hour", "day-of-month", "month", "day-of-week"];
+            let alone = |i: usize| {
+                let probe: Vec<&str> = (0..5)
+                    .map(|j| if j == i { fields[j] } else { "*" })
+                    .collect();
+                parser.parse(&probe.join(" ")).is_err()
+            };
+            let reason = error.to_string();
+            let reason = reason.trim_start_matches("Component error: ");
+            match (0..5).find(|&i| alone(i)) {
+                Some(i) => format!("{} `{}`: {reason}", FIELD_NAMES[i], fields[i]),
+                None => reason.to_owned(),
+            }
+        })?;
         Ok(CronSchedule {
             expression: fields.join(" "),
-            schedules,
+            cron: Box::new(cron),
         })
     }
 
@@ -64,14 +75,11 @@ impl CronSchedule {
 
     /// The latest fire time at or before `at_ms` (ms since the epoch).
     pub fn latest_at_or_before(&self, at_ms: i64) -> Option<i64> {
-        // Fires fall on whole minutes: the latest fire strictly before the next whole second
-        // is the latest at or before `at_ms`.
-        let bound = DateTime::<Utc>::from_timestamp(at_ms.div_euclid(1000) + 1, 0)?;
-        self.schedules
-            .iter()
-            .filter_map(|s| s.after(&bound).next_back())
+        let at = DateTime::<Utc>::from_timestamp_millis(at_ms)?;
+        self.cron
+            .find_previous_occurrence(&at, true)
+            .ok()
             .map(|t| t.timestamp_millis())
-            .max()
     }
 
     /// Every fire time `f` with `after_ms < f <= until_ms`, ascending, at most `limit` of them
@@ -80,91 +88,33 @@ impl CronSchedule {
         let Some(start) = DateTime::<Utc>::from_timestamp_millis(after_ms) else {
             return Vec::new();
         };
-        let mut fires: Vec<i64> = Vec::new();
-        for schedule in &self.schedules {
-            fires.extend(
-                schedule
-                    .after(&start)
-                    .map(|t| t.timestamp_millis())
-                    .skip_while(|f| *f <= after_ms)
-                    .take_while(|f| *f <= until_ms)
-                    .take(limit),
-            );
-        }
-        if self.schedules.len() > 1 {
-            fires.sort_unstable();
-            fires.dedup();
-            fires.truncate(limit);
-        }
-        fires
+        self.cron
+            .iter_after(start)
+            .map(|t| t.timestamp_millis())
+            .take_while(|f| *f <= until_ms)
+            .take(limit)
+            .collect()
     }
 
     /// The first fire time strictly after `after`, or `None` if it never fires again.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.schedules
-            .iter()
-            .filter_map(|s| s.after(&after).next())
-            .min()
+        self.cron.find_next_occurrence(&after, false).ok()
     }
 }
 
-/// Rewrites a crontab day-of-week field (0–7, names, ranges, steps) as the `cron` crate's
-/// weekday names, by computing the set of days it matches.
-fn translate_weekdays(field: &str) -> Result<String, String> {
-    if field == "*" || field == "?" {
-        return Ok("*".into());
-    }
-    let mut days = BTreeSet::new();
-    for part in field.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((range, step)) => {
-                let step: u32 = step
-                    .parse()
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("invalid day-of-week step in `{part}`"))?;
-                (range, step)
-            }
-            None => (part, 1),
-        };
-        let (first, last) = if range == "*" {
-            (0, 6)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (weekday_number(a)?, weekday_number(b)?)
-        } else {
-            let day = weekday_number(range)?;
-            // `5/2` means "from 5 to the end, every 2", as in Vixie cron.
-            (day, if part.contains('/') { 7 } else { day })
-        };
-        if first > last {
-            return Err(format!("day-of-week range `{range}` runs backwards"));
-        }
-        let mut day = first;
-        while day <= last {
-            days.insert(day % 7);
-            day += step;
-        }
-    }
-    Ok(days
-        .into_iter()
-        .map(|d| WEEKDAY_NAMES[d as usize])
-        .collect::<Vec<_>>()
-        .join(","))
-}
-
-fn weekday_number(token: &str) -> Result<u32, String> {
-    if let Ok(n) = token.parse::<u32>() {
-        return if n <= 7 {
-            Ok(n)
-        } else {
-            Err(format!("day-of-week {n} is out of range 0-7"))
-        };
-    }
-    WEEKDAY_NAMES
-        .iter()
-        .position(|name| name.eq_ignore_ascii_case(token))
-        .map(|p| p as u32)
-        .ok_or_else(|| format!("invalid day-of-week `{token}`"))
+/// Whether a field is Vixie syntax: numbers, month and weekday names, `*`, `,`, `-`, `/`.
+fn plain_vixie(field: &str) -> bool {
+    // `?` (any) was accepted before croner; kept so existing streams project the same.
+    const NAMES: [&str; 19] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC", "SUN",
+        "MON", "TUE", "WED", "THU", "FRI", "SAT",
+    ];
+    field.split([',', '-', '/']).all(|token| {
+        token == "*"
+            || token == "?"
+            || (!token.is_empty() && token.chars().all(|c| c.is_ascii_digit()))
+            || NAMES.iter().any(|n| n.eq_ignore_ascii_case(token))
+    })
 }
 
 #[cfg(test)]
@@ -272,6 +222,12 @@ mod tests {
             "* * * * 5-1",
             "@daily",
             "* * * * * *",
+            // croner's extensions beyond Vixie cron.
+            "0 0 L * *",
+            "0 0 * * 5#3",
+            "0 0 15W * *",
+            "0 0 * * * 2030",
+            "1,,2 * * * *",
         ] {
             assert!(CronSchedule::parse(bad).is_err(), "{bad} must be rejected");
         }

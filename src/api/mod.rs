@@ -11,7 +11,7 @@ pub mod errors;
 mod health;
 pub mod jobs;
 pub mod limits;
-mod params;
+pub mod params;
 mod query;
 pub mod stats;
 

@@ -58,15 +58,17 @@ macro_rules! string_parameter {
     };
 }
 
+/// The tenant the API document's examples use. `jobstats demo` publishes its jobs under it, so
+/// "Try it out" and generated tests reach real data.
+pub const EXAMPLE_TENANT: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
+
 string_parameter!(
     TenantParam,
     TenantId,
     "string_tenant_id",
     MetaSchema {
         format: Some("uuid"),
-        // The demo's tenant (`jobstats demo`), so "Try it out" and generated tests can reach
-        // real data.
-        example: Some(crate::demo::DEMO_TENANT.into()),
+        example: Some(EXAMPLE_TENANT.into()),
         pattern: Some(TENANT_PATTERN.to_owned()),
         min_length: Some(36),
         max_length: Some(36),

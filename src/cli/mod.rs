@@ -261,19 +261,17 @@ fn token(options: &TokenOptions) -> anyhow::Result<()> {
         TenantId::parse(tenant)
             .map_err(|reason| anyhow!("invalid --tenant {tenant:?}: {reason}"))?;
     }
-    let now = chrono::Utc::now().timestamp();
-    let token = crate::api::auth::mint_hs256(
-        secret,
-        &crate::api::auth::DevClaims {
-            sub: options.subject.clone(),
-            roles: options.roles.clone(),
-            tenant_id: options.tenant.clone(),
-            iss: options.issuer.clone(),
-            iat: now,
-            exp: now + options.ttl.as_secs() as i64,
-        },
-    )
-    .map_err(anyhow::Error::msg)?;
+    let roles: Vec<&str> = options.roles.iter().map(String::as_str).collect();
+    let claims = crate::api::auth::DevClaims {
+        iss: options.issuer.clone(),
+        ..crate::api::auth::DevClaims::new(
+            &options.subject,
+            &roles,
+            options.tenant.as_deref(),
+            options.ttl,
+        )
+    };
+    let token = crate::api::auth::mint_hs256(secret, &claims).map_err(anyhow::Error::msg)?;
     println!("{token}");
     Ok(())
 }

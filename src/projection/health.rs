@@ -79,7 +79,7 @@ impl Judgement {
 }
 
 /// A cron's fire times over a span, listed once and searched many times: judging a
-/// once-a-minute job over 8 days walks 11,520 fires, which the `cron` crate computes at about a
+/// once-a-minute job over 8 days walks 11,520 fires, which croner computes at about a
 /// microsecond each. Cheap to clone (shared), so one list can serve every job with the same
 /// cron. Questions outside the span go to the cron itself.
 #[derive(Debug, Clone, PartialEq)]

@@ -97,19 +97,8 @@ impl NatsServer {
 }
 
 pub fn token(roles: &[&str], tenant: Option<&str>) -> String {
-    let now = chrono::Utc::now().timestamp();
-    mint_hs256(
-        SECRET,
-        &DevClaims {
-            sub: "tester".into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            tenant_id: tenant.map(str::to_owned),
-            iss: None,
-            iat: now,
-            exp: now + 600,
-        },
-    )
-    .expect("mint token")
+    let claims = DevClaims::new("tester", roles, tenant, Duration::from_secs(600));
+    mint_hs256(SECRET, &claims).expect("mint token")
 }
 
 pub fn admin_token() -> String {
