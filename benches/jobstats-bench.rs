@@ -360,41 +360,44 @@ fn health_read_p50_us(db: &Path) -> (f64, f64) {
 /// `jobs` scheduled jobs in one tenant, every tenth of them failing; p50 and p99 (ms) of
 /// `GET /api/v1/admin/jobs?health=missed,failing&limit=50` and of the unfiltered name-sorted page,
 /// through the real HTTP stack in-process (auth, parsing, the handler, JSON).
+/// `jobs` jobs of one tenant on three crons, one run each, every tenth failing.
+fn job_list_db(db: &Path, tenant: &str, jobs: u64) {
+    let (mut writer, _) = Writer::open(db).unwrap();
+    let base = Utc::now() - chrono::Duration::hours(1);
+    let mut sequence = 0u64;
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+    // Three crons shared by all jobs, as real fleets share a handful.
+    let crons = ["* * * * *", "*/5 * * * *", "0 * * * *"];
+    for j in 0..jobs {
+        let job = EventBuilder::new(tenant, &format!("job-{j:05}")).unwrap();
+        let scheduled = job
+            .clone()
+            .at(base - chrono::Duration::days(10))
+            .scheduled(Some(crons[j as usize % crons.len()]))
+            .unwrap();
+        pending.push((scheduled.subject(), scheduled.to_bytes()));
+        let end = if j % 10 == 0 {
+            RunEnd::Failed {
+                items: None,
+                error: Some("boom"),
+            }
+        } else {
+            RunEnd::Completed { items: None }
+        };
+        let run = job.execution(&format!("e{j}")).unwrap();
+        let start = base + chrono::Duration::milliseconds(j as i64);
+        for event in run.run(start, None, SECOND, end).unwrap() {
+            pending.push((event.subject(), event.to_bytes()));
+        }
+    }
+    apply_encoded(&mut writer, &pending, &mut sequence);
+}
+
 async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
     use poem::Endpoint;
     let db = dir.join("job-list.db");
     let tenant = "00000000-0000-4000-8000-000000000001";
-    {
-        let (mut writer, _) = Writer::open(&db).unwrap();
-        let base = Utc::now() - chrono::Duration::hours(1);
-        let mut sequence = 0u64;
-        let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
-        // Three crons shared by all jobs, as real fleets share a handful.
-        let crons = ["* * * * *", "*/5 * * * *", "0 * * * *"];
-        for j in 0..jobs {
-            let job = EventBuilder::new(tenant, &format!("job-{j:05}")).unwrap();
-            let scheduled = job
-                .clone()
-                .at(base - chrono::Duration::days(10))
-                .scheduled(Some(crons[j as usize % crons.len()]))
-                .unwrap();
-            pending.push((scheduled.subject(), scheduled.to_bytes()));
-            let end = if j % 10 == 0 {
-                RunEnd::Failed {
-                    items: None,
-                    error: Some("boom"),
-                }
-            } else {
-                RunEnd::Completed { items: None }
-            };
-            let run = job.execution(&format!("e{j}")).unwrap();
-            let start = base + chrono::Duration::milliseconds(j as i64);
-            for event in run.run(start, None, SECOND, end).unwrap() {
-                pending.push((event.subject(), event.to_bytes()));
-            }
-        }
-        apply_encoded(&mut writer, &pending, &mut sequence);
-    }
+    job_list_db(&db, tenant, jobs);
     let readers = Arc::new(jobstats::store::CurrentReader::new(
         ReadPool::open(&db).unwrap(),
     ));

@@ -284,41 +284,7 @@ fn brute_force(job: &Job, as_of: i64) -> (HealthState, Option<i64>, i64, u32, u3
         .take_while(|(_, failed)| Some(*failed) == finished.first().map(|f| f.1))
         .collect();
     let failures = run.first().filter(|r| r.1).map_or(0, |_| run.len() as i64);
-    let (mut m24, mut m7, mut missed_since) = (0, 0, None);
-    if let Some(schedule) = schedule.filter(|s| s.cron.is_some()) {
-        let cron = CronSchedule::parse(schedule.cron.as_deref().unwrap()).unwrap();
-        let previous = cron.latest_at_or_before(as_of).unwrap();
-        let next = cron
-            .next_after(chrono::DateTime::from_timestamp_millis(as_of).unwrap())
-            .unwrap()
-            .timestamp_millis();
-        let grace = schedule
-            .grace_ms
-            .unwrap_or(((next - previous) / 10).clamp(MIN, HOUR));
-        let mut starts: Vec<i64> = job.rows.values().filter_map(|r| r.started_at).collect();
-        starts.sort();
-        let mut taken = vec![false; starts.len()];
-        let begin = schedule.since.max(as_of - 8 * 24 * HOUR);
-        for fire in cron.fires_between(begin, as_of - grace, usize::MAX) {
-            let matched = (0..starts.len())
-                .find(|&i| !taken[i] && starts[i] >= fire - grace && starts[i] < fire + grace);
-            match matched {
-                Some(i) => taken[i] = true,
-                None => {
-                    m24 += u32::from(fire > as_of - 24 * HOUR);
-                    m7 += u32::from(fire > as_of - 7 * 24 * HOUR);
-                }
-            }
-        }
-        if let Some(fire) = cron
-            .latest_at_or_before(as_of - grace)
-            .filter(|f| *f > schedule.since)
-        {
-            if !starts.iter().any(|s| *s >= fire - grace && *s <= as_of) {
-                missed_since = Some(fire + grace);
-            }
-        }
-    }
+    let (m24, m7, missed_since) = brute_force_missed(job, schedule, as_of);
     let (state, since) = if let Some((start, _)) = stuck.first() {
         (HealthState::Stuck, Some(start + max_runtime))
     } else if missed_since.is_some() {
@@ -339,6 +305,52 @@ fn brute_force(job: &Job, as_of: i64) -> (HealthState, Option<i64>, i64, u32, u3
         .map(|(_, id)| id)
         .collect();
     (state, since, failures, m24, m7, ids)
+}
+
+/// Missed fires in the last 24 h and 7 d, and since when the latest due fire is missed: each
+/// fire matched to at most one start within its grace, literally.
+fn brute_force_missed(
+    job: &Job,
+    schedule: Option<crate::projection::ScheduleRecord>,
+    as_of: i64,
+) -> (u32, u32, Option<i64>) {
+    let (mut m24, mut m7, mut missed_since) = (0, 0, None);
+    let Some(schedule) = schedule.filter(|s| s.cron.is_some()) else {
+        return (m24, m7, missed_since);
+    };
+    let cron = CronSchedule::parse(schedule.cron.as_deref().unwrap()).unwrap();
+    let previous = cron.latest_at_or_before(as_of).unwrap();
+    let next = cron
+        .next_after(chrono::DateTime::from_timestamp_millis(as_of).unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let grace = schedule
+        .grace_ms
+        .unwrap_or(((next - previous) / 10).clamp(MIN, HOUR));
+    let mut starts: Vec<i64> = job.rows.values().filter_map(|r| r.started_at).collect();
+    starts.sort();
+    let mut taken = vec![false; starts.len()];
+    let begin = schedule.since.max(as_of - 8 * 24 * HOUR);
+    for fire in cron.fires_between(begin, as_of - grace, usize::MAX) {
+        let matched = (0..starts.len())
+            .find(|&i| !taken[i] && starts[i] >= fire - grace && starts[i] < fire + grace);
+        match matched {
+            Some(i) => taken[i] = true,
+            None => {
+                m24 += u32::from(fire > as_of - 24 * HOUR);
+                m7 += u32::from(fire > as_of - 7 * 24 * HOUR);
+            }
+        }
+    }
+    if let Some(fire) = cron
+        .latest_at_or_before(as_of - grace)
+        .filter(|f| *f > schedule.since)
+    {
+        if !starts.iter().any(|s| *s >= fire - grace && *s <= as_of) {
+            missed_since = Some(fire + grace);
+        }
+    }
+    (m24, m7, missed_since)
 }
 
 /// Runs (start offset, duration if finished, completed?), a cron index, a grace, an instant.
