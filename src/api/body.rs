@@ -293,6 +293,7 @@ mod tests {
         stats.apply_schedule(cron, None, None, 1_600_000_000_000, uuid::Uuid::new_v4());
         let parsed = cron.map(|c| crate::schedule::CronSchedule::parse(c).unwrap());
         Arc::new(JobSnapshot {
+            job_sequence: 97,
             health: crate::store::HealthData {
                 starts: vec![1_700_000_000_000],
                 starts_from: 1_600_000_000_000,

@@ -170,9 +170,10 @@ pub struct RecentExecution {
 pub struct Freshness {
     /// The last stream sequence reflected in this answer.
     pub applied_sequence: u64,
-    /// When the projector committed it.
+    /// When JetStream stored that event (its publish time). Both fields come from the
+    /// stream, so replicas that applied the same sequence give the same answer.
     #[oai(nullable)]
-    pub applied_at: Option<String>,
+    pub last_event_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -203,9 +204,13 @@ pub struct JobStatsEnvelope {
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "stats_bad_request")]
 pub enum StatsResponse {
-    /// Job statistics.
+    /// Job statistics, with a weak `ETag` that changes whenever the job's read model does.
     #[oai(status = 200)]
-    Ok(StatsJson),
+    Ok(StatsJson, #[oai(header = "ETag")] String),
+    /// Not modified: `If-None-Match` names the current `ETag` (the job's read model has not
+    /// changed since that answer); no body.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
     /// INVALID_TENANT_ID, INVALID_JOB_NAME or INVALID_PARAMETER.
     #[oai(status = 400)]
     BadRequest(Json<ErrorEnvelope>),
@@ -305,6 +310,8 @@ impl StatsApi {
         method = "get",
         operation_id = "getJobStats"
     )]
+    // One argument per documented parameter: poem-openapi builds the document from them.
+    #[allow(clippy::too_many_arguments)]
     async fn get_job_stats(
         &self,
         request: &Request,
@@ -324,16 +331,27 @@ impl StatsApi {
             validator(minimum(value = "1"), maximum(value = "100"))
         )]
         _recent: Query<Option<u32>>,
+        /// An `ETag` of an earlier answer (or several, comma-separated, or `*`): 304 while
+        /// the job's read model is unchanged.
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
         auth: BearerAuth,
     ) -> StatsResponse {
         let Some(state) = request.data::<Arc<AppState>>() else {
             return ApiError::Internal("application state missing".into()).into();
         };
         match answer(state, request, tenant.0 .0, &job_name.0 .0, &auth.0) {
-            Ok(body) => StatsResponse::Ok(StatsJson(body)),
+            Ok(Answer::Body(body, etag)) => StatsResponse::Ok(StatsJson(body), etag),
+            Ok(Answer::NotModified(etag)) => StatsResponse::NotModified(etag),
             Err(error) => error.into(),
         }
     }
+}
+
+/// A stats answer: the body and its `ETag`, or only the tag when the client has it.
+enum Answer {
+    Body(Vec<u8>, String),
+    NotModified(String),
 }
 
 fn answer(
@@ -342,7 +360,7 @@ fn answer(
     tenant: TenantId,
     job: &JobName,
     principal: &Principal,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Answer, ApiError> {
     refuse_repeated_tenant(request)?;
     let params = super::query::QueryParams::of(request)?;
     let recent = params.integer("recent", 1, MAX_RECENT, DEFAULT_RECENT)?;
@@ -351,10 +369,36 @@ fn answer(
     let snapshot = readers
         .cached_job_snapshot(&tenant, job, recent)?
         .ok_or(ApiError::JobNotFound)?;
+    // What the answer is made of: the job's read model, the projection that built it, and
+    // the one parameter that shapes it.
+    let etag = format!(
+        "W/\"{}-{}-{recent}\"",
+        crate::store::PROJECTION_VERSION,
+        snapshot.job_sequence
+    );
+    if if_none_match(request, &etag) {
+        return Ok(Answer::NotModified(etag));
+    }
     let body = state.bodies.body(&tenant, job, recent, snapshot.clone());
     let now = Utc::now();
     let judgement = judgement(state, &snapshot, now);
-    Ok(body.at(now, judgement, state.default_max_runtime_ms))
+    Ok(Answer::Body(
+        body.at(now, judgement, state.default_max_runtime_ms),
+        etag,
+    ))
+}
+
+/// Whether the request's `If-None-Match` names `etag` (weak comparison, RFC 9110 §13.1.2).
+fn if_none_match(request: &Request, etag: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    let ours = opaque(etag);
+    request
+        .headers()
+        .get_all(poem::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|tag| tag.trim() == "*" || opaque(tag) == ours)
 }
 
 /// The instant health can be judged at for an answer from `snapshot` (CONTRACT §5).
@@ -466,8 +510,7 @@ pub fn render(
         generated_at: rfc3339_millis(now.timestamp_millis()),
         freshness: Freshness {
             applied_sequence: snapshot.freshness.last_sequence,
-            applied_at: (snapshot.freshness.committed_at_ms > 0)
-                .then(|| rfc3339_millis(snapshot.freshness.committed_at_ms)),
+            last_event_at: snapshot.freshness.last_published_at_ms.map(rfc3339_millis),
         },
         health: health_stats(health),
     }

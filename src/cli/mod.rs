@@ -119,6 +119,8 @@ async fn publish(common: &CommonOptions, options: &PublishOptions) -> anyhow::Re
             ""
         }
     );
+    // The line read-your-writes needs (`?minSequence=N`), easy to pick out in scripts.
+    println!("sequence={}", receipt.sequence);
     Ok(())
 }
 

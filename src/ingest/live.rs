@@ -1,4 +1,4 @@
-//! The projector: a durable JetStream pull consumer feeding the SQLite writer.
+//! The live projector: the ingest path fed by a durable JetStream pull consumer.
 //!
 //! fetch → decode → apply → one transaction (read model + dead letters + checkpoint) → ack.
 //! Acks go out only after the commit (AckPolicy::All: one ack per batch), so a crash between

@@ -179,11 +179,16 @@ where
 {
     while let Some(batch) = batches.recv().await {
         busy.store(true, Ordering::Relaxed);
-        let outcome = commit(writer, batch.received).await;
+        // Busy through the acknowledgement too: the reader keeps filling its batch meanwhile
+        // instead of handing over a small one.
+        let done = match commit(writer, batch.received).await {
+            Ok(outcome) => committed(outcome, batch.last).await,
+            Err(error) => Err(error.into()),
+        };
         // Also after a failure: a reader waiting for the writer to be idle must hand over
         // its batch to learn that the writer stopped.
         busy.store(!batches.is_empty(), Ordering::Relaxed);
-        committed(outcome?, batch.last).await?;
+        done?;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Rebuilding the read model from the stream: an ordered consumer from the first sequence,
-//! through the same `Writer::apply_batch` the live projector uses, into a new file; then either
+//! through the ingest path the live projector uses, into a new file; then either
 //! an atomic swap of the live database (see [`crate::store::generation`]) or, for a
 //! point-in-time audit copy, a separate file that is never swapped in.
 

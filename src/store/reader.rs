@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    configure_common, job_stats_from_row, resolve, StoreError, JOB_STATS_COLUMNS,
-    JOB_STATS_COLUMN_COUNT,
+    configure_common, job_stats_from_row, resolve, StoreError, EXECUTION_COLUMNS,
+    JOB_STATS_COLUMNS, JOB_STATS_COLUMN_COUNT,
 };
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
@@ -41,6 +41,9 @@ pub struct ExecutionSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSnapshot {
     pub stats: JobStats,
+    /// The last stream sequence that changed this job: the version of its read model (the
+    /// stats answer's `ETag`).
+    pub job_sequence: u64,
     /// The schedule's cron, parsed once per snapshot.
     pub cron: Option<crate::schedule::CronSchedule>,
     pub recent: Vec<ExecutionSummary>,
@@ -288,17 +291,14 @@ impl ReadPool {
     ) -> Result<Option<JobSnapshot>, StoreError> {
         let tenant = tenant.to_string();
         self.with_snapshot(|tx| {
-            let Some((job_id, stats)) = read_job_stats(tx, &tenant, job.as_str())? else {
+            let Some((job_id, stats, job_sequence)) = read_job_stats(tx, &tenant, job.as_str())?
+            else {
                 return Ok(None);
             };
-            let mut stmt = tx.prepare_cached(
-                "SELECT execution_id, state, enqueued_at, started_at, finished_at, items_processed,
-                        error
-                 FROM executions
-                 WHERE job_id = ?1
-                 ORDER BY recency_key DESC, execution_id DESC
-                 LIMIT ?2",
-            )?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT execution_id, {EXECUTION_COLUMNS} FROM executions WHERE job_id = ?1
+                 ORDER BY recency_key DESC, execution_id DESC LIMIT ?2"
+            ))?;
             let rows = stmt.query_map(params![job_id, recent], execution_row)?;
             let executions = rows
                 .map(|row| row.map_err(StoreError::from).and_then(summary_from_row))
@@ -314,6 +314,7 @@ impl ReadPool {
             Ok(Some(JobSnapshot {
                 cron,
                 stats,
+                job_sequence,
                 recent: executions,
                 freshness,
                 health,
@@ -404,10 +405,8 @@ impl ReadPool {
         job: &JobName,
         query: &ExecutionsQuery,
     ) -> Result<Option<Vec<ExecutionSummary>>, StoreError> {
-        let mut sql = String::from(
-            "SELECT execution_id, state, enqueued_at, started_at, finished_at, items_processed,
-                    error, recency_key
-             FROM executions WHERE job_id = ?1",
+        let mut sql = format!(
+            "SELECT execution_id, {EXECUTION_COLUMNS}, recency_key FROM executions WHERE job_id = ?1"
         );
         if query.from.is_some() {
             sql.push_str(" AND recency_key >= ?2");
@@ -425,7 +424,7 @@ impl ReadPool {
         sql.push_str(" ORDER BY recency_key DESC, execution_id DESC LIMIT ?6");
         let tenant = tenant.to_string();
         self.with_snapshot(|tx| {
-            let Some((job_id, _)) = read_job_stats(tx, &tenant, job.as_str())? else {
+            let Some((job_id, _, _)) = read_job_stats(tx, &tenant, job.as_str())? else {
                 return Ok(None);
             };
             let mut stmt = tx.prepare_cached(&sql)?;
@@ -616,17 +615,23 @@ fn read_health_data(
     Ok(data)
 }
 
+/// A job's id, aggregates and the last sequence that changed it.
 fn read_job_stats(
     tx: &rusqlite::Transaction<'_>,
     tenant: &str,
     job: &str,
-) -> Result<Option<(i64, JobStats)>, StoreError> {
+) -> Result<Option<(i64, JobStats, u64)>, StoreError> {
     Ok(tx
         .prepare_cached(&format!(
-            "SELECT {JOB_STATS_COLUMNS}, job_id FROM job_stats WHERE tenant_id = ?1 AND job_name = ?2"
+            "SELECT {JOB_STATS_COLUMNS}, job_id, last_sequence FROM job_stats
+             WHERE tenant_id = ?1 AND job_name = ?2"
         ))?
         .query_row(params![tenant, job], |r| {
-            Ok((r.get(JOB_STATS_COLUMN_COUNT)?, job_stats_from_row(r)?))
+            Ok((
+                r.get(JOB_STATS_COLUMN_COUNT)?,
+                job_stats_from_row(r)?,
+                r.get::<_, i64>(JOB_STATS_COLUMN_COUNT + 1)?.max(0) as u64,
+            ))
         })
         .optional()?)
 }

@@ -461,16 +461,18 @@ impl<'w> BatchState<'w> {
     }
 }
 
+/// Selects [`super::EXECUTION_COLUMNS`] of one execution (a literal: this runs once per
+/// execution a batch touches, and `format!` would allocate each time).
+const LOAD_EXECUTION_SQL: &str = "SELECT state, enqueued_at, started_at, finished_at, \
+     items_processed, error FROM executions WHERE job_id = ?1 AND execution_id = ?2";
+
 fn load_execution(
     tx: &Connection,
     job_id: i64,
     execution_id: &str,
 ) -> Result<Option<Execution>, StoreError> {
     let columns = tx
-        .prepare_cached(&format!(
-            "SELECT {} FROM executions WHERE job_id = ?1 AND execution_id = ?2",
-            super::EXECUTION_COLUMNS
-        ))?
+        .prepare_cached(LOAD_EXECUTION_SQL)?
         .query_row(params![job_id, execution_id], |r| {
             super::execution_columns(r, 0)
         })
@@ -548,6 +550,15 @@ fn recount_run(
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn the_execution_load_selects_the_shared_columns() {
+        let columns = super::LOAD_EXECUTION_SQL
+            .strip_prefix("SELECT ")
+            .and_then(|rest| rest.split(" FROM ").next())
+            .unwrap();
+        assert_eq!(columns, super::super::EXECUTION_COLUMNS);
+    }
 
     use super::*;
 

@@ -285,7 +285,18 @@ async fn publish_rejects_invalid_input_naming_the_field() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("stream sequence"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let human: u64 = stdout
+        .split("at stream sequence ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a human line naming the sequence: {stdout}"));
+    // The machine-readable line read-your-writes scripts pick out.
+    assert!(
+        stdout.lines().any(|l| l == format!("sequence={human}")),
+        "{stdout}"
+    );
     let unreachable = jobstats(&format!("nats://127.0.0.1:{}", free_port()))
         .args([
             "publish",

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod contract;
 mod fresh_machine;
+mod freshness;
 mod hardening;
 mod health;
 mod helpers;
