@@ -41,7 +41,7 @@ for i in 1 2 3; do
   "$BIN" publish completed --tenant $tenant --job tokenExpiry --execution "exec-$i" --items 5 >/dev/null
 done
 token=$("$BIN" token --role super_admin --ttl 1h)
-"$venv/bin/schemathesis" run "http://127.0.0.1:$http_port/api/v1/openapi.json" \
+"$venv/bin/schemathesis" --config-file .ci/schemathesis.toml run "http://127.0.0.1:$http_port/api/v1/openapi.json" \
   --url "http://127.0.0.1:$http_port/api/v1" \
   --header "authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \

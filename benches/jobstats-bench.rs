@@ -418,6 +418,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
         nats: None,
         bodies: Default::default(),
         default_max_runtime_ms: 3_600_000,
+        applied: tokio::sync::watch::channel(0).1,
     });
     let app = jobstats::api::app(state, jobstats::api::Operations::WithApi);
     let token = bench_token("system_admin", Some(tenant));

@@ -91,6 +91,7 @@ pub async fn serve(
     if !config.read_only {
         move_aside_if_damaged(db_path, &status)?;
     }
+    let applied_sequence = applied.subscribe();
     let state = |readers, nats| {
         Arc::new(AppState {
             readers,
@@ -100,6 +101,7 @@ pub async fn serve(
             nats,
             bodies: Default::default(),
             default_max_runtime_ms: config.default_max_runtime.as_millis() as i64,
+            applied: applied_sequence,
         })
     };
     let admin = admin_listener(config.admin_listen).await?;

@@ -53,6 +53,12 @@ pub enum ApiError {
     /// 405 METHOD_NOT_ALLOWED, with `Allow`.
     #[error("Method not allowed; use GET or HEAD")]
     MethodNotAllowed,
+    /// 503 PROJECTION_BEHIND, with `Retry-After`: `minSequence` was not applied within
+    /// `waitMs`.
+    #[error(
+        "The projection has applied stream sequence {applied}; sequence {wanted} is not applied yet"
+    )]
+    ProjectionBehind { applied: u64, wanted: u64 },
     /// 500 INTERNAL_ERROR; the cause is logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,6 +70,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// What a 503 PROJECTION_BEHIND asks the client to wait: the projector commits within
+/// milliseconds when it keeps up, so a second is a patient retry.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -74,6 +84,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ProjectionBehind { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +99,7 @@ impl ApiError {
             ApiError::JobNotFound => "JOB_NOT_FOUND",
             ApiError::RouteNotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::ProjectionBehind { .. } => "PROJECTION_BEHIND",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -122,6 +134,9 @@ impl ApiError {
         }
         if matches!(self, ApiError::MethodNotAllowed) {
             response = response.header(header::ALLOW, "GET, HEAD");
+        }
+        if matches!(self, ApiError::ProjectionBehind { .. }) {
+            response = response.header(header::RETRY_AFTER, RETRY_AFTER_SECONDS);
         }
         response.body(body)
     }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub bodies: body::BodyCache,
     /// `JOBSTATS_MAX_RUNTIME` in ms: when a job without its own `maxRuntimeMs` is stuck.
     pub default_max_runtime_ms: i64,
+    /// The checkpoint after each commit: read-your-writes waits on it.
+    pub applied: tokio::sync::watch::Receiver<u64>,
 }
 
 pub const STATS_ROUTE: &str = "/api/v1/admin/jobs/{jobName}/stats";

@@ -41,6 +41,16 @@ impl QueryParams {
             .ok_or_else(|| invalid(name, &format!("must be an integer from {min} to {max}")))
     }
 
+    /// A non-negative integer up to `u64::MAX`, `None` when absent.
+    pub fn unsigned(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|text| {
+                text.parse::<u64>()
+                    .map_err(|_| invalid(name, "must be a non-negative integer"))
+            })
+            .transpose()
+    }
+
     /// A comma-separated list of values `parse` accepts; empty when absent.
     pub fn list<T>(
         &self,

@@ -233,6 +233,10 @@ pub enum StatsResponse {
     /// METHOD_NOT_ALLOWED: only GET and HEAD read statistics.
     #[oai(status = 405)]
     MethodNotAllowed(Json<ErrorEnvelope>, #[oai(header = "Allow")] String),
+    /// PROJECTION_BEHIND: `minSequence` was not applied within `waitMs`; retry after
+    /// `Retry-After` seconds.
+    #[oai(status = 503)]
+    ProjectionBehind(Json<ErrorEnvelope>, #[oai(header = "Retry-After")] String),
 }
 
 impl From<ApiError> for StatsResponse {
@@ -246,6 +250,9 @@ impl From<ApiError> for StatsResponse {
             ApiError::Forbidden(_) => StatsResponse::Forbidden(body),
             ApiError::JobNotFound | ApiError::RouteNotFound => StatsResponse::NotFound(body),
             ApiError::MethodNotAllowed => StatsResponse::MethodNotAllowed(body, "GET, HEAD".into()),
+            ApiError::ProjectionBehind { .. } => {
+                StatsResponse::ProjectionBehind(body, super::errors::RETRY_AFTER_SECONDS.into())
+            }
             ApiError::Internal(_) => StatsResponse::Internal(body),
         }
     }
@@ -274,6 +281,11 @@ pub fn extraction_error(error: poem::Error) -> ApiError {
                 "recent",
                 &format!("must be an integer from 1 to {MAX_RECENT}"),
             ),
+            "waitMs" => super::query::invalid(
+                "waitMs",
+                &format!("must be an integer from 0 to {MAX_WAIT_MS}"),
+            ),
+            "minSequence" => super::query::invalid("minSequence", "must be a non-negative integer"),
             name => super::query::invalid(name, "has an invalid value"),
         };
     }
@@ -331,6 +343,17 @@ impl StatsApi {
             validator(minimum(value = "1"), maximum(value = "100"))
         )]
         _recent: Query<Option<u32>>,
+        /// Read-your-writes: answer only once the projection has applied this stream
+        /// sequence (what `jobstats publish` prints as `sequence=N`).
+        #[oai(name = "minSequence")]
+        _min_sequence: Query<Option<u64>>,
+        /// How long to wait for `minSequence` (0–5000 ms, default 0) before answering 503
+        /// PROJECTION_BEHIND.
+        #[oai(
+            name = "waitMs",
+            validator(minimum(value = "0"), maximum(value = "5000"))
+        )]
+        _wait_ms: Query<Option<u32>>,
         /// An `ETag` of an earlier answer (or several, comma-separated, or `*`): 304 while
         /// the job's read model is unchanged.
         #[oai(name = "If-None-Match")]
@@ -340,7 +363,7 @@ impl StatsApi {
         let Some(state) = request.data::<Arc<AppState>>() else {
             return ApiError::Internal("application state missing".into()).into();
         };
-        match answer(state, request, tenant.0 .0, &job_name.0 .0, &auth.0) {
+        match answer(state, request, tenant.0 .0, &job_name.0 .0, &auth.0).await {
             Ok(Answer::Body(body, etag)) => StatsResponse::Ok(StatsJson(body), etag),
             Ok(Answer::NotModified(etag)) => StatsResponse::NotModified(etag),
             Err(error) => error.into(),
@@ -354,7 +377,7 @@ enum Answer {
     NotModified(String),
 }
 
-fn answer(
+async fn answer(
     state: &AppState,
     request: &Request,
     tenant: TenantId,
@@ -364,7 +387,12 @@ fn answer(
     refuse_repeated_tenant(request)?;
     let params = super::query::QueryParams::of(request)?;
     let recent = params.integer("recent", 1, MAX_RECENT, DEFAULT_RECENT)?;
+    let min_sequence = params.unsigned("minSequence")?;
+    let wait_ms = params.integer("waitMs", 0, MAX_WAIT_MS, 0)?;
     principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
+    if let Some(wanted) = min_sequence {
+        applied_by(state, wanted, wait_ms).await?;
+    }
     let readers = state.readers.get();
     let snapshot = readers
         .cached_job_snapshot(&tenant, job, recent)?
@@ -386,6 +414,27 @@ fn answer(
         body.at(now, judgement, state.default_max_runtime_ms),
         etag,
     ))
+}
+
+/// Most a read-your-writes request waits (`waitMs`).
+const MAX_WAIT_MS: u32 = 5_000;
+
+/// Waits until the projection has applied `wanted`, at most `wait_ms`: on the projector's
+/// applied-sequence watch, woken by each commit (no polling). A projector that stopped ends
+/// the wait too.
+async fn applied_by(state: &AppState, wanted: u64, wait_ms: u32) -> Result<(), ApiError> {
+    let mut applied = state.applied.clone();
+    let wait = std::time::Duration::from_millis(wait_ms.into());
+    let reached = tokio::time::timeout(wait, applied.wait_for(|sequence| *sequence >= wanted))
+        .await
+        .is_ok_and(|waited| waited.is_ok());
+    if reached {
+        return Ok(());
+    }
+    Err(ApiError::ProjectionBehind {
+        applied: *state.applied.borrow(),
+        wanted,
+    })
 }
 
 /// Whether the request's `If-None-Match` names `etag` (weak comparison, RFC 9110 §13.1.2).

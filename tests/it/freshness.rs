@@ -4,6 +4,8 @@
 use chrono::{TimeZone, Utc};
 use reqwest::StatusCode;
 
+use jobstats::publish::EventBuilder;
+
 use crate::helpers::*;
 
 async fn get_stats(
@@ -133,4 +135,149 @@ async fn freshness_names_the_last_applied_sequence_and_its_stream_time() {
         freshness.get("appliedAt").is_none(),
         "no wall-clock field: {freshness}"
     );
+}
+
+#[tokio::test]
+async fn a_reader_sees_its_own_write_or_hears_503_after_about_wait_ms() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(&nats.url(), &dir.path().join("stats.db")).await;
+    let publisher = nats.publisher().await;
+    let t0 = Utc.with_ymd_and_hms(2025, 7, 10, 6, 0, 0).unwrap();
+    let head = publish_all(
+        &publisher,
+        &runs(
+            "ryw",
+            2,
+            t0,
+            chrono::Duration::minutes(1),
+            |_| 500,
+            |_| true,
+        ),
+    )
+    .await;
+    app.wait_applied(head).await;
+
+    // The CLI's printed sequence, then a read that must include it.
+    let output = std::process::Command::new(BIN)
+        .args([
+            "publish",
+            "started",
+            "--tenant",
+            TENANT,
+            "--job",
+            "ryw",
+            "--execution",
+            "mine",
+        ])
+        .env("JOBSTATS_NATS_URL", nats.url())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let sequence: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("sequence="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("sequence=N on stdout: {stdout}"));
+    let query = format!("?minSequence={sequence}&waitMs=2000");
+    let response = get_stats(&app, "ryw", &query, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["queue"]["processing"], 1, "{body}");
+    assert!(
+        body["data"]["freshness"]["appliedSequence"]
+            .as_u64()
+            .unwrap()
+            >= sequence
+    );
+
+    // A read waiting for a sequence not yet published wakes when it is applied.
+    let next = sequence + 1;
+    let waiting = {
+        let url = app.url(&format!(
+            "/api/v1/admin/jobs/ryw/stats?minSequence={next}&waitMs=4000"
+        ));
+        let http = app.http.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let response = http
+                .get(url)
+                .bearer_auth(admin_token())
+                .header("x-tenantid", TENANT)
+                .send()
+                .await
+                .unwrap();
+            (
+                started.elapsed(),
+                response.status(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let done = EventBuilder::new(TENANT, "ryw")
+        .unwrap()
+        .execution("mine")
+        .unwrap()
+        .completed(None)
+        .unwrap();
+    publish_all(&publisher, &[done]).await;
+    let (elapsed, status, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["queue"]["completed"], 3, "{body}");
+    assert!(
+        elapsed >= std::time::Duration::from_millis(250),
+        "it waited: {elapsed:?}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_millis(3_500),
+        "woken by the commit: {elapsed:?}"
+    );
+
+    // Far ahead: 503 PROJECTION_BEHIND with Retry-After, once waitMs has passed.
+    let started = std::time::Instant::now();
+    let behind = get_stats(
+        &app,
+        "ryw",
+        &format!("?minSequence={}&waitMs=500", next + 1_000),
+        None,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(behind.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(behind.headers()["retry-after"], "1");
+    let body: serde_json::Value = behind.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "PROJECTION_BEHIND", "{body}");
+    assert_eq!(body["success"], false);
+    assert!(
+        elapsed >= std::time::Duration::from_millis(450),
+        "{elapsed:?}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_millis(3_000),
+        "{elapsed:?}"
+    );
+    // waitMs=0 (the default) answers at once.
+    let now = get_stats(&app, "ryw", &format!("?minSequence={}", next + 1_000), None).await;
+    assert_eq!(now.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    for (query, named) in [
+        ("?minSequence=1&waitMs=5001", "waitMs"),
+        ("?minSequence=-1", "minSequence"),
+        ("?minSequence=x", "minSequence"),
+    ] {
+        let response = get_stats(&app, "ryw", query, None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "INVALID_PARAMETER", "{query}");
+        assert!(
+            body["message"].as_str().unwrap().contains(named),
+            "{query}: {body}"
+        );
+    }
 }
