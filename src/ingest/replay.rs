@@ -172,8 +172,10 @@ pub async fn replay_into(
     }
     progress.update(messages_done, stop.at_sequence);
     progress.finish();
+    // The committer has returned, so this is the last handle; were it not, the rebuild fails
+    // with an error rather than a panic.
     let writer = std::sync::Arc::into_inner(writer)
-        .expect("the committer has returned its handle")
+        .ok_or_else(|| ReplayError::Usage("the rebuild's writer is still in use".into()))?
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
     let last_sequence = writer.checkpoint();
