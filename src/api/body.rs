@@ -18,7 +18,7 @@ use poem_openapi::{
 
 use super::rfc3339_millis;
 use super::stats::{
-    health_stats, judge, render, schedule_stats, JobStatsEnvelope, SUCCESS_MESSAGE,
+    health_stats, judge, render, schedule_stats, JobStatsEnvelope, WindowStats, SUCCESS_MESSAGE,
 };
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
@@ -31,6 +31,10 @@ use crate::store::JobSnapshot;
 const NOW_MARK: &str = "\u{1}jobstats:now\u{1}";
 const SCHEDULE_MARK: &str = "\u{1}jobstats:schedule\u{1}";
 const HEALTH_MARK: &str = "\u{1}jobstats:health\u{1}";
+const WINDOW_MARK: &str = "\u{1}jobstats:window\u{1}";
+/// What precedes the window in the serialized data object (its last key: object keys are
+/// serialized in order). Dropped with the window when the request has none.
+const WINDOW_KEY: &str = ",\"window\":";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -41,6 +45,8 @@ enum Part {
     Schedule,
     /// The `health` object at the request's judgement.
     Health,
+    /// `,"window":{…}` when the request asks for a window, else nothing.
+    Window,
 }
 
 /// One snapshot's response body, minus the request-time values.
@@ -71,11 +77,18 @@ impl StatsBody {
         now: DateTime<Utc>,
         judgement: Judgement,
         default_max_runtime_ms: i64,
+        window: Option<&WindowStats>,
     ) -> Vec<u8> {
         let health = judge(&self.snapshot, judgement, default_max_runtime_ms);
         let Some(parts) = &self.parts else {
-            return whole_body(&self.job, &self.snapshot, now, &health);
+            return whole_body(&self.job, &self.snapshot, now, &health, window.cloned());
         };
+        let window_json = window.map_or_else(String::new, |w| {
+            format!(
+                "{WINDOW_KEY}{}",
+                serde_json::to_string(&w.to_json()).unwrap_or_default()
+            )
+        });
         let now_json = json_string(&rfc3339_millis(now.timestamp_millis()));
         let schedule = schedule_stats(&self.snapshot, self.next_run(now), &health);
         let schedule_json = serde_json::to_string(&schedule.to_json()).unwrap_or_default();
@@ -88,6 +101,7 @@ impl StatsBody {
                 Part::Now => now_json.len(),
                 Part::Schedule => schedule_json.len(),
                 Part::Health => health_json.len(),
+                Part::Window => window_json.len(),
             })
             .sum();
         let mut body = Vec::with_capacity(size);
@@ -97,6 +111,7 @@ impl StatsBody {
                 Part::Now => now_json.as_bytes(),
                 Part::Schedule => schedule_json.as_bytes(),
                 Part::Health => health_json.as_bytes(),
+                Part::Window => window_json.as_bytes(),
             });
         }
         body
@@ -126,7 +141,7 @@ impl StatsBody {
                 .iter()
                 .map(|p| match p {
                     Part::Literal(text) => text.len(),
-                    Part::Now | Part::Schedule | Part::Health => 0,
+                    Part::Now | Part::Schedule | Part::Health | Part::Window => 0,
                 })
                 .sum::<usize>()
                 + parts.len() * std::mem::size_of::<Part>()
@@ -147,11 +162,12 @@ fn envelope(
     snapshot: &JobSnapshot,
     now: DateTime<Utc>,
     health: &Health,
+    window: Option<WindowStats>,
 ) -> JobStatsEnvelope {
     JobStatsEnvelope {
         success: true,
         message: SUCCESS_MESSAGE.to_owned(),
-        data: render(job, snapshot, now, health),
+        data: render(job, snapshot, now, health, window),
         timestamp: rfc3339_millis(now.timestamp_millis()),
     }
 }
@@ -162,19 +178,21 @@ pub fn whole_body(
     snapshot: &JobSnapshot,
     now: DateTime<Utc>,
     health: &Health,
+    window: Option<WindowStats>,
 ) -> Vec<u8> {
-    serde_json::to_vec(&envelope(job, snapshot, now, health).to_json()).unwrap_or_default()
+    serde_json::to_vec(&envelope(job, snapshot, now, health, window).to_json()).unwrap_or_default()
 }
 
 /// Serializes the envelope with marks in place of the request-time values and splits it there.
 fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
     let now = Utc::now();
     let health = judge(snapshot, Judgement::At(now.timestamp_millis()), 0);
-    let mut marked = envelope(job, snapshot, now, &health).to_json()?;
+    let mut marked = envelope(job, snapshot, now, &health, None).to_json()?;
     let data = marked.get_mut("data")?.as_object_mut()?;
     data.insert("generatedAt".into(), NOW_MARK.into());
     data.insert("schedule".into(), SCHEDULE_MARK.into());
     data.insert("health".into(), HEALTH_MARK.into());
+    data.insert("window".into(), WINDOW_MARK.into());
     marked
         .as_object_mut()?
         .insert("timestamp".into(), NOW_MARK.into());
@@ -182,9 +200,11 @@ fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
     let now_mark = json_string(NOW_MARK);
     let schedule_mark = json_string(SCHEDULE_MARK);
     let health_mark = json_string(HEALTH_MARK);
+    let window_mark = format!("{WINDOW_KEY}{}", json_string(WINDOW_MARK));
     if text.matches(&now_mark).count() != 2
         || text.matches(&schedule_mark).count() != 1
         || text.matches(&health_mark).count() != 1
+        || text.matches(&window_mark).count() != 1
     {
         return None;
     }
@@ -195,6 +215,7 @@ fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
             (&now_mark, Part::Now),
             (&schedule_mark, Part::Schedule),
             (&health_mark, Part::Health),
+            (&window_mark, Part::Window),
         ]
         .into_iter()
         .filter_map(|(mark, part)| rest.find(mark.as_str()).map(|at| (at, mark.len(), part)))
@@ -293,6 +314,7 @@ mod tests {
         stats.apply_schedule(cron, None, None, 1_600_000_000_000, uuid::Uuid::new_v4());
         let parsed = cron.map(|c| crate::schedule::CronSchedule::parse(c).unwrap());
         Arc::new(JobSnapshot {
+            job_id: 1,
             job_sequence: 97,
             health: crate::store::HealthData {
                 starts: vec![1_700_000_000_000],
@@ -329,6 +351,21 @@ mod tests {
         })
     }
 
+    fn window() -> WindowStats {
+        let mut merged = crate::projection::rollup::RollupBucket::default();
+        merged.add(
+            &crate::projection::rollup::Contribution {
+                finished_at: 1_700_000_000_000,
+                failed: false,
+                duration_ms: Some(1_234),
+            },
+            1,
+        );
+        let window = crate::projection::rollup::Window::Day;
+        let range = window.buckets(1_700_000_050_000);
+        super::super::stats::window_stats(window, range, 1_700_000_050_000, &merged)
+    }
+
     fn at(ms: i64) -> DateTime<Utc> {
         Utc.timestamp_millis_opt(ms).unwrap()
     }
@@ -362,9 +399,24 @@ mod tests {
                 ] {
                     let health = judge(&snapshot, judgement, 3_600_000);
                     assert_eq!(
-                        String::from_utf8(body.at(at(now), judgement, 3_600_000)).unwrap(),
-                        String::from_utf8(whole_body(&job, &snapshot, at(now), &health)).unwrap(),
+                        String::from_utf8(body.at(at(now), judgement, 3_600_000, None)).unwrap(),
+                        String::from_utf8(whole_body(&job, &snapshot, at(now), &health, None))
+                            .unwrap(),
                         "cron {cron:?} at {now}, {judgement:?}"
+                    );
+                    let window = window();
+                    assert_eq!(
+                        String::from_utf8(body.at(at(now), judgement, 3_600_000, Some(&window)))
+                            .unwrap(),
+                        String::from_utf8(whole_body(
+                            &job,
+                            &snapshot,
+                            at(now),
+                            &health,
+                            Some(window.clone())
+                        ))
+                        .unwrap(),
+                        "with a window: cron {cron:?} at {now}, {judgement:?}"
                     );
                 }
             }
@@ -381,8 +433,8 @@ mod tests {
             let now = at(1_700_000_000_500);
             let judgement = Judgement::At(now.timestamp_millis());
             let health = judge(&snapshot, judgement, 1_000);
-            let answer = body.at(now, judgement, 1_000);
-            assert_eq!(answer, whole_body(&job, &snapshot, now, &health));
+            let answer = body.at(now, judgement, 1_000, None);
+            assert_eq!(answer, whole_body(&job, &snapshot, now, &health, None));
             let value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
             assert_eq!(value["data"]["recentExecutions"][0]["error"], error);
             assert_eq!(value["timestamp"], "2023-11-14T22:13:20.500Z");

@@ -6,6 +6,7 @@
 //! the query that made them.
 
 use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -20,8 +21,8 @@ use super::errors::{ApiError, ErrorEnvelope};
 use super::params::{JobNameParam, TenantParam};
 use super::query::{fingerprint, invalid, Cursor, QueryParams};
 use super::stats::{
-    extraction_error, health_summary, judge, judgement, recent_execution, refuse_repeated_tenant,
-    BearerAuth, HealthSummary, QueueStats, RecentExecution,
+    extraction_error, health_summary, if_none_match, judge, judgement, recent_execution,
+    refuse_repeated_tenant, BearerAuth, HealthSummary, QueueStats, RecentExecution,
 };
 use super::{rfc3339_millis, AppState};
 use crate::events::{JobName, TenantId};
@@ -199,8 +200,13 @@ macro_rules! envelope_response {
         #[oai(bad_request_handler = $handler)]
         pub enum $name {
             #[doc = $ok_doc]
+            #[doc = ""]
+            #[doc = "With a weak `ETag` that changes whenever the data behind the answer does."]
             #[oai(status = 200)]
-            Ok(Json<$payload>),
+            Ok(Json<$payload>, #[oai(header = "ETag")] String),
+            /// Not modified: `If-None-Match` names the current `ETag`; no body.
+            #[oai(status = 304)]
+            NotModified(#[oai(header = "ETag")] String),
             /// INVALID_TENANT_ID, INVALID_JOB_NAME or INVALID_PARAMETER (the message names
             /// the parameter).
             #[oai(status = 400)]
@@ -291,13 +297,18 @@ impl JobsApi {
         /// `nextCursor` of the previous page of the same query.
         #[oai(name = "cursor")]
         _cursor: Query<Option<String>>,
+        /// An `ETag` of an earlier answer (or several, comma-separated, or `*`): 304 while
+        /// the data behind it is unchanged.
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
         auth: BearerAuth,
     ) -> JobListResponse {
         let Some(state) = request.data::<Arc<AppState>>() else {
             return ApiError::Internal("application state missing".into()).into();
         };
         match list(state, request, tenant.0 .0, &auth) {
-            Ok(body) => JobListResponse::Ok(Json(body)),
+            Ok((_, etag)) if if_none_match(request, &etag) => JobListResponse::NotModified(etag),
+            Ok((body, etag)) => JobListResponse::Ok(Json(body), etag),
             Err(error) => error.into(),
         }
     }
@@ -337,13 +348,18 @@ impl JobsApi {
         /// `nextCursor` of the previous page of the same query.
         #[oai(name = "cursor")]
         _cursor: Query<Option<String>>,
+        /// An `ETag` of an earlier answer (or several, comma-separated, or `*`): 304 while
+        /// the data behind it is unchanged.
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
         auth: BearerAuth,
     ) -> ExecutionsResponse {
         let Some(state) = request.data::<Arc<AppState>>() else {
             return ApiError::Internal("application state missing".into()).into();
         };
         match executions(state, request, tenant.0 .0, &job_name.0 .0, &auth) {
-            Ok(body) => ExecutionsResponse::Ok(Json(body)),
+            Ok((_, etag)) if if_none_match(request, &etag) => ExecutionsResponse::NotModified(etag),
+            Ok((body, etag)) => ExecutionsResponse::Ok(Json(body), etag),
             Err(error) => error.into(),
         }
     }
@@ -473,7 +489,7 @@ fn list(
     request: &Request,
     tenant: TenantId,
     auth: &BearerAuth,
-) -> Result<JobListEnvelope, ApiError> {
+) -> Result<(JobListEnvelope, String), ApiError> {
     refuse_repeated_tenant(request)?;
     let query = ListQuery::parse(&QueryParams::of(request)?, &tenant)?;
     auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
@@ -536,16 +552,40 @@ fn list(
         }
         .encode()
     });
-    Ok(JobListEnvelope {
-        success: true,
-        message: JOBS_MESSAGE.to_owned(),
-        data: JobListData {
-            jobs: page.iter().map(|job| entry(job, now)).collect(),
-            next_cursor,
-            total,
+    let jobs: Vec<JobListEntry> = page.iter().map(|job| entry(job, now)).collect();
+    // The data behind the page: each job's version and what was judged of it (health moves
+    // with time alone), the page's extent and the query. Not `asOf`: it is the request time.
+    let mut version = std::collections::hash_map::DefaultHasher::new();
+    for (job, shown) in page.iter().zip(&jobs) {
+        job.name.hash(&mut version);
+        job.snapshot.job_sequence.hash(&mut version);
+        (&shown.health.state, &shown.health.since).hash(&mut version);
+        (
+            shown.health.missed_runs.last_24h,
+            shown.health.missed_runs.last_7d,
+        )
+            .hash(&mut version);
+        shown.next_run.hash(&mut version);
+    }
+    (total, &next_cursor, &query.query_id, limit).hash(&mut version);
+    let etag = format!(
+        "W/\"{}-{:016x}\"",
+        crate::store::PROJECTION_VERSION,
+        version.finish()
+    );
+    Ok((
+        JobListEnvelope {
+            success: true,
+            message: JOBS_MESSAGE.to_owned(),
+            data: JobListData {
+                jobs,
+                next_cursor,
+                total,
+            },
+            timestamp: rfc3339_millis(now.timestamp_millis()),
         },
-        timestamp: rfc3339_millis(now.timestamp_millis()),
-    })
+        etag,
+    ))
 }
 
 /// The page of `all` (every job that matched) after the query's cursor: the page, whether
@@ -675,14 +715,20 @@ fn executions(
     tenant: TenantId,
     job: &JobName,
     auth: &BearerAuth,
-) -> Result<ExecutionsEnvelope, ApiError> {
+) -> Result<(ExecutionsEnvelope, String), ApiError> {
     refuse_repeated_tenant(request)?;
-    let (query, limit, query_id) = executions_query(&QueryParams::of(request)?, &tenant, job)?;
+    let params = QueryParams::of(request)?;
+    let (query, limit, query_id) = executions_query(&params, &tenant, job)?;
     auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
 
-    let mut rows = state
-        .readers
-        .get()
+    let readers = state.readers.get();
+    // The job's version, read before the page: the tag never names newer data than the
+    // page holds (at worst an older one, which only costs a 200).
+    let job_sequence = readers
+        .cached_job_snapshot(&tenant, job, 0)?
+        .ok_or(ApiError::JobNotFound)?
+        .job_sequence;
+    let mut rows = readers
         .executions_page(&tenant, job, &query)?
         .ok_or(ApiError::JobNotFound)?;
     let more = rows.len() > limit as usize;
@@ -696,13 +742,24 @@ fn executions(
         }
         .encode()
     });
-    Ok(ExecutionsEnvelope {
-        success: true,
-        message: EXECUTIONS_MESSAGE.to_owned(),
-        data: ExecutionsData {
-            executions: rows.iter().map(recent_execution).collect(),
-            next_cursor,
+    let mut shape = std::collections::hash_map::DefaultHasher::new();
+    (&query_id, limit, params.get("cursor")).hash(&mut shape);
+    let etag = format!(
+        "W/\"{}-{}-{:016x}\"",
+        crate::store::PROJECTION_VERSION,
+        job_sequence,
+        shape.finish()
+    );
+    Ok((
+        ExecutionsEnvelope {
+            success: true,
+            message: EXECUTIONS_MESSAGE.to_owned(),
+            data: ExecutionsData {
+                executions: rows.iter().map(recent_execution).collect(),
+                next_cursor,
+            },
+            timestamp: rfc3339_millis(Utc::now().timestamp_millis()),
         },
-        timestamp: rfc3339_millis(Utc::now().timestamp_millis()),
-    })
+        etag,
+    ))
 }

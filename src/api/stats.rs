@@ -22,6 +22,7 @@ use crate::api::auth::Principal;
 use crate::events::{JobName, TenantId};
 use crate::projection::format::{human_duration, human_percent, percent_one_decimal};
 use crate::projection::health::{self, Health, HealthInput, Judgement, Position};
+use crate::projection::rollup::{BucketRange, RollupBucket, Window};
 use crate::store::{ExecutionSummary, JobSnapshot};
 
 pub const SUCCESS_MESSAGE: &str = "Job statistics retrieved successfully";
@@ -72,6 +73,83 @@ pub struct PerformanceStats {
     pub last_execution_time_ms: Option<i64>,
     #[oai(nullable)]
     pub success_rate_percent: Option<f64>,
+    /// Run-time percentiles of the completed executions, each within 1% of the exact value.
+    pub percentiles: PercentileStats,
+    /// Enqueued → started, over executions with both times.
+    pub queue_wait: QueueWaitStats,
+    /// `itemsProcessed` over the finished executions that reported it.
+    pub items_processed: ItemsProcessedStats,
+}
+
+/// Run-time percentiles (ms) from a mergeable relative-error sketch: each within 1% of the
+/// exact order statistic (the value at rank ⌈q·n⌉ of the sorted run times); null without data.
+#[derive(Debug, Clone, Object)]
+pub struct PercentileStats {
+    #[oai(rename = "p50Ms", nullable)]
+    pub p50_ms: Option<i64>,
+    #[oai(rename = "p90Ms", nullable)]
+    pub p90_ms: Option<i64>,
+    #[oai(rename = "p95Ms", nullable)]
+    pub p95_ms: Option<i64>,
+    #[oai(rename = "p99Ms", nullable)]
+    pub p99_ms: Option<i64>,
+}
+
+impl From<crate::projection::sketch::Percentiles> for PercentileStats {
+    fn from(p: crate::projection::sketch::Percentiles) -> Self {
+        PercentileStats {
+            p50_ms: p.p50,
+            p90_ms: p.p90,
+            p95_ms: p.p95,
+            p99_ms: p.p99,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct QueueWaitStats {
+    /// Mean wait, ms; null without data.
+    #[oai(rename = "averageMs", nullable)]
+    pub average_ms: Option<i64>,
+    /// 95th percentile of the wait (within 1%), ms; null without data.
+    #[oai(rename = "p95Ms", nullable)]
+    pub p95_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ItemsProcessedStats {
+    /// Sum of `itemsProcessed` (saturating at 2^63 − 1).
+    pub total: i64,
+    /// `total` / the number of finished executions that reported `itemsProcessed`; null
+    /// before the first.
+    #[oai(nullable)]
+    pub average_per_run: Option<f64>,
+}
+
+/// `?window=`: executions that finished in the window's buckets (CONTRACT §6). Whole-stream
+/// fields elsewhere in the answer are unchanged by it.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct WindowStats {
+    /// `1h`, `24h`, `7d` or `30d`.
+    pub name: String,
+    /// The bucket edge the window starts at: the start of the minute (1h, 24h) or hour (7d,
+    /// 30d) holding `to` − the window's length.
+    pub from: String,
+    /// The instant judged (`health.asOf`); the window reads up to the end of its bucket.
+    pub to: String,
+    /// `minute` or `hour`.
+    pub granularity: String,
+    pub completed: i64,
+    pub failed: i64,
+    #[oai(nullable)]
+    pub success_rate: Option<String>,
+    #[oai(nullable)]
+    pub success_rate_percent: Option<f64>,
+    #[oai(nullable)]
+    pub average_execution_time_ms: Option<i64>,
+    pub percentiles: PercentileStats,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -190,6 +268,9 @@ pub struct JobStatsData {
     pub generated_at: String,
     pub freshness: Freshness,
     pub health: HealthStats,
+    /// Present when `?window=` is given.
+    #[oai(skip_serializing_if_is_none)]
+    pub window: Option<WindowStats>,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -286,6 +367,10 @@ pub fn extraction_error(error: poem::Error) -> ApiError {
                 &format!("must be an integer from 0 to {MAX_WAIT_MS}"),
             ),
             "minSequence" => super::query::invalid("minSequence", "must be a non-negative integer"),
+            "window" => super::query::invalid(
+                "window",
+                &format!("must be one of {}", Window::NAMES.join(", ")),
+            ),
             name => super::query::invalid(name, "has an invalid value"),
         };
     }
@@ -309,6 +394,19 @@ pub fn refuse_repeated_tenant(request: &Request) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The `window` parameter as documented (the handler reads it strictly from the query).
+#[derive(Debug, Clone, Copy, poem_openapi::Enum)]
+pub enum WindowParam {
+    #[oai(rename = "1h")]
+    Hour,
+    #[oai(rename = "24h")]
+    Day,
+    #[oai(rename = "7d")]
+    Week,
+    #[oai(rename = "30d")]
+    Month,
 }
 
 pub struct StatsApi;
@@ -354,6 +452,10 @@ impl StatsApi {
             validator(minimum(value = "0"), maximum(value = "5000"))
         )]
         _wait_ms: Query<Option<u32>>,
+        /// A trailing window (`1h`, `24h`, `7d`, `30d`): adds `data.window`, the executions
+        /// that finished in it, from per-minute (1h, 24h) or per-hour (7d, 30d) rollups.
+        #[oai(name = "window")]
+        _window: Query<Option<WindowParam>>,
         /// An `ETag` of an earlier answer (or several, comma-separated, or `*`): 304 while
         /// the job's read model is unchanged.
         #[oai(name = "If-None-Match")]
@@ -389,29 +491,80 @@ async fn answer(
     let recent = params.integer("recent", 1, MAX_RECENT, DEFAULT_RECENT)?;
     let min_sequence = params.unsigned("minSequence")?;
     let wait_ms = params.integer("waitMs", 0, MAX_WAIT_MS, 0)?;
+    let window = params
+        .get("window")
+        .map(|name| {
+            Window::parse(name).ok_or_else(|| {
+                super::query::invalid(
+                    "window",
+                    &format!("must be one of {}", Window::NAMES.join(", ")),
+                )
+            })
+        })
+        .transpose()?;
     principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
     if let Some(wanted) = min_sequence {
         applied_by(state, wanted, wait_ms).await?;
     }
     let readers = state.readers.get();
-    let snapshot = readers
+    let now = Utc::now();
+    let mut snapshot = readers
         .cached_job_snapshot(&tenant, job, recent)?
         .ok_or(ApiError::JobNotFound)?;
+    let mut judgement = self::judgement(state, &snapshot, now);
+    let mut windowed = None;
+    if let Some(window) = window {
+        // The window and the snapshot must be the same version of the job: when the job
+        // changed between the two reads, read both again.
+        for _ in 0..3 {
+            let range = window.buckets(judgement.as_of());
+            if let Some(merged) = readers.window(snapshot.job_id, range, snapshot.job_sequence)? {
+                windowed = Some((window, range, merged));
+                break;
+            }
+            snapshot = std::sync::Arc::new(
+                readers
+                    .job_snapshot(&tenant, job, recent)?
+                    .ok_or(ApiError::JobNotFound)?,
+            );
+            judgement = self::judgement(state, &snapshot, now);
+        }
+        if windowed.is_none() {
+            return Err(ApiError::Internal(
+                "the job kept changing under the window read".into(),
+            ));
+        }
+    }
     // What the answer is made of: the job's read model, the projection that built it, and
-    // the one parameter that shapes it.
-    let etag = format!(
-        "W/\"{}-{}-{recent}\"",
-        crate::store::PROJECTION_VERSION,
-        snapshot.job_sequence
-    );
+    // the parameters that shape it (for a window, the buckets it covers).
+    let etag = match &windowed {
+        None => format!(
+            "W/\"{}-{}-{recent}\"",
+            crate::store::PROJECTION_VERSION,
+            snapshot.job_sequence
+        ),
+        Some((window, range, _)) => format!(
+            "W/\"{}-{}-{recent}-{}-{}\"",
+            crate::store::PROJECTION_VERSION,
+            snapshot.job_sequence,
+            window.name(),
+            range.from
+        ),
+    };
     if if_none_match(request, &etag) {
         return Ok(Answer::NotModified(etag));
     }
+    let window_stats = windowed
+        .as_ref()
+        .map(|(window, range, merged)| window_stats(*window, *range, judgement.as_of(), &merged.1));
     let body = state.bodies.body(&tenant, job, recent, snapshot.clone());
-    let now = Utc::now();
-    let judgement = judgement(state, &snapshot, now);
     Ok(Answer::Body(
-        body.at(now, judgement, state.default_max_runtime_ms),
+        body.at(
+            now,
+            judgement,
+            state.default_max_runtime_ms,
+            window_stats.as_ref(),
+        ),
         etag,
     ))
 }
@@ -438,7 +591,7 @@ async fn applied_by(state: &AppState, wanted: u64, wait_ms: u32) -> Result<(), A
 }
 
 /// Whether the request's `If-None-Match` names `etag` (weak comparison, RFC 9110 §13.1.2).
-fn if_none_match(request: &Request, etag: &str) -> bool {
+pub fn if_none_match(request: &Request, etag: &str) -> bool {
     let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
     let ours = opaque(etag);
     request
@@ -527,6 +680,7 @@ pub fn render(
     snapshot: &JobSnapshot,
     now: DateTime<Utc>,
     health: &Health,
+    window: Option<WindowStats>,
 ) -> JobStatsData {
     let stats = &snapshot.stats;
     let average = stats.average_duration_ms();
@@ -553,6 +707,17 @@ pub fn render(
             average_execution_time_ms: average,
             last_execution_time_ms: last,
             success_rate_percent: success.map(percent_one_decimal),
+            percentiles: stats.percentiles().into(),
+            queue_wait: QueueWaitStats {
+                average_ms: stats.queue_wait.average_ms(),
+                p95_ms: stats.queue_wait.sketch.quantile(0.95),
+            },
+            items_processed: ItemsProcessedStats {
+                total: i64::try_from(stats.items_total.max(0)).unwrap_or(i64::MAX),
+                average_per_run: stats
+                    .average_items_per_run()
+                    .map(|a| (a * 10.0).round() / 10.0),
+            },
         },
         schedule: schedule_stats(snapshot, next_run, health),
         recent_executions: snapshot.recent.iter().map(recent_execution).collect(),
@@ -562,6 +727,29 @@ pub fn render(
             last_event_at: snapshot.freshness.last_published_at_ms.map(rfc3339_millis),
         },
         health: health_stats(health),
+        window,
+    }
+}
+
+/// The `window` object of a merged bucket range at `as_of`.
+pub fn window_stats(
+    window: Window,
+    range: BucketRange,
+    as_of: i64,
+    merged: &RollupBucket,
+) -> WindowStats {
+    let success = merged.success_rate_percent();
+    WindowStats {
+        name: window.name().to_owned(),
+        from: rfc3339_millis(range.from),
+        to: rfc3339_millis(as_of),
+        granularity: range.granularity.as_str().to_owned(),
+        completed: merged.completed,
+        failed: merged.failed,
+        success_rate: success.map(human_percent),
+        success_rate_percent: success.map(percent_one_decimal),
+        average_execution_time_ms: merged.average_duration_ms(),
+        percentiles: merged.percentiles().into(),
     }
 }
 

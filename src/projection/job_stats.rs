@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use super::sketch::{DurationSketch, Percentiles};
 use super::{EpochMillis, Execution, ExecutionState};
 
 /// The finished execution with the latest finish time.
@@ -67,6 +68,50 @@ pub struct JobStats {
     pub schedule: Option<ScheduleRecord>,
     /// `None` before anything finished.
     pub outcome_run: Option<OutcomeRun>,
+    /// Run times of the completed executions counted in `duration_count`.
+    pub durations: DurationSketch,
+    /// Queue waits (enqueued → started) of executions with both times.
+    pub queue_wait: QueueWait,
+    /// `itemsProcessed` summed over finished executions that reported it, and how many did.
+    pub items_total: i128,
+    pub items_count: i64,
+}
+
+/// Enqueued → started, over executions with both times (a start before the enqueue, by the
+/// runners' clocks, waits 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueWait {
+    pub sum_ms: i128,
+    pub count: i64,
+    pub sketch: DurationSketch,
+}
+
+impl QueueWait {
+    fn of(execution: &Execution) -> Option<i64> {
+        match (execution.enqueued_at, execution.started_at) {
+            (Some(enqueued), Some(started)) => Some(started.saturating_sub(enqueued).max(0)),
+            _ => None,
+        }
+    }
+
+    fn add(&mut self, wait_ms: i64, sign: i64) {
+        self.sum_ms += i128::from(sign * wait_ms);
+        self.count += sign;
+        self.sketch.add(wait_ms, sign);
+    }
+
+    pub fn average_ms(&self) -> Option<i64> {
+        rounded_mean(self.sum_ms, self.count)
+    }
+}
+
+/// A mean rounded half up, in integers: exact for any history length (the mean of i64 values
+/// is itself within i64).
+fn rounded_mean(sum: i128, count: i64) -> Option<i64> {
+    (count > 0).then(|| {
+        let count = i128::from(count);
+        ((sum + count / 2) / count) as i64
+    })
 }
 
 impl JobStats {
@@ -119,7 +164,15 @@ impl JobStats {
             if let Some(duration) = execution.duration_ms() {
                 self.duration_sum_ms += i128::from(sign * duration);
                 self.duration_count += sign;
+                self.durations.add(duration, sign);
             }
+        }
+        if let Some(wait) = QueueWait::of(execution) {
+            self.queue_wait.add(wait, sign);
+        }
+        if let (true, Some(items)) = (execution.state.is_terminal(), execution.items_processed) {
+            self.items_total += i128::from(sign) * i128::from(items);
+            self.items_count += sign;
         }
     }
 
@@ -225,6 +278,18 @@ impl JobStats {
             {
                 stats.duration_sum_ms += i128::from(duration);
                 stats.duration_count += 1;
+                stats.durations.add(duration, 1);
+            }
+            if let (Some(enqueued), Some(started)) = (execution.enqueued_at, execution.started_at) {
+                let wait = (started - enqueued).max(0);
+                stats.queue_wait.sum_ms += i128::from(wait);
+                stats.queue_wait.count += 1;
+                stats.queue_wait.sketch.add(wait, 1);
+            }
+            if let (true, Some(items)) = (execution.state.is_terminal(), execution.items_processed)
+            {
+                stats.items_total += i128::from(items);
+                stats.items_count += 1;
             }
             if let Some(started) = execution.started_at {
                 stats.last_started_at = stats.last_started_at.max(Some(started));
@@ -267,12 +332,17 @@ impl JobStats {
     }
 
     pub fn average_duration_ms(&self) -> Option<i64> {
-        (self.duration_count > 0).then(|| {
-            // Round half up, in integers: exact for any history length.
-            // The mean of i64 durations is itself within i64.
-            let count = i128::from(self.duration_count);
-            ((self.duration_sum_ms + count / 2) / count) as i64
-        })
+        rounded_mean(self.duration_sum_ms, self.duration_count)
+    }
+
+    /// Percentiles of run time over the completed executions with both times.
+    pub fn percentiles(&self) -> Percentiles {
+        Percentiles::of(&self.durations)
+    }
+
+    /// Mean `itemsProcessed` per finished execution that reported it.
+    pub fn average_items_per_run(&self) -> Option<f64> {
+        (self.items_count > 0).then(|| self.items_total as f64 / self.items_count as f64)
     }
 
     /// completed / (completed + failed), in percent; `None` before anything finished.

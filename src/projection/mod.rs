@@ -13,13 +13,15 @@ mod fold;
 pub mod format;
 pub mod health;
 mod job_stats;
+pub mod rollup;
+pub mod sketch;
 
 pub use execution::{transition, Execution, ExecutionEvent, ExecutionState};
 #[cfg(test)]
 pub(crate) use fold::MemoryJob;
 pub use fold::{apply, Change};
 pub use health::{Health, HealthInput, HealthState, Judgement};
-pub use job_stats::{FinishKey, JobStats, LastFinished, OutcomeRun, ScheduleRecord};
+pub use job_stats::{FinishKey, JobStats, LastFinished, OutcomeRun, QueueWait, ScheduleRecord};
 
 /// Milliseconds since the Unix epoch, UTC: the unit of every time in the read model.
 pub type EpochMillis = i64;

@@ -55,7 +55,7 @@ pub use writer::{BatchOutcome, IncomingMessage, Writer};
 
 /// The version of the projection logic that builds the read model. Bump it when `apply`
 /// changes meaning: `serve` then rebuilds the read model from the stream (blue-green).
-pub const PROJECTION_VERSION: i64 = 2;
+pub const PROJECTION_VERSION: i64 = 3;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -63,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_health.sql"),
     include_str!("migrations/0003_recount_by_recency.sql"),
     include_str!("migrations/0004_starts_in_recency_index.sql"),
+    include_str!("migrations/0005_percentiles_and_rollups.sql"),
 ];
 
 /// How many bytes of a dead letter's payload are kept.
@@ -187,10 +188,41 @@ const JOB_STATS_COLUMNS: &str = "pending, processing, completed, failed, duratio
      duration_count, last_finished_at, last_finished_execution_id, last_finished_duration_ms, \
      last_started_at, schedule_cron, schedule_occurred_at, schedule_event_id, \
      last_finished_failed, schedule_grace_ms, schedule_max_runtime_ms, schedule_since, \
-     run_failed, run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id";
+     run_failed, run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id, \
+     duration_sketch, queue_wait_sum_ms, queue_wait_count, queue_wait_sketch, items_total, \
+     items_count";
 
 /// How many columns [`JOB_STATS_COLUMNS`] names: a query's further columns start here.
-const JOB_STATS_COLUMN_COUNT: usize = 23;
+const JOB_STATS_COLUMN_COUNT: usize = 29;
+
+/// The `rollups` columns [`rollup_from_row`] reads.
+pub(crate) const ROLLUP_COLUMNS: &str =
+    "completed, failed, duration_sum_ms, duration_count, duration_sketch";
+
+/// Reads [`ROLLUP_COLUMNS`] starting at column `first`.
+pub(crate) fn rollup_from_row_at(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<crate::projection::rollup::RollupBucket> {
+    Ok(crate::projection::rollup::RollupBucket {
+        completed: r.get(first)?,
+        failed: r.get(first + 1)?,
+        duration_sum_ms: r.get::<_, WideInt>(first + 2)?.0,
+        duration_count: r.get(first + 3)?,
+        durations: sketch_from_column(r, first + 4)?,
+    })
+}
+
+/// A stored sketch (NULL: empty); a blob that does not decode is corruption.
+pub(crate) fn sketch_from_column(
+    r: &rusqlite::Row<'_>,
+    column: usize,
+) -> rusqlite::Result<crate::projection::sketch::DurationSketch> {
+    let bytes: Option<Vec<u8>> = r.get(column)?;
+    crate::projection::sketch::DurationSketch::decode_optional(bytes.as_deref()).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
 
 fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
     let last_finished = match (r.get::<_, Option<i64>>(6)?, r.get::<_, Option<String>>(7)?) {
@@ -247,6 +279,14 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
         last_started_at: r.get(9)?,
         schedule,
         outcome_run,
+        durations: sketch_from_column(r, 23)?,
+        queue_wait: crate::projection::QueueWait {
+            sum_ms: r.get::<_, WideInt>(24)?.0,
+            count: r.get(25)?,
+            sketch: sketch_from_column(r, 26)?,
+        },
+        items_total: r.get::<_, WideInt>(27)?.0,
+        items_count: r.get(28)?,
     })
 }
 

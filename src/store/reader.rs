@@ -14,6 +14,8 @@ use super::{
 };
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
+use crate::projection::rollup::{BucketRange, RollupBucket};
+use crate::projection::sketch::SketchSum;
 use crate::projection::{health, Execution, ExecutionState, JobStats};
 
 /// How far the read model has got.
@@ -40,6 +42,8 @@ pub struct ExecutionSummary {
 /// A consistent view of one job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSnapshot {
+    /// The job's id in this generation file (what its rollups are keyed by).
+    pub job_id: i64,
     pub stats: JobStats,
     /// The last stream sequence that changed this job: the version of its read model (the
     /// stats answer's `ETag`).
@@ -77,7 +81,12 @@ pub struct ReadPool {
     changes: Mutex<ChangeLog>,
     /// Fire lists by cron expression, shared by every job with that cron.
     fires: FiresCache,
+    /// Merged windows by (job id, bucket range), each with the job version it was read at.
+    windows: ByteBounded<(i64, BucketRange), Arc<(u64, RollupBucket)>>,
 }
+
+/// Bytes of merged windows kept (a window's sketch is a few hundred bytes to a few KB).
+const WINDOW_CACHE_BYTES: u64 = 8 << 20;
 
 /// Fire lists by cron expression. Listing a cron's fires is the dominant cost of judging
 /// health (a microsecond per fire: ~16 ms for a once-a-minute cron's 11 days), and jobs share
@@ -179,6 +188,9 @@ impl ReadPool {
             snapshots: byte_bounded(SNAPSHOT_CACHE_BYTES, 2_048, snapshot_bytes),
             changes: Mutex::new(ChangeLog::default()),
             fires: FiresCache::default(),
+            windows: byte_bounded(WINDOW_CACHE_BYTES, 1_024, |_, window| {
+                (64 + window.1.durations.encode().len()) as u64
+            }),
         };
         // Fail early (and keep the connection) if the file cannot be read.
         let conn = pool.connect()?;
@@ -312,6 +324,7 @@ impl ReadPool {
             let health =
                 read_health_data(tx, job_id, &stats, cron.as_ref(), &freshness, &self.fires)?;
             Ok(Some(JobSnapshot {
+                job_id,
                 cron,
                 stats,
                 job_sequence,
@@ -319,6 +332,74 @@ impl ReadPool {
                 freshness,
                 health,
             }))
+        })
+    }
+
+    /// The job's finished executions in the buckets of `range`, merged, as of the job's
+    /// version `job_sequence` (the snapshot an answer is built from). Cached per range until
+    /// the job changes; a bucket range moves once per bucket width, so a polled window is
+    /// read once a minute (or hour). `None` when the file already holds a newer version of
+    /// the job than `job_sequence`: the caller reads a fresh snapshot.
+    pub fn window(
+        &self,
+        job_id: i64,
+        range: BucketRange,
+        job_sequence: u64,
+    ) -> Result<Option<Arc<(u64, RollupBucket)>>, StoreError> {
+        let key = (job_id, range);
+        if let Some(hit) = self.windows.get(&key).filter(|w| w.0 == job_sequence) {
+            return Ok(Some(hit));
+        }
+        let read = self.read_window(job_id, range)?;
+        if read.0 != job_sequence {
+            return Ok(None);
+        }
+        let read = Arc::new(read);
+        self.windows.insert(key, read.clone());
+        Ok(Some(read))
+    }
+
+    /// [`ReadPool::window`] without the cache: the job's version and the merged range, from
+    /// one snapshot.
+    pub fn read_window(
+        &self,
+        job_id: i64,
+        range: BucketRange,
+    ) -> Result<(u64, RollupBucket), StoreError> {
+        self.with_snapshot(|tx| {
+            let version: i64 = tx
+                .prepare_cached("SELECT last_sequence FROM job_stats WHERE job_id = ?1")?
+                .query_row([job_id], |r| r.get(0))?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT completed, failed, duration_sum_ms, duration_count, duration_sketch
+                 FROM rollups
+                 WHERE job_id = ?1 AND granularity = ?2 AND bucket_start BETWEEN ?3 AND ?4",
+            )?;
+            let mut merged = RollupBucket::default();
+            let mut durations = SketchSum::default();
+            for piece in range.pieces() {
+                let mut rows = stmt.query(params![
+                    job_id,
+                    piece.granularity.code(),
+                    piece.from,
+                    piece.last
+                ])?;
+                while let Some(row) = rows.next()? {
+                    merged.completed += row.get::<_, i64>(0)?;
+                    merged.failed += row.get::<_, i64>(1)?;
+                    merged.duration_sum_ms += row.get::<_, super::WideInt>(2)?.0;
+                    merged.duration_count += row.get::<_, i64>(3)?;
+                    let sketch = row
+                        .get_ref(4)?
+                        .as_blob()
+                        .map_err(|e| StoreError::Corrupt(format!("rollup sketch: {e}")))?;
+                    durations
+                        .add_encoded(sketch)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                }
+            }
+            merged.durations = durations.into_sketch();
+            Ok((version.max(0) as u64, merged))
         })
     }
 

@@ -11,7 +11,8 @@ use super::{
     JOB_STATS_COLUMNS, JOB_STATS_COLUMN_COUNT,
 };
 use crate::events::{self, DecodeError, Event, TenantId};
-use crate::projection::{self, Change, Execution, FinishKey, JobStats};
+use crate::projection::rollup::{self, Contribution, Granularity, RollupBucket};
+use crate::projection::{self, Change, EpochMillis, Execution, FinishKey, JobStats};
 
 /// One message as read from the stream.
 #[derive(Debug, Clone)]
@@ -53,6 +54,9 @@ pub struct Writer {
     /// Every job's id, loaded at open and extended after each commit.
     job_ids: JobIds,
     next_job_id: i64,
+    /// The stream's time: the latest publish time applied. Rollup retention is measured
+    /// against it (see [`Granularity::retention_ms`]).
+    stream_time_ms: EpochMillis,
 }
 
 impl Writer {
@@ -108,12 +112,20 @@ impl Writer {
                 next_job_id = next_job_id.max(id + 1);
             }
         }
+        let stream_time_ms = conn
+            .query_row(
+                "SELECT last_published_at_ms FROM checkpoint WHERE id = 1",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .unwrap_or(i64::MIN);
         Ok(Writer {
             conn,
             path,
             checkpoint,
             job_ids,
             next_job_id,
+            stream_time_ms,
         })
     }
 
@@ -170,7 +182,7 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut batch = BatchState::new(&self.job_ids, self.next_job_id);
+        let mut batch = BatchState::new(&self.job_ids, self.next_job_id, self.stream_time_ms);
         let mut last_published_at_ms = None;
         for (message, decoded) in messages.iter().zip(decoded) {
             let decoded = decoded.borrow();
@@ -201,7 +213,10 @@ impl Writer {
             .values()
             .map(|row| (row.tenant, row.job.clone()))
             .collect();
-        let new_jobs = batch.flush(&tx)?;
+        let stream_time_ms = self
+            .stream_time_ms
+            .max(last_published_at_ms.unwrap_or(i64::MIN));
+        let new_jobs = batch.flush(&tx, stream_time_ms)?;
         tx.execute(
             "UPDATE checkpoint SET last_sequence = ?1, events_applied = events_applied + ?2,
                  dead_letters = dead_letters + ?3, committed_at_ms = ?4,
@@ -216,6 +231,7 @@ impl Writer {
         )?;
         tx.commit()?;
         self.checkpoint = outcome.last_sequence;
+        self.stream_time_ms = stream_time_ms;
         outcome.last_published_at_ms = last_published_at_ms;
         for (tenant, job, id) in new_jobs {
             self.job_ids.entry(tenant).or_default().insert(job, id);
@@ -266,6 +282,11 @@ struct BatchState<'w> {
     jobs: HashMap<i64, JobRow>,
     /// Each touched execution: its current row and whether the batch changed it.
     executions: HashMap<(i64, String), (Option<Execution>, bool)>,
+    /// Each touched rollup bucket by (job, width, start): its totals (empty: delete it).
+    rollups: HashMap<(i64, Granularity, EpochMillis), RollupBucket>,
+    /// The stream's time when the batch began: buckets older than their retention behind it
+    /// are not written (they are pruned, or about to be).
+    stream_time_ms: EpochMillis,
 }
 
 struct JobRow {
@@ -279,13 +300,15 @@ struct JobRow {
 }
 
 impl<'w> BatchState<'w> {
-    fn new(known_jobs: &'w JobIds, next_job_id: i64) -> Self {
+    fn new(known_jobs: &'w JobIds, next_job_id: i64, stream_time_ms: EpochMillis) -> Self {
         BatchState {
             known_jobs,
             new_jobs: HashMap::new(),
             next_job_id,
             jobs: HashMap::new(),
             executions: HashMap::new(),
+            rollups: HashMap::new(),
+            stream_time_ms,
         }
     }
 
@@ -345,16 +368,60 @@ impl<'w> BatchState<'w> {
         };
         if let Change::Execution(next) = projection::apply(&mut job.stats, current.as_ref(), event)
         {
+            let moved = rollup::deltas(current.as_ref(), &next);
             *current = Some(next);
             *dirty = true;
+            for (contribution, sign) in moved {
+                self.add_to_rollups(tx, job_id, is_new, &contribution, sign)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the buckets of a finish time at every width, loading each on first touch.
+    fn add_to_rollups(
+        &mut self,
+        tx: &Connection,
+        job_id: i64,
+        is_new_job: bool,
+        contribution: &Contribution,
+        sign: i64,
+    ) -> Result<(), StoreError> {
+        for granularity in Granularity::ALL {
+            let start = granularity.bucket_start(contribution.finished_at);
+            if granularity
+                .kept_from(self.stream_time_ms)
+                .is_some_and(|kept| start < kept)
+            {
+                // Past retention: a later prune would remove it (and did remove what an
+                // earlier event put there), so a live projection and a rebuild agree.
+                continue;
+            }
+            let bucket = match self.rollups.entry((job_id, granularity, start)) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let loaded = if is_new_job {
+                        RollupBucket::default()
+                    } else {
+                        load_rollup(tx, job_id, granularity, start)?
+                    };
+                    entry.insert(loaded)
+                }
+            };
+            bucket.add(contribution, sign);
         }
         Ok(())
     }
 
     /// Writes every changed row, in key order (sequential B-tree inserts). Returns the jobs
     /// created by this batch.
-    fn flush(mut self, tx: &Connection) -> Result<Vec<(TenantId, String, i64)>, StoreError> {
+    fn flush(
+        mut self,
+        tx: &Connection,
+        stream_time_ms: EpochMillis,
+    ) -> Result<Vec<(TenantId, String, i64)>, StoreError> {
         self.write_executions(tx)?;
+        self.write_rollups(tx, stream_time_ms)?;
         self.write_jobs(tx)?;
         Ok(self
             .new_jobs
@@ -401,6 +468,56 @@ impl<'w> BatchState<'w> {
         Ok(())
     }
 
+    /// Writes the touched buckets, then prunes the touched jobs' buckets past retention (a
+    /// key range each: pruning rides on the batch, never on a read). A job no event touches
+    /// keeps its old buckets until one does; windows never read that far back.
+    fn write_rollups(
+        &mut self,
+        tx: &Connection,
+        stream_time_ms: EpochMillis,
+    ) -> Result<(), StoreError> {
+        let mut upsert = tx.prepare_cached(
+            "INSERT OR REPLACE INTO rollups
+                 (job_id, granularity, bucket_start, completed, failed, duration_sum_ms,
+                  duration_count, duration_sketch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut delete = tx.prepare_cached(
+            "DELETE FROM rollups WHERE job_id = ?1 AND granularity = ?2 AND bucket_start = ?3",
+        )?;
+        let mut buckets: Vec<_> = std::mem::take(&mut self.rollups).into_iter().collect();
+        buckets.sort_unstable_by_key(|(key, _)| *key);
+        for ((job_id, granularity, start), bucket) in buckets {
+            if bucket.is_empty() {
+                delete.execute(params![job_id, granularity.code(), start])?;
+                continue;
+            }
+            upsert.execute(params![
+                job_id,
+                granularity.code(),
+                start,
+                bucket.completed,
+                bucket.failed,
+                super::WideInt(bucket.duration_sum_ms),
+                bucket.duration_count,
+                bucket.durations.encode()
+            ])?;
+        }
+        let mut prune = tx.prepare_cached(
+            "DELETE FROM rollups WHERE job_id = ?1 AND granularity = ?2 AND bucket_start < ?3",
+        )?;
+        let mut jobs: Vec<i64> = self.jobs.keys().copied().collect();
+        jobs.sort_unstable();
+        for job_id in jobs {
+            for granularity in Granularity::ALL {
+                if let Some(kept) = granularity.kept_from(stream_time_ms) {
+                    prune.execute(params![job_id, granularity.code(), kept])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the touched jobs' aggregates, recounting a split outcome run first.
     fn write_jobs(&mut self, tx: &Connection) -> Result<(), StoreError> {
         let mut upsert_job = tx.prepare_cached(
@@ -411,9 +528,11 @@ impl<'w> BatchState<'w> {
                   schedule_event_id, first_sequence, last_sequence, last_finished_failed,
                   schedule_grace_ms, schedule_max_runtime_ms, schedule_since, run_failed,
                   run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id,
-                  finish_lead_ms)
+                  finish_lead_ms, duration_sketch, queue_wait_sum_ms, queue_wait_count,
+                  queue_wait_sketch, items_total, items_count)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                     ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+                     ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
+                     ?33, ?34, ?35)",
         )?;
         let mut jobs: Vec<(i64, JobRow)> = std::mem::take(&mut self.jobs).into_iter().collect();
         jobs.sort_unstable_by_key(|(id, _)| *id);
@@ -454,7 +573,13 @@ impl<'w> BatchState<'w> {
                 run.map(|r| r.first.1.as_str()),
                 run.and_then(|r| r.boundary.as_ref().map(|b| b.0)),
                 run.and_then(|r| r.boundary.as_ref().map(|b| b.1.as_str())),
-                row.finish_lead_ms
+                row.finish_lead_ms,
+                (!s.durations.is_empty()).then(|| s.durations.encode()),
+                super::WideInt(s.queue_wait.sum_ms),
+                s.queue_wait.count,
+                (!s.queue_wait.sketch.is_empty()).then(|| s.queue_wait.sketch.encode()),
+                super::WideInt(s.items_total),
+                s.items_count
             ])?;
         }
         Ok(())
@@ -478,6 +603,24 @@ fn load_execution(
         })
         .optional()?;
     columns.map(super::execution_from_columns).transpose()
+}
+
+fn load_rollup(
+    tx: &Connection,
+    job_id: i64,
+    granularity: Granularity,
+    start: EpochMillis,
+) -> Result<RollupBucket, StoreError> {
+    Ok(tx
+        .prepare_cached(&format!(
+            "SELECT {} FROM rollups WHERE job_id = ?1 AND granularity = ?2 AND bucket_start = ?3",
+            super::ROLLUP_COLUMNS
+        ))?
+        .query_row(params![job_id, granularity.code(), start], |r| {
+            super::rollup_from_row_at(r, 0)
+        })
+        .optional()?
+        .unwrap_or_default())
 }
 
 fn load_job(tx: &Connection, job_id: i64) -> Result<JobRow, StoreError> {
@@ -597,6 +740,79 @@ mod tests {
             .collect()
     }
 
+    fn rollup_rows(conn: &Connection) -> Vec<(i64, i64, i64, i64, i64)> {
+        conn.prepare(
+            "SELECT granularity, bucket_start, completed, failed, duration_count FROM rollups
+             ORDER BY granularity, bucket_start",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// Rollup retention is measured against the stream's time, so however the messages are
+    /// cut into batches (live consumption vs a rebuild), the same buckets remain.
+    #[test]
+    fn rollup_retention_is_the_same_whatever_the_batches() {
+        const HOUR: i64 = 3_600_000;
+        let start = 1_750_000_000_000;
+        let mut encoded = Vec::new();
+        for i in 0..240usize {
+            // One run every 4 hours for 40 days, published as it finishes.
+            let at = start + i as i64 * 4 * HOUR;
+            for (kind, t) in [("started", at), ("completed", at + 1_000 + i as i64)] {
+                let sequence = encoded.len() as u64 + 1;
+                let (subject, payload) = message(sequence, kind, i, t);
+                encoded.push((subject, payload, t + 500));
+            }
+        }
+        let messages: Vec<IncomingMessage<'_>> = encoded
+            .iter()
+            .enumerate()
+            .map(|(i, (subject, payload, published))| IncomingMessage {
+                sequence: i as u64 + 1,
+                subject,
+                payload,
+                published_at_ms: Some(*published),
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut one_by_one, _) = Writer::open(&dir.path().join("live")).unwrap();
+        for message in messages.chunks(1) {
+            one_by_one.apply_batch(message).unwrap();
+        }
+        let (mut at_once, _) = Writer::open(&dir.path().join("rebuilt")).unwrap();
+        for batch in messages.chunks(97) {
+            at_once.apply_batch(batch).unwrap();
+        }
+        let live = rollup_rows(&one_by_one.conn);
+        assert_eq!(live, rollup_rows(&at_once.conn));
+        let stream_time = encoded.last().unwrap().2;
+        for g in [Granularity::Minute, Granularity::Hour] {
+            let kept = g.kept_from(stream_time).unwrap();
+            let rows: Vec<_> = live.iter().filter(|r| r.0 == g.code()).collect();
+            assert!(rows.iter().all(|r| r.1 >= kept), "{g:?} pruned");
+            assert!(!rows.is_empty(), "{g:?} kept within retention");
+        }
+        // Days are kept for ever: one per day of the 40.
+        let days = live
+            .iter()
+            .filter(|r| r.0 == Granularity::Day.code())
+            .count();
+        assert!((40..=41).contains(&days), "{days} days");
+        assert_eq!(
+            live.iter()
+                .filter(|r| r.0 == Granularity::Day.code())
+                .map(|r| r.2)
+                .sum::<i64>(),
+            240
+        );
+    }
+
     /// Executions as (start, finish offset, failed, start known); finishes may precede starts.
     fn history() -> impl Strategy<Value = Vec<(i64, i64, bool, bool)>> {
         proptest::collection::vec(
@@ -660,6 +876,35 @@ mod tests {
             let recomputed =
                 JobStats::recompute(rows.iter().map(|(id, row)| (id.as_str(), row)), None);
             prop_assert_eq!(stored, recomputed);
+            // The rollups hold exactly the finished rows, bucket by bucket, at every width.
+            let mut expected = std::collections::BTreeMap::new();
+            for (_, row) in &rows {
+                if let Some(c) = Contribution::of(row) {
+                    for g in Granularity::ALL {
+                        expected
+                            .entry((g.code(), g.bucket_start(c.finished_at)))
+                            .or_insert_with(RollupBucket::default)
+                            .add(&c, 1);
+                    }
+                }
+            }
+            let mut stmt = writer
+                .conn
+                .prepare(&format!(
+                    "SELECT granularity, bucket_start, {} FROM rollups WHERE job_id = 1",
+                    super::super::ROLLUP_COLUMNS
+                ))
+                .unwrap();
+            let stored_rollups: std::collections::BTreeMap<(i64, i64), RollupBucket> = stmt
+                .query_map([], |r| {
+                    let key = (r.get(0)?, r.get(1)?);
+                    let bucket = super::super::rollup_from_row_at(r, 2)?;
+                    Ok((key, bucket))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            prop_assert_eq!(stored_rollups, expected);
         }
     }
 }

@@ -299,13 +299,14 @@ impl ServeProcess {
         let port = free_port();
         let child = Command::new(BIN)
             .arg("serve")
-            .envs(env.iter().copied())
             .env("JOBSTATS_NATS_URL", nats_url)
             .env("JOBSTATS_DB_PATH", db_path)
             .env("JOBSTATS_LISTEN", format!("127.0.0.1:{port}"))
             .env("JOBSTATS_JWT_HS256_SECRET", SECRET)
             .env("JOBSTATS_CONSUMER", "jobstats-test")
             .env("RUST_LOG", "warn")
+            // Last, so a test can override any of the above (a second replica's consumer).
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

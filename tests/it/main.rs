@@ -11,5 +11,6 @@ mod hardening;
 mod health;
 mod helpers;
 mod jobs;
+mod percentiles;
 mod projector;
 mod replay;
