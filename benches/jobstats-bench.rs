@@ -37,7 +37,9 @@ fn mix_from(total: usize, first_execution: u64) -> Vec<jobstats::events::Event> 
     let tenants: Vec<String> = (0..10)
         .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
         .collect();
-    let t0 = Utc.with_ymd_and_hms(2025, 7, 1, 0, 0, 0).unwrap();
+    // Runs one per second up to about now (1M events are ~4 days of runs), so their finishes
+    // land in the minute and hour rollups the way live traffic does, and windows hold them.
+    let t0 = Utc::now() - chrono::Duration::seconds((total / 3) as i64);
     let mut events = Vec::with_capacity(total + total / 50);
     let mut execution = first_execution;
     while events.len() < total {
@@ -290,6 +292,78 @@ fn query_p50_us(dir: &Path, executions: u64) -> f64 {
     }
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// p50s (us) of a stats read alone and of a stats read plus an uncached `?window=30d` merge,
+/// for a job with `executions` runs spread evenly over the 30 days (run times 0.5-60 s, so
+/// each hour's sketch holds as many distinct buckets as its runs allow).
+fn window_read_p50_us(dir: &Path, executions: u64) -> (f64, f64) {
+    let db = dir.join(format!("window-{executions}.db"));
+    let (mut writer, _) = Writer::open(&db).unwrap();
+    let tenant = "00000000-0000-4000-8000-000000000001";
+    let end = Utc.with_ymd_and_hms(2025, 7, 1, 0, 0, 0).unwrap();
+    let span_ms = 30 * 86_400_000i64;
+    let mut sequence = 0u64;
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..executions {
+        let run = EventBuilder::new(tenant, "windowed")
+            .unwrap()
+            .execution(&format!("e{i}"))
+            .unwrap();
+        let start = end - chrono::Duration::milliseconds(span_ms)
+            + chrono::Duration::milliseconds((span_ms as u64 / executions * i) as i64);
+        let took = chrono::Duration::milliseconds(500 + (i * 7919 % 60_000) as i64);
+        for event in run
+            .run(start, None, took, RunEnd::Completed { items: None })
+            .unwrap()
+        {
+            pending.push((event.subject(), event.to_bytes()));
+        }
+        if pending.len() >= 20_000 || i + 1 == executions {
+            apply_encoded(&mut writer, &pending, &mut sequence);
+            pending.clear();
+        }
+    }
+    let pool = ReadPool::open(&db).unwrap();
+    let tenant = jobstats::events::TenantId::parse(tenant).unwrap();
+    let job = jobstats::events::JobName::parse("windowed").unwrap();
+    let range = jobstats::projection::rollup::Window::Month.buckets(end.timestamp_millis());
+    let (mut plain, mut windowed) = (Vec::new(), Vec::new());
+    for _ in 0..1_000 {
+        let started = Instant::now();
+        let alone = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
+        plain.push(started.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(alone.stats.completed as u64, executions);
+        let started = Instant::now();
+        let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
+        let (_, merged) = pool.read_window(snapshot.job_id, range).unwrap();
+        let _ = merged.percentiles();
+        windowed.push(started.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(merged.completed as u64, executions);
+        assert_eq!(snapshot.stats.completed as u64, executions);
+    }
+    plain.sort_by(f64::total_cmp);
+    windowed.sort_by(f64::total_cmp);
+    (plain[plain.len() / 2], windowed[windowed.len() / 2])
+}
+
+/// Rows and bytes of the rollups in a database: (rows, sketch bytes, days its finishes span).
+fn rollup_storage(db: &Path) -> (i64, i64, f64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(duration_sketch)), 0),
+                (MAX(bucket_start) - MIN(bucket_start)) / 86400000.0 + 1
+         FROM rollups",
+        [],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, Option<f64>>(2)?.unwrap_or(0.0),
+            ))
+        },
+    )
+    .unwrap()
 }
 
 /// Writes one `*/10 * * * *` job: `history` runs long before the health window, then one run
@@ -574,6 +648,7 @@ async fn main() {
         );
     }
     drop(live);
+    bench.storage();
     if !bench.args.smoke && total == 1_000_000 && !bench.args.no_http {
         bench.write_markdown();
     }
@@ -679,6 +754,28 @@ impl Bench {
         live.expect("at least one round")
     }
 
+    /// (10): what the read model costs on disk: the whole file, and the rollups per job-day.
+    fn storage(&mut self) {
+        let db = self.dir.path().join("rebuilt.db");
+        let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        let (rows, sketch_bytes, days) = rollup_storage(&db);
+        let jobs = 1_000.0;
+        let table = &mut self.table;
+        table.row(
+            "(10) database size after the rebuild (MB)",
+            format!("{:.1}", size as f64 / 1e6),
+            "the rebuilt file of the whole stream, rollups included",
+        );
+        table.row(
+            "(10) rollup rows per job per day",
+            format!("{:.0}", rows as f64 / jobs / days.max(1.0)),
+            &format!(
+                "{rows} rows over {days:.1} days of finishes; sketches {:.0} bytes per row on average",
+                sketch_bytes as f64 / rows.max(1) as f64
+            ),
+        );
+    }
+
     /// (3): `replay_into` (what `jobstats rebuild` runs) against an ordered read.
     async fn rebuild(&mut self, head: u64) {
         let ordered = noop_ordered(&self.js, head).await;
@@ -763,6 +860,33 @@ impl Bench {
             format!("{:.2}", health_large / health_small),
             &verdict(health_large / health_small, 1.5, 1.2, AtMost, ""),
         );
+        let (window_small, window_large) = if smoke {
+            (100, 2_000)
+        } else {
+            (1_000, 1_000_000)
+        };
+        let (plain_small, windowed_small) = window_read_p50_us(&dir, window_small);
+        let (plain_large, windowed_large) = window_read_p50_us(&dir, window_large);
+        for (runs, plain, windowed) in [
+            (window_small, plain_small, windowed_small),
+            (window_large, plain_large, windowed_large),
+        ] {
+            table.row(
+                &format!("(9) stats + uncached ?window=30d p50, {runs} runs over 30 days (us)"),
+                format!("{windowed:.1}"),
+                &format!("plain stats read {plain:.1}; ratio {:.2}", windowed / plain),
+            );
+        }
+        table.row(
+            "(9) ?window=30d / plain stats p50, large job",
+            format!("{:.2}", windowed_large / plain_large),
+            &verdict(windowed_large / plain_large, 1.5, 1.2, AtMost, ""),
+        );
+        table.row(
+            "(9) ?window=30d p50, large / small job",
+            format!("{:.2}", windowed_large / windowed_small),
+            &verdict(windowed_large / windowed_small, 1.5, 1.2, AtMost, ""),
+        );
         let list_jobs = if smoke { 500 } else { 10_000 };
         let [(filtered_p50, filtered_p99), (named_p50, named_p99)] =
             job_list_latencies(&dir, list_jobs).await;
@@ -785,6 +909,7 @@ impl Bench {
         let stats_url = format!("{base}/api/v1/admin/jobs/job-1/stats");
         let trivial = wrk(&format!("{base}/healthz"), None);
         let stats = wrk(&stats_url, Some(&token));
+        let windowed = wrk(&format!("{stats_url}?window=30d"), Some(&token));
         let (stats_ingesting, ingest_rate) = self.wrk_while_ingesting(stats_url, token).await;
         let (Some((trivial, _, _)), Some((stats, p50, p99)), Some((busy, busy_p50, busy_p99))) =
             (trivial, stats, stats_ingesting)
@@ -812,6 +937,19 @@ impl Bench {
             format!("{:.2}", stats / trivial),
             &verdict(stats / trivial, 0.4, 0.7, AtLeast, ""),
         );
+        if let Some((windowed, w50, w99)) = windowed {
+            let ratio = wrk_ms(&w50).unwrap_or(f64::INFINITY) / wrk_ms(&p50).unwrap_or(0.0);
+            table.row(
+                "(4) stats?window=30d req/s",
+                format!("{windowed:.0}"),
+                &format!("p50 {w50}, p99 {w99}"),
+            );
+            table.row(
+                "(4) stats?window=30d p50 / stats p50",
+                format!("{ratio:.2}"),
+                &verdict(ratio, 1.5, 1.2, AtMost, ""),
+            );
+        }
         table.row(
             "(4) stats req/s while ingesting ~10k events/s",
             format!("{busy:.0}"),
