@@ -14,6 +14,8 @@ pub struct RunOutcome {
     /// The exit code to exit with (the command's; 127 when it could not start).
     pub exit_code: i32,
     pub publish_errors: Vec<String>,
+    /// The stream sequence of the outcome event, once stored (what `?minSequence=` waits for).
+    pub outcome_sequence: Option<u64>,
 }
 
 fn describe(status: &ExitStatus) -> (i32, Option<String>) {
@@ -89,12 +91,17 @@ pub async fn run(
         publisher.publish_with_retry(&terminal?, patience).await
     }
     .await;
-    if let Err(e) = result {
-        publish_errors.push(format!("publishing the outcome failed: {e}"));
-    }
+    let outcome_sequence = match result {
+        Ok(receipt) => Some(receipt.sequence),
+        Err(e) => {
+            publish_errors.push(format!("publishing the outcome failed: {e}"));
+            None
+        }
+    };
     RunOutcome {
         exit_code,
         publish_errors,
+        outcome_sequence,
     }
 }
 

@@ -274,12 +274,106 @@ pub struct JobStatsData {
 }
 
 #[derive(Debug, Clone, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", example)]
 pub struct JobStatsEnvelope {
     pub success: bool,
     pub message: String,
     pub data: JobStatsData,
     pub timestamp: String,
+}
+
+impl poem_openapi::types::Example for JobStatsEnvelope {
+    /// The API document's example with this service's additions, `?window=24h&recent=1`.
+    fn example() -> Self {
+        let at = |text: &str| Some(text.to_owned());
+        let percentiles = |p50, p90, p95, p99| PercentileStats {
+            p50_ms: Some(p50),
+            p90_ms: Some(p90),
+            p95_ms: Some(p95),
+            p99_ms: Some(p99),
+        };
+        JobStatsEnvelope {
+            success: true,
+            message: SUCCESS_MESSAGE.into(),
+            data: JobStatsData {
+                job_name: "tokenExpiry".into(),
+                status: "idle".into(),
+                queue: QueueStats {
+                    pending: 0,
+                    processing: 0,
+                    failed: 2,
+                    completed: 1250,
+                },
+                performance: PerformanceStats {
+                    average_execution_time: at("45s"),
+                    last_execution_time: at("38s"),
+                    success_rate: at("99.8%"),
+                    average_execution_time_ms: Some(45_112),
+                    last_execution_time_ms: Some(38_000),
+                    success_rate_percent: Some(99.8),
+                    percentiles: percentiles(41_980, 57_310, 64_870, 118_400),
+                    queue_wait: QueueWaitStats {
+                        average_ms: Some(212),
+                        p95_ms: Some(640),
+                    },
+                    items_processed: ItemsProcessedStats {
+                        total: 171_880,
+                        average_per_run: Some(137.3),
+                    },
+                },
+                schedule: ScheduleStats {
+                    cron: at("0 */6 * * *"),
+                    next_run: at("2025-07-10T18:00:00.000Z"),
+                    last_run: at("2025-07-10T12:00:00.000Z"),
+                    expected_at: at("2025-07-10T12:00:00.000Z"),
+                    grace_ms: Some(2_160_000),
+                    max_runtime_ms: 3_600_000,
+                    last_outcome: at("completed"),
+                },
+                recent_executions: vec![RecentExecution {
+                    id: "exec-001".into(),
+                    status: "completed".into(),
+                    started_at: at("2025-07-10T12:00:00.000Z"),
+                    completed_at: at("2025-07-10T12:00:38.000Z"),
+                    items_processed: Some(150),
+                    enqueued_at: at("2025-07-10T11:59:59.790Z"),
+                    duration_ms: Some(38_000),
+                    error: None,
+                }],
+                generated_at: "2025-07-10T14:50:00.000Z".into(),
+                freshness: Freshness {
+                    applied_sequence: 48_213,
+                    last_event_at: at("2025-07-10T14:49:58.112Z"),
+                },
+                health: HealthStats {
+                    summary: HealthSummary {
+                        state: "healthy".into(),
+                        as_of: "2025-07-10T14:50:00.000Z".into(),
+                        since: at("2025-06-30T06:00:41.000Z"),
+                        consecutive_failures: 0,
+                        missed_runs: MissedRuns {
+                            last_24h: 0,
+                            last_7d: 0,
+                        },
+                    },
+                    stuck_execution_ids: Vec::new(),
+                },
+                window: Some(WindowStats {
+                    name: "24h".into(),
+                    from: "2025-07-09T14:50:00.000Z".into(),
+                    to: "2025-07-10T14:50:00.000Z".into(),
+                    granularity: "minute".into(),
+                    completed: 4,
+                    failed: 0,
+                    success_rate: at("100.0%"),
+                    success_rate_percent: Some(100.0),
+                    average_execution_time_ms: Some(40_250),
+                    percentiles: percentiles(40_000, 42_000, 42_000, 42_000),
+                }),
+            },
+            timestamp: "2025-07-10T14:50:00.000Z".into(),
+        }
+    }
 }
 
 #[derive(ApiResponse)]

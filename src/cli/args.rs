@@ -289,6 +289,10 @@ pub struct RunOptions {
     /// How long to keep retrying a publish while NATS is unreachable, per event.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub publish_timeout: Duration,
+    /// After the command, print the outcome event's stream sequence as `sequence=N` on
+    /// stdout (for `?minSequence=N` reads that must see this run).
+    #[arg(long)]
+    pub print_sequence: bool,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
     pub command: Vec<String>,

@@ -248,6 +248,10 @@ async fn run(common: &CommonOptions, options: &RunOptions) -> anyhow::Result<Exi
     for error in &outcome.publish_errors {
         eprintln!("jobstats run: {error}");
     }
+    if let (true, Some(sequence)) = (options.print_sequence, outcome.outcome_sequence) {
+        // After the command's own output, so a script reads it as the last line.
+        println!("sequence={sequence}");
+    }
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
 

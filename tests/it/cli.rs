@@ -45,8 +45,6 @@ async fn run_wraps_commands_and_passes_their_exit_codes_through() {
     assert_eq!(output.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "hello\n");
 
-    let readyz = app.readyz().await;
-    let _ = readyz;
     let deadline = Instant::now() + Duration::from_secs(20);
     let data = loop {
         let response = app.stats_with("wrapped", &admin_token(), TENANT).await;
@@ -73,6 +71,49 @@ async fn run_wraps_commands_and_passes_their_exit_codes_through() {
     );
     assert_eq!(recent[1]["status"], "failed");
     assert_eq!(recent[1]["error"], "exit status 1");
+
+    // --print-sequence: the last stdout line names the outcome's sequence, and a read that
+    // waits for it sees the run.
+    let output = jobstats(&nats.url())
+        .args([
+            "run",
+            "--tenant",
+            TENANT,
+            "--job",
+            "sequenced",
+            "--print-sequence",
+        ])
+        .args(["--", "sh", "-c", "echo working"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("working"), "the command's output first");
+    let sequence: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("sequence="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence line: {stdout:?}"));
+    let response = app
+        .http
+        .get(app.url(&format!(
+            "/api/v1/admin/jobs/sequenced/stats?minSequence={sequence}&waitMs=3000"
+        )))
+        .bearer_auth(admin_token())
+        .header("x-tenantid", TENANT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["queue"]["completed"], 1);
+    assert!(
+        body["data"]["freshness"]["appliedSequence"]
+            .as_u64()
+            .unwrap()
+            >= sequence
+    );
     app.stop().await;
 }
 
