@@ -493,6 +493,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
         bodies: Default::default(),
         default_max_runtime_ms: 3_600_000,
         applied: tokio::sync::watch::channel(0).1,
+        tenants: jobstats::scope::TenantScope::all(),
     });
     let app = jobstats::api::app(state, jobstats::api::Operations::WithApi);
     let token = bench_token("system_admin", Some(tenant));
@@ -663,7 +664,7 @@ impl Bench {
             .expect("start nats-server");
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = jetstream::new(client.clone());
-        jobstats::stream::ensure_stream(&js, "JOB_EVENTS")
+        jobstats::stream::ensure_stream(&js, &jobstats::stream::StreamSpec::single("JOB_EVENTS"))
             .await
             .unwrap();
         Bench {
@@ -788,9 +789,10 @@ impl Bench {
         let mut silent = |_: u64, _: u64| {};
         let report = jobstats::ingest::replay::replay_into(
             &self.client,
-            "JOB_EVENTS",
+            &jobstats::stream::StreamSpec::single("JOB_EVENTS"),
             &self.dir.path().join("rebuilt.db"),
             None,
+            &jobstats::scope::TenantScope::all(),
             &mut silent,
         )
         .await

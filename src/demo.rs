@@ -372,9 +372,10 @@ pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()>
         .unwrap_or_else(|| format!("jobstats-demo-{}", uuid::Uuid::new_v4().simple()));
     let serve_config = ServeConfig {
         nats_url: config.nats_url.clone(),
-        stream: config.stream.clone(),
+        stream: crate::stream::StreamSpec::single(&config.stream),
         db_path: config.db_path.clone(),
         consumer: "jobstats-demo".into(),
+        tenants: crate::scope::TenantScope::all(),
         read_only: false,
         default_max_runtime: Duration::from_secs(3600),
         admin_listen: None,
@@ -400,8 +401,10 @@ pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()>
     };
     let publisher = Publisher::connect(&config.nats_url).await?;
     // The stream exists once serve's projector made it; the first publishes wait for that.
-    let js = async_nats::jetstream::new(async_nats::connect(&config.nats_url).await?);
-    crate::stream::ensure_stream(&js, &config.stream).await?;
+    let js = async_nats::jetstream::new(
+        crate::stream::connect(&config.nats_url, "jobstats-demo", true).await?,
+    );
+    crate::stream::ensure_stream(&js, &crate::stream::StreamSpec::single(&config.stream)).await?;
     let history_head = publish_demo_history(&publisher).await?;
     let runners = {
         let shutdown = shutdown.clone();

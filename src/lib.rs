@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`events`] | the wire contract: types, decoding, validation, `DecodeError` | do I/O |
 //! | [`schedule`] | 5-field cron parsing and next fire time | do I/O |
+//! | [`scope`] | tenant shards: which tenants a replica projects and serves | do I/O |
 //! | [`projection`] | the pure core: execution state machine, aggregate deltas, formatting | do I/O or async |
 //! | [`store`] | SQLite: migrations, the batch writer + checkpoint, read-only readers, generations | await anything |
 //! | [`stream`] | NATS connection and the stream definition | touch SQLite |
@@ -31,6 +32,7 @@ pub mod projection;
 pub mod publish;
 pub mod runner;
 pub mod schedule;
+pub mod scope;
 pub mod service;
 pub mod store;
 pub mod stream;

@@ -18,7 +18,9 @@ use crate::api::{self, AppState};
 use crate::ingest::live::{self, ProjectorConfig, ProjectorHandles};
 use crate::ingest::replay::{self, Progress};
 use crate::metrics::{Metrics, ProjectorStatus};
+use crate::scope::TenantScope;
 use crate::store::{self, generation, CurrentReader, ReadPool, Writer, PROJECTION_VERSION};
+use crate::stream::StreamSpec;
 
 /// A shutdown signal that many tasks can wait on.
 #[derive(Clone)]
@@ -58,12 +60,16 @@ pub async fn termination_signal() {
 /// What `serve` runs with (the CLI builds it from flags, environment and file).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// One URL, or comma-separated seed URLs of one cluster.
     pub nats_url: String,
-    pub stream: String,
+    /// The stream, and its replicas when this service creates it.
+    pub stream: StreamSpec,
     /// The read model: a plain file or a generation symlink.
     pub db_path: PathBuf,
     /// Durable consumer name; each read replica uses its own.
     pub consumer: String,
+    /// The tenants this replica projects and serves (`JOBSTATS_TENANTS`).
+    pub tenants: TenantScope,
     /// Serve the file as it is, without projecting.
     pub read_only: bool,
     /// How long an execution may process before its job is `stuck`, for schedules that set
@@ -102,6 +108,7 @@ pub async fn serve(
             bodies: Default::default(),
             default_max_runtime_ms: config.default_max_runtime.as_millis() as i64,
             applied: applied_sequence,
+            tenants: config.tenants.clone(),
         })
     };
     let admin = admin_listener(config.admin_listen).await?;
@@ -137,7 +144,12 @@ pub async fn serve(
     };
     let projector = tokio::spawn(project(
         client.clone(),
-        ProjectorConfig::new(&config.stream, &config.consumer, db_path.clone()),
+        ProjectorConfig::new(
+            config.stream.clone(),
+            &config.consumer,
+            db_path.clone(),
+            config.tenants.clone(),
+        ),
         writer.ok_or(built_with),
         handles,
         shutdown.clone(),
@@ -229,7 +241,7 @@ async fn project(
         Err(built_with) => {
             let rebuilt = rebuild_on_start(
                 &client,
-                &config.stream,
+                &config,
                 &config.db_path,
                 &handles,
                 &shutdown,
@@ -248,7 +260,7 @@ async fn project(
 /// the API keeps answering from the old file; returns the writer on the new file.
 async fn rebuild_on_start(
     client: &async_nats::Client,
-    stream: &str,
+    config: &ProjectorConfig,
     db_path: &Path,
     handles: &ProjectorHandles,
     shutdown: &Shutdown,
@@ -263,7 +275,13 @@ async fn rebuild_on_start(
             handles: handles.clone(),
             human: replay::HumanProgress::default(),
         };
-        let rebuild = replay::rebuild_live(client, stream, db_path, &mut progress);
+        let rebuild = replay::rebuild_live(
+            client,
+            &config.stream,
+            db_path,
+            &config.scope,
+            &mut progress,
+        );
         let outcome = tokio::select! {
             outcome = rebuild => outcome,
             _ = shutdown.wait() => return None,

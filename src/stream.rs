@@ -30,8 +30,38 @@ pub enum NatsError {
     Messages(String),
 }
 
+/// The stream the service reads, and how it is created when missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub name: String,
+    /// Copies of the stream in a cluster when the service creates it (1, 3 or 5,
+    /// `JOBSTATS_STREAM_REPLICAS`); an existing stream keeps its own.
+    pub replicas: usize,
+}
+
+impl StreamSpec {
+    /// A single-copy stream: one nats-server, or a stream created by someone else.
+    pub fn single(name: &str) -> Self {
+        StreamSpec {
+            name: name.to_owned(),
+            replicas: 1,
+        }
+    }
+}
+
+/// The seed URLs of `JOBSTATS_NATS_URL`: one URL, or a comma-separated list of servers of one
+/// cluster (the client learns the rest of the cluster from whichever it reaches).
+pub fn server_urls(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The stream this service creates when none exists (mirrors `nats/stream-job-events.json`).
-pub fn stream_config(name: &str) -> Config {
+pub fn stream_config(spec: &StreamSpec) -> Config {
+    let name = &spec.name;
     Config {
         name: name.to_owned(),
         description: Some(
@@ -44,7 +74,7 @@ pub fn stream_config(name: &str) -> Config {
         // Publishers set Nats-Msg-Id; retries within this window are dropped by the server.
         duplicate_window: Duration::from_secs(120),
         max_message_size: 1024 * 1024,
-        num_replicas: 1,
+        num_replicas: spec.replicas,
         allow_direct: true,
         ..Default::default()
     }
@@ -72,7 +102,7 @@ pub async fn connect(url: &str, name: &str, wait: bool) -> Result<async_nats::Cl
         options = options.connection_timeout(Duration::from_secs(5));
     }
     options
-        .connect(url)
+        .connect(server_urls(url))
         .await
         .map_err(|source| NatsError::Connect {
             url: url.to_owned(),
@@ -82,7 +112,11 @@ pub async fn connect(url: &str, name: &str, wait: bool) -> Result<async_nats::Cl
 
 /// Gets the stream, creating it when missing. An existing stream's settings are never
 /// changed; differences from ours are logged.
-pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<Stream, NatsError> {
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+) -> Result<Stream, NatsError> {
+    let name = spec.name.as_str();
     let error = |message: String| NatsError::Stream {
         stream: name.to_owned(),
         message,
@@ -90,7 +124,7 @@ pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<Stream
     match js.get_stream(name).await {
         Ok(mut stream) => {
             let info = stream.info().await.map_err(|e| error(e.to_string()))?;
-            let ours = stream_config(name);
+            let ours = stream_config(spec);
             let theirs = &info.config;
             if !theirs.subjects.iter().any(|s| s == SUBJECTS) {
                 tracing::warn!(stream = name, subjects = ?theirs.subjects, "existing stream does not list {SUBJECTS}; events may not reach it");
@@ -116,7 +150,7 @@ pub async fn ensure_stream(js: &jetstream::Context, name: &str) -> Result<Stream
                 if inner.error_code() == ErrorCode::STREAM_NOT_FOUND =>
             {
                 tracing::info!(stream = name, "creating stream");
-                js.create_stream(stream_config(name))
+                js.create_stream(stream_config(spec))
                     .await
                     .map_err(|e| error(e.to_string()))
             }

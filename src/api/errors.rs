@@ -59,6 +59,9 @@ pub enum ApiError {
         "The projection has applied stream sequence {applied}; sequence {wanted} is not applied yet"
     )]
     ProjectionBehind { applied: u64, wanted: u64 },
+    /// 421 TENANT_NOT_SERVED: this replica's `JOBSTATS_TENANTS` does not hold the tenant.
+    #[error("This replica does not serve tenant {0}; send the request to a replica that does")]
+    TenantNotServed(String),
     /// 500 INTERNAL_ERROR; the cause is logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -85,6 +88,7 @@ impl ApiError {
             ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ProjectionBehind { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TenantNotServed(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +104,7 @@ impl ApiError {
             ApiError::RouteNotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::ProjectionBehind { .. } => "PROJECTION_BEHIND",
+            ApiError::TenantNotServed(_) => "TENANT_NOT_SERVED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }

@@ -223,6 +223,9 @@ macro_rules! envelope_response {
             /// JOB_NOT_FOUND.
             #[oai(status = 404)]
             NotFound(Json<ErrorEnvelope>),
+            /// TENANT_NOT_SERVED: this replica does not serve the tenant.
+            #[oai(status = 421)]
+            NotServed(Json<ErrorEnvelope>),
             /// INTERNAL_ERROR.
             #[oai(status = 500)]
             Internal(Json<ErrorEnvelope>),
@@ -236,6 +239,7 @@ macro_rules! envelope_response {
                     401 => $name::Unauthorized(body, "Bearer".into()),
                     403 => $name::Forbidden(body),
                     404 => $name::NotFound(body),
+                    421 => $name::NotServed(body),
                     _ => $name::Internal(body),
                 }
             }
@@ -492,6 +496,7 @@ fn list(
 ) -> Result<(JobListEnvelope, String), ApiError> {
     refuse_repeated_tenant(request)?;
     let query = ListQuery::parse(&QueryParams::of(request)?, &tenant)?;
+    state.check_served(&tenant)?;
     auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
 
     let readers = state.readers.get();
@@ -719,6 +724,7 @@ fn executions(
     refuse_repeated_tenant(request)?;
     let params = QueryParams::of(request)?;
     let (query, limit, query_id) = executions_query(&params, &tenant, job)?;
+    state.check_served(&tenant)?;
     auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
 
     let readers = state.readers.get();

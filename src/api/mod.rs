@@ -41,6 +41,19 @@ pub struct AppState {
     pub default_max_runtime_ms: i64,
     /// The checkpoint after each commit: read-your-writes waits on it.
     pub applied: tokio::sync::watch::Receiver<u64>,
+    /// The tenants this replica serves (`JOBSTATS_TENANTS`).
+    pub tenants: crate::scope::TenantScope,
+}
+
+impl AppState {
+    /// 421 for a tenant outside this replica's shard.
+    pub fn check_served(&self, tenant: &crate::events::TenantId) -> Result<(), ApiError> {
+        if self.tenants.serves(tenant) {
+            Ok(())
+        } else {
+            Err(ApiError::TenantNotServed(tenant.to_string()))
+        }
+    }
 }
 
 pub const STATS_ROUTE: &str = "/api/v1/admin/jobs/{jobName}/stats";

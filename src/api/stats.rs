@@ -402,6 +402,9 @@ pub enum StatsResponse {
     /// JOB_NOT_FOUND: no event was ever seen for this job in this tenant.
     #[oai(status = 404)]
     NotFound(Json<ErrorEnvelope>),
+    /// TENANT_NOT_SERVED: this replica does not serve the tenant (`JOBSTATS_TENANTS`).
+    #[oai(status = 421)]
+    NotServed(Json<ErrorEnvelope>),
     /// INTERNAL_ERROR.
     #[oai(status = 500)]
     Internal(Json<ErrorEnvelope>),
@@ -428,6 +431,7 @@ impl From<ApiError> for StatsResponse {
             ApiError::ProjectionBehind { .. } => {
                 StatsResponse::ProjectionBehind(body, super::errors::RETRY_AFTER_SECONDS.into())
             }
+            ApiError::TenantNotServed(_) => StatsResponse::NotServed(body),
             ApiError::Internal(_) => StatsResponse::Internal(body),
         }
     }
@@ -596,6 +600,7 @@ async fn answer(
             })
         })
         .transpose()?;
+    state.check_served(&tenant)?;
     principal.authorize(&tenant).map_err(ApiError::Forbidden)?;
     if let Some(wanted) = min_sequence {
         applied_by(state, wanted, wait_ms).await?;

@@ -14,6 +14,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::api::auth::AuthSettings;
 use crate::api::limits::HttpLimits;
 use crate::ingest::replay::RebuildUntil;
+use crate::scope::TenantScope;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +32,7 @@ pub struct Cli {
 /// Options every command shares.
 #[derive(Debug, Clone, Args)]
 pub struct CommonOptions {
-    /// NATS server URL.
+    /// NATS server URL, or comma-separated seed URLs of one cluster.
     #[arg(
         long,
         global = true,
@@ -42,6 +43,14 @@ pub struct CommonOptions {
     /// JetStream stream holding the events (created when missing).
     #[arg(long, global = true, env = "JOBSTATS_STREAM", default_value = "JOB_EVENTS", value_parser = parse_stream_name)]
     pub stream: String,
+    /// Copies of the stream when jobstats creates it: 1, 3 or 5 (a cluster of at least that
+    /// many servers). An existing stream keeps its own.
+    #[arg(long, global = true, env = "JOBSTATS_STREAM_REPLICAS", default_value_t = 1, value_parser = parse_replicas)]
+    pub stream_replicas: usize,
+    /// Comma-separated tenant ids this replica projects and serves (a tenant shard); unset:
+    /// all tenants.
+    #[arg(long, global = true, env = "JOBSTATS_TENANTS", value_parser = parse_tenants)]
+    pub tenants: Option<TenantScope>,
     /// SQLite read-model file (a plain file, or a symlink managed by `rebuild`).
     #[arg(
         long = "db",
@@ -73,6 +82,10 @@ pub enum Command {
     /// `serve` switches to it without failing a request); or, with --output, build a
     /// point-in-time copy without swapping.
     Rebuild(RebuildOptions),
+    /// Copy the live database consistently (SQLite online backup) while `serve` keeps
+    /// projecting: `serve` started on the copy resumes from its checkpoint (a new replica
+    /// bootstraps from it instead of replaying the whole stream).
+    Snapshot(SnapshotOptions),
     /// Publish one validated event and wait for the JetStream ack.
     Publish(PublishOptions),
     /// Run a command as one execution of a job: publishes enqueued, started, then completed or
@@ -111,6 +124,63 @@ pub struct JwtOptions {
     pub jwt_audience: Option<String>,
 }
 
+impl CommonOptions {
+    pub fn stream_spec(&self) -> crate::stream::StreamSpec {
+        crate::stream::StreamSpec {
+            name: self.stream.clone(),
+            replicas: self.stream_replicas,
+        }
+    }
+
+    pub fn tenant_scope(&self) -> TenantScope {
+        self.tenants.clone().unwrap_or_default()
+    }
+}
+
+impl ServeOptions {
+    /// `JOBSTATS_CONSUMER`, else `jobstats-<JOBSTATS_INSTANCE_ID or host name>` (characters a
+    /// consumer name cannot hold become `-`).
+    pub fn consumer_name(&self) -> String {
+        if let Some(consumer) = &self.consumer {
+            return consumer.clone();
+        }
+        let instance = self
+            .instance_id
+            .clone()
+            .filter(|i| !i.trim().is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "local".into());
+        let instance: String = instance
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("jobstats-{instance}")
+    }
+}
+
+fn parse_replicas(value: &str) -> Result<usize, String> {
+    match value.trim() {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        other => Err(format!(
+            "JOBSTATS_STREAM_REPLICAS: {other:?} must be 1, 3 or 5"
+        )),
+    }
+}
+
+fn parse_tenants(value: &str) -> Result<TenantScope, String> {
+    TenantScope::parse(value).map_err(|e| format!("JOBSTATS_TENANTS: {e}"))
+}
+
 impl JwtOptions {
     pub fn settings(&self) -> AuthSettings {
         AuthSettings {
@@ -134,9 +204,12 @@ pub struct ServeOptions {
     /// Address the HTTP API listens on.
     #[arg(long, env = "JOBSTATS_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
-    /// Durable consumer name (one per read replica).
-    #[arg(long, env = "JOBSTATS_CONSUMER", default_value = "jobstats-projector", value_parser = parse_consumer_name)]
-    pub consumer: String,
+    /// Durable consumer name (one per read replica); default `jobstats-<instance id>`.
+    #[arg(long, env = "JOBSTATS_CONSUMER", value_parser = parse_consumer_name)]
+    pub consumer: Option<String>,
+    /// This replica's name, for its durable consumer; default: the host name.
+    #[arg(long, env = "JOBSTATS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Serve the database as it is, without projecting (audit copies made by `rebuild --output`
     /// are always served this way).
     #[arg(long, env = "JOBSTATS_READ_ONLY")]
@@ -214,6 +287,13 @@ fn parse_max_runtime(value: &str) -> Result<Duration, String> {
             "JOBSTATS_MAX_RUNTIME/--max-runtime: {value:?} must be between 1s and 30d"
         ))
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotOptions {
+    /// Where the copy goes (a new file; an existing one is refused).
+    #[arg(long)]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

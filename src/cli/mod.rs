@@ -24,6 +24,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Serve(options) => serve(common, options).await?,
         Command::Rebuild(options) => rebuild(common, options).await?,
+        Command::Snapshot(options) => {
+            let report = crate::store::snapshot(&common.db_path, &options.output)
+                .with_context(|| format!("snapshot of {}", common.db_path.display()))?;
+            println!(
+                "snapshot {} at sequence {} ({} bytes)",
+                options.output.display(),
+                report.last_sequence,
+                report.bytes
+            );
+        }
         Command::Publish(options) => publish(common, options).await?,
         Command::Run(options) => return run(common, options).await,
         Command::Token(options) => token(options)?,
@@ -45,9 +55,10 @@ pub fn is_quiet(command: &Command) -> bool {
 fn serve_config(common: &CommonOptions, options: &ServeOptions) -> ServeConfig {
     ServeConfig {
         nats_url: common.nats_url.clone(),
-        stream: common.stream.clone(),
+        stream: common.stream_spec(),
         db_path: common.db_path.clone(),
-        consumer: options.consumer.clone(),
+        consumer: options.consumer_name(),
+        tenants: common.tenant_scope(),
         read_only: options.read_only,
         default_max_runtime: options.max_runtime,
         admin_listen: options.admin_listen,
@@ -74,16 +85,24 @@ async fn rebuild(common: &CommonOptions, options: &RebuildOptions) -> anyhow::Re
             let until = options.until;
             replay::rebuild_copy(
                 &client,
-                &common.stream,
+                &common.stream_spec(),
                 &common.db_path,
                 output,
                 until,
+                &common.tenant_scope(),
                 &mut progress,
             )
             .await?
         }
         None => {
-            replay::rebuild_live(&client, &common.stream, &common.db_path, &mut progress).await?
+            replay::rebuild_live(
+                &client,
+                &common.stream_spec(),
+                &common.db_path,
+                &common.tenant_scope(),
+                &mut progress,
+            )
+            .await?
         }
     };
     let rate = report.messages as f64 * 1000.0 / (report.elapsed_ms.max(1) as f64);

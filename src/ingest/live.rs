@@ -27,17 +27,20 @@ use tokio::sync::watch;
 
 use super::{commit_batches, Batcher, IngestError, Position, Received, SharedWriter};
 use crate::metrics::{Metrics, ProjectorStatus, ReasonLabel};
+use crate::scope::TenantScope;
 use crate::store::{self, generation, BatchOutcome, CurrentReader, ReadPool, StoreError, Writer};
-use crate::stream::{ensure_stream, NatsError};
+use crate::stream::{ensure_stream, NatsError, StreamSpec};
 
 /// How the projector is set up.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
-    pub stream: String,
+    pub stream: StreamSpec,
     /// Durable consumer name; each read replica uses its own.
     pub consumer: String,
     /// The configured database path (plain file or generation symlink).
     pub db_path: PathBuf,
+    /// The tenants projected (`JOBSTATS_TENANTS`); the others' events are passed over.
+    pub scope: TenantScope,
     /// Most messages per transaction.
     pub batch_size: usize,
     /// How long a batch waits for the next message before it commits.
@@ -45,11 +48,12 @@ pub struct ProjectorConfig {
 }
 
 impl ProjectorConfig {
-    pub fn new(stream: &str, consumer: &str, db_path: PathBuf) -> Self {
+    pub fn new(stream: StreamSpec, consumer: &str, db_path: PathBuf, scope: TenantScope) -> Self {
         ProjectorConfig {
-            stream: stream.to_owned(),
+            stream,
             consumer: consumer.to_owned(),
             db_path,
+            scope,
             batch_size: 40_000,
             linger: Duration::from_millis(5),
         }
@@ -102,10 +106,11 @@ enum ProjectorError {
 pub async fn run(
     client: async_nats::Client,
     config: ProjectorConfig,
-    writer: Writer,
+    mut writer: Writer,
     handles: ProjectorHandles,
     shutdown: impl Future<Output = ()>,
 ) {
+    writer.set_scope(config.scope.clone());
     let mut projector = Projector {
         js: jetstream::new(client.clone()),
         client,
@@ -363,6 +368,10 @@ impl Projector {
             // The reader may hold one batch while two wait for the writer and one commits.
             max_ack_pending: (self.config.batch_size * 5) as i64,
             filter_subject: crate::stream::SUBJECTS.to_owned(),
+            // Replicas named by host name (JOBSTATS_INSTANCE_ID's default) leave a consumer
+            // behind when their host goes for good; the server removes it after a week idle.
+            // A replica that comes back later recreates it from its checkpoint.
+            inactive_threshold: Duration::from_secs(7 * 86_400),
             ..Default::default()
         };
         let consumer = stream
@@ -446,8 +455,10 @@ impl Projector {
             return Ok(());
         }
         let db_path = self.config.db_path.clone();
+        let scope = self.config.scope.clone();
         let (writer, readers) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let (writer, _version) = Writer::open(&db_path)?;
+            let (mut writer, _version) = Writer::open(&db_path)?;
+            writer.set_scope(scope);
             let readers = ReadPool::open(&db_path)?;
             Ok((writer, readers))
         })

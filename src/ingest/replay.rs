@@ -11,8 +11,9 @@ use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
 
 use super::{commit_batches, Batcher, IngestError, Position, Received};
+use crate::scope::TenantScope;
 use crate::store::{generation, StoreError, Writer};
-use crate::stream::{ensure_stream, NatsError};
+use crate::stream::{ensure_stream, NatsError, StreamSpec};
 
 /// Failures of a rebuild. None of them touches the live database: the half-built file is
 /// left under its `.building` name and removed by the next rebuild.
@@ -119,14 +120,15 @@ pub enum RebuildUntil {
 /// `until`. Returns the finished writer's report; the file is durable when this returns.
 pub async fn replay_into(
     client: &async_nats::Client,
-    stream_name: &str,
+    stream_spec: &StreamSpec,
     scratch: &Path,
     until: Option<RebuildUntil>,
+    scope: &TenantScope,
     progress: &mut dyn Progress,
 ) -> Result<RebuildReport, ReplayError> {
     let started = Instant::now();
     let js = jetstream::new(client.clone());
-    let mut stream = ensure_stream(&js, stream_name).await?;
+    let mut stream = ensure_stream(&js, stream_spec).await?;
     let head = crate::stream::last_sequence(&mut stream).await?;
     let stop = Stop {
         at_sequence: match until {
@@ -139,7 +141,14 @@ pub async fn replay_into(
         },
     };
     let scratch_path = scratch.to_path_buf();
-    let writer = tokio::task::spawn_blocking(move || Writer::open_scratch(&scratch_path)).await??;
+    let scope = scope.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        Writer::open_scratch(&scratch_path).map(|mut writer| {
+            writer.set_scope(scope);
+            writer
+        })
+    })
+    .await??;
     let writer = std::sync::Arc::new(std::sync::Mutex::new(writer));
     let mut messages_done = 0u64;
     progress.update(0, stop.at_sequence);
@@ -162,7 +171,8 @@ pub async fn replay_into(
         let (batcher, batches) = Batcher::new(REPLAY_BATCH);
         let busy = std::sync::atomic::AtomicBool::new(false);
         let committer = commit_batches(&writer, batches, &busy, |outcome, _| {
-            messages_done += outcome.applied + outcome.dead_letters + outcome.skipped;
+            messages_done +=
+                outcome.applied + outcome.dead_letters + outcome.skipped + outcome.out_of_scope;
             progress.update(messages_done, stop.at_sequence);
             std::future::ready(Ok::<_, ReplayError>(()))
         });
@@ -238,14 +248,15 @@ async fn read_until(
 /// follows the swap by itself; without one, the old generation is removed here.
 pub async fn rebuild_live(
     client: &async_nats::Client,
-    stream_name: &str,
+    stream: &StreamSpec,
     db_path: &Path,
+    scope: &TenantScope,
     progress: &mut dyn Progress,
 ) -> Result<RebuildReport, ReplayError> {
     let lock = generation::lock_rebuild(db_path)?;
     generation::remove_interrupted_builds(&lock, db_path)?;
     let (generation_path, building) = generation::next_generation(db_path);
-    let mut report = replay_into(client, stream_name, &building, None, progress).await?;
+    let mut report = replay_into(client, stream, &building, None, scope, progress).await?;
     std::fs::rename(&building, &generation_path).map_err(StoreError::from)?;
     let previous = generation::swap_in(db_path, &generation_path)?;
     report.path = generation_path.clone();
@@ -262,10 +273,11 @@ pub async fn rebuild_live(
 /// Builds a point-in-time copy at `output` (never swapped in; `serve` serves it read-only).
 pub async fn rebuild_copy(
     client: &async_nats::Client,
-    stream_name: &str,
+    stream: &StreamSpec,
     db_path: &Path,
     output: &Path,
     until: Option<RebuildUntil>,
+    scope: &TenantScope,
     progress: &mut dyn Progress,
 ) -> Result<RebuildReport, ReplayError> {
     if crate::store::resolve(output) == crate::store::resolve(db_path) {
@@ -277,7 +289,7 @@ pub async fn rebuild_copy(
     building.push(".building");
     let building = PathBuf::from(building);
     generation::remove_database_files(&building);
-    let mut report = replay_into(client, stream_name, &building, until, progress).await?;
+    let mut report = replay_into(client, stream, &building, until, scope, progress).await?;
     crate::store::mark_frozen(&building, &format!("{until:?}"))?;
     std::fs::rename(&building, output).map_err(StoreError::from)?;
     report.path = output.to_path_buf();

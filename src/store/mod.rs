@@ -354,6 +354,80 @@ fn read_meta(path: &Path, key: &str) -> Result<Option<String>, StoreError> {
     }
 }
 
+/// What [`snapshot`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotReport {
+    /// The checkpoint of the copy: `serve` on it resumes after this sequence.
+    pub last_sequence: u64,
+    pub bytes: u64,
+}
+
+/// Copies the database at `path` to the new file `output` with SQLite's online backup, in
+/// one step: the copy is one consistent read of the source (a writer may keep committing
+/// meanwhile, in WAL mode it never waits for the copy), so it holds the checkpoint and the
+/// read model of a single commit. Written beside `output` and renamed into place, so a
+/// killed copy leaves no half file under that name.
+pub fn snapshot(path: &Path, output: &Path) -> Result<SnapshotReport, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no database at {}", path.display()),
+        )));
+    }
+    if output.exists() {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists; choose a new file", output.display()),
+        )));
+    }
+    let source = Connection::open_with_flags(
+        resolve(path),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure_common(&source)?;
+    let mut partial = output.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let _ = std::fs::remove_file(&partial);
+    {
+        let mut copy = Connection::open(&partial)?;
+        let backup = rusqlite::backup::Backup::new(&source, &mut copy)?;
+        // All pages in one step: one read transaction on the source, which in WAL mode never
+        // holds up the writer (stepwise copying restarts whenever the writer commits, and a
+        // busy projector commits every few milliseconds).
+        let mut attempts = 0;
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ if attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        "the database stayed locked; snapshot not taken".into(),
+                    ))
+                }
+            }
+        }
+        drop(backup);
+        copy.pragma_update(None, "journal_mode", "WAL")?;
+        copy.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    }
+    std::fs::File::open(&partial)?.sync_all()?;
+    std::fs::rename(&partial, output)?;
+    let copy = Connection::open_with_flags(output, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let last_sequence: i64 = copy.query_row(
+        "SELECT last_sequence FROM checkpoint WHERE id = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(SnapshotReport {
+        last_sequence: last_sequence.max(0) as u64,
+        bytes: std::fs::metadata(output)?.len(),
+    })
+}
+
 /// Marks a point-in-time copy: `serve` serves such a file read-only and never projects into it.
 pub fn mark_frozen(path: &Path, description: &str) -> Result<(), StoreError> {
     let conn = Connection::open(path)?;

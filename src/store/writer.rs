@@ -13,6 +13,7 @@ use super::{
 use crate::events::{self, DecodeError, Event, TenantId};
 use crate::projection::rollup::{self, Contribution, Granularity, RollupBucket};
 use crate::projection::{self, Change, EpochMillis, Execution, FinishKey, JobStats};
+use crate::scope::TenantScope;
 
 /// One message as read from the stream.
 #[derive(Debug, Clone)]
@@ -33,6 +34,9 @@ pub struct BatchOutcome {
     pub dead_letters: u64,
     /// Messages at or below the checkpoint (redeliveries), ignored.
     pub skipped: u64,
+    /// Messages of tenants outside the writer's scope (another shard's), passed over: the
+    /// checkpoint moves past them.
+    pub out_of_scope: u64,
     /// The checkpoint after the commit.
     pub last_sequence: u64,
     /// Dead letters of this batch by reason code (for metrics).
@@ -57,6 +61,8 @@ pub struct Writer {
     /// The stream's time: the latest publish time applied. Rollup retention is measured
     /// against it (see [`Granularity::retention_ms`]).
     stream_time_ms: EpochMillis,
+    /// The tenants this file holds (`JOBSTATS_TENANTS`).
+    scope: TenantScope,
 }
 
 impl Writer {
@@ -126,6 +132,7 @@ impl Writer {
             job_ids,
             next_job_id,
             stream_time_ms,
+            scope: TenantScope::all(),
         })
     }
 
@@ -143,6 +150,11 @@ impl Writer {
     /// The real file this writer writes (the generation, not the symlink).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Keeps only these tenants' events from now on (a tenant shard).
+    pub fn set_scope(&mut self, scope: TenantScope) {
+        self.scope = scope;
     }
 
     /// The last stream sequence applied.
@@ -192,6 +204,14 @@ impl Writer {
             }
             outcome.last_sequence = message.sequence;
             last_published_at_ms = message.published_at_ms;
+            let foreign = match decoded {
+                Ok(event) => !self.scope.serves(&event.tenant_id),
+                Err(_) => self.scope.excludes_subject(message.subject),
+            };
+            if foreign {
+                outcome.out_of_scope += 1;
+                continue;
+            }
             match decoded {
                 Ok(event) => {
                     batch.apply(&tx, event, message.sequence)?;
@@ -297,6 +317,9 @@ struct JobRow {
     last_sequence: u64,
     /// How far a finish may lie after its execution's recency key (see [`recount_run`]).
     finish_lead_ms: i64,
+    /// The latest finish time stored before this batch: no stored rollup bucket starts
+    /// after its bucket, so a bucket past it is new and needs no read.
+    stored_last_finish: Option<EpochMillis>,
 }
 
 impl<'w> BatchState<'w> {
@@ -340,6 +363,7 @@ impl<'w> BatchState<'w> {
                         first_sequence: sequence,
                         last_sequence: sequence,
                         finish_lead_ms: 0,
+                        stored_last_finish: None,
                     }
                 } else {
                     load_job(tx, job_id)?
@@ -372,7 +396,7 @@ impl<'w> BatchState<'w> {
             *current = Some(next);
             *dirty = true;
             for (contribution, sign) in moved {
-                self.add_to_rollups(tx, job_id, is_new, &contribution, sign)?;
+                self.add_to_rollups(tx, job_id, &contribution, sign)?;
             }
         }
         Ok(())
@@ -383,10 +407,10 @@ impl<'w> BatchState<'w> {
         &mut self,
         tx: &Connection,
         job_id: i64,
-        is_new_job: bool,
         contribution: &Contribution,
         sign: i64,
     ) -> Result<(), StoreError> {
+        let stored_last_finish = self.jobs.get(&job_id).and_then(|j| j.stored_last_finish);
         for granularity in Granularity::ALL {
             let start = granularity.bucket_start(contribution.finished_at);
             if granularity
@@ -400,10 +424,12 @@ impl<'w> BatchState<'w> {
             let bucket = match self.rollups.entry((job_id, granularity, start)) {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
-                    let loaded = if is_new_job {
-                        RollupBucket::default()
-                    } else {
+                    let stored = stored_last_finish
+                        .is_some_and(|last| start <= granularity.bucket_start(last));
+                    let loaded = if stored {
                         load_rollup(tx, job_id, granularity, start)?
+                    } else {
+                        RollupBucket::default()
                     };
                     entry.insert(loaded)
                 }
@@ -642,6 +668,7 @@ fn load_job(tx: &Connection, job_id: i64) -> Result<JobRow, StoreError> {
     })?;
     let (stats, first_sequence, last_sequence, tenant, job, finish_lead_ms) = row;
     Ok(JobRow {
+        stored_last_finish: stats.last_finished.as_ref().map(|l| l.finished_at),
         tenant: TenantId::parse(&tenant)
             .map_err(|_| StoreError::Corrupt(format!("tenant {tenant:?}")))?,
         job,

@@ -90,7 +90,7 @@ impl NatsServer {
     /// Creates the stream the way `serve` does.
     pub async fn ensure_stream(&self) {
         let js = jetstream::new(self.client().await);
-        jobstats::stream::ensure_stream(&js, "JOB_EVENTS")
+        jobstats::stream::ensure_stream(&js, &jobstats::stream::StreamSpec::single("JOB_EVENTS"))
             .await
             .expect("create stream");
     }
@@ -141,9 +141,10 @@ impl App {
         let address = listener.local_addr().expect("address");
         let config = ServeConfig {
             nats_url: nats_url.to_owned(),
-            stream: "JOB_EVENTS".into(),
+            stream: jobstats::stream::StreamSpec::single("JOB_EVENTS"),
             db_path: db_path.to_path_buf(),
             consumer: "jobstats-test".into(),
+            tenants: jobstats::scope::TenantScope::all(),
             read_only,
             default_max_runtime: Duration::from_secs(3600),
             admin_listen: None,
@@ -297,13 +298,17 @@ impl ServeProcess {
     /// [`ServeProcess::start`] with more settings in the environment.
     pub fn start_with_env(nats_url: &str, db_path: &Path, env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        if !env.iter().any(|(name, _)| *name == "JOBSTATS_INSTANCE_ID") {
+            // An instance id names the consumer only without an explicit one.
+            command.env("JOBSTATS_CONSUMER", "jobstats-test");
+        }
+        let child = command
             .arg("serve")
             .env("JOBSTATS_NATS_URL", nats_url)
             .env("JOBSTATS_DB_PATH", db_path)
             .env("JOBSTATS_LISTEN", format!("127.0.0.1:{port}"))
             .env("JOBSTATS_JWT_HS256_SECRET", SECRET)
-            .env("JOBSTATS_CONSUMER", "jobstats-test")
             .env("RUST_LOG", "warn")
             // Last, so a test can override any of the above (a second replica's consumer).
             .envs(env.iter().copied())

@@ -14,3 +14,4 @@ mod jobs;
 mod percentiles;
 mod projector;
 mod replay;
+mod scale;

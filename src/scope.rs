@@ -1,0 +1,88 @@
+//! Tenant shards (CONTRACT §7): the tenants one replica projects and serves
+//! (`JOBSTATS_TENANTS`). A replica outside its scope neither stores a tenant's events nor
+//! answers for it (421 `TENANT_NOT_SERVED`, never a 404 that would read as "no such job").
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::events::TenantId;
+
+/// All tenants, or a fixed set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantScope(Option<Arc<BTreeSet<TenantId>>>);
+
+impl TenantScope {
+    pub fn all() -> Self {
+        TenantScope(None)
+    }
+
+    pub fn only(tenants: impl IntoIterator<Item = TenantId>) -> Self {
+        TenantScope(Some(Arc::new(tenants.into_iter().collect())))
+    }
+
+    /// A comma-separated list of tenant UUIDs; an empty list means all tenants.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut tenants = BTreeSet::new();
+        for item in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let tenant = TenantId::parse(item)
+                .map_err(|_| format!("{item:?} is not a tenant id (a hyphenated UUID)"))?;
+            tenants.insert(tenant);
+        }
+        Ok(if tenants.is_empty() {
+            TenantScope::all()
+        } else {
+            TenantScope(Some(Arc::new(tenants)))
+        })
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub fn serves(&self, tenant: &TenantId) -> bool {
+        self.0.as_ref().is_none_or(|set| set.contains(tenant))
+    }
+
+    /// Whether a message on `subject` (`jobs.events.<tenant>.<type>`) belongs to a tenant
+    /// outside the scope. A subject whose tenant token is no tenant id is not judged here:
+    /// every replica records it as a dead letter.
+    pub fn excludes_subject(&self, subject: &str) -> bool {
+        if self.is_all() {
+            return false;
+        }
+        subject
+            .split('.')
+            .nth(2)
+            .and_then(|token| TenantId::parse(token).ok())
+            .is_some_and(|tenant| !self.serves(&tenant))
+    }
+
+    /// The tenants, for logs (`None`: all).
+    pub fn tenants(&self) -> Option<Vec<String>> {
+        self.0
+            .as_ref()
+            .map(|set| set.iter().map(ToString::to_string).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
+    const B: &str = "00000000-0000-4000-8000-000000000002";
+
+    #[test]
+    fn a_scope_keeps_its_tenants_and_judges_subjects_by_their_tenant_token() {
+        let scope = TenantScope::parse(&format!(" {A} ,")).unwrap();
+        assert!(scope.serves(&TenantId::parse(A).unwrap()));
+        assert!(!scope.serves(&TenantId::parse(B).unwrap()));
+        assert!(scope.excludes_subject(&format!("jobs.events.{B}.started")));
+        assert!(!scope.excludes_subject(&format!("jobs.events.{A}.started")));
+        // Not a tenant: the decoder's to judge (a dead letter on every replica).
+        assert!(!scope.excludes_subject("jobs.events.nope.started"));
+        assert!(TenantScope::parse("").unwrap().is_all());
+        assert!(TenantScope::parse("x").unwrap_err().contains("\"x\""));
+        assert!(!TenantScope::all().excludes_subject(&format!("jobs.events.{B}.started")));
+    }
+}

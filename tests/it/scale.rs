@@ -1,0 +1,271 @@
+//! CONTRACT §7 on one nats-server: seed-URL lists, tenant shards (421 for another tenant),
+//! instance-named consumers, and snapshots that bootstrap a replica.
+
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+const OTHER: &str = "00000000-0000-4000-8000-0000000000b2";
+
+async fn get(serve: &ServeProcess, path: &str, tenant: &str) -> reqwest::Response {
+    serve
+        .http
+        .get(serve.url(path))
+        .bearer_auth(token(&["super_admin"], None))
+        .header("x-tenantid", tenant)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// The body with the contract's request-time fields blanked.
+fn without_request_time(body: &[u8]) -> String {
+    let fields =
+        regex::Regex::new(r#""(generatedAt|timestamp|asOf|nextRun|to)":("[^"]*"|null)"#).unwrap();
+    fields
+        .replace_all(&String::from_utf8_lossy(body), "\"$1\":\"(request time)\"")
+        .into_owned()
+}
+
+fn runs_of(tenant: &str, job: &str, count: i64) -> Vec<jobstats::events::Event> {
+    let t0 = Utc::now() - chrono::Duration::hours(3);
+    (0..count)
+        .flat_map(|i| {
+            jobstats::publish::EventBuilder::new(tenant, job)
+                .and_then(|b| b.execution(&format!("{job}-{i}")))
+                .and_then(|run| {
+                    run.run(
+                        t0 + chrono::Duration::minutes(i),
+                        Some(chrono::Duration::milliseconds(50)),
+                        chrono::Duration::milliseconds(300 + 37 * i),
+                        if i % 5 == 4 {
+                            jobstats::publish::RunEnd::Failed {
+                                items: None,
+                                error: Some("boom"),
+                            }
+                        } else {
+                            jobstats::publish::RunEnd::Completed { items: Some(3) }
+                        },
+                    )
+                })
+                .expect("valid run")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenant_shard_projects_and_serves_only_its_tenants_and_agrees_with_a_full_replica() {
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = nats.publisher().await;
+    let mut events = runs_of(TENANT, "shared-name", 30);
+    events.extend(runs_of(OTHER, "shared-name", 20));
+    events.extend(runs_of(OTHER, "other-only", 5));
+    publish_all(&publisher, &events).await;
+    // A poison message of the other tenant: the full replica's dead letter, not the shard's.
+    publisher
+        .publish_raw(
+            &format!("jobs.events.{OTHER}.started"),
+            b"{not json".to_vec(),
+            "",
+        )
+        .await
+        .unwrap();
+    let head = publish_all(&publisher, &runs_of(TENANT, "late", 2)).await;
+
+    let full = ServeProcess::start_with_env(
+        &nats.url(),
+        &dir.path().join("full.db"),
+        &[("JOBSTATS_CONSUMER", "jobstats-full")],
+    );
+    let shard_db = dir.path().join("shard.db");
+    let shard = ServeProcess::start_with_env(
+        &nats.url(),
+        &shard_db,
+        &[
+            ("JOBSTATS_CONSUMER", "jobstats-shard"),
+            ("JOBSTATS_TENANTS", TENANT),
+        ],
+    );
+    full.wait_applied(head).await;
+    // The shard's checkpoint moves past the other tenant's messages (gaps in its sequence).
+    shard.wait_applied(head).await;
+
+    for path in [
+        "/api/v1/admin/jobs/shared-name/stats?window=24h",
+        "/api/v1/admin/jobs",
+        "/api/v1/admin/jobs/shared-name/executions?limit=5",
+    ] {
+        let (a, b) = (
+            get(&full, path, TENANT).await,
+            get(&shard, path, TENANT).await,
+        );
+        assert_eq!(a.status(), StatusCode::OK, "{path}");
+        assert_eq!(b.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            without_request_time(&a.bytes().await.unwrap()),
+            without_request_time(&b.bytes().await.unwrap()),
+            "{path}: the shard answers its tenant like a full replica"
+        );
+        let refused = get(&shard, path, OTHER).await;
+        assert_eq!(refused.status(), 421, "{path}");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "TENANT_NOT_SERVED", "{path}");
+        assert_eq!(get(&full, path, OTHER).await.status(), StatusCode::OK);
+    }
+    // Never a 404 for a job the shard does not hold: the other tenant's own job is a 421 too.
+    let refused = get(&shard, "/api/v1/admin/jobs/other-only/stats", OTHER).await;
+    assert_eq!(refused.status(), 421);
+
+    // The shard's file holds nothing of the other tenant, not even its dead letter.
+    let tenants: Vec<String> = jobstats::store::ReadPool::open(&shard_db)
+        .unwrap()
+        .all_jobs()
+        .unwrap()
+        .into_iter()
+        .map(|(tenant, _)| tenant.to_string())
+        .collect();
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|t| t == TENANT),
+        "{tenants:?}"
+    );
+    let dead_letters = |db: &std::path::Path| {
+        jobstats::store::ReadPool::open(db)
+            .unwrap()
+            .freshness()
+            .unwrap()
+            .dead_letters
+    };
+    assert_eq!(dead_letters(&dir.path().join("full.db")), 1);
+    assert_eq!(dead_letters(&shard_db), 0);
+}
+
+#[tokio::test]
+async fn serve_and_publish_take_a_list_of_seed_urls() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The first seed is down: the client goes on to the next.
+    let seeds = format!("nats://127.0.0.1:{},{}", free_port(), nats.url());
+    let serve = ServeProcess::start_with_env(&seeds, &dir.path().join("stats.db"), &[]);
+    let output = Command::new(BIN)
+        .args([
+            "publish",
+            "--tenant",
+            TENANT,
+            "--job",
+            "seeded",
+            "--execution",
+            "e1",
+        ])
+        .args(["completed"])
+        .env("JOBSTATS_NATS_URL", &seeds)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let sequence: u64 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("sequence=").and_then(|n| n.parse().ok()))
+        .expect("sequence=N");
+    serve.wait_applied(sequence).await;
+    assert_eq!(serve.stats("seeded").await["data"]["queue"]["completed"], 1);
+}
+
+#[tokio::test]
+async fn a_snapshot_taken_while_events_flow_bootstraps_a_replica_that_catches_up() {
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let live_db = dir.path().join("live.db");
+    let live =
+        ServeProcess::start_with_env(&nats.url(), &live_db, &[("JOBSTATS_INSTANCE_ID", "live")]);
+    let publisher = nats.publisher().await;
+    let first = publish_all(&publisher, &runs_of(TENANT, "flowing", 200)).await;
+    live.wait_applied(first).await;
+
+    // Events keep flowing while the copy is taken.
+    let flow = {
+        let publisher = nats.publisher().await;
+        tokio::spawn(async move {
+            let mut last = 0;
+            for round in 0..20 {
+                let batch = runs_of(TENANT, &format!("flowing-{round}"), 20);
+                last = publish_all(&publisher, &batch).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            last
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let copy = dir.path().join("copy.db");
+    let output = Command::new(BIN)
+        .args(["snapshot", "--output"])
+        .arg(&copy)
+        .env("JOBSTATS_DB_PATH", &live_db)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let head = flow.await.unwrap();
+    let at: u64 = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "sequence")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("the copy's sequence");
+    assert!(
+        at >= first,
+        "the copy holds what was applied before it: {at} < {first}"
+    );
+    // Taking another copy onto an existing file is refused.
+    let again = Command::new(BIN)
+        .args(["snapshot", "--output"])
+        .arg(&copy)
+        .env("JOBSTATS_DB_PATH", &live_db)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let replica = ServeProcess::start_with_env(
+        &nats.url(),
+        &copy,
+        &[("JOBSTATS_INSTANCE_ID", "from-snapshot")],
+    );
+    live.wait_applied(head).await;
+    replica.wait_applied(head).await;
+    for job in ["flowing", "flowing-0", "flowing-19"] {
+        let path = format!("/api/v1/admin/jobs/{job}/stats?window=24h");
+        let (a, b) = (
+            get(&live, &path, TENANT).await,
+            get(&replica, &path, TENANT).await,
+        );
+        assert_eq!(a.status(), StatusCode::OK, "{job}");
+        assert_eq!(
+            without_request_time(&a.bytes().await.unwrap()),
+            without_request_time(&b.bytes().await.unwrap()),
+            "{job}: the bootstrapped replica equals the live one"
+        );
+    }
+    // Each replica projects through its own durable consumer, named by its instance id.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream("JOB_EVENTS").await.unwrap();
+    for consumer in ["jobstats-live", "jobstats-from-snapshot"] {
+        stream
+            .consumer_info(consumer)
+            .await
+            .unwrap_or_else(|e| panic!("{consumer}: {e}"));
+    }
+}
