@@ -4,6 +4,7 @@
 mod api;
 mod bench;
 mod cli;
+mod cluster;
 mod contract;
 mod fresh_machine;
 mod freshness;
