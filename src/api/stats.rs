@@ -605,35 +605,8 @@ async fn answer(
     if let Some(wanted) = min_sequence {
         applied_by(state, wanted, wait_ms).await?;
     }
-    let readers = state.readers.get();
     let now = Utc::now();
-    let mut snapshot = readers
-        .cached_job_snapshot(&tenant, job, recent)?
-        .ok_or(ApiError::JobNotFound)?;
-    let mut judgement = self::judgement(state, &snapshot, now);
-    let mut windowed = None;
-    if let Some(window) = window {
-        // The window and the snapshot must be the same version of the job: when the job
-        // changed between the two reads, read both again.
-        for _ in 0..3 {
-            let range = window.buckets(judgement.as_of());
-            if let Some(merged) = readers.window(snapshot.job_id, range, snapshot.job_sequence)? {
-                windowed = Some((window, range, merged));
-                break;
-            }
-            snapshot = std::sync::Arc::new(
-                readers
-                    .job_snapshot(&tenant, job, recent)?
-                    .ok_or(ApiError::JobNotFound)?,
-            );
-            judgement = self::judgement(state, &snapshot, now);
-        }
-        if windowed.is_none() {
-            return Err(ApiError::Internal(
-                "the job kept changing under the window read".into(),
-            ));
-        }
-    }
+    let (snapshot, judgement, windowed) = read_job(state, tenant, job, recent, window, now)?;
     // What the answer is made of: the job's read model, the projection that built it, and
     // the parameters that shape it (for a window, the buckets it covers).
     let etag = match &windowed {
@@ -665,6 +638,46 @@ async fn answer(
             window_stats.as_ref(),
         ),
         etag,
+    ))
+}
+
+/// A merged window: which one, the buckets it covers, and their totals with the job version
+/// they were read at.
+type Windowed = (Window, BucketRange, std::sync::Arc<(u64, RollupBucket)>);
+
+/// The job's snapshot, the instant it is judged at, and the window when one is asked for, all
+/// of one version of the job: when the job changed between the snapshot and the window read,
+/// both are read again.
+fn read_job(
+    state: &AppState,
+    tenant: TenantId,
+    job: &JobName,
+    recent: u32,
+    window: Option<Window>,
+    now: DateTime<Utc>,
+) -> Result<(std::sync::Arc<JobSnapshot>, Judgement, Option<Windowed>), ApiError> {
+    let readers = state.readers.get();
+    let mut snapshot = readers
+        .cached_job_snapshot(&tenant, job, recent)?
+        .ok_or(ApiError::JobNotFound)?;
+    let mut judgement = self::judgement(state, &snapshot, now);
+    let Some(window) = window else {
+        return Ok((snapshot, judgement, None));
+    };
+    for _ in 0..3 {
+        let range = window.buckets(judgement.as_of());
+        if let Some(merged) = readers.window(snapshot.job_id, range, snapshot.job_sequence)? {
+            return Ok((snapshot, judgement, Some((window, range, merged))));
+        }
+        snapshot = std::sync::Arc::new(
+            readers
+                .job_snapshot(&tenant, job, recent)?
+                .ok_or(ApiError::JobNotFound)?,
+        );
+        judgement = self::judgement(state, &snapshot, now);
+    }
+    Err(ApiError::Internal(
+        "the job kept changing under the window read".into(),
     ))
 }
 

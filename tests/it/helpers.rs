@@ -489,3 +489,14 @@ pub fn curl_until_ok(curl: &str, within: Duration) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// A stats, list or executions body with the contract's request-time fields blanked
+/// (`generatedAt`, `timestamp`, `asOf`, `nextRun`, and a window's `to`): what two replicas at
+/// one sequence must agree on byte for byte.
+pub fn without_request_time(body: &[u8]) -> String {
+    let fields =
+        regex::Regex::new(r#""(generatedAt|timestamp|asOf|nextRun|to)":("[^"]*"|null)"#).unwrap();
+    fields
+        .replace_all(&String::from_utf8_lossy(body), "\"$1\":\"(request time)\"")
+        .into_owned()
+}

@@ -329,16 +329,6 @@ async fn trailing_windows_equal_a_brute_force_count_at_their_bucket_granularity(
     }
 }
 
-/// The body with the contract's request-time fields blanked.
-fn without_request_time(body: &[u8]) -> String {
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    let fields =
-        regex::Regex::new(r#""(generatedAt|timestamp|asOf|nextRun|to)":("[^"]*"|null)"#).unwrap();
-    fields
-        .replace_all(&text, "\"$1\":\"(request time)\"")
-        .into_owned()
-}
-
 #[tokio::test]
 async fn two_replicas_on_one_stream_give_byte_identical_answers() {
     let nats = NatsServer::start();

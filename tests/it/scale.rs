@@ -22,15 +22,6 @@ async fn get(serve: &ServeProcess, path: &str, tenant: &str) -> reqwest::Respons
         .expect("request")
 }
 
-/// The body with the contract's request-time fields blanked.
-fn without_request_time(body: &[u8]) -> String {
-    let fields =
-        regex::Regex::new(r#""(generatedAt|timestamp|asOf|nextRun|to)":("[^"]*"|null)"#).unwrap();
-    fields
-        .replace_all(&String::from_utf8_lossy(body), "\"$1\":\"(request time)\"")
-        .into_owned()
-}
-
 fn runs_of(tenant: &str, job: &str, count: i64) -> Vec<jobstats::events::Event> {
     let t0 = Utc::now() - chrono::Duration::hours(3);
     (0..count)
