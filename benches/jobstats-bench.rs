@@ -584,6 +584,10 @@ struct BenchArgs {
     /// Only figures (7) and (8), health reads and the job list.
     #[arg(long)]
     health_only: bool,
+    /// Only the cluster figures (11): one node vs a 3-node cluster with an R3 stream, and a
+    /// replica bootstrapped from a snapshot vs from the stream.
+    #[arg(long)]
+    cluster: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -628,6 +632,10 @@ async fn main() {
         return;
     }
     let events = mix(total);
+    if bench.args.cluster {
+        bench.cluster(events).await;
+        return;
+    }
     let writer_only = writer_only_rate(bench.dir.path(), &events);
     if bench.args.writer_only {
         println!("(0) SQLite writer alone: {writer_only:.0} events/s");
@@ -753,6 +761,92 @@ impl Bench {
             &verdict(median, 0.5, 0.8, AtLeast, ""),
         );
         live.expect("at least one round")
+    }
+
+    /// (11): the same events published to and projected from one node and from a 3-node
+    /// cluster (R3 stream) in this run; then a new replica from a snapshot of the cluster
+    /// replica's file vs the one that replayed the stream.
+    async fn cluster(&mut self, events: Vec<jobstats::events::Event>) {
+        let dir = self.dir.path().to_path_buf();
+        let started = Instant::now();
+        let single_head = publish(&self.js, &events).await;
+        let single_publish = single_head as f64 / started.elapsed().as_secs_f64();
+        let (single_rate, single) = serve_catch_up(
+            &self.nats.url(),
+            &dir.join("single.db"),
+            "bench-single",
+            single_head,
+        )
+        .await;
+        drop(single);
+
+        let binary = jobstats::nats_server::find(Path::new("data")).expect("nats-server");
+        let nodes = JetStreamServer::cluster(&binary, &dir.join("cluster"), 3).unwrap();
+        let seeds = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
+        let client = jobstats::stream::connect(&seeds, "bench-cluster", true)
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let spec = jobstats::stream::StreamSpec {
+            name: "JOB_EVENTS".into(),
+            replicas: 3,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while jobstats::stream::ensure_stream(&js, &spec).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never took the stream"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let started = Instant::now();
+        let head = publish(&js, &events).await;
+        let cluster_publish = head as f64 / started.elapsed().as_secs_f64();
+        let replica_db = dir.join("replica.db");
+        let (cluster_rate, replica) =
+            serve_catch_up(&seeds, &replica_db, "bench-replica", head).await;
+        let replay_secs = head as f64 / cluster_rate;
+
+        let started = Instant::now();
+        let copy = dir.join("from-snapshot.db");
+        jobstats::store::snapshot(&replica_db, &copy).unwrap();
+        let snapshot_secs = started.elapsed().as_secs_f64();
+        drop(replica);
+        let started = Instant::now();
+        let (_, bootstrapped) = serve_catch_up(&seeds, &copy, "bench-bootstrapped", head).await;
+        let bootstrap_secs = snapshot_secs + started.elapsed().as_secs_f64();
+        drop(bootstrapped);
+
+        let table = &mut self.table;
+        table.row(
+            "(11) publish rate, one node (events/s)",
+            format!("{single_publish:.0}"),
+            &format!("{single_head} events, async publishes, acks awaited"),
+        );
+        table.row(
+            "(11) publish rate, 3-node cluster, R3 acks (events/s)",
+            format!("{cluster_publish:.0}"),
+            &format!("ratio {:.2} of one node", cluster_publish / single_publish),
+        );
+        table.row(
+            "(11) catch-up, one node (events/s)",
+            format!("{single_rate:.0}"),
+            "jobstats serve on an empty file",
+        );
+        table.row(
+            "(11) catch-up, 3-node cluster, R3 (events/s)",
+            format!("{cluster_rate:.0}"),
+            &format!("ratio {:.2} of one node", cluster_rate / single_rate),
+        );
+        table.row(
+            "(11) new replica serving: from a snapshot vs replaying the stream (s)",
+            format!("{bootstrap_secs:.2} vs {replay_secs:.2}"),
+            &format!(
+                "snapshot {snapshot_secs:.2} s + start on the copy; {:.0}x faster",
+                replay_secs / bootstrap_secs
+            ),
+        );
+        drop(nodes);
     }
 
     /// (10): what the read model costs on disk: the whole file, and the rollups per job-day.

@@ -17,6 +17,8 @@ pub struct JetStreamServer {
     binary: PathBuf,
     store: PathBuf,
     port: u16,
+    /// Cluster settings (server name, routes) for a node of [`JetStreamServer::cluster`].
+    cluster_args: Vec<String>,
 }
 
 impl JetStreamServer {
@@ -30,9 +32,54 @@ impl JetStreamServer {
             binary: binary.to_path_buf(),
             store: store.to_path_buf(),
             port: 0,
+            cluster_args: Vec::new(),
         };
         server.spawn(port)?;
         Ok(server)
+    }
+
+    /// Starts `size` servers on loopback routed into one JetStream cluster, each with its
+    /// store under `store/n<i>` and its server name `n<i>` (what stream info names as leader).
+    /// A restarted node keeps its ports, name and store.
+    pub fn cluster(binary: &Path, store: &Path, size: usize) -> std::io::Result<Vec<Self>> {
+        let route_ports = (0..size)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr().map(|a| a.port()))
+            })
+            .collect::<std::io::Result<Vec<u16>>>()?;
+        let routes = route_ports
+            .iter()
+            .map(|port| format!("nats-route://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(size);
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let mut node = JetStreamServer {
+                child: None,
+                binary: binary.to_path_buf(),
+                store: store.join(format!("n{i}")),
+                port: 0,
+                cluster_args: vec![
+                    "-n".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "jobstats".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route_port}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            };
+            node.spawn(None)?;
+            nodes.push(node);
+        }
+        Ok(nodes)
+    }
+
+    /// The server name of a cluster node (`n<i>`), `None` for a single server.
+    pub fn name(&self) -> Option<&str> {
+        self.cluster_args.get(1).map(String::as_str)
     }
 
     pub fn port(&self) -> u16 {
@@ -66,6 +113,7 @@ impl JetStreamServer {
             .arg(self.store.join("jetstream"))
             .arg("--ports_file_dir")
             .arg(&ports_dir)
+            .args(&self.cluster_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

@@ -2,93 +2,11 @@
 //! an R3 stream created by `serve`, node failures while a retrying publisher publishes, and
 //! the projection counting every acknowledged event exactly once.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use crate::helpers::*;
-
-struct Node {
-    name: String,
-    client_port: u16,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn spawn(&mut self) {
-        let child = Command::new(nats_server_binary())
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.client_port)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Three JetStream servers routed to each other on loopback, each with its own store.
-fn cluster(store: &std::path::Path) -> Vec<Node> {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let routes = ports
-        .iter()
-        .map(|(_, route)| format!("nats-route://127.0.0.1:{route}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes: Vec<Node> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (client, route))| {
-            let name = format!("n{i}");
-            let dir: PathBuf = store.join(&name);
-            Node {
-                args: vec![
-                    "-js".into(),
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    client.to_string(),
-                    "-n".into(),
-                    name.clone(),
-                    "-sd".into(),
-                    dir.display().to_string(),
-                    "--cluster_name".into(),
-                    "jobstats-test".into(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{route}"),
-                    "--routes".into(),
-                    routes.clone(),
-                ],
-                name,
-                client_port: *client,
-                child: None,
-            }
-        })
-        .collect();
-    for node in &mut nodes {
-        node.spawn();
-    }
-    nodes
-}
 
 /// Publishes as a careful runner does: until acknowledged, always with the event's id as
 /// `Nats-Msg-Id`, so a retry of a publish that was stored is dropped by the server.
@@ -118,8 +36,13 @@ async fn stream_leader(js: &async_nats::jetstream::Context) -> Option<String> {
 async fn an_r3_stream_survives_losing_its_leader_and_another_node_without_losing_or_doubling_an_event(
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(&dir.path().join("nats"));
-    let seeds = nodes.iter().map(Node::url).collect::<Vec<_>>().join(",");
+    let mut nodes = jobstats::nats_server::JetStreamServer::cluster(
+        &nats_server_binary(),
+        &dir.path().join("nats"),
+        3,
+    )
+    .expect("start a 3-node cluster");
+    let seeds = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
     let serve = ServeProcess::start_with_env(
         &seeds,
         &dir.path().join("a.db"),
@@ -184,13 +107,16 @@ async fn an_r3_stream_survives_losing_its_leader_and_another_node_without_losing
     // Kill the stream's leader, bring it back, then kill another node for good.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let leader = stream_leader(&js).await.expect("a leader");
-    let index = nodes.iter().position(|n| n.name == leader).unwrap();
-    nodes[index].kill();
+    let index = nodes
+        .iter()
+        .position(|n| n.name() == Some(&leader))
+        .unwrap();
+    nodes[index].stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    nodes[index].spawn();
+    nodes[index].restart().expect("the old leader comes back");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let other = (index + 1) % 3;
-    nodes[other].kill();
+    nodes[other].stop();
     let before_last_kill = acked.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         before_last_kill < total,

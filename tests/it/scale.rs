@@ -139,6 +139,9 @@ async fn a_tenant_shard_projects_and_serves_only_its_tenants_and_agrees_with_a_f
 #[tokio::test]
 async fn serve_and_publish_take_a_list_of_seed_urls() {
     let nats = NatsServer::start();
+    // The stream exists before the publish below (serve creates it too, but its projector may
+    // still be trying the dead seed when the CLI publishes).
+    nats.ensure_stream().await;
     let dir = tempfile::tempdir().unwrap();
     // The first seed is down: the client goes on to the next.
     let seeds = format!("nats://127.0.0.1:{},{}", free_port(), nats.url());
