@@ -174,6 +174,17 @@ async fn serve_and_publish_take_a_list_of_seed_urls() {
     assert_eq!(serve.stats("seeded").await["data"]["queue"]["completed"], 1);
 }
 
+/// `jobstats snapshot` of `db` into `output`.
+fn snapshot(db: &std::path::Path, output: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["snapshot", "--output"])
+        .arg(output)
+        .env("JOBSTATS_DB_PATH", db)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run jobstats snapshot")
+}
+
 #[tokio::test]
 async fn a_snapshot_taken_while_events_flow_bootstraps_a_replica_that_catches_up() {
     let nats = NatsServer::start();
@@ -201,13 +212,7 @@ async fn a_snapshot_taken_while_events_flow_bootstraps_a_replica_that_catches_up
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     let copy = dir.path().join("copy.db");
-    let output = Command::new(BIN)
-        .args(["snapshot", "--output"])
-        .arg(&copy)
-        .env("JOBSTATS_DB_PATH", &live_db)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let output = snapshot(&live_db, &copy);
     assert!(
         output.status.success(),
         "{}",
@@ -225,12 +230,7 @@ async fn a_snapshot_taken_while_events_flow_bootstraps_a_replica_that_catches_up
         "the copy holds what was applied before it: {at} < {first}"
     );
     // Taking another copy onto an existing file is refused.
-    let again = Command::new(BIN)
-        .args(["snapshot", "--output"])
-        .arg(&copy)
-        .env("JOBSTATS_DB_PATH", &live_db)
-        .output()
-        .unwrap();
+    let again = snapshot(&live_db, &copy);
     assert!(!again.status.success());
 
     let replica = ServeProcess::start_with_env(
