@@ -387,6 +387,7 @@ pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()>
             audience: None,
         },
         http: Default::default(),
+        webhooks: Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

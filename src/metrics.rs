@@ -22,6 +22,18 @@ pub struct JobHealthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: String,
+    /// `delivered`, `failed_attempt`, `dead_lettered`, `filtered`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,
     pub status: u16,
@@ -43,6 +55,10 @@ pub struct Metrics {
     pub rebuilds_completed: Counter,
     pub jobs_by_health: Family<JobHealthLabels, Gauge>,
     pub projector_errors: Counter,
+    pub health_changes_published: Family<StateLabel, Counter>,
+    pub health_change_delay_seconds: Histogram,
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    pub webhook_delivery_seconds: Histogram,
     /// When `jobs_by_health` was last counted; held while a scrape recounts, so concurrent
     /// scrapes wait for one count instead of each judging every job.
     pub jobs_by_health_counted: tokio::sync::Mutex<Option<std::time::Instant>>,
@@ -67,10 +83,15 @@ impl Default for Metrics {
             rebuilds_completed: Counter::default(),
             jobs_by_health: Family::default(),
             projector_errors: Counter::default(),
+            health_changes_published: Family::default(),
+            health_change_delay_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            webhook_deliveries: Family::default(),
+            webhook_delivery_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
             jobs_by_health_counted: tokio::sync::Mutex::new(None),
         };
         metrics.register_projection();
         metrics.register_serving();
+        metrics.register_notifications();
         metrics
     }
 }
@@ -155,6 +176,33 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Health notifications and webhook deliveries.
+    fn register_notifications(&mut self) {
+        let registry = &mut self.registry;
+        registry.register(
+            "health_changes_published",
+            "Health state changes this process published to JOB_HEALTH, by new state (a change \
+             another replica stored first counts here too: the stream keeps one)",
+            self.health_changes_published.clone(),
+        );
+        registry.register(
+            "health_change_delay_seconds",
+            "From the instant a health state became true (its `since`) to its publication",
+            self.health_change_delay_seconds.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by webhook and outcome (delivered, failed_attempt, \
+             dead_lettered, filtered)",
+            self.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_delivery_seconds",
+            "From a change's publication on JOB_HEALTH to its receiver's 2xx answer",
+            self.webhook_delivery_seconds.clone(),
+        );
+    }
+
     /// Replaces the jobs-by-health gauges with `counts` (tenant label, state, jobs); states
     /// absent from `counts` read 0 rather than vanish, so a job leaving a state shows.
     pub fn set_jobs_by_health(&self, counts: &[(String, &'static str, i64)]) {

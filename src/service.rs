@@ -18,6 +18,7 @@ use crate::api::{self, AppState};
 use crate::ingest::live::{self, ProjectorConfig, ProjectorHandles};
 use crate::ingest::replay::{self, Progress};
 use crate::metrics::{Metrics, ProjectorStatus};
+use crate::notify::evaluator::{self, EvaluatorConfig, EvaluatorHandles, TouchedJobs};
 use crate::scope::TenantScope;
 use crate::store::{self, generation, CurrentReader, ReadPool, Writer, PROJECTION_VERSION};
 use crate::stream::StreamSpec;
@@ -79,6 +80,8 @@ pub struct ServeConfig {
     pub admin_listen: Option<SocketAddr>,
     pub auth: AuthSettings,
     pub http: HttpLimits,
+    /// Receivers of health changes (`JOBSTATS_WEBHOOKS_FILE`).
+    pub webhooks: Vec<crate::notify::webhooks::Webhook>,
 }
 
 /// Runs `jobstats serve` on an already bound listener until `shutdown`. `applied` receives
@@ -136,12 +139,37 @@ pub async fn serve(
         Ordering::Relaxed,
     );
     applied.send_replace(freshness.last_sequence);
+    let touched = Arc::new(TouchedJobs::default());
     let handles = ProjectorHandles {
         status: status.clone(),
         metrics: metrics.clone(),
         readers: readers.clone(),
         applied,
+        touched: Some(touched.clone()),
     };
+    let evaluator = tokio::spawn(evaluator::run(
+        client.clone(),
+        EvaluatorConfig {
+            stream_replicas: config.stream.replicas,
+            default_max_runtime_ms: config.default_max_runtime.as_millis() as i64,
+        },
+        EvaluatorHandles {
+            readers: readers.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+            touched,
+        },
+        shutdown.wait(),
+    ));
+    let webhooks = (!config.webhooks.is_empty()).then(|| {
+        tokio::spawn(crate::notify::webhooks::run(
+            client.clone(),
+            config.webhooks.clone(),
+            config.stream.replicas,
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+    });
     let projector = tokio::spawn(project(
         client.clone(),
         ProjectorConfig::new(
@@ -161,6 +189,11 @@ pub async fn serve(
     // The projector commits the batch in hand before it returns.
     if let Err(e) = projector.await {
         tracing::error!(error = %e, "projector task failed");
+    }
+    for task in std::iter::once(evaluator).chain(webhooks) {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "notification task failed");
+        }
     }
     client.flush().await.ok();
     http_result?;

@@ -60,11 +60,7 @@ pub const STATS_ROUTE: &str = "/api/v1/admin/jobs/{jobName}/stats";
 pub const EXECUTIONS_ROUTE: &str = "/api/v1/admin/jobs/{jobName}/executions";
 pub const JOBS_ROUTE: &str = "/api/v1/admin/jobs";
 
-pub fn rfc3339_millis(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use crate::projection::format::rfc3339_millis;
 
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)

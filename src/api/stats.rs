@@ -21,7 +21,7 @@ use super::{rfc3339_millis, AppState};
 use crate::api::auth::Principal;
 use crate::events::{JobName, TenantId};
 use crate::projection::format::{human_duration, human_percent, percent_one_decimal};
-use crate::projection::health::{self, Health, HealthInput, Judgement, Position};
+use crate::projection::health::{Health, Judgement, Position};
 use crate::projection::rollup::{BucketRange, RollupBucket, Window};
 use crate::store::{ExecutionSummary, JobSnapshot};
 
@@ -733,16 +733,7 @@ pub fn judgement(state: &AppState, snapshot: &JobSnapshot, now: DateTime<Utc>) -
 
 /// Judges one job's health from its snapshot.
 pub fn judge(snapshot: &JobSnapshot, judgement: Judgement, default_max_runtime_ms: i64) -> Health {
-    health::evaluate(
-        &HealthInput {
-            stats: &snapshot.stats,
-            fires: snapshot.health.fires.as_ref(),
-            starts: &snapshot.health.starts,
-            processing: &snapshot.health.processing,
-            default_max_runtime_ms,
-        },
-        judgement,
-    )
+    snapshot.judge(judgement, default_max_runtime_ms)
 }
 
 /// The `schedule` object; `next_run` is the first fire after the request time.

@@ -13,7 +13,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::api::auth::AuthSettings;
 use crate::api::limits::HttpLimits;
+use crate::events::TenantId;
 use crate::ingest::replay::RebuildUntil;
+use crate::projection::HealthState;
 use crate::scope::TenantScope;
 
 #[derive(Debug, Parser)]
@@ -99,8 +101,37 @@ pub enum Command {
     /// Publish demo job runs forever (what `demo` runs; the compose file's demo profile).
     /// With the service's HS256 secret, prints a token and curl commands first.
     DemoRunners(DemoRunnersOptions),
+    /// Print health changes as they are published, one line each (Ctrl-C stops):
+    /// `asOf tenant job previous->state since=… reason`.
+    Watch(WatchOptions),
     /// Print the OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchOptions {
+    /// Only this tenant's jobs.
+    #[arg(long, value_parser = parse_tenant_id)]
+    pub tenant: Option<TenantId>,
+    /// Only changes to these states (comma-separated: stuck, missed, failing, healthy, new).
+    #[arg(long, value_delimiter = ',', value_parser = parse_announced_state)]
+    pub state: Vec<HealthState>,
+    /// First print each job's last announced change (its current state), then follow.
+    #[arg(long)]
+    pub current: bool,
+    /// Print each change as its JSON body (the webhook body) instead of a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_tenant_id(value: &str) -> Result<TenantId, String> {
+    TenantId::parse(value)
+}
+
+fn parse_announced_state(value: &str) -> Result<HealthState, String> {
+    HealthState::parse(value.trim())
+        .filter(|s| *s != HealthState::Unknown)
+        .ok_or_else(|| format!("{value:?} is not one of stuck, missed, failing, healthy, new"))
 }
 
 /// Token verification settings.
@@ -222,6 +253,10 @@ pub struct ServeOptions {
     /// address no longer serves the first two, so it can face the internet.
     #[arg(long, env = "JOBSTATS_ADMIN_LISTEN", value_parser = parse_listen)]
     pub admin_listen: Option<SocketAddr>,
+    /// A TOML file of `[[webhooks]]` (url, secret, optional tenants, states) that receive
+    /// every health change, signed (see the README).
+    #[arg(long, env = "JOBSTATS_WEBHOOKS_FILE")]
+    pub webhooks_file: Option<PathBuf>,
     #[command(flatten)]
     pub jwt: JwtOptions,
     #[command(flatten)]

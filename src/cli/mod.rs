@@ -39,6 +39,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(options) => token(options)?,
         Command::Demo(options) => demo(common, options).await?,
         Command::DemoRunners(options) => demo_runners(common, options).await?,
+        Command::Watch(options) => watch(common, options).await?,
         Command::Openapi => println!("{}", crate::api::openapi_json()),
     }
     Ok(ExitCode::SUCCESS)
@@ -48,12 +49,46 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 pub fn is_quiet(command: &Command) -> bool {
     matches!(
         command,
-        Command::Publish(_) | Command::Run(_) | Command::Token(_) | Command::Openapi
+        Command::Publish(_)
+            | Command::Run(_)
+            | Command::Token(_)
+            | Command::Watch(_)
+            | Command::Openapi
     )
 }
 
-fn serve_config(common: &CommonOptions, options: &ServeOptions) -> ServeConfig {
-    ServeConfig {
+async fn watch(common: &CommonOptions, options: &args::WatchOptions) -> anyhow::Result<()> {
+    use crate::notify::watch::{follow, line, WatchFilter};
+    use std::io::Write;
+    let client = crate::stream::connect(&common.nats_url, "jobstats-watch", true).await?;
+    let filter = WatchFilter {
+        tenant: options.tenant,
+        states: options.state.clone(),
+        current: options.current,
+    };
+    let stdout = std::io::stdout();
+    let following = follow(client, &filter, |change| {
+        let text = if options.json {
+            serde_json::to_string(change).unwrap_or_default()
+        } else {
+            line(change)
+        };
+        let mut out = stdout.lock();
+        // A closed pipe (`jobstats watch | head -1`) ends the watch.
+        writeln!(out, "{text}").and_then(|_| out.flush()).is_ok()
+    });
+    tokio::select! {
+        result = following => Ok(result?),
+        _ = service::termination_signal() => Ok(()),
+    }
+}
+
+fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Result<ServeConfig> {
+    let webhooks = match &options.webhooks_file {
+        Some(path) => crate::notify::webhooks::load(path).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    Ok(ServeConfig {
         nats_url: common.nats_url.clone(),
         stream: common.stream_spec(),
         db_path: common.db_path.clone(),
@@ -64,7 +99,8 @@ fn serve_config(common: &CommonOptions, options: &ServeOptions) -> ServeConfig {
         admin_listen: options.admin_listen,
         auth: options.jwt.settings(),
         http: options.http.limits(),
-    }
+        webhooks,
+    })
 }
 
 async fn serve(common: &CommonOptions, options: &ServeOptions) -> anyhow::Result<()> {
@@ -73,7 +109,7 @@ async fn serve(common: &CommonOptions, options: &ServeOptions) -> anyhow::Result
         .with_context(|| format!("JOBSTATS_LISTEN {}: cannot listen", options.listen))?;
     let shutdown = Shutdown::new(service::termination_signal());
     let (applied, _) = tokio::sync::watch::channel(0);
-    service::serve(&serve_config(common, options), listener, shutdown, applied).await
+    service::serve(&serve_config(common, options)?, listener, shutdown, applied).await
 }
 
 async fn rebuild(common: &CommonOptions, options: &RebuildOptions) -> anyhow::Result<()> {

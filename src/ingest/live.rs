@@ -68,6 +68,8 @@ pub struct ProjectorHandles {
     pub readers: Arc<CurrentReader>,
     /// The checkpoint after each commit (read-your-writes waits on it).
     pub applied: watch::Sender<u64>,
+    /// Where the jobs each commit changed go, for the health evaluator.
+    pub touched: Option<Arc<crate::notify::evaluator::TouchedJobs>>,
 }
 
 /// What waiting for a delivery gave.
@@ -409,6 +411,10 @@ impl Projector {
                 .store(published, Ordering::Relaxed);
         }
         self.record(&outcome, lag);
+        // After the checkpoint is out, so the evaluator finds the projection caught up.
+        if let Some(touched) = &self.handles.touched {
+            touched.add(&outcome.changed_jobs);
+        }
         Ok(())
     }
 

@@ -30,6 +30,13 @@ pub fn human_percent(percent: f64) -> String {
     format!("{:.1}%", percent_one_decimal(percent))
 }
 
+/// An instant as the API and notifications print it: RFC 3339, UTC, milliseconds.
+pub fn rfc3339_millis(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -295,26 +295,42 @@ pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
         .iter()
         .filter(|(started, _)| as_of - started > max_runtime_ms)
         .collect();
-    let (missed_last_24h, missed_last_7d, missed_since) = match (fires, grace, schedule) {
+    let missed = match (fires, grace, schedule) {
         (Some(fires), Some(grace), Some(schedule)) => {
             missed(fires, schedule.since, grace, as_of, input.starts)
         }
-        _ => (0, 0, None),
+        _ => Missed::default(),
     };
     let run = stats.outcome_run.as_ref();
     let last_failed = stats.last_finished.as_ref().map(|l| l.failed);
     let consecutive_failures = run.filter(|r| r.failed).map_or(0, |r| r.length);
+    // `failing` and `healthy` hold since their run of outcomes began, unless a `missed` or
+    // `stuck` episode interrupted it: then since that episode ended. Otherwise a job going
+    // healthy → missed → healthy would announce the same (state, since) twice, and the
+    // second change would share the first one's Nats-Msg-Id (CONTRACT §8).
+    let stuck_ended = stats
+        .last_finished
+        .as_ref()
+        .filter(|l| l.duration_ms.is_some_and(|d| d > max_runtime_ms) && l.finished_at <= as_of)
+        .map(|l| l.finished_at);
+    let outcome_since = |run: Option<&super::job_stats::OutcomeRun>| {
+        run.map(|r| r.first.0)
+            .into_iter()
+            .chain(missed.cleared_at)
+            .chain(stuck_ended)
+            .max()
+    };
 
     let (state, since) = if let Judgement::Unknown { since, .. } = judgement {
         (HealthState::Unknown, Some(since))
     } else if let Some((started, _)) = stuck.first() {
         (HealthState::Stuck, Some(started + max_runtime_ms))
-    } else if let Some(since) = missed_since {
+    } else if let Some(since) = missed.since {
         (HealthState::Missed, Some(since))
     } else if last_failed == Some(true) {
-        (HealthState::Failing, run.map(|r| r.first.0))
+        (HealthState::Failing, outcome_since(run))
     } else if last_failed == Some(false) {
-        (HealthState::Healthy, run.map(|r| r.first.0))
+        (HealthState::Healthy, outcome_since(run))
     } else {
         (HealthState::New, None)
     };
@@ -323,8 +339,8 @@ pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
         as_of,
         since,
         consecutive_failures,
-        missed_last_24h,
-        missed_last_7d,
+        missed_last_24h: missed.last_24h,
+        missed_last_7d: missed.last_7d,
         stuck_execution_ids: stuck
             .iter()
             .take(MAX_STUCK_IDS)
@@ -337,8 +353,20 @@ pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
     }
 }
 
-/// Missed fires in the last 24 h and 7 d, and — when the latest due fire has no start — when
-/// the job became `missed` (that fire + grace).
+/// What matching fires to starts found.
+#[derive(Debug, Default)]
+struct Missed {
+    last_24h: u32,
+    last_7d: u32,
+    /// The latest due fire has no start: since then + grace the job is `missed`.
+    since: Option<EpochMillis>,
+    /// The latest due fire's run started late (after fire + grace): the job was `missed`
+    /// until that start.
+    cleared_at: Option<EpochMillis>,
+}
+
+/// Missed fires in the last 24 h and 7 d, and whether the latest due fire is missed (or was,
+/// until a late start).
 ///
 /// Matching (CONTRACT §5): in time order, fire `f` takes the earliest start not yet taken in
 /// `[f − grace, f + grace)`; it begins with the first fire after the later of the schedule's
@@ -349,7 +377,7 @@ fn missed(
     grace: i64,
     as_of: EpochMillis,
     starts: &[EpochMillis],
-) -> (u32, u32, Option<EpochMillis>) {
+) -> Missed {
     let due_until = as_of - grace;
     let begin = schedule_since.max(as_of - MATCHING_WINDOW_MS);
     let (mut last_24h, mut last_7d) = (0, 0);
@@ -370,15 +398,23 @@ fn missed(
         }
     }
     // The state looks at the latest due fire only: a late run (up to `as_of`) clears it.
-    let since = fires
+    let mut found = Missed {
+        last_24h,
+        last_7d,
+        ..Missed::default()
+    };
+    if let Some(fire) = fires
         .latest_at_or_before(due_until)
         .filter(|fire| *fire > schedule_since)
-        .filter(|fire| {
-            let from = starts.partition_point(|s| *s < fire - grace);
-            starts.get(from).is_none_or(|s| *s > as_of)
-        })
-        .map(|fire| fire + grace);
-    (last_24h, last_7d, since)
+    {
+        let from = starts.partition_point(|s| *s < fire - grace);
+        match starts.get(from).filter(|s| **s <= as_of) {
+            None => found.since = Some(fire + grace),
+            Some(&start) if start >= fire + grace => found.cleared_at = Some(start),
+            Some(_) => {}
+        }
+    }
+    found
 }
 
 #[cfg(test)]

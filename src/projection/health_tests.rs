@@ -138,6 +138,22 @@ fn a_job_whose_last_start_is_five_minutes_old_is_missed_since_the_first_unmatche
     let health = job.health(Judgement::At(T0 + 4 * MIN));
     assert_eq!(health.state, HealthState::Healthy);
     assert_eq!(health.missed_last_24h, 4);
+    // Healthy again since that late start, not since its run of successes began: the change
+    // back is a new one (its own notification id).
+    assert_eq!(health.since, Some(T0 + 4 * MIN - 1));
+}
+
+#[test]
+fn a_stuck_run_that_finishes_makes_the_job_healthy_since_its_finish() {
+    let mut job = Job::default();
+    job.schedule("0 0 1 1 *", T0 - 10 * HOUR, None, Some(30 * MIN));
+    job.run("early", T0 - 3 * HOUR, Some(1_000), true);
+    job.run("hung", T0 - 2 * HOUR, Some(HOUR), true);
+    let health = job.health(Judgement::At(T0));
+    assert_eq!(
+        (health.state, health.since),
+        (HealthState::Healthy, Some(T0 - HOUR))
+    );
 }
 
 #[test]
@@ -284,7 +300,18 @@ fn brute_force(job: &Job, as_of: i64) -> (HealthState, Option<i64>, i64, u32, u3
         .take_while(|(_, failed)| Some(*failed) == finished.first().map(|f| f.1))
         .collect();
     let failures = run.first().filter(|r| r.1).map_or(0, |_| run.len() as i64);
-    let (m24, m7, missed_since) = brute_force_missed(job, schedule, as_of);
+    let (m24, m7, missed_since, missed_cleared) = brute_force_missed(job, schedule, as_of);
+    // An interrupting episode's end: the late start that cleared `missed`, or the finish of
+    // the last finished execution when it ran past maxRuntime.
+    let last_finished = job
+        .rows
+        .iter()
+        .filter(|(_, r)| r.state.is_terminal())
+        .max_by_key(|(id, r)| (r.finished_at.unwrap(), (*id).clone()));
+    let stuck_ended = last_finished
+        .filter(|(_, r)| r.duration_ms().is_some_and(|d| d > max_runtime))
+        .map(|(_, r)| r.finished_at.unwrap())
+        .filter(|at| *at <= as_of);
     let (state, since) = if let Some((start, _)) = stuck.first() {
         (HealthState::Stuck, Some(start + max_runtime))
     } else if missed_since.is_some() {
@@ -295,7 +322,11 @@ fn brute_force(job: &Job, as_of: i64) -> (HealthState, Option<i64>, i64, u32, u3
         } else {
             HealthState::Healthy
         };
-        (state, Some(last.0 .0))
+        let since = [Some(last.0 .0), missed_cleared, stuck_ended]
+            .into_iter()
+            .flatten()
+            .max();
+        (state, since)
     } else {
         (HealthState::New, None)
     };
@@ -313,10 +344,10 @@ fn brute_force_missed(
     job: &Job,
     schedule: Option<crate::projection::ScheduleRecord>,
     as_of: i64,
-) -> (u32, u32, Option<i64>) {
-    let (mut m24, mut m7, mut missed_since) = (0, 0, None);
+) -> (u32, u32, Option<i64>, Option<i64>) {
+    let (mut m24, mut m7, mut missed_since, mut cleared) = (0, 0, None, None);
     let Some(schedule) = schedule.filter(|s| s.cron.is_some()) else {
-        return (m24, m7, missed_since);
+        return (m24, m7, missed_since, cleared);
     };
     let cron = CronSchedule::parse(schedule.cron.as_deref().unwrap()).unwrap();
     let previous = cron.latest_at_or_before(as_of).unwrap();
@@ -346,11 +377,14 @@ fn brute_force_missed(
         .latest_at_or_before(as_of - grace)
         .filter(|f| *f > schedule.since)
     {
-        if !starts.iter().any(|s| *s >= fire - grace && *s <= as_of) {
-            missed_since = Some(fire + grace);
+        let first_start = starts.iter().find(|s| **s >= fire - grace && **s <= as_of);
+        match first_start {
+            None => missed_since = Some(fire + grace),
+            Some(&s) if s >= fire + grace => cleared = Some(s),
+            Some(_) => {}
         }
     }
-    (m24, m7, missed_since)
+    (m24, m7, missed_since, cleared)
 }
 
 /// Runs (start offset, duration if finished, completed?), a cron index, a grace, an instant.

@@ -56,6 +56,26 @@ pub struct JobSnapshot {
     pub health: HealthData,
 }
 
+impl JobSnapshot {
+    /// The job's health at `judgement` (CONTRACT §5).
+    pub fn judge(
+        &self,
+        judgement: health::Judgement,
+        default_max_runtime_ms: i64,
+    ) -> health::Health {
+        health::evaluate(
+            &health::HealthInput {
+                stats: &self.stats,
+                fires: self.health.fires.as_ref(),
+                starts: &self.health.starts,
+                processing: &self.health.processing,
+                default_max_runtime_ms,
+            },
+            judgement,
+        )
+    }
+}
+
 /// The time-bounded part of the read model health is judged from (see
 /// [`crate::projection::health`]).
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -150,6 +150,7 @@ impl App {
             admin_listen: None,
             auth,
             http: Default::default(),
+            webhooks: Vec::new(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = Shutdown::new(async move {

@@ -12,6 +12,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod jobs;
+mod notify;
 mod percentiles;
 mod projector;
 mod replay;

@@ -1,0 +1,358 @@
+//! The health evaluator inside `serve`: it follows the projection and publishes each change of
+//! a job's health state to `JOB_HEALTH` (CONTRACT §8).
+//!
+//! What it judges, and when:
+//! - jobs touched by a commit, as soon as the projector reports them;
+//! - a job whose state the clock alone can change (a fire + grace, a run passing its maximum
+//!   run time) at that instant, from a timer per job: no scan of every job per tick;
+//! - every job once the announced states are loaded, and again after a rebuild swapped the
+//!   database in (its states equal the old file's, so that publishes nothing new).
+//!
+//! It judges only while the projector is caught up and the stream is reachable, and then at
+//! the current time: a lagging projection never announces a `missed` for a run it has not
+//! applied yet, and a change that happened while the service was down or behind is announced
+//! once it has caught up. What was announced last is read back from the stream (last message
+//! per job subject), so it survives restarts and is shared by every replica.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use super::{change, next_clock_change, HealthChange, HEALTH_STREAM, HEALTH_SUBJECTS};
+use crate::events::TenantId;
+use crate::ingest::Position;
+use crate::metrics::{Metrics, ProjectorStatus, StateLabel};
+use crate::projection::{HealthState, Judgement};
+use crate::store::{CurrentReader, ReadPool};
+use crate::stream::NatsError;
+
+/// A job: tenant and name.
+pub type JobKey = (TenantId, String);
+
+/// How long after a clock-driven instant the job is judged, so that an event published just
+/// before it (a run starting at the last moment of its grace) has been applied.
+const SETTLE_MS: i64 = 500;
+/// How often conditions (caught up, reachable) are looked at while nothing else happens.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Jobs changed by commits and not yet judged: the projector adds, the evaluator takes. A set,
+/// so a job changed by many commits is judged once; bounded by the number of jobs.
+#[derive(Default)]
+pub struct TouchedJobs {
+    jobs: Mutex<HashSet<JobKey>>,
+    added: Notify,
+}
+
+impl TouchedJobs {
+    pub fn add(&self, jobs: &[JobKey]) {
+        if jobs.is_empty() {
+            return;
+        }
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(jobs.iter().cloned());
+        self.added.notify_one();
+    }
+
+    fn take(&self) -> HashSet<JobKey> {
+        std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// What the evaluator runs with.
+#[derive(Clone)]
+pub struct EvaluatorConfig {
+    /// Replicas of `JOB_HEALTH` when this service creates it (as for the events stream).
+    pub stream_replicas: usize,
+    /// `JOBSTATS_MAX_RUNTIME` in ms.
+    pub default_max_runtime_ms: i64,
+}
+
+/// What the evaluator shares with the rest of `serve`.
+#[derive(Clone)]
+pub struct EvaluatorHandles {
+    pub readers: Arc<CurrentReader>,
+    pub status: Arc<ProjectorStatus>,
+    pub metrics: Arc<Metrics>,
+    pub touched: Arc<TouchedJobs>,
+}
+
+/// The `JOB_HEALTH` stream as this service creates it when missing (mirrors
+/// `nats/stream-job-health.json`).
+pub fn health_stream_config(replicas: usize) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: HEALTH_STREAM.to_owned(),
+        description: Some("jobstats: every change of a job's health state (CONTRACT §8)".into()),
+        subjects: vec![
+            HEALTH_SUBJECTS.to_owned(),
+            super::WEBHOOK_DEAD_SUBJECTS.to_owned(),
+        ],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        // The last change per job is the evaluator's memory; 1,000 keep a long history.
+        max_messages_per_subject: 1_000,
+        // Replicas announcing the same change within this window store it once.
+        duplicate_window: Duration::from_secs(3_600),
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Runs until `shutdown` resolves, retrying NATS failures with back-off.
+pub async fn run(
+    client: async_nats::Client,
+    config: EvaluatorConfig,
+    handles: EvaluatorHandles,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let js = jetstream::new(client);
+    let mut evaluator = Evaluator {
+        js,
+        config,
+        handles,
+        announced: HashMap::new(),
+        timers: BTreeSet::new(),
+        timer_of: HashMap::new(),
+        judged_pool: None,
+    };
+    tokio::pin!(shutdown);
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            result = evaluator.session() => {
+                let error = match result { Ok(never) => match never {}, Err(error) => error };
+                failures += 1;
+                let pause = Duration::from_millis((250 * 2u64.pow(failures.min(5))).min(5_000));
+                tracing::warn!(%error, ?pause, "health evaluator session failed; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+enum Never {}
+
+struct Evaluator {
+    js: jetstream::Context,
+    config: EvaluatorConfig,
+    handles: EvaluatorHandles,
+    /// The last state announced per job (absent: `new`), from the stream.
+    announced: HashMap<JobKey, HealthState>,
+    /// (instant, job): when the clock alone may change a job's state.
+    timers: BTreeSet<(i64, JobKey)>,
+    timer_of: HashMap<JobKey, i64>,
+    /// The reader pool every job was last judged on; another one (a rebuild's) means judging
+    /// every job again.
+    judged_pool: Option<Arc<ReadPool>>,
+}
+
+impl Evaluator {
+    /// Loads what was announced, then follows the stream and the projection until an error.
+    async fn session(&mut self) -> Result<Never, NatsError> {
+        let stream = self
+            .js
+            .get_or_create_stream(health_stream_config(self.config.stream_replicas))
+            .await
+            .map_err(|e| NatsError::Stream {
+                stream: HEALTH_STREAM.to_owned(),
+                message: e.to_string(),
+            })?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: HEALTH_SUBJECTS.to_owned(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsError::Consumer(e.to_string()))?;
+        let mut loaded = consumer.cached_info().num_pending == 0;
+        let mut announcements = consumer
+            .messages()
+            .await
+            .map_err(|e| NatsError::Consumer(e.to_string()))?;
+        self.announced.clear();
+        self.judged_pool = None;
+        let touched = self.handles.touched.clone();
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                message = announcements.next() => {
+                    let message = message
+                        .ok_or_else(|| NatsError::Messages("JOB_HEALTH consumer ended".into()))?
+                        .map_err(|e| NatsError::Messages(e.to_string()))?;
+                    self.remember(&message.payload);
+                    let position = Position::of(&message)?;
+                    if position.pending == 0 {
+                        loaded = true;
+                    }
+                    continue;
+                }
+                _ = touched.added.notified() => {}
+                _ = tokio::time::sleep(wake) => {}
+            }
+            if loaded && self.may_judge() {
+                self.judge_due().await;
+            }
+        }
+    }
+
+    /// Records an announcement read back from the stream (ours or another replica's).
+    fn remember(&mut self, payload: &[u8]) {
+        let Ok(change) = serde_json::from_slice::<HealthChange>(payload) else {
+            tracing::warn!("JOB_HEALTH holds a message that is not a health change; ignored");
+            return;
+        };
+        let (Ok(tenant), Some(state)) = (
+            TenantId::parse(&change.tenant_id),
+            HealthState::parse(&change.state),
+        ) else {
+            return;
+        };
+        self.announced.insert((tenant, change.job_name), state);
+    }
+
+    /// Judging is honest only while the projection has seen everything and the stream is
+    /// there (CONTRACT §5): otherwise wait.
+    fn may_judge(&self) -> bool {
+        let status = &self.handles.status;
+        let position = status.position();
+        position.caught_up
+            && position.unreachable_since.is_none()
+            && !status.rebuilding.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn next_wake(&self) -> Duration {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.timers
+            .first()
+            .map(|(at, _)| Duration::from_millis((at + SETTLE_MS - now).max(0) as u64))
+            .unwrap_or(IDLE_TICK)
+            .min(IDLE_TICK)
+    }
+
+    /// Judges every job when the pool changed (first run, a rebuild), else the touched jobs
+    /// and those whose timer passed.
+    async fn judge_due(&mut self) {
+        let pool = self.handles.readers.get();
+        let mut due: HashSet<JobKey> = self.handles.touched.take();
+        let whole = !self
+            .judged_pool
+            .as_ref()
+            .is_some_and(|judged| Arc::ptr_eq(judged, &pool));
+        if whole {
+            match pool.all_jobs() {
+                Ok(jobs) => due.extend(jobs.into_iter().map(|(t, j)| (t, j.as_str().to_owned()))),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list jobs to judge; retrying");
+                    self.handles
+                        .touched
+                        .add(&due.into_iter().collect::<Vec<_>>());
+                    return;
+                }
+            }
+            self.judged_pool = Some(pool.clone());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        while let Some((at, _)) = self.timers.first() {
+            if at + SETTLE_MS > now {
+                break;
+            }
+            let (_, job) = self.timers.pop_first().expect("first exists");
+            self.timer_of.remove(&job);
+            due.insert(job);
+        }
+        let mut failed = Vec::new();
+        for job in due {
+            if let Err(error) = self.judge(&pool, &job, now).await {
+                tracing::warn!(%error, tenant = %job.0, job = %job.1, "health change not published; will retry");
+                failed.push(job);
+            }
+        }
+        if !failed.is_empty() {
+            // Judged again at the next wake (a second at most).
+            self.handles.touched.add(&failed);
+        }
+    }
+
+    /// Judges one job now, publishes a change, and sets its next timer.
+    async fn judge(&mut self, pool: &ReadPool, job: &JobKey, now: i64) -> Result<(), NatsError> {
+        let name = crate::events::JobName::parse(&job.1).map_err(NatsError::Messages)?;
+        let snapshot = pool
+            .cached_job_snapshot(&job.0, &name, 0)
+            .map_err(|e| NatsError::Messages(format!("reading the read model: {e}")))?;
+        let Some(snapshot) = snapshot else {
+            self.set_timer(job, None);
+            return Ok(());
+        };
+        let health = snapshot.judge(Judgement::At(now), self.config.default_max_runtime_ms);
+        let last = self.announced.get(job).copied();
+        if let Some(change) = change(&job.0, &job.1, last, &health, &snapshot.stats) {
+            self.publish(&change).await?;
+            self.announced.insert(job.clone(), health.state);
+            let metrics = &self.handles.metrics;
+            metrics
+                .health_changes_published
+                .get_or_create(&StateLabel {
+                    state: change.state.clone(),
+                })
+                .inc();
+            if let Some(since) = health.since {
+                metrics
+                    .health_change_delay_seconds
+                    .observe((chrono::Utc::now().timestamp_millis() - since).max(0) as f64 / 1e3);
+            }
+        }
+        let next = next_clock_change(
+            &health,
+            snapshot.health.fires.as_ref(),
+            &snapshot.health.processing,
+        );
+        self.set_timer(job, next);
+        Ok(())
+    }
+
+    async fn publish(&self, change: &HealthChange) -> Result<(), NatsError> {
+        let tenant = TenantId::parse(&change.tenant_id).map_err(NatsError::Messages)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", change.message_id().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(
+                super::subject(&tenant, &change.job_name),
+                headers,
+                change.to_bytes().into(),
+            )
+            .await
+            .map_err(|e| NatsError::Messages(format!("publishing a health change: {e}")))?
+            .await
+            .map_err(|e| NatsError::Messages(format!("publishing a health change: {e}")))?;
+        tracing::info!(
+            tenant = %change.tenant_id, job = %change.job_name, state = %change.state,
+            previous = %change.previous_state, since = change.since.as_deref().unwrap_or("-"),
+            duplicate = ack.duplicate,
+            "health changed"
+        );
+        Ok(())
+    }
+
+    fn set_timer(&mut self, job: &JobKey, at: Option<i64>) {
+        if let Some(old) = self.timer_of.remove(job) {
+            self.timers.remove(&(old, job.clone()));
+        }
+        if let Some(at) = at {
+            self.timers.insert((at, job.clone()));
+            self.timer_of.insert(job.clone(), at);
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Health notifications (CONTRACT §8): every change of a job's `health.state` becomes one
+//! message on the `JOB_HEALTH` stream, and from there a signed POST to each matching webhook.
+//!
+//! This file is the pure part: what a change looks like, its subject and dedupe id, and when
+//! the clock alone can next change a job's state. [`evaluator`] follows the projection and
+//! publishes; [`webhooks`] delivers from the stream. Neither writes the read model.
+//!
+//! Why the stream is the memory: the last message per job subject says what was announced
+//! last. It survives restarts and rebuilds, every replica reads the same one, and the
+//! `Nats-Msg-Id` (tenant/job/state/since) makes the same change from two replicas one message.
+
+pub mod evaluator;
+pub mod watch;
+pub mod webhooks;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::rfc3339_millis;
+use crate::events::TenantId;
+use crate::projection::format::human_duration;
+use crate::projection::health::Fires;
+use crate::projection::{EpochMillis, Health, HealthState, JobStats};
+
+/// The stream health changes are stored in.
+pub const HEALTH_STREAM: &str = "JOB_HEALTH";
+/// Subjects of health changes: `jobstats.health.<tenantId>.<jobName>`.
+pub const HEALTH_SUBJECTS: &str = "jobstats.health.>";
+/// Subjects of webhook deliveries given up on: `jobstats.webhook-dead.<webhook>`.
+pub const WEBHOOK_DEAD_SUBJECTS: &str = "jobstats.webhook-dead.>";
+
+/// The subject of one job's changes. A job name may contain `.`, which NATS reads as a token
+/// separator: harmless (`jobstats.health.<tenant>.>` still matches it) unless it leaves an
+/// empty token (`a..b`, `a.`), which NATS refuses; such a name's dots become `_` in the
+/// subject only. The body always carries the exact name.
+pub fn subject(tenant: &TenantId, job: &str) -> String {
+    if job.split('.').any(str::is_empty) {
+        format!("jobstats.health.{tenant}.{}", job.replace('.', "_"))
+    } else {
+        format!("jobstats.health.{tenant}.{job}")
+    }
+}
+
+/// One announced change, as published and POSTed (CONTRACT §8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthChange {
+    pub spec_version: u32,
+    pub tenant_id: String,
+    pub job_name: String,
+    pub state: String,
+    pub previous_state: String,
+    pub since: Option<String>,
+    pub as_of: String,
+    pub reason: String,
+    pub consecutive_failures: i64,
+    pub execution_id: Option<String>,
+}
+
+impl HealthChange {
+    /// `Nats-Msg-Id`: the same change judged by two replicas is stored once.
+    pub fn message_id(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.tenant_id,
+            self.job_name,
+            self.state,
+            self.since.as_deref().unwrap_or(&self.as_of)
+        )
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a HealthChange always serializes")
+    }
+}
+
+/// The change to announce, if the job's state differs from the last one announced (`None`:
+/// nothing announced yet, so `new`). `unknown` is the service's own blindness, not the
+/// job's: it is never announced, and the state is compared again once the stream is back.
+pub fn change(
+    tenant: &TenantId,
+    job: &str,
+    last_announced: Option<HealthState>,
+    health: &Health,
+    stats: &JobStats,
+) -> Option<HealthChange> {
+    let previous = last_announced.unwrap_or(HealthState::New);
+    if health.state == HealthState::Unknown || health.state == previous {
+        return None;
+    }
+    Some(HealthChange {
+        spec_version: 1,
+        tenant_id: tenant.to_string(),
+        job_name: job.to_owned(),
+        state: health.state.as_str().to_owned(),
+        previous_state: previous.as_str().to_owned(),
+        since: health.since.map(rfc3339_millis),
+        as_of: rfc3339_millis(health.as_of),
+        reason: reason(health, stats),
+        consecutive_failures: health.consecutive_failures,
+        execution_id: execution_concerned(health, stats),
+    })
+}
+
+/// One human sentence saying why the job is in its state.
+fn reason(health: &Health, stats: &JobStats) -> String {
+    let at =
+        |ms: Option<EpochMillis>| ms.map_or_else(|| "an unknown time".to_owned(), rfc3339_millis);
+    let last = stats.last_finished.as_ref();
+    match health.state {
+        HealthState::Stuck => format!(
+            "Execution {} has been processing for more than its maximum run time of {}.",
+            health
+                .stuck_execution_ids
+                .first()
+                .map_or("?", String::as_str),
+            human_duration(health.max_runtime_ms)
+        ),
+        HealthState::Missed => {
+            let grace = health.grace_ms.unwrap_or(0);
+            format!(
+                "No run started within {} of the run due at {}.",
+                human_duration(grace),
+                at(health.since.map(|since| since - grace))
+            )
+        }
+        HealthState::Failing => format!(
+            "The last {} finished execution{} failed (the latest at {}).",
+            health.consecutive_failures,
+            if health.consecutive_failures == 1 {
+                ""
+            } else {
+                "s"
+            },
+            at(last.map(|l| l.finished_at))
+        ),
+        HealthState::Healthy => format!(
+            "The last finished execution completed (at {}) and no run is missed or stuck.",
+            at(last.map(|l| l.finished_at))
+        ),
+        HealthState::New => "Nothing has finished yet and no run is missed or stuck.".to_owned(),
+        HealthState::Unknown => "The event stream cannot be read.".to_owned(),
+    }
+}
+
+/// The execution a change is about: the oldest stuck one, else the last finished one for
+/// `failing` and `healthy`.
+fn execution_concerned(health: &Health, stats: &JobStats) -> Option<String> {
+    match health.state {
+        HealthState::Stuck => health.stuck_execution_ids.first().cloned(),
+        HealthState::Failing | HealthState::Healthy => {
+            stats.last_finished.as_ref().map(|l| l.execution_id.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The next instant after `health.as_of` at which the clock alone can change the job's state:
+/// a fire becoming due (fire + grace) or a processing execution passing its maximum run time.
+/// Events change it too; those are seen as they are applied. `processing` is the oldest
+/// processing executions (start, id), oldest first.
+pub fn next_clock_change(
+    health: &Health,
+    fires: Option<&Fires>,
+    processing: &[(EpochMillis, String)],
+) -> Option<EpochMillis> {
+    let as_of = health.as_of;
+    let due = match (fires, health.grace_ms) {
+        (Some(fires), Some(grace)) => fires.next_after(as_of - grace).map(|fire| fire + grace),
+        _ => None,
+    };
+    // Stuck once `as_of − start > maxRuntime`.
+    let overrun = processing
+        .iter()
+        .map(|(started, _)| started + health.max_runtime_ms + 1)
+        .find(|at| *at > as_of);
+    due.into_iter()
+        .chain(overrun)
+        .filter(|at| *at > as_of)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projection::LastFinished;
+    use crate::schedule::CronSchedule;
+
+    const T0: i64 = 1_752_148_800_000;
+    const MIN: i64 = 60_000;
+
+    fn tenant() -> TenantId {
+        TenantId::parse("3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11").unwrap()
+    }
+
+    fn health(state: HealthState, since: Option<i64>) -> Health {
+        Health {
+            state,
+            as_of: T0,
+            since,
+            consecutive_failures: 0,
+            missed_last_24h: 0,
+            missed_last_7d: 0,
+            stuck_execution_ids: vec![],
+            expected_at: None,
+            grace_ms: Some(MIN),
+            max_runtime_ms: 30 * MIN,
+            last_failed: None,
+        }
+    }
+
+    #[test]
+    fn new_is_not_announced_and_every_other_change_is_with_its_previous_state() {
+        let stats = JobStats::default();
+        let quiet = change(
+            &tenant(),
+            "a",
+            None,
+            &health(HealthState::New, None),
+            &stats,
+        );
+        assert_eq!(quiet, None);
+        let missed = health(HealthState::Missed, Some(T0 - MIN));
+        let first = change(&tenant(), "a", None, &missed, &stats).unwrap();
+        assert_eq!(
+            (first.state.as_str(), first.previous_state.as_str()),
+            ("missed", "new")
+        );
+        assert_eq!(
+            first.message_id(),
+            format!("{}/a/missed/2025-07-10T11:59:00.000Z", tenant())
+        );
+        assert!(
+            first.reason.contains("2025-07-10T11:58:00.000Z"),
+            "{}",
+            first.reason
+        );
+        assert_eq!(
+            change(&tenant(), "a", Some(HealthState::Missed), &missed, &stats),
+            None
+        );
+        let back = change(
+            &tenant(),
+            "a",
+            Some(HealthState::Missed),
+            &health(HealthState::New, None),
+            &stats,
+        );
+        assert_eq!(back.unwrap().previous_state, "missed");
+    }
+
+    #[test]
+    fn unknown_is_never_announced() {
+        let stats = JobStats::default();
+        let blind = health(HealthState::Unknown, Some(T0));
+        assert_eq!(
+            change(&tenant(), "a", Some(HealthState::Healthy), &blind, &stats),
+            None
+        );
+    }
+
+    #[test]
+    fn a_failing_change_names_the_failed_execution_and_counts_failures() {
+        let stats = JobStats {
+            last_finished: Some(LastFinished {
+                finished_at: T0 - 5_000,
+                execution_id: "run-9".into(),
+                duration_ms: Some(1_000),
+                failed: true,
+            }),
+            ..JobStats::default()
+        };
+        let mut failing = health(HealthState::Failing, Some(T0 - 5_000));
+        failing.consecutive_failures = 3;
+        let body = change(&tenant(), "a", Some(HealthState::Healthy), &failing, &stats).unwrap();
+        assert_eq!(body.execution_id.as_deref(), Some("run-9"));
+        assert_eq!(body.consecutive_failures, 3);
+        assert_eq!(
+            body.reason,
+            "The last 3 finished executions failed (the latest at 2025-07-10T11:59:55.000Z)."
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body.to_bytes()).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "asOf",
+                "consecutiveFailures",
+                "executionId",
+                "jobName",
+                "previousState",
+                "reason",
+                "since",
+                "specVersion",
+                "state",
+                "tenantId"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_clock_next_changes_a_state_at_the_next_fire_plus_grace_or_a_run_passing_max_runtime() {
+        let cron = CronSchedule::parse("*/10 * * * *").unwrap();
+        let fires = Fires::new(cron, T0 - 60 * MIN, T0 + 60 * MIN);
+        let healthy = health(HealthState::Healthy, Some(T0 - 5 * MIN));
+        // Fires at T0 and T0 + 10 min; with a minute of grace T0's is due at T0 + 1 min.
+        assert_eq!(
+            next_clock_change(&healthy, Some(&fires), &[]),
+            Some(T0 + MIN)
+        );
+        let processing = vec![(T0 - 29 * MIN - 30_000, "slow".to_owned())];
+        assert_eq!(
+            next_clock_change(&healthy, Some(&fires), &processing),
+            Some(T0 + 30_001)
+        );
+        // Without a schedule only the run can change it; already stuck runs are passed over.
+        let overdue = vec![
+            (T0 - 40 * MIN, "hung".to_owned()),
+            (T0 - 20 * MIN, "slow".to_owned()),
+        ];
+        assert_eq!(
+            next_clock_change(&healthy, None, &overdue),
+            Some(T0 + 10 * MIN + 1)
+        );
+        assert_eq!(next_clock_change(&healthy, None, &[]), None);
+    }
+}
