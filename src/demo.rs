@@ -235,6 +235,21 @@ pub async fn publish_demo_history(publisher: &Publisher) -> Result<u64, PublishE
             last_sequence = publish_run(publisher, job, *start, &mut random, ending).await?;
         }
     }
+    // What an outdated or broken runner sends: dead letters, with their reasons, for the
+    // dashboard's projection view. They never block the events behind them.
+    for (subject, payload) in [
+        (
+            format!("jobs.events.{DEMO_TENANT}.completed"),
+            br#"{"eventId": "#.to_vec(),
+        ),
+        (
+            format!("jobs.events.{DEMO_TENANT}.finished"),
+            br#"{"specVersion":1,"eventId":"5d6f0c1e-3b1a-4c8e-9a3e-2f1d0c9b8a71","type":"finished"}"#
+                .to_vec(),
+        ),
+    ] {
+        last_sequence = publisher.publish_raw(&subject, payload, "").await?.sequence;
+    }
     tracing::info!(last_sequence, "demo history published");
     Ok(last_sequence)
 }
@@ -302,6 +317,8 @@ fn demo_token(secret: &str) -> anyhow::Result<String> {
 
 /// What a newcomer needs to look: the token and curl commands that work as printed.
 fn print_welcome(base: &str, token: &str) {
+    println!("  Dashboard (signs you in as the demo tenant's admin):");
+    println!("{base}/ui/#token={token}");
     println!("  Swagger UI: {base}/api/v1/docs");
     println!("  Metrics:    {base}/metrics");
     println!("  Token (system_admin of tenant {DEMO_TENANT}, valid 12 h):");

@@ -93,7 +93,8 @@ impl StatsBody {
         let schedule = schedule_stats(&self.snapshot, self.next_run(now), &health);
         let schedule_json = serde_json::to_string(&schedule.to_json()).unwrap_or_default();
         let health_json =
-            serde_json::to_string(&health_stats(&health).to_json()).unwrap_or_default();
+            serde_json::to_string(&health_stats(&health, &self.snapshot.stats).to_json())
+                .unwrap_or_default();
         let size: usize = parts
             .iter()
             .map(|p| match p {

@@ -28,6 +28,7 @@ use super::{rfc3339_millis, AppState};
 use crate::events::{JobName, TenantId};
 use crate::projection::format::{human_percent, percent_one_decimal};
 use crate::projection::health::{Health, HealthState};
+use crate::projection::rollup::Granularity;
 use crate::projection::ExecutionState;
 use crate::store::{ExecutionsQuery, JobSnapshot};
 
@@ -58,6 +59,9 @@ pub struct JobListEntry {
     /// `completed` or `failed`, of the last finished execution.
     #[oai(nullable)]
     pub last_outcome: Option<String>,
+    /// 95th percentile of completed executions' run time (as `performance.percentiles`).
+    #[oai(nullable)]
+    pub p95_ms: Option<i64>,
     /// The schedule's next fire after the request time.
     #[oai(nullable)]
     pub next_run: Option<String>,
@@ -130,6 +134,7 @@ impl poem_openapi::types::Example for JobListEnvelope {
                 average_execution_time_ms: Some(1_850),
                 last_run: Some("2026-12-02T13:40:02.114Z".into()),
                 last_outcome: Some(if failures > 0 { "failed" } else { "completed" }.into()),
+                p95_ms: Some(4_200),
                 next_run: Some("2026-12-02T14:10:00.000Z".into()),
             };
         JobListEnvelope {
@@ -258,6 +263,12 @@ envelope_response!(
     job_list_bad_request
 );
 envelope_response!(
+    SeriesResponse,
+    SeriesEnvelope,
+    "The job's finished executions per bucket of the window.",
+    series_bad_request
+);
+envelope_response!(
     ExecutionsResponse,
     ExecutionsEnvelope,
     "One page of the job's executions.",
@@ -367,6 +378,167 @@ impl JobsApi {
             Err(error) => error.into(),
         }
     }
+
+    /// One job's finished executions per bucket of a trailing window, for charts: completed
+    /// and failed counts and run-time p50/p95 from the rollups (1h: 60 minutes, 24h: 24
+    /// hours, 7d: 168 hours, 30d: 30 days; every bucket listed, oldest first).
+    #[oai(
+        path = "/admin/jobs/:jobName/series",
+        method = "get",
+        operation_id = "getJobSeries"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn get_job_series(
+        &self,
+        request: &Request,
+        /// The tenant: a hyphenated UUID.
+        #[oai(name = "x-tenantid")]
+        tenant: Header<TenantParam>,
+        /// The job's name.
+        #[oai(name = "jobName")]
+        job_name: Path<JobNameParam>,
+        /// The authentication realm; the token must come from it.
+        #[oai(name = "realmname")]
+        _realm: Header<Option<String>>,
+        /// `1h`, `24h` (default), `7d` or `30d`.
+        #[oai(name = "window")]
+        _window: Query<Option<String>>,
+        /// An `ETag` of an earlier answer: 304 while the data behind it is unchanged.
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
+        auth: BearerAuth,
+    ) -> SeriesResponse {
+        let Some(state) = request.data::<Arc<AppState>>() else {
+            return ApiError::Internal("application state missing".into()).into();
+        };
+        match series(state, request, tenant.0 .0, &job_name.0 .0, &auth) {
+            Ok((_, etag)) if if_none_match(request, &etag) => SeriesResponse::NotModified(etag),
+            Ok((body, etag)) => SeriesResponse::Ok(Json(body), etag),
+            Err(error) => error.into(),
+        }
+    }
+}
+
+pub const SERIES_MESSAGE: &str = "Series retrieved successfully";
+
+/// One bucket of a series.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct SeriesBucket {
+    /// The bucket's start (UTC); it holds executions that finished in
+    /// `[start, start + width)`.
+    pub start: String,
+    pub completed: i64,
+    pub failed: i64,
+    /// Run-time percentiles of the bucket's completed executions; null without any.
+    #[oai(nullable)]
+    pub p50_ms: Option<i64>,
+    #[oai(nullable)]
+    pub p95_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct SeriesData {
+    /// `1h`, `24h`, `7d` or `30d`.
+    pub window: String,
+    /// The bucket width: `minute`, `hour` or `day`.
+    pub granularity: String,
+    /// The first bucket's start.
+    pub from: String,
+    /// The end of the last bucket (exclusive).
+    pub to: String,
+    pub buckets: Vec<SeriesBucket>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct SeriesEnvelope {
+    pub success: bool,
+    pub message: String,
+    pub data: SeriesData,
+    pub timestamp: String,
+}
+
+/// How a series window is cut: bucket width and count.
+fn series_shape(window: crate::projection::rollup::Window) -> (Granularity, i64) {
+    use crate::projection::rollup::Window;
+    match window {
+        Window::Hour => (Granularity::Minute, 60),
+        Window::Day => (Granularity::Hour, 24),
+        Window::Week => (Granularity::Hour, 168),
+        Window::Month => (Granularity::Day, 30),
+    }
+}
+
+fn series(
+    state: &AppState,
+    request: &Request,
+    tenant: TenantId,
+    job: &JobName,
+    auth: &BearerAuth,
+) -> Result<(SeriesEnvelope, String), ApiError> {
+    use crate::projection::rollup::Window;
+    refuse_repeated_tenant(request)?;
+    let params = QueryParams::of(request)?;
+    let name = params.choice("window", &Window::NAMES, "24h")?;
+    let window = Window::parse(name).ok_or_else(|| invalid("window", "is not a window"))?;
+    state.check_served(&tenant)?;
+    auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
+
+    let readers = state.readers.get();
+    let snapshot = readers
+        .cached_job_snapshot(&tenant, job, 0)?
+        .ok_or(ApiError::JobNotFound)?;
+    let now = Utc::now();
+    let (granularity, count) = series_shape(window);
+    let width = granularity.millis();
+    let last = granularity.bucket_start(now.timestamp_millis());
+    let from = last - (count - 1) * width;
+    let mut stored = readers
+        .series(snapshot.job_id, granularity, from, last)?
+        .into_iter()
+        .peekable();
+    let buckets = (0..count)
+        .map(|i| {
+            let start = from + i * width;
+            let bucket = match stored.peek() {
+                Some((at, _)) if *at == start => stored.next().map(|(_, b)| b),
+                _ => None,
+            }
+            .unwrap_or_default();
+            let percentiles = bucket.percentiles();
+            SeriesBucket {
+                start: rfc3339_millis(start),
+                completed: bucket.completed,
+                failed: bucket.failed,
+                p50_ms: percentiles.p50,
+                p95_ms: percentiles.p95,
+            }
+        })
+        .collect();
+    let etag = format!(
+        "W/\"{}-{}-{}-{}\"",
+        crate::store::PROJECTION_VERSION,
+        snapshot.job_sequence,
+        name,
+        last
+    );
+    Ok((
+        SeriesEnvelope {
+            success: true,
+            message: SERIES_MESSAGE.to_owned(),
+            data: SeriesData {
+                window: name.to_owned(),
+                granularity: granularity.as_str().to_owned(),
+                from: rfc3339_millis(from),
+                to: rfc3339_millis(last + width),
+                buckets,
+            },
+            timestamp: rfc3339_millis(now.timestamp_millis()),
+        },
+        etag,
+    ))
 }
 
 /// What the list is ordered by.
@@ -649,6 +821,7 @@ fn entry(job: &Listed, now: chrono::DateTime<Utc>) -> JobListEntry {
             .health
             .last_failed
             .map(|failed| if failed { "failed" } else { "completed" }.to_owned()),
+        p95_ms: stats.durations.quantile(0.95),
         next_run: job
             .snapshot
             .cron

@@ -5,6 +5,7 @@
 //! poem's own errors) → `edge`: request metrics and bearer authentication of
 //! `/api/v1/admin/*` (401 before anything else is looked at) → routes.
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod errors;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod params;
 mod query;
 pub mod stats;
+mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,9 +69,9 @@ pub fn now_rfc3339() -> String {
 }
 
 /// The OpenAPI service (also used to print the committed `openapi.json`).
-pub fn openapi_service() -> OpenApiService<(stats::StatsApi, jobs::JobsApi), ()> {
+pub fn openapi_service() -> OpenApiService<(stats::StatsApi, jobs::JobsApi, admin::AdminApi), ()> {
     OpenApiService::new(
-        (stats::StatsApi, jobs::JobsApi),
+        (stats::StatsApi, jobs::JobsApi, admin::AdminApi),
         "jobstats",
         env!("CARGO_PKG_VERSION"),
     )
@@ -128,6 +130,7 @@ pub fn app(state: Arc<AppState>, operations: Operations) -> impl Endpoint<Output
             }),
         )
         .nest("/api/v1", api)
+        .nest("/ui", ui::assets())
         .at("/healthz", poem::get(health::healthz));
     let routes = match operations {
         Operations::WithApi => routes
@@ -154,6 +157,13 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/api/v1/admin/jobs/") && p.ends_with("/stats") => STATS_ROUTE,
         p if p.starts_with("/api/v1/admin/jobs/") && p.ends_with("/executions") => EXECUTIONS_ROUTE,
         "/api/v1/admin/jobs" => JOBS_ROUTE,
+        p if p.starts_with("/api/v1/admin/jobs/") && p.ends_with("/series") => {
+            "/api/v1/admin/jobs/{jobName}/series"
+        }
+        "/api/v1/admin/tenants" => "/api/v1/admin/tenants",
+        "/api/v1/admin/projection" => "/api/v1/admin/projection",
+        "/api/v1/admin/dead-letters" => "/api/v1/admin/dead-letters",
+        p if p == "/ui" || p.starts_with("/ui/") => "/ui",
         _ => "other",
     }
 }

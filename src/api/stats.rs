@@ -201,7 +201,8 @@ pub struct HealthSummary {
     pub as_of: String,
     /// When the job entered this state (stuck: oldest stuck start + maxRuntime; missed: the
     /// missed fire + grace; failing: finish of the first failure in a row; healthy: finish of
-    /// the first success after the last failure; unknown: when the stream had been
+    /// the first success after the last failure; for both, the end of a missed or stuck
+    /// episode that interrupted the run when that is later; unknown: when the stream had been
     /// unreachable for 60 s); null when not known.
     #[oai(nullable)]
     pub since: Option<String>,
@@ -218,6 +219,8 @@ pub struct HealthStats {
     pub summary: HealthSummary,
     /// Executions processing for longer than maxRuntime at `asOf` (at most 20, oldest first).
     pub stuck_execution_ids: Vec<String>,
+    /// Why the job is in this state, in one sentence (the `reason` of its notifications).
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -357,6 +360,9 @@ impl poem_openapi::types::Example for JobStatsEnvelope {
                         },
                     },
                     stuck_execution_ids: Vec::new(),
+                    reason: "The last finished execution completed (at 2025-07-10T14:40:00.000Z) \
+                             and no run is missed or stuck."
+                        .into(),
                 },
                 window: Some(WindowStats {
                     name: "24h".into(),
@@ -769,10 +775,11 @@ pub fn health_summary(health: &Health) -> HealthSummary {
     }
 }
 
-pub fn health_stats(health: &Health) -> HealthStats {
+pub fn health_stats(health: &Health, stats: &crate::projection::JobStats) -> HealthStats {
     HealthStats {
         summary: health_summary(health),
         stuck_execution_ids: health.stuck_execution_ids.clone(),
+        reason: crate::notify::reason(health, stats),
     }
 }
 
@@ -829,7 +836,7 @@ pub fn render(
             applied_sequence: snapshot.freshness.last_sequence,
             last_event_at: snapshot.freshness.last_published_at_ms.map(rfc3339_millis),
         },
-        health: health_stats(health),
+        health: health_stats(health, &snapshot.stats),
         window,
     }
 }

@@ -433,6 +433,10 @@ pub struct TokenOptions {
     /// HS256 secret to sign with.
     #[arg(long, env = "JOBSTATS_JWT_HS256_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// Print a dashboard sign-in link (`<URL>/ui/#token=…`) instead of the bare token; the
+    /// URL is the service's base (default `http://127.0.0.1:8080`).
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "http://127.0.0.1:8080")]
+    pub ui: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -333,7 +333,10 @@ fn token(options: &TokenOptions) -> anyhow::Result<()> {
         )
     };
     let token = crate::api::auth::mint_hs256(secret, &claims).map_err(anyhow::Error::msg)?;
-    println!("{token}");
+    match &options.ui {
+        Some(base) => println!("{}/ui/#token={token}", base.trim_end_matches('/')),
+        None => println!("{token}"),
+    }
     Ok(())
 }
 

@@ -102,7 +102,7 @@ pub fn change(
 }
 
 /// One human sentence saying why the job is in its state.
-fn reason(health: &Health, stats: &JobStats) -> String {
+pub fn reason(health: &Health, stats: &JobStats) -> String {
     let at =
         |ms: Option<EpochMillis>| ms.map_or_else(|| "an unknown time".to_owned(), rfc3339_millis);
     let last = stats.last_finished.as_ref();

@@ -586,6 +586,73 @@ impl ReadPool {
         })
     }
 
+    /// One job's rollup buckets of `granularity` with starts in `from..=last`, in time order
+    /// (only buckets that hold finishes): the dashboard's series.
+    pub fn series(
+        &self,
+        job_id: i64,
+        granularity: crate::projection::rollup::Granularity,
+        from: i64,
+        last: i64,
+    ) -> Result<Vec<(i64, RollupBucket)>, StoreError> {
+        self.with_snapshot(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT bucket_start, {} FROM rollups
+                 WHERE job_id = ?1 AND granularity = ?2 AND bucket_start BETWEEN ?3 AND ?4
+                 ORDER BY bucket_start",
+                super::ROLLUP_COLUMNS
+            ))?;
+            let rows = stmt.query_map(params![job_id, granularity.code(), from, last], |r| {
+                Ok((r.get(0)?, super::rollup_from_row_at(r, 1)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Every tenant with at least one job, and how many jobs it has.
+    pub fn tenants(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_snapshot(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT tenant_id, count(*) FROM job_stats GROUP BY tenant_id ORDER BY tenant_id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Dead letters by reason code, most frequent first.
+    pub fn dead_letter_reasons(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_snapshot(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT reason_code, count(*) AS n FROM dead_letters GROUP BY reason_code
+                 ORDER BY n DESC, reason_code",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Dead letters newest first, before stream sequence `before` (a keyset page), of one
+    /// reason code when given.
+    pub fn dead_letters_page(
+        &self,
+        reason_code: Option<&str>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.with_snapshot(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT sequence, subject, reason_code, reason, payload_bytes, published_at_ms
+                 FROM dead_letters
+                 WHERE sequence < ?1 AND (?2 IS NULL OR reason_code = ?2)
+                 ORDER BY sequence DESC LIMIT ?3",
+            )?;
+            let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+            let rows = stmt.query_map(params![before, reason_code, limit], dead_letter_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     /// Dead letters, oldest first, after `after_sequence`.
     pub fn dead_letters(
         &self,
@@ -594,21 +661,25 @@ impl ReadPool {
     ) -> Result<Vec<DeadLetter>, StoreError> {
         self.with_snapshot(|tx| {
             let mut stmt = tx.prepare_cached(
-                "SELECT sequence, subject, reason_code, reason, payload_bytes FROM dead_letters
-                 WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
+                "SELECT sequence, subject, reason_code, reason, payload_bytes, published_at_ms
+                 FROM dead_letters WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![after_sequence as i64, limit], |r| {
-                Ok(DeadLetter {
-                    sequence: r.get::<_, i64>(0)? as u64,
-                    subject: r.get(1)?,
-                    reason_code: r.get(2)?,
-                    reason: r.get(3)?,
-                    payload_bytes: r.get::<_, i64>(4)? as u64,
-                })
-            })?;
+            let rows = stmt.query_map(params![after_sequence as i64, limit], dead_letter_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+/// A row of `sequence, subject, reason_code, reason, payload_bytes, published_at_ms`.
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        sequence: r.get::<_, i64>(0)? as u64,
+        subject: r.get(1)?,
+        reason_code: r.get(2)?,
+        reason: r.get(3)?,
+        payload_bytes: r.get::<_, i64>(4)? as u64,
+        published_at_ms: r.get(5)?,
+    })
 }
 
 /// `execution_id` then [`super::EXECUTION_COLUMNS`], as read.
@@ -652,6 +723,8 @@ pub struct DeadLetter {
     pub reason_code: String,
     pub reason: String,
     pub payload_bytes: u64,
+    /// When JetStream stored it (absent in files written before it was recorded).
+    pub published_at_ms: Option<i64>,
 }
 
 fn read_freshness(tx: &rusqlite::Transaction<'_>) -> Result<Freshness, StoreError> {

@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod cluster;
 mod contract;
+mod dashboard;
 mod fresh_machine;
 mod freshness;
 mod hardening;

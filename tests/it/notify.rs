@@ -168,6 +168,25 @@ impl Receiver {
     fn posts(&self) -> Vec<Post> {
         self.posts.lock().unwrap().clone()
     }
+
+    /// The bodies received once `count` have arrived (or `within` has passed).
+    async fn bodies_after(&self, count: usize, within: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + within;
+        while self.posts().len() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.posts().into_iter().map(|p| p.body).collect()
+    }
+}
+
+fn bodies(stored: &[Stored]) -> Vec<Vec<u8>> {
+    stored.iter().map(|s| s.body.clone()).collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 impl Drop for Receiver {
@@ -368,15 +387,13 @@ async fn each_health_change_is_published_once_and_posted_signed_within_15_second
         "no change is stored twice: {:?}",
         transitions(&all.iter().collect::<Vec<_>>())
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while receiver.posts().len() < all.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let posts = receiver.posts();
     assert_eq!(
-        posts.iter().map(|p| p.body.clone()).collect::<Vec<_>>(),
-        all.iter().map(|s| s.body.clone()).collect::<Vec<_>>()
+        receiver
+            .bodies_after(all.len(), Duration::from_secs(15))
+            .await,
+        bodies(&all)
     );
+    let posts = receiver.posts();
     assert!(
         posts.iter().all(signature_is_valid),
         "every POST carries a valid signature"
@@ -439,16 +456,17 @@ async fn two_replicas_store_each_change_once_and_deliver_it_once() {
     let stored = stored_changes(&nats).await;
     assert_eq!(
         transitions(&stored.iter().collect::<Vec<_>>()),
-        vec![
-            ("new".to_owned(), "healthy".to_owned()),
-            ("healthy".to_owned(), "failing".to_owned()),
-            ("failing".to_owned(), "healthy".to_owned())
-        ]
+        pairs(&[
+            ("new", "healthy"),
+            ("healthy", "failing"),
+            ("failing", "healthy")
+        ])
     );
-    let posts = receiver.posts();
     assert_eq!(
-        posts.iter().map(|p| p.body.clone()).collect::<Vec<_>>(),
-        stored.iter().map(|s| s.body.clone()).collect::<Vec<_>>(),
+        receiver
+            .bodies_after(stored.len(), Duration::from_secs(5))
+            .await,
+        bodies(&stored),
         "each change delivered once across the two replicas"
     );
 }
@@ -503,14 +521,11 @@ async fn a_receiver_that_was_down_gets_every_change_in_order_when_it_is_back() {
     let receiver = Receiver::start_on(address).await;
     let stored = stored_changes(&nats).await;
     assert_eq!(stored.len(), 5);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while receiver.posts().len() < stored.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let posts = receiver.posts();
     assert_eq!(
-        posts.iter().map(|p| p.body.clone()).collect::<Vec<_>>(),
-        stored.iter().map(|s| s.body.clone()).collect::<Vec<_>>(),
+        receiver
+            .bodies_after(stored.len(), Duration::from_secs(15))
+            .await,
+        bodies(&stored),
         "every change, in stream order (so in order per job), once"
     );
 }
@@ -558,10 +573,7 @@ async fn a_change_made_while_serve_was_killed_is_published_once_and_a_rebuild_ad
     let stored = stored_changes(&nats).await;
     assert_eq!(
         transitions(&stored.iter().collect::<Vec<_>>()),
-        vec![
-            ("new".to_owned(), "healthy".to_owned()),
-            ("healthy".to_owned(), "failing".to_owned())
-        ]
+        pairs(&[("new", "healthy"), ("healthy", "failing")])
     );
     // At least once: a delivery cut by the kill may be repeated, never lost.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -639,7 +651,7 @@ async fn a_lagging_projector_never_announces_missed_for_a_run_that_started() {
     let hourly_now = of_job(&stored, "hourly");
     assert_eq!(
         transitions(&hourly_now),
-        vec![("new".to_owned(), "healthy".to_owned())],
+        pairs(&[("new", "healthy")]),
         "judged only once caught up"
     );
     assert_eq!(hourly.len(), 1);
