@@ -139,37 +139,15 @@ pub async fn serve(
         Ordering::Relaxed,
     );
     applied.send_replace(freshness.last_sequence);
-    let touched = Arc::new(TouchedJobs::default());
+    let (touched, notifications) =
+        spawn_notifications(&client, config, &readers, &status, &metrics, &shutdown);
     let handles = ProjectorHandles {
         status: status.clone(),
         metrics: metrics.clone(),
         readers: readers.clone(),
         applied,
-        touched: Some(touched.clone()),
+        touched: Some(touched),
     };
-    let evaluator = tokio::spawn(evaluator::run(
-        client.clone(),
-        EvaluatorConfig {
-            stream_replicas: config.stream.replicas,
-            default_max_runtime_ms: config.default_max_runtime.as_millis() as i64,
-        },
-        EvaluatorHandles {
-            readers: readers.clone(),
-            status: status.clone(),
-            metrics: metrics.clone(),
-            touched,
-        },
-        shutdown.wait(),
-    ));
-    let webhooks = (!config.webhooks.is_empty()).then(|| {
-        tokio::spawn(crate::notify::webhooks::run(
-            client.clone(),
-            config.webhooks.clone(),
-            config.stream.replicas,
-            metrics.clone(),
-            shutdown.clone(),
-        ))
-    });
     let projector = tokio::spawn(project(
         client.clone(),
         ProjectorConfig::new(
@@ -190,7 +168,7 @@ pub async fn serve(
     if let Err(e) = projector.await {
         tracing::error!(error = %e, "projector task failed");
     }
-    for task in std::iter::once(evaluator).chain(webhooks) {
+    for task in notifications {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "notification task failed");
         }
@@ -198,6 +176,43 @@ pub async fn serve(
     client.flush().await.ok();
     http_result?;
     Ok(())
+}
+
+/// Starts the health evaluator and, when webhooks are configured, their delivery; returns
+/// where the projector reports the jobs each commit touched, and the tasks.
+fn spawn_notifications(
+    client: &async_nats::Client,
+    config: &ServeConfig,
+    readers: &Arc<CurrentReader>,
+    status: &Arc<ProjectorStatus>,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+) -> (Arc<TouchedJobs>, Vec<tokio::task::JoinHandle<()>>) {
+    let touched = Arc::new(TouchedJobs::default());
+    let mut tasks = vec![tokio::spawn(evaluator::run(
+        client.clone(),
+        EvaluatorConfig {
+            stream_replicas: config.stream.replicas,
+            default_max_runtime_ms: config.default_max_runtime.as_millis() as i64,
+        },
+        EvaluatorHandles {
+            readers: readers.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+            touched: touched.clone(),
+        },
+        shutdown.wait(),
+    ))];
+    if !config.webhooks.is_empty() {
+        tasks.push(tokio::spawn(crate::notify::webhooks::run(
+            client.clone(),
+            config.webhooks.clone(),
+            config.stream.replicas,
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
+    (touched, tasks)
 }
 
 /// The readers of a file served as it is (a copy is judged as of its last event, never as

@@ -139,30 +139,8 @@ fn validate(entry: WebhookEntry) -> Result<Webhook, String> {
     {
         return Err(format!("name {name:?}: 1-64 letters, digits, '-' or '_'"));
     }
-    let tenants = entry
-        .tenants
-        .map(|list| {
-            list.iter()
-                .map(|t| TenantId::parse(t).map_err(|e| format!("tenants: {t:?}: {e}")))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
-    let states = entry
-        .states
-        .map(|list| {
-            list.iter()
-                .map(|s| {
-                    HealthState::parse(s)
-                        .filter(|s| *s != HealthState::Unknown)
-                        .ok_or_else(|| {
-                            format!(
-                                "states: {s:?} is not one of stuck, missed, failing, healthy, new"
-                            )
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
+    let tenants = entry.tenants.as_deref().map(parse_tenants).transpose()?;
+    let states = entry.states.as_deref().map(parse_states).transpose()?;
     let ranged =
         |key: &str, value: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
             let value = value.unwrap_or(default);
@@ -196,6 +174,24 @@ fn validate(entry: WebhookEntry) -> Result<Webhook, String> {
         )?,
         retry_max: ranged("retry_max_ms", entry.retry_max_ms, 300_000, 10..=86_400_000)?,
     })
+}
+
+fn parse_tenants(list: &[String]) -> Result<Vec<TenantId>, String> {
+    list.iter()
+        .map(|t| TenantId::parse(t).map_err(|e| format!("tenants: {t:?}: {e}")))
+        .collect()
+}
+
+fn parse_states(list: &[String]) -> Result<Vec<HealthState>, String> {
+    list.iter()
+        .map(|s| {
+            HealthState::parse(s)
+                .filter(|s| *s != HealthState::Unknown)
+                .ok_or_else(|| {
+                    format!("states: {s:?} is not one of stuck, missed, failing, healthy, new")
+                })
+        })
+        .collect()
 }
 
 /// A name that stays the same when entries are reordered: host and a hash of the URL.
