@@ -94,6 +94,28 @@ async fn publish(js: &jetstream::Context, events: &[jobstats::events::Event]) ->
     last
 }
 
+/// A client on `nodes` (the seed list) once the cluster has taken an R3 `JOB_EVENTS`.
+async fn r3_stream(nodes: &[JetStreamServer]) -> (String, jetstream::Context) {
+    let seeds = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
+    let client = jobstats::stream::connect(&seeds, "bench-cluster", true)
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    let spec = jobstats::stream::StreamSpec {
+        name: "JOB_EVENTS".into(),
+        replicas: 3,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while jobstats::stream::ensure_stream(&js, &spec).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never took the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (seeds, js)
+}
+
 /// Ceiling 1: a durable pull consumer that does nothing but ack once per batch (AckPolicy All).
 async fn noop_durable(js: &jetstream::Context, head: u64, batch: usize) -> f64 {
     let stream = js.get_stream("JOB_EVENTS").await.unwrap();
@@ -782,23 +804,7 @@ impl Bench {
 
         let binary = jobstats::nats_server::find(Path::new("data")).expect("nats-server");
         let nodes = JetStreamServer::cluster(&binary, &dir.join("cluster"), 3).unwrap();
-        let seeds = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
-        let client = jobstats::stream::connect(&seeds, "bench-cluster", true)
-            .await
-            .unwrap();
-        let js = jetstream::new(client);
-        let spec = jobstats::stream::StreamSpec {
-            name: "JOB_EVENTS".into(),
-            replicas: 3,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while jobstats::stream::ensure_stream(&js, &spec).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the cluster never took the stream"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let (seeds, js) = r3_stream(&nodes).await;
         let started = Instant::now();
         let head = publish(&js, &events).await;
         let cluster_publish = head as f64 / started.elapsed().as_secs_f64();
@@ -845,6 +851,44 @@ impl Bench {
                 "snapshot {snapshot_secs:.2} s + start on the copy; {:.0}x faster",
                 replay_secs / bootstrap_secs
             ),
+        );
+        drop(nodes);
+        self.cluster_syncing_always(&events, &binary, cluster_publish, cluster_rate)
+            .await;
+    }
+
+    /// (11) again on nodes that fsync before every ack (`sync_interval: always`, what
+    /// nats/nats-cluster.conf sets): at most 100,000 events, as each ack waits for a disk
+    /// flush on a quorum.
+    async fn cluster_syncing_always(
+        &mut self,
+        events: &[jobstats::events::Event],
+        binary: &Path,
+        default_publish: f64,
+        default_rate: f64,
+    ) {
+        let dir = self.dir.path().join("cluster-sync-always");
+        let nodes = JetStreamServer::cluster_syncing_always(binary, &dir, 3).unwrap();
+        let (seeds, js) = r3_stream(&nodes).await;
+        let events = &events[..events.len().min(100_000)];
+        let started = Instant::now();
+        let head = publish(&js, events).await;
+        let publish_rate = head as f64 / started.elapsed().as_secs_f64();
+        let (rate, replica) =
+            serve_catch_up(&seeds, &dir.join("replica.db"), "bench-synced", head).await;
+        drop(replica);
+        self.table.row(
+            "(11) publish rate, 3-node R3, sync_interval always (events/s)",
+            format!("{publish_rate:.0}"),
+            &format!(
+                "{head} events; ratio {:.2} of the same cluster with default fsync",
+                publish_rate / default_publish
+            ),
+        );
+        self.table.row(
+            "(11) catch-up, 3-node R3, sync_interval always (events/s)",
+            format!("{rate:.0}"),
+            &format!("ratio {:.2} of default fsync", rate / default_rate),
         );
         drop(nodes);
     }

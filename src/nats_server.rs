@@ -42,6 +42,32 @@ impl JetStreamServer {
     /// store under `store/n<i>` and its server name `n<i>` (what stream info names as leader).
     /// A restarted node keeps its ports, name and store.
     pub fn cluster(binary: &Path, store: &Path, size: usize) -> std::io::Result<Vec<Self>> {
+        Self::cluster_with(binary, store, size, false)
+    }
+
+    /// [`JetStreamServer::cluster`] whose nodes fsync every message before acknowledging it
+    /// (`sync_interval: always`, as `nats/nats-cluster.conf` sets; nats-server 2.10+).
+    pub fn cluster_syncing_always(
+        binary: &Path,
+        store: &Path,
+        size: usize,
+    ) -> std::io::Result<Vec<Self>> {
+        Self::cluster_with(binary, store, size, true)
+    }
+
+    fn cluster_with(
+        binary: &Path,
+        store: &Path,
+        size: usize,
+        sync_always: bool,
+    ) -> std::io::Result<Vec<Self>> {
+        let mut extra = Vec::new();
+        if sync_always {
+            std::fs::create_dir_all(store)?;
+            let conf = store.join("sync-always.conf");
+            std::fs::write(&conf, "jetstream {\n  sync_interval: always\n}\n")?;
+            extra = vec!["-c".to_owned(), conf.to_string_lossy().into_owned()];
+        }
         let route_ports = (0..size)
             .map(|_| {
                 std::net::TcpListener::bind("127.0.0.1:0")
@@ -69,7 +95,10 @@ impl JetStreamServer {
                     format!("nats://127.0.0.1:{route_port}"),
                     "--routes".into(),
                     routes.clone(),
-                ],
+                ]
+                .into_iter()
+                .chain(extra.iter().cloned())
+                .collect(),
             };
             node.spawn(None)?;
             nodes.push(node);

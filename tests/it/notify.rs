@@ -656,3 +656,92 @@ async fn a_lagging_projector_never_announces_missed_for_a_run_that_started() {
     );
     assert_eq!(hourly.len(), 1);
 }
+
+/// A receiver that answers every POST with a redirect to `to`, counting what it got.
+async fn redirecting_receiver(
+    to: String,
+) -> (String, Arc<Mutex<usize>>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let hits: Arc<Mutex<usize>> = Arc::default();
+    let counted = hits.clone();
+    let endpoint = poem::endpoint::make_sync(move |_| {
+        *counted.lock().unwrap() += 1;
+        poem::Response::builder()
+            .status(poem::http::StatusCode::TEMPORARY_REDIRECT)
+            .header("location", to.clone())
+            .finish()
+    });
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
+    let task = tokio::spawn(async move {
+        let _ = poem::Server::new_with_acceptor(acceptor)
+            .run(endpoint)
+            .await;
+    });
+    (format!("http://{address}/hooks"), hits, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_never_followed_and_a_change_given_up_on_is_a_dead_letter() {
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = Receiver::start().await;
+    let (url, hits, _task) = redirecting_receiver(elsewhere.url()).await;
+    let hooks = webhooks_file(
+        dir.path(),
+        &url,
+        "max_attempts = 3\nretry_initial_ms = 50\nretry_max_ms = 100",
+    );
+    let _serve = serve_with_hooks(&nats, &dir.path().join("db"), &hooks, &[]);
+    let start = Utc::now() - chrono::Duration::minutes(5);
+    publish(&nats, execution_events("r", "r1", start, 100, true)).await;
+    let changes = wait_for_changes(&nats, "r", 1, Duration::from_secs(15)).await;
+
+    // The attempts are used up and the change is recorded on jobstats.webhook-dead.<name>.
+    let js = jetstream::new(nats.client().await);
+    let stream = js.get_stream("JOB_HEALTH").await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: "jobstats.webhook-dead.test".into(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut dead = consumer.messages().await.unwrap();
+    let letter = tokio::time::timeout(Duration::from_secs(15), dead.next())
+        .await
+        .expect("a dead letter within 15 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(letter.payload.to_vec(), changes[0].body);
+    let headers = letter.headers.clone().unwrap();
+    assert_eq!(headers.get("Jobstats-Attempts").unwrap().as_str(), "3");
+    assert!(
+        headers
+            .get("Jobstats-Last-Error")
+            .unwrap()
+            .as_str()
+            .contains("307"),
+        "{headers:?}"
+    );
+    assert_eq!(*hits.lock().unwrap(), 3);
+    assert!(elsewhere.posts().is_empty(), "the redirect was followed");
+
+    // Delivery moves on to the next change.
+    publish(
+        &nats,
+        execution_events("r", "r2", start + chrono::Duration::minutes(1), 100, false),
+    )
+    .await;
+    wait_for_changes(&nats, "r", 2, Duration::from_secs(15)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while *hits.lock().unwrap() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the next change was not attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
