@@ -288,8 +288,11 @@ impl Evaluator {
     /// Judges one job now, publishes a change, and sets its next timer.
     async fn judge(&mut self, pool: &ReadPool, job: &JobKey, now: i64) -> Result<(), NatsError> {
         let name = crate::events::JobName::parse(&job.1).map_err(NatsError::Messages)?;
+        // Read past the API's snapshot cache: judging every job (at start, after a rebuild)
+        // would otherwise fill it with jobs nobody is asking about, and a touched job's
+        // cached snapshot is stale anyway.
         let snapshot = pool
-            .cached_job_snapshot(&job.0, &name, 0)
+            .job_snapshot(&job.0, &name, 0)
             .map_err(|e| NatsError::Messages(format!("reading the read model: {e}")))?;
         let Some(snapshot) = snapshot else {
             self.set_timer(job, None);
