@@ -82,6 +82,77 @@ pub struct EvaluatorHandles {
     pub touched: Arc<TouchedJobs>,
 }
 
+/// One job judged: what to announce, and when the clock may next change it.
+struct Judged {
+    job: JobKey,
+    state: HealthState,
+    since: Option<i64>,
+    change: Option<HealthChange>,
+    next: Option<i64>,
+}
+
+/// A round's failure, with the jobs to judge again.
+type RoundError = (String, Vec<JobKey>);
+
+/// Judges `jobs` (and every job of the file when `whole`) at `now` against what was last
+/// announced for each: the SQLite half of a round, run on the blocking pool. Returns the
+/// judgements and the jobs whose read failed (judged again at the next wake).
+fn judge_all(
+    pool: &ReadPool,
+    whole: bool,
+    mut jobs: Vec<(JobKey, Option<HealthState>)>,
+    now: i64,
+    default_max_runtime_ms: i64,
+) -> Result<(Vec<Judged>, Vec<JobKey>), RoundError> {
+    if whole {
+        let listed: HashSet<JobKey> = jobs.iter().map(|(job, _)| job.clone()).collect();
+        let all = pool.all_jobs().map_err(|e| {
+            (
+                format!("listing the jobs: {e}"),
+                jobs.iter().map(|(job, _)| job.clone()).collect(),
+            )
+        })?;
+        jobs.extend(
+            all.into_iter()
+                .map(|(tenant, name)| (tenant, name.as_str().to_owned()))
+                .filter(|job| !listed.contains(job))
+                .map(|job| (job, None)),
+        );
+    }
+    let mut judged = Vec::with_capacity(jobs.len());
+    let mut failed = Vec::new();
+    for (job, last) in jobs {
+        let Ok(name) = crate::events::JobName::parse(&job.1) else {
+            continue;
+        };
+        // Past the API's snapshot cache: judging every job (at start, after a rebuild) would
+        // otherwise fill it with jobs nobody is asking about, and a touched job's cached
+        // snapshot is stale anyway.
+        let snapshot = match pool.job_snapshot(&job.0, &name, 0) {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(%error, tenant = %job.0, job = %job.1, "cannot read a job to judge");
+                failed.push(job);
+                continue;
+            }
+        };
+        let health = snapshot.judge(Judgement::At(now), default_max_runtime_ms);
+        judged.push(Judged {
+            change: change(&job.0, &job.1, last, &health, &snapshot.stats),
+            next: next_clock_change(
+                &health,
+                snapshot.health.fires.as_ref(),
+                &snapshot.health.processing,
+            ),
+            state: health.state,
+            since: health.since,
+            job,
+        });
+    }
+    Ok((judged, failed))
+}
+
 /// The `JOB_HEALTH` stream as this service creates it when missing (mirrors
 /// `nats/stream-job-health.json`).
 pub fn health_stream_config(replicas: usize) -> jetstream::stream::Config {
@@ -250,19 +321,6 @@ impl Evaluator {
             .judged_pool
             .as_ref()
             .is_some_and(|judged| Arc::ptr_eq(judged, &pool));
-        if whole {
-            match pool.all_jobs() {
-                Ok(jobs) => due.extend(jobs.into_iter().map(|(t, j)| (t, j.as_str().to_owned()))),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot list jobs to judge; retrying");
-                    self.handles
-                        .touched
-                        .add(&due.into_iter().collect::<Vec<_>>());
-                    return;
-                }
-            }
-            self.judged_pool = Some(pool.clone());
-        }
         let now = chrono::Utc::now().timestamp_millis();
         while let Some((at, _)) = self.timers.first() {
             if at + SETTLE_MS > now {
@@ -272,12 +330,50 @@ impl Evaluator {
             self.timer_of.remove(&job);
             due.insert(job);
         }
-        let mut failed = Vec::new();
-        for job in due {
-            if let Err(error) = self.judge(&pool, &job, now).await {
-                tracing::warn!(%error, tenant = %job.0, job = %job.1, "health change not published; will retry");
-                failed.push(job);
+        let jobs: Vec<(JobKey, Option<HealthState>)> = due
+            .into_iter()
+            .map(|job| {
+                let last = self.announced.get(&job).copied();
+                (job, last)
+            })
+            .collect();
+        let keys: Vec<JobKey> = jobs.iter().map(|(job, _)| job.clone()).collect();
+        // SQLite is synchronous: the reads of a whole round go to the blocking pool at once.
+        let default_max_runtime_ms = self.config.default_max_runtime_ms;
+        let reading = pool.clone();
+        let judged = tokio::task::spawn_blocking(move || {
+            judge_all(&reading, whole, jobs, now, default_max_runtime_ms)
+        })
+        .await;
+        let (judged, retry) = match judged {
+            Ok(Ok(judged)) => judged,
+            Ok(Err((error, jobs))) => {
+                tracing::warn!(%error, "cannot judge jobs; retrying");
+                self.handles.touched.add(&jobs);
+                return;
             }
+            Err(error) => {
+                tracing::error!(%error, "judging jobs failed; retrying");
+                self.handles.touched.add(&keys);
+                return;
+            }
+        };
+        if whole {
+            self.judged_pool = Some(pool);
+        }
+        let mut failed = retry;
+        for judgement in judged {
+            if let Some(change) = &judgement.change {
+                if let Err(error) = self.publish(change).await {
+                    tracing::warn!(%error, tenant = %change.tenant_id, job = %change.job_name, "health change not published; will retry");
+                    failed.push(judgement.job);
+                    continue;
+                }
+                self.announced
+                    .insert(judgement.job.clone(), judgement.state);
+                self.count(change, judgement.since);
+            }
+            self.set_timer(&judgement.job, judgement.next);
         }
         if !failed.is_empty() {
             // Judged again at the next wake (a second at most).
@@ -285,44 +381,19 @@ impl Evaluator {
         }
     }
 
-    /// Judges one job now, publishes a change, and sets its next timer.
-    async fn judge(&mut self, pool: &ReadPool, job: &JobKey, now: i64) -> Result<(), NatsError> {
-        let name = crate::events::JobName::parse(&job.1).map_err(NatsError::Messages)?;
-        // Read past the API's snapshot cache: judging every job (at start, after a rebuild)
-        // would otherwise fill it with jobs nobody is asking about, and a touched job's
-        // cached snapshot is stale anyway.
-        let snapshot = pool
-            .job_snapshot(&job.0, &name, 0)
-            .map_err(|e| NatsError::Messages(format!("reading the read model: {e}")))?;
-        let Some(snapshot) = snapshot else {
-            self.set_timer(job, None);
-            return Ok(());
-        };
-        let health = snapshot.judge(Judgement::At(now), self.config.default_max_runtime_ms);
-        let last = self.announced.get(job).copied();
-        if let Some(change) = change(&job.0, &job.1, last, &health, &snapshot.stats) {
-            self.publish(&change).await?;
-            self.announced.insert(job.clone(), health.state);
-            let metrics = &self.handles.metrics;
+    fn count(&self, change: &HealthChange, since: Option<i64>) {
+        let metrics = &self.handles.metrics;
+        metrics
+            .health_changes_published
+            .get_or_create(&StateLabel {
+                state: change.state.clone(),
+            })
+            .inc();
+        if let Some(since) = since {
             metrics
-                .health_changes_published
-                .get_or_create(&StateLabel {
-                    state: change.state.clone(),
-                })
-                .inc();
-            if let Some(since) = health.since {
-                metrics
-                    .health_change_delay_seconds
-                    .observe((chrono::Utc::now().timestamp_millis() - since).max(0) as f64 / 1e3);
-            }
+                .health_change_delay_seconds
+                .observe((chrono::Utc::now().timestamp_millis() - since).max(0) as f64 / 1e3);
         }
-        let next = next_clock_change(
-            &health,
-            snapshot.health.fires.as_ref(),
-            &snapshot.health.processing,
-        );
-        self.set_timer(job, next);
-        Ok(())
     }
 
     async fn publish(&self, change: &HealthChange) -> Result<(), NatsError> {
