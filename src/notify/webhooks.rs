@@ -69,6 +69,17 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// The URL as it may be shown (consumer descriptions, dead-letter headers): without
+    /// credentials or a query string, where receivers often keep a token.
+    pub fn shown_url(&self) -> String {
+        let mut url = self.url.clone();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_query(None);
+        url.set_fragment(None);
+        url.to_string()
+    }
+
     fn wants(&self, change: &HealthChange) -> bool {
         let tenant_ok = self.tenants.as_ref().is_none_or(|tenants| {
             TenantId::parse(&change.tenant_id).is_ok_and(|t| tenants.contains(&t))
@@ -212,6 +223,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A failed request in words, with its causes (\"connection refused\"), without the URL: it
+/// may carry a token in its query.
+fn failure_text(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// `X-Jobstats-Signature`: `sha256=` and the hex HMAC-SHA256 of the body with the secret.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
@@ -297,7 +322,7 @@ impl Delivery {
                 &durable,
                 pull::Config {
                     durable_name: Some(durable.clone()),
-                    description: Some(format!("jobstats webhook {}", self.webhook.url)),
+                    description: Some(format!("jobstats webhook {}", self.webhook.shown_url())),
                     filter_subject: HEALTH_SUBJECTS.to_owned(),
                     // A new webhook gets changes from now on, not the stream's history.
                     deliver_policy: DeliverPolicy::New,
@@ -371,7 +396,7 @@ impl Delivery {
             let failure = match answer {
                 Ok(response) if response.status().is_success() => None,
                 Ok(response) => Some(format!("HTTP {}", response.status().as_u16())),
-                Err(error) => Some(error.to_string()),
+                Err(error) => Some(failure_text(error)),
             };
             let Some(failure) = failure else {
                 self.count("delivered");
@@ -413,7 +438,7 @@ impl Delivery {
         let mut headers = async_nats::HeaderMap::new();
         let id = format!("{}/{}", self.webhook.name, change.message_id());
         headers.insert("Nats-Msg-Id", id.as_str());
-        headers.insert("Jobstats-Webhook-Url", self.webhook.url.as_str());
+        headers.insert("Jobstats-Webhook-Url", self.webhook.shown_url().as_str());
         headers.insert("Jobstats-Attempts", attempts.to_string().as_str());
         let failure: String = failure
             .chars()
