@@ -444,7 +444,7 @@ fn health_read_p50_us(db: &Path) -> (f64, f64) {
         let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
         reads.push(started.elapsed().as_secs_f64() * 1e6);
         let now = Utc::now().timestamp_millis();
-        let health = jobstats::api::stats::judge(&snapshot, Judgement::At(now), 3_600_000);
+        let health = snapshot.judge(Judgement::At(now), 3_600_000);
         whole.push(started.elapsed().as_secs_f64() * 1e6);
         assert_eq!(health.state, HealthState::Healthy, "{health:?}");
     }

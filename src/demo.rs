@@ -372,6 +372,29 @@ pub struct DemoConfig {
     pub secret: Option<String>,
 }
 
+/// `serve` as the demo runs it: its own consumer, all tenants, HS256 with `secret`.
+fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
+    ServeConfig {
+        nats_url: config.nats_url.clone(),
+        stream: crate::stream::StreamSpec::single(&config.stream),
+        db_path: config.db_path.clone(),
+        consumer: "jobstats-demo".into(),
+        tenants: crate::scope::TenantScope::all(),
+        read_only: false,
+        default_max_runtime: Duration::from_secs(3600),
+        admin_listen: None,
+        auth: AuthSettings {
+            hs256_secret: Some(secret.to_owned()),
+            public_key_file: None,
+            issuer: None,
+            realms: None,
+            audience: None,
+        },
+        http: Default::default(),
+        webhooks: Vec::new(),
+    }
+}
+
 /// Runs the whole demo until `shutdown`.
 pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let nats_server =
@@ -387,25 +410,7 @@ pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()>
         .clone()
         .filter(|s| s.len() >= 32)
         .unwrap_or_else(|| format!("jobstats-demo-{}", uuid::Uuid::new_v4().simple()));
-    let serve_config = ServeConfig {
-        nats_url: config.nats_url.clone(),
-        stream: crate::stream::StreamSpec::single(&config.stream),
-        db_path: config.db_path.clone(),
-        consumer: "jobstats-demo".into(),
-        tenants: crate::scope::TenantScope::all(),
-        read_only: false,
-        default_max_runtime: Duration::from_secs(3600),
-        admin_listen: None,
-        auth: AuthSettings {
-            hs256_secret: Some(secret.clone()),
-            public_key_file: None,
-            issuer: None,
-            realms: None,
-            audience: None,
-        },
-        http: Default::default(),
-        webhooks: Vec::new(),
-    };
+    let serve_config = demo_serve_config(config, &secret);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("JOBSTATS_LISTEN {}: cannot listen", config.listen))?;

@@ -165,12 +165,9 @@ pub async fn serve(
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
     let http_result = api::serve(listener, admin, state, &config.http, shutdown.wait()).await;
     // The projector commits the batch in hand before it returns.
-    if let Err(e) = projector.await {
-        tracing::error!(error = %e, "projector task failed");
-    }
-    for task in notifications {
+    for task in std::iter::once(projector).chain(notifications) {
         if let Err(e) = task.await {
-            tracing::error!(error = %e, "notification task failed");
+            tracing::error!(error = %e, "background task failed");
         }
     }
     client.flush().await.ok();

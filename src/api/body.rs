@@ -18,7 +18,7 @@ use poem_openapi::{
 
 use super::rfc3339_millis;
 use super::stats::{
-    health_stats, judge, render, schedule_stats, JobStatsEnvelope, WindowStats, SUCCESS_MESSAGE,
+    health_stats, render, schedule_stats, JobStatsEnvelope, WindowStats, SUCCESS_MESSAGE,
 };
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
@@ -79,7 +79,7 @@ impl StatsBody {
         default_max_runtime_ms: i64,
         window: Option<&WindowStats>,
     ) -> Vec<u8> {
-        let health = judge(&self.snapshot, judgement, default_max_runtime_ms);
+        let health = self.snapshot.judge(judgement, default_max_runtime_ms);
         let Some(parts) = &self.parts else {
             return whole_body(&self.job, &self.snapshot, now, &health, window.cloned());
         };
@@ -187,7 +187,7 @@ pub fn whole_body(
 /// Serializes the envelope with marks in place of the request-time values and splits it there.
 fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
     let now = Utc::now();
-    let health = judge(snapshot, Judgement::At(now.timestamp_millis()), 0);
+    let health = snapshot.judge(Judgement::At(now.timestamp_millis()), 0);
     let mut marked = envelope(job, snapshot, now, &health, None).to_json()?;
     let data = marked.get_mut("data")?.as_object_mut()?;
     data.insert("generatedAt".into(), NOW_MARK.into());
@@ -398,7 +398,7 @@ mod tests {
                         since: now - 30_000,
                     },
                 ] {
-                    let health = judge(&snapshot, judgement, 3_600_000);
+                    let health = snapshot.judge(judgement, 3_600_000);
                     assert_eq!(
                         String::from_utf8(body.at(at(now), judgement, 3_600_000, None)).unwrap(),
                         String::from_utf8(whole_body(&job, &snapshot, at(now), &health, None))
@@ -433,7 +433,7 @@ mod tests {
             assert!(body.parts.is_none());
             let now = at(1_700_000_000_500);
             let judgement = Judgement::At(now.timestamp_millis());
-            let health = judge(&snapshot, judgement, 1_000);
+            let health = snapshot.judge(judgement, 1_000);
             let answer = body.at(now, judgement, 1_000, None);
             assert_eq!(answer, whole_body(&job, &snapshot, now, &health, None));
             let value: serde_json::Value = serde_json::from_slice(&answer).unwrap();

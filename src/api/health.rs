@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use poem::{handler, web::Data, Response};
 
-use super::stats::{judge, judgement};
+use super::stats::judgement;
 use super::AppState;
 use crate::events::TenantId;
 use crate::projection::health::HealthState;
@@ -106,8 +106,7 @@ fn jobs_by_health(state: &AppState) -> Result<Vec<(String, &'static str, i64)>, 
         let Some(snapshot) = readers.cached_job_snapshot(&tenant, &job, 0)? else {
             continue;
         };
-        let health = judge(
-            &snapshot,
+        let health = snapshot.judge(
             judgement(state, &snapshot, now),
             state.default_max_runtime_ms,
         );

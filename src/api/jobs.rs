@@ -21,7 +21,7 @@ use super::errors::{ApiError, ErrorEnvelope};
 use super::params::{JobNameParam, TenantParam};
 use super::query::{fingerprint, invalid, Cursor, QueryParams};
 use super::stats::{
-    extraction_error, health_summary, if_none_match, judge, judgement, recent_execution,
+    extraction_error, health_summary, if_none_match, judgement, recent_execution,
     refuse_repeated_tenant, BearerAuth, HealthSummary, QueueStats, RecentExecution,
 };
 use super::{rfc3339_millis, AppState};
@@ -678,8 +678,7 @@ fn list(
         let Some(snapshot) = readers.cached_job_snapshot(&tenant, &job, 0)? else {
             return Ok(None);
         };
-        let health = judge(
-            &snapshot,
+        let health = snapshot.judge(
             judgement(state, &snapshot, now),
             state.default_max_runtime_ms,
         );

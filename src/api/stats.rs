@@ -737,11 +737,6 @@ pub fn judgement(state: &AppState, snapshot: &JobSnapshot, now: DateTime<Utc>) -
     position.judgement(now.timestamp_millis())
 }
 
-/// Judges one job's health from its snapshot.
-pub fn judge(snapshot: &JobSnapshot, judgement: Judgement, default_max_runtime_ms: i64) -> Health {
-    snapshot.judge(judgement, default_max_runtime_ms)
-}
-
 /// The `schedule` object; `next_run` is the first fire after the request time.
 pub fn schedule_stats(
     snapshot: &JobSnapshot,
