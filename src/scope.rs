@@ -57,6 +57,15 @@ impl TenantScope {
             .is_some_and(|tenant| !self.serves(&tenant))
     }
 
+    /// The subjects that hold this scope's events: `jobs.events.>` for all tenants, else one
+    /// `jobs.events.<tenant>.>` per tenant (the server-side filter of a shard's consumer).
+    pub fn subjects(&self) -> Vec<String> {
+        match &self.0 {
+            None => vec![crate::stream::SUBJECTS.to_owned()],
+            Some(set) => set.iter().map(|t| format!("jobs.events.{t}.>")).collect(),
+        }
+    }
+
     /// The tenants, for logs (`None`: all).
     pub fn tenants(&self) -> Option<Vec<String>> {
         self.0
@@ -82,6 +91,11 @@ mod tests {
         // Not a tenant: the decoder's to judge (a dead letter on every replica).
         assert!(!scope.excludes_subject("jobs.events.nope.started"));
         assert!(TenantScope::parse("").unwrap().is_all());
+        assert_eq!(TenantScope::all().subjects(), ["jobs.events.>"]);
+        assert_eq!(
+            TenantScope::parse(&format!("{A},{B}")).unwrap().subjects(),
+            [format!("jobs.events.{B}.>"), format!("jobs.events.{A}.>")]
+        );
         assert!(TenantScope::parse("x").unwrap_err().contains("\"x\""));
         assert!(!TenantScope::all().excludes_subject(&format!("jobs.events.{B}.started")));
     }

@@ -20,12 +20,12 @@ use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
     context::ConsumerInfoErrorKind,
-    stream::Stream,
+    stream::{LastRawMessageErrorKind, Stream},
 };
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{commit_batches, Batcher, IngestError, Position, Received, SharedWriter};
+use super::{commit_batches, Batcher, IngestError, Position, Received, SharedWriter, StreamPoint};
 use crate::metrics::{Metrics, ProjectorStatus, ReasonLabel};
 use crate::scope::TenantScope;
 use crate::store::{self, generation, BatchOutcome, CurrentReader, ReadPool, StoreError, Writer};
@@ -79,8 +79,10 @@ pub struct ProjectorHandles {
 )]
 enum Next {
     Message(jetstream::Message),
-    /// Nothing to process yet (a tick, a linger, a missed heartbeat): wait again.
+    /// Nothing to process yet (a linger, a missed heartbeat): wait again.
     Continue,
+    /// Nothing delivered for a while and nothing in hand.
+    Idle,
     End(Result<SessionEnd, ProjectorError>),
 }
 
@@ -201,7 +203,10 @@ impl Projector {
         self.follow_generation_swap().await?;
         let mut stream = ensure_stream(&self.js, &self.config.stream).await?;
         let checkpoint = self.checkpoint();
-        let consumer = self.recreate_consumer(&mut stream, checkpoint).await?;
+        let subjects = self.consumer_subjects();
+        let consumer = self
+            .recreate_consumer(&mut stream, checkpoint, &subjects)
+            .await?;
         let stream_head = crate::stream::last_sequence(&mut stream).await?;
         self.report_connection();
         self.report_progress(checkpoint, stream_head.saturating_sub(checkpoint));
@@ -221,7 +226,12 @@ impl Projector {
         let committer = commit_batches(&self.writer, batches, &busy, |outcome, last| {
             this.committed(outcome, last)
         });
-        let reader = self.read_batches(&mut messages, batcher, &busy, shutdown);
+        // A consumer filtered by the server leaves gaps that only the stream can tell about.
+        let gaps = (subjects != [crate::stream::SUBJECTS]).then_some(FilterGaps {
+            stream: &stream,
+            subjects: &subjects,
+        });
+        let reader = self.read_batches(&mut messages, batcher, &busy, gaps, shutdown);
         let (end, committed) = tokio::join!(reader, committer);
         committed?;
         end
@@ -234,9 +244,11 @@ impl Projector {
         messages: &mut pull::Stream,
         mut batcher: Batcher,
         busy: &AtomicBool,
+        gaps: Option<FilterGaps<'_>>,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<SessionEnd, ProjectorError> {
         let mut last_consumer_sequence: Option<u64> = None;
+        let mut last_stream_sequence = 0;
         let mut generation_check = tokio::time::interval(Duration::from_millis(500));
         generation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
@@ -250,6 +262,21 @@ impl Projector {
             let message = match waited.await {
                 Next::Message(message) => message,
                 Next::Continue => continue,
+                Next::Idle => {
+                    let Some(gaps) = &gaps else { continue };
+                    let after = self.checkpoint().max(last_stream_sequence);
+                    match gaps.passed_over(after).await {
+                        Ok(Some(point)) => {
+                            if batcher.pass_over_to(point).await.is_err() {
+                                return Ok(SessionEnd::Resync("the writer stopped"));
+                            }
+                        }
+                        Ok(None) => {}
+                        // Only the checkpoint's catching up with other tenants waits.
+                        Err(e) => tracing::debug!(error = %e, "could not look past the filter"),
+                    }
+                    continue;
+                }
                 Next::End(end) => break end,
             };
             let position = match Position::of(&message) {
@@ -262,6 +289,7 @@ impl Projector {
                 break Ok(SessionEnd::Resync("gap in consumer deliveries"));
             }
             last_consumer_sequence = Some(position.consumer_sequence);
+            last_stream_sequence = position.stream_sequence;
             // Decoding here runs in parallel with the writer's commit of the previous batch.
             let received = Received::decode(&message, &position);
             if batcher.push(received, Some(message)).await.is_err() {
@@ -297,7 +325,7 @@ impl Projector {
                     if self.generation_changed() {
                         return Next::End(Ok(SessionEnd::Resync("database generation swapped")));
                     }
-                    return Next::Continue;
+                    return Next::Idle;
                 }
                 next = messages.next() => next,
             }
@@ -340,11 +368,25 @@ impl Projector {
         status.lag.store(position.pending, Ordering::Relaxed);
     }
 
+    /// The subjects the consumer asks for: a shard's tenants' alone, filtered by the server,
+    /// when it can (one subject everywhere, several from 2.10); else every event, and the
+    /// writer passes over the other tenants'.
+    fn consumer_subjects(&self) -> Vec<String> {
+        let subjects = self.config.scope.subjects();
+        let version = self.client.server_info().version;
+        if subjects.len() > 1 && !takes_several_filter_subjects(&version) {
+            tracing::info!(server = %version, "nats-server before 2.10: the shard filters its tenants itself");
+            return vec![crate::stream::SUBJECTS.to_owned()];
+        }
+        subjects
+    }
+
     /// Deletes and recreates the durable consumer so delivery starts right after `checkpoint`.
     async fn recreate_consumer(
         &self,
         stream: &mut Stream,
         checkpoint: u64,
+        subjects: &[String],
     ) -> Result<PullConsumer, ProjectorError> {
         let name = &self.config.consumer;
         match stream.consumer_info(name).await {
@@ -369,7 +411,14 @@ impl Projector {
             max_deliver: -1,
             // The reader may hold one batch while two wait for the writer and one commits.
             max_ack_pending: (self.config.batch_size * 5) as i64,
-            filter_subject: crate::stream::SUBJECTS.to_owned(),
+            filter_subject: match subjects {
+                [one] => one.clone(),
+                _ => String::new(),
+            },
+            filter_subjects: match subjects {
+                [_] => Vec::new(),
+                several => several.to_vec(),
+            },
             // Replicas named by host name (JOBSTATS_INSTANCE_ID's default) leave a consumer
             // behind when their host goes for good; the server removes it after a week idle.
             // A replica that comes back later recreates it from its checkpoint.
@@ -491,5 +540,73 @@ impl Projector {
             }
         });
         Ok(())
+    }
+}
+
+/// What a shard's consumer, filtered by the server, needs to move its checkpoint past the
+/// messages it never receives (the other tenants'): without that, a shard whose tenants are
+/// quiet would stay at an older sequence than a full replica, and `appliedSequence`,
+/// `lastEventAt`, read-your-writes and the stream clock behind health would disagree.
+struct FilterGaps<'a> {
+    stream: &'a Stream,
+    subjects: &'a [String],
+}
+
+impl FilterGaps<'_> {
+    /// The stream's last message, if nothing on the filter's subjects lies between `after`
+    /// and it. Both questions go to the stream leader, the head first: a message of ours
+    /// stored before that head is found by the second, wherever the consumer is.
+    async fn passed_over(&self, after: u64) -> Result<Option<StreamPoint>, NatsError> {
+        let failed = |e: &dyn std::fmt::Display| NatsError::Stream {
+            stream: self.stream.cached_info().config.name.clone(),
+            message: format!("looking past the consumer's filter: {e}"),
+        };
+        let info = self.stream.get_info().await.map_err(|e| failed(&e))?;
+        let head = info.state.last_sequence;
+        if head <= after {
+            return Ok(None);
+        }
+        for subject in self.subjects {
+            let next = self
+                .stream
+                .raw_message_builder()
+                .sequence(after + 1)
+                .next_by_subject(subject.clone())
+                .send()
+                .await;
+            match next {
+                // Ours and not yet applied: the consumer delivers it.
+                Ok(message) if message.sequence <= head => return Ok(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(failed(&e)),
+            }
+        }
+        Ok(Some(StreamPoint {
+            sequence: head,
+            published_at_ms: (info.state.last_timestamp.unix_timestamp_nanos() / 1_000_000) as i64,
+        }))
+    }
+}
+
+/// Whether a nats-server of `version` (`2.10.4`) takes several filter subjects per consumer.
+fn takes_several_filter_subjects(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::takes_several_filter_subjects;
+
+    #[test]
+    fn several_filter_subjects_need_nats_server_2_10() {
+        for version in ["2.10.0", "2.10.4-beta.1", "2.15.1", "3.0.0"] {
+            assert!(takes_several_filter_subjects(version), "{version}");
+        }
+        for version in ["2.9.10", "2.2.0", "", "garbage"] {
+            assert!(!takes_several_filter_subjects(version), "{version}");
+        }
     }
 }

@@ -95,6 +95,16 @@ impl Received {
 pub struct Batch {
     pub received: Vec<Received>,
     pub last: Option<jetstream::Message>,
+    /// A shard's stream position past messages its consumer's filter left out, committed
+    /// after `received` (see [`Writer::pass_over`](crate::store::Writer::pass_over)).
+    pub pass_over_to: Option<StreamPoint>,
+}
+
+/// A stream sequence and when JetStream stored the message there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPoint {
+    pub sequence: u64,
+    pub published_at_ms: i64,
 }
 
 /// The writer went away (its commit failed): stop reading, the committer reports why.
@@ -156,6 +166,19 @@ impl Batcher {
         let batch = Batch {
             received: std::mem::replace(&mut self.batch, Vec::with_capacity(self.capacity)),
             last: self.last.take(),
+            pass_over_to: None,
+        };
+        self.to_commit.send(batch).await.map_err(|_| WriterStopped)
+    }
+
+    /// Hands over the batch in hand, then moves the checkpoint to `point` (over messages
+    /// this replica's consumer filter left out).
+    pub async fn pass_over_to(&mut self, point: StreamPoint) -> Result<(), WriterStopped> {
+        self.hand_over().await?;
+        let batch = Batch {
+            received: Vec::new(),
+            last: None,
+            pass_over_to: Some(point),
         };
         self.to_commit.send(batch).await.map_err(|_| WriterStopped)
     }
@@ -181,7 +204,7 @@ where
         busy.store(true, Ordering::Relaxed);
         // Busy through the acknowledgement too: the reader keeps filling its batch meanwhile
         // instead of handing over a small one.
-        let done = match commit(writer, batch.received).await {
+        let done = match commit(writer, batch.received, batch.pass_over_to).await {
             Ok(outcome) => committed(outcome, batch.last).await,
             Err(error) => Err(error.into()),
         };
@@ -197,9 +220,15 @@ where
 async fn commit(
     writer: &SharedWriter,
     received: Vec<Received>,
+    pass_over_to: Option<StreamPoint>,
 ) -> Result<BatchOutcome, IngestError> {
     let writer = writer.clone();
     tokio::task::spawn_blocking(move || {
+        if let Some(point) = pass_over_to {
+            debug_assert!(received.is_empty(), "a pass-over travels alone");
+            let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(writer.pass_over(point.sequence, point.published_at_ms)?);
+        }
         let (incoming, decoded): (Vec<IncomingMessage<'_>>, Vec<_>) = received
             .iter()
             .map(|r| {

@@ -261,6 +261,41 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Moves the checkpoint to `sequence` (stored at `published_at_ms`) over stream positions
+    /// that hold none of this replica's events: a shard's consumer, filtered by the server,
+    /// never sees the other tenants' messages, yet its checkpoint and stream time must reach
+    /// what a full replica's reach at the same position. The caller has checked that nothing
+    /// in scope lies between the checkpoint and `sequence`.
+    pub fn pass_over(
+        &mut self,
+        sequence: u64,
+        published_at_ms: i64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut outcome = BatchOutcome {
+            last_sequence: self.checkpoint,
+            ..BatchOutcome::default()
+        };
+        if sequence <= self.checkpoint {
+            return Ok(outcome);
+        }
+        self.conn.execute(
+            "UPDATE checkpoint SET last_sequence = ?1, committed_at_ms = ?2,
+                 last_published_at_ms = ?3 WHERE id = 1",
+            params![
+                sequence as i64,
+                chrono::Utc::now().timestamp_millis(),
+                published_at_ms
+            ],
+        )?;
+        self.checkpoint = sequence;
+        self.stream_time_ms = self.stream_time_ms.max(published_at_ms);
+        outcome.last_sequence = sequence;
+        outcome.last_published_at_ms = Some(published_at_ms);
+        Ok(outcome)
+    }
+}
+
 fn read_checkpoint(conn: &Connection) -> Result<u64, StoreError> {
     let sequence: i64 = conn.query_row(
         "SELECT last_sequence FROM checkpoint WHERE id = 1",

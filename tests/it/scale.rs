@@ -10,6 +10,8 @@ use reqwest::StatusCode;
 use crate::helpers::*;
 
 const OTHER: &str = "00000000-0000-4000-8000-0000000000b2";
+/// The shard's second tenant (several tenants: several filter subjects on one consumer).
+const THIRD: &str = "00000000-0000-4000-8000-0000000000c3";
 
 async fn get(serve: &ServeProcess, path: &str, tenant: &str) -> reqwest::Response {
     serve
@@ -56,18 +58,30 @@ async fn a_tenant_shard_projects_and_serves_only_its_tenants_and_agrees_with_a_f
     let publisher = nats.publisher().await;
     let mut events = runs_of(TENANT, "shared-name", 30);
     events.extend(runs_of(OTHER, "shared-name", 20));
+    events.extend(runs_of(THIRD, "third-only", 4));
     events.extend(runs_of(OTHER, "other-only", 5));
     publish_all(&publisher, &events).await;
-    // A poison message of the other tenant: the full replica's dead letter, not the shard's.
-    publisher
-        .publish_raw(
-            &format!("jobs.events.{OTHER}.started"),
-            b"{not json".to_vec(),
-            "",
-        )
-        .await
-        .unwrap();
-    let head = publish_all(&publisher, &runs_of(TENANT, "late", 2)).await;
+    // Poison messages: the other tenant's is the full replica's dead letter alone; the
+    // shard's tenant's is a dead letter in both.
+    for tenant in [OTHER, TENANT] {
+        publisher
+            .publish_raw(
+                &format!("jobs.events.{tenant}.started"),
+                b"{not json".to_vec(),
+                "",
+            )
+            .await
+            .unwrap();
+    }
+    publish_all(&publisher, &runs_of(TENANT, "late", 2)).await;
+    // The stream ends with messages the shard never projects: its checkpoint must still
+    // reach the head, as a full replica's does.
+    let head = publish_all(&publisher, &runs_of(OTHER, "after", 3)).await;
+    let shard_tenants = |event: &&jobstats::events::Event| {
+        [TENANT, THIRD].contains(&event.tenant_id.to_string().as_str())
+    };
+    let shard_messages =
+        events.iter().filter(shard_tenants).count() + 1 + runs_of(TENANT, "late", 2).len();
 
     let full = ServeProcess::start_with_env(
         &nats.url(),
@@ -80,12 +94,44 @@ async fn a_tenant_shard_projects_and_serves_only_its_tenants_and_agrees_with_a_f
         &shard_db,
         &[
             ("JOBSTATS_CONSUMER", "jobstats-shard"),
-            ("JOBSTATS_TENANTS", TENANT),
+            ("JOBSTATS_TENANTS", &format!("{TENANT},{THIRD}")),
         ],
     );
     full.wait_applied(head).await;
     // The shard's checkpoint moves past the other tenant's messages (gaps in its sequence).
     shard.wait_applied(head).await;
+
+    // From nats-server 2.10 the server filters (one subject per tenant): the shard is sent its
+    // tenants' messages only. Before, it is sent everything and passes over the rest.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream("JOB_EVENTS").await.unwrap();
+    let consumer = stream
+        .consumer_info("jobstats-shard")
+        .await
+        .unwrap()
+        .clone();
+    let server = nats.client().await.server_info().version;
+    let (minor, delivered) = (
+        server.split('.').nth(1).unwrap().parse::<u32>().unwrap(),
+        consumer.delivered.consumer_sequence as usize,
+    );
+    if minor >= 10 {
+        let mut filters = consumer.config.filter_subjects.clone();
+        filters.sort();
+        assert_eq!(
+            filters,
+            [
+                format!("jobs.events.{THIRD}.>"),
+                format!("jobs.events.{TENANT}.>")
+            ]
+        );
+        assert_eq!(
+            delivered, shard_messages,
+            "only the shard's tenants' messages"
+        );
+    } else {
+        assert_eq!(delivered as u64, head);
+    }
 
     for path in [
         "/api/v1/admin/jobs/shared-name/stats?window=24h",
@@ -114,6 +160,22 @@ async fn a_tenant_shard_projects_and_serves_only_its_tenants_and_agrees_with_a_f
     assert_eq!(refused.status(), 421);
 
     // The shard's file holds nothing of the other tenant, not even its dead letter.
+    assert_eq!(
+        without_request_time(
+            &get(&full, "/api/v1/admin/jobs/third-only/stats", THIRD)
+                .await
+                .bytes()
+                .await
+                .unwrap()
+        ),
+        without_request_time(
+            &get(&shard, "/api/v1/admin/jobs/third-only/stats", THIRD)
+                .await
+                .bytes()
+                .await
+                .unwrap()
+        )
+    );
     let tenants: Vec<String> = jobstats::store::ReadPool::open(&shard_db)
         .unwrap()
         .all_jobs()
@@ -122,7 +184,7 @@ async fn a_tenant_shard_projects_and_serves_only_its_tenants_and_agrees_with_a_f
         .map(|(tenant, _)| tenant.to_string())
         .collect();
     assert!(
-        !tenants.is_empty() && tenants.iter().all(|t| t == TENANT),
+        tenants.contains(&THIRD.to_owned()) && tenants.iter().all(|t| t == TENANT || t == THIRD),
         "{tenants:?}"
     );
     let dead_letters = |db: &std::path::Path| {
@@ -132,8 +194,8 @@ async fn a_tenant_shard_projects_and_serves_only_its_tenants_and_agrees_with_a_f
             .unwrap()
             .dead_letters
     };
-    assert_eq!(dead_letters(&dir.path().join("full.db")), 1);
-    assert_eq!(dead_letters(&shard_db), 0);
+    assert_eq!(dead_letters(&dir.path().join("full.db")), 2);
+    assert_eq!(dead_letters(&shard_db), 1);
 }
 
 #[tokio::test]
