@@ -184,7 +184,7 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(nats_url: &str, db: &Path, consumer: &str) -> Serve {
+    fn start(nats_url: &str, db: &Path, consumer: &str, env: &[(&str, &str)]) -> Serve {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -198,6 +198,7 @@ impl Serve {
             .env("JOBSTATS_JWT_HS256_SECRET", BENCH_SECRET)
             .env("JOBSTATS_CONSUMER", consumer)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .spawn()
             .expect("jobstats serve (cargo builds it for the bench)");
         Serve { process, port }
@@ -221,8 +222,19 @@ impl Drop for Serve {
 /// Projector catch-up as users run it: `jobstats serve` started on an empty database, timed
 /// from the spawn until its checkpoint (read from the file) reaches the head.
 async fn serve_catch_up(nats_url: &str, db: &Path, consumer: &str, head: u64) -> (f64, Serve) {
+    serve_catch_up_with(nats_url, db, consumer, head, &[]).await
+}
+
+/// [`serve_catch_up`] with more environment for `serve`.
+async fn serve_catch_up_with(
+    nats_url: &str,
+    db: &Path,
+    consumer: &str,
+    head: u64,
+    env: &[(&str, &str)],
+) -> (f64, Serve) {
     let started = Instant::now();
-    let mut serve = Serve::start(nats_url, db, consumer);
+    let mut serve = Serve::start(nats_url, db, consumer, env);
     let mut pool = None;
     loop {
         if let Ok(Some(status)) = serve.process.try_wait() {
@@ -319,7 +331,9 @@ fn query_p50_us(dir: &Path, executions: u64) -> f64 {
 /// p50s (us) of a stats read alone and of a stats read plus an uncached `?window=30d` merge,
 /// for a job with `executions` runs spread evenly over the 30 days (run times 0.5-60 s, so
 /// each hour's sketch holds as many distinct buckets as its runs allow).
-fn window_read_p50_us(dir: &Path, executions: u64) -> (f64, f64) {
+/// p50s of (plain stats read, stats + ?window=30d with no cache at all, stats + ?window=30d
+/// as a changed job reads it: closed hours merged before, the current hour read).
+fn window_read_p50_us(dir: &Path, executions: u64) -> (f64, f64, f64) {
     let db = dir.join(format!("window-{executions}.db"));
     let (mut writer, _) = Writer::open(&db).unwrap();
     let tenant = "00000000-0000-4000-8000-000000000001";
@@ -350,7 +364,8 @@ fn window_read_p50_us(dir: &Path, executions: u64) -> (f64, f64) {
     let tenant = jobstats::events::TenantId::parse(tenant).unwrap();
     let job = jobstats::events::JobName::parse("windowed").unwrap();
     let range = jobstats::projection::rollup::Window::Month.buckets(end.timestamp_millis());
-    let (mut plain, mut windowed) = (Vec::new(), Vec::new());
+    let (mut plain, mut windowed, mut reusing) = (Vec::new(), Vec::new(), Vec::new());
+    pool.read_window_reusing_closed_hours(1, range).unwrap();
     for _ in 0..1_000 {
         let started = Instant::now();
         let alone = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
@@ -363,10 +378,20 @@ fn window_read_p50_us(dir: &Path, executions: u64) -> (f64, f64) {
         windowed.push(started.elapsed().as_secs_f64() * 1e6);
         assert_eq!(merged.completed as u64, executions);
         assert_eq!(snapshot.stats.completed as u64, executions);
+        let started = Instant::now();
+        let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
+        let (_, again) = pool
+            .read_window_reusing_closed_hours(snapshot.job_id, range)
+            .unwrap();
+        let _ = again.percentiles();
+        reusing.push(started.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(again, merged);
     }
-    plain.sort_by(f64::total_cmp);
-    windowed.sort_by(f64::total_cmp);
-    (plain[plain.len() / 2], windowed[windowed.len() / 2])
+    let p50 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (p50(plain), p50(windowed), p50(reusing))
 }
 
 /// Rows and bytes of the rollups in a database: (rows, sketch bytes, days its finishes span).
@@ -665,6 +690,7 @@ async fn main() {
     }
     let head = bench.publish(events, writer_only).await;
     let live = bench.catch_up(head).await;
+    bench.shard(head).await;
     bench.rebuild(head).await;
     bench.reads().await;
     if !bench.args.smoke && !bench.args.no_http {
@@ -783,6 +809,36 @@ impl Bench {
             &verdict(median, 0.5, 0.8, AtLeast, ""),
         );
         live.expect("at least one round")
+    }
+
+    /// (12): a tenant shard of one tenant in ten from an empty file, against the full
+    /// replica's catch-up: the server sends it its tenant's messages alone, and it moves its
+    /// checkpoint past the rest (CONTRACT §7).
+    async fn shard(&mut self, head: u64) {
+        let tenant = "00000000-0000-4000-8000-000000000000";
+        let (full, _) = serve_catch_up(
+            &self.nats.url(),
+            &self.dir.path().join("full-again.db"),
+            "bench-full-again",
+            head,
+        )
+        .await;
+        let (shard, _) = serve_catch_up_with(
+            &self.nats.url(),
+            &self.dir.path().join("shard.db"),
+            "bench-shard",
+            head,
+            &[("JOBSTATS_TENANTS", tenant)],
+        )
+        .await;
+        self.table.row(
+            "(12) tenant shard, 1 of 10 tenants: stream events passed per second",
+            format!("{shard:.0}"),
+            &format!(
+                "full replica right before: {full:.0}; shard / full: {:.1}x",
+                shard / full
+            ),
+        );
     }
 
     /// (11): the same events published to and projected from one node and from a 3-node
@@ -1005,16 +1061,20 @@ impl Bench {
         } else {
             (1_000, 1_000_000)
         };
-        let (plain_small, windowed_small) = window_read_p50_us(&dir, window_small);
-        let (plain_large, windowed_large) = window_read_p50_us(&dir, window_large);
-        for (runs, plain, windowed) in [
-            (window_small, plain_small, windowed_small),
-            (window_large, plain_large, windowed_large),
+        let (plain_small, cold_small, windowed_small) = window_read_p50_us(&dir, window_small);
+        let (plain_large, cold_large, windowed_large) = window_read_p50_us(&dir, window_large);
+        for (runs, plain, cold, windowed) in [
+            (window_small, plain_small, cold_small, windowed_small),
+            (window_large, plain_large, cold_large, windowed_large),
         ] {
             table.row(
-                &format!("(9) stats + uncached ?window=30d p50, {runs} runs over 30 days (us)"),
+                &format!("(9) stats + ?window=30d p50 for a job that changed, {runs} runs over 30 days (us)"),
                 format!("{windowed:.1}"),
-                &format!("plain stats read {plain:.1}; ratio {:.2}", windowed / plain),
+                &format!(
+                    "plain stats read {plain:.1}, ratio {:.2}; with no cache at all {cold:.1}, ratio {:.2}",
+                    windowed / plain,
+                    cold / plain
+                ),
             );
         }
         table.row(
@@ -1196,6 +1256,15 @@ const METHOD: &str = "
 - (8): `GET /api/v1/admin/jobs` through the API's poem endpoint in-process (token check,
   parsing, handler, JSON) over 10,000 jobs of one tenant on three crons, a tenth failing; 200
   requests after 20 that warm the snapshot cache. The health filter judges every job; the name page does not.
+- (12): `serve` with `JOBSTATS_TENANTS` set to one of the ten tenants, on an empty file,
+  timed like (2) until its checkpoint reaches the stream's head, right after a full replica
+  timed the same way. Its consumer is filtered by the server (one subject per tenant), so
+  it is sent a tenth of the messages and moves its checkpoint past the rest.
+- (9): a job with 1k and with 1M completed runs spread over 30 days; `ReadPool::job_snapshot`
+  plus the 30-day window merged as `serve` does for a job whose answer is not cached (it
+  changed): the closed hours (before the hour of its latest finish) merged once and kept
+  until a late finish lands in them, the current hour read. With no cache at all it merges every
+  bucket of the window (~29 days and up to 46 hours), as after a start or a late finish.
 - Rerun: `NATS_SERVER_BIN=$(command -v nats-server) cargo bench --bench jobstats-bench`
   (after `--`: `--events N`, `--no-http`, `--writer-only`, `--health-only`, `--smoke`).
 ";

@@ -47,7 +47,10 @@ impl TenantId {
     /// Parses the subject token, which must already be in canonical lowercase form.
     pub fn parse_canonical(text: &str) -> Result<Self, String> {
         let id = Self::parse(text)?;
-        if id.to_string() != text {
+        // 36 characters that parse are the hyphenated form, so only the letter case can
+        // differ from the canonical rendering (checked without rendering it: this runs for
+        // every event).
+        if text.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err("must be a lowercase hyphenated UUID".into());
         }
         Ok(id)
@@ -983,6 +986,24 @@ mod tests {
         assert!(JobName::parse("billing.sync_v2:eu-1").is_ok());
         for bad in ["", "-lead", "has space", "a/b", "ünï", "nul\0", "..%2F"] {
             assert!(JobName::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn a_canonical_tenant_is_lowercase_and_hyphenated() {
+        let id = TenantId::parse_canonical(TENANT).unwrap();
+        assert_eq!(id.to_string(), TENANT);
+        let mut one_upper = TENANT.to_owned();
+        let at = one_upper.find(|c: char| c.is_ascii_lowercase()).unwrap();
+        one_upper.replace_range(at..=at, &one_upper[at..=at].to_uppercase());
+        let simple = TENANT.replace('-', "");
+        for bad in [
+            one_upper,
+            TENANT.to_uppercase(),
+            simple,
+            format!("{{{TENANT}}}"),
+        ] {
+            assert!(TenantId::parse_canonical(&bad).is_err(), "{bad}");
         }
     }
 

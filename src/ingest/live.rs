@@ -115,6 +115,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     writer.set_scope(config.scope.clone());
+    if let Some(tenants) = config.scope.tenants() {
+        tracing::info!(
+            ?tenants,
+            "tenant shard: a message whose subject names no tenant is recorded as a dead letter \
+             only by replicas without JOBSTATS_TENANTS"
+        );
+    }
     let mut projector = Projector {
         js: jetstream::new(client.clone()),
         client,
@@ -375,7 +382,7 @@ impl Projector {
         let subjects = self.config.scope.subjects();
         let version = self.client.server_info().version;
         if subjects.len() > 1 && !takes_several_filter_subjects(&version) {
-            tracing::info!(server = %version, "nats-server before 2.10: the shard filters its tenants itself");
+            tracing::debug!(server = %version, "nats-server before 2.10: the shard filters its tenants itself");
             return vec![crate::stream::SUBJECTS.to_owned()];
         }
         subjects

@@ -240,6 +240,21 @@ pub struct BucketRange {
 }
 
 impl BucketRange {
+    /// The buckets starting before `at` (rounded down to this width), and the rest.
+    pub fn split_before(self, at: EpochMillis) -> (Option<BucketRange>, Option<BucketRange>) {
+        let width = self.granularity.millis();
+        let at = self.granularity.bucket_start(at);
+        let before = (self.from < at).then(|| BucketRange {
+            last: self.last.min(at - width),
+            ..self
+        });
+        let after = (self.last >= at).then(|| BucketRange {
+            from: self.from.max(at),
+            ..self
+        });
+        (before, after)
+    }
+
     /// The same executions read from fewer rows: every whole bucket of the next width inside
     /// the range (an hour holds exactly the finishes of its 60 minutes, a day those of its 24
     /// hours), and the range's own width only at the two ragged ends. A 30-day window is then
@@ -322,6 +337,31 @@ mod tests {
         // A failed run's time is not a run time of the window's percentiles.
         let failed = finished(ExecutionState::Failed, Some(1_000), 9_000);
         assert_eq!(Contribution::of(&failed).unwrap().duration_ms, None);
+    }
+
+    #[test]
+    fn a_split_keeps_every_bucket_once() {
+        let as_of = 1_750_000_000_000 + 17 * MINUTE_MS;
+        let range = Window::Month.buckets(as_of);
+        let hour = Granularity::Hour;
+        let buckets = |r: Option<BucketRange>| {
+            r.map_or(0, |r| (r.last - r.from) / r.granularity.millis() + 1)
+        };
+        let total = buckets(Some(range));
+        for at in [
+            range.from - DAY_MS,
+            range.from,
+            range.from + 5 * HOUR_MS,
+            range.last,
+            hour.bucket_start(as_of - 3 * HOUR_MS) + 1,
+            range.last + HOUR_MS,
+        ] {
+            let (before, after) = range.split_before(at);
+            assert_eq!(buckets(before) + buckets(after), total, "at {at}");
+            let cut = hour.bucket_start(at);
+            assert!(before.is_none_or(|b| b.from == range.from && b.last < cut));
+            assert!(after.is_none_or(|a| a.last == range.last && a.from >= cut));
+        }
     }
 
     #[test]

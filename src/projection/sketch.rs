@@ -197,6 +197,22 @@ impl SketchSum {
         Ok(())
     }
 
+    /// Adds a decoded sketch.
+    pub fn add_sketch(&mut self, sketch: &DurationSketch) -> Result<(), SketchError> {
+        self.zeros = self.zeros.saturating_add(sketch.zeros);
+        for (index, count) in &sketch.buckets {
+            let slot = usize::try_from(*index)
+                .ok()
+                .filter(|i| *i < 8_192)
+                .ok_or(SketchError("index"))?;
+            if slot >= self.counts.len() {
+                self.counts.resize(slot + 1, 0);
+            }
+            self.counts[slot] = self.counts[slot].saturating_add(*count);
+        }
+        Ok(())
+    }
+
     pub fn into_sketch(self) -> DurationSketch {
         DurationSketch {
             zeros: self.zeros,
@@ -312,6 +328,10 @@ mod tests {
             let mut sum = SketchSum::default();
             sum.add_encoded(&only_a.encode()).unwrap();
             sum.add_encoded(&only_b.encode()).unwrap();
+            prop_assert_eq!(sum.into_sketch(), merged.clone());
+            let mut sum = SketchSum::default();
+            sum.add_encoded(&only_a.encode()).unwrap();
+            sum.add_sketch(&only_b).unwrap();
             prop_assert_eq!(sum.into_sketch(), merged);
         }
     }

@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_starts_in_recency_index.sql"),
     include_str!("migrations/0005_percentiles_and_rollups.sql"),
     include_str!("migrations/0006_dead_letters_by_reason.sql"),
+    include_str!("migrations/0007_late_rollup_writes.sql"),
 ];
 
 /// How many bytes of a dead letter's payload are kept.

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
-use crate::projection::rollup::{BucketRange, RollupBucket};
+use crate::projection::rollup::{BucketRange, Granularity, RollupBucket};
 use crate::projection::sketch::SketchSum;
 use crate::projection::{health, Execution, ExecutionState, JobStats};
 
@@ -103,10 +103,56 @@ pub struct ReadPool {
     fires: FiresCache,
     /// Merged windows by (job id, bucket range), each with the job version it was read at.
     windows: ByteBounded<(i64, BucketRange), Arc<(u64, RollupBucket)>>,
+    /// The closed hours of windows (those before the hour of the job's latest finish) merged,
+    /// by (job id, bucket range), each with the job's late-write sequence it was read at: a
+    /// busy job changes with every batch, its closed hours only with a late finish.
+    closed_windows: ByteBounded<(i64, BucketRange), Arc<(u64, RollupBucket)>>,
 }
 
 /// Bytes of merged windows kept (a window's sketch is a few hundred bytes to a few KB).
 const WINDOW_CACHE_BYTES: u64 = 8 << 20;
+
+fn window_bytes(_: &(i64, BucketRange), window: &Arc<(u64, RollupBucket)>) -> u64 {
+    (64 + window.1.durations.encode().len()) as u64
+}
+
+/// Adds the job's buckets in `range` (read as [`BucketRange::pieces`]) to `merged`'s totals
+/// and to `durations`.
+fn merge_buckets(
+    tx: &rusqlite::Transaction<'_>,
+    job_id: i64,
+    range: BucketRange,
+    merged: &mut RollupBucket,
+    durations: &mut SketchSum,
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT completed, failed, duration_sum_ms, duration_count, duration_sketch
+         FROM rollups
+         WHERE job_id = ?1 AND granularity = ?2 AND bucket_start BETWEEN ?3 AND ?4",
+    )?;
+    for piece in range.pieces() {
+        let mut rows = stmt.query(params![
+            job_id,
+            piece.granularity.code(),
+            piece.from,
+            piece.last
+        ])?;
+        while let Some(row) = rows.next()? {
+            merged.completed += row.get::<_, i64>(0)?;
+            merged.failed += row.get::<_, i64>(1)?;
+            merged.duration_sum_ms += row.get::<_, super::WideInt>(2)?.0;
+            merged.duration_count += row.get::<_, i64>(3)?;
+            let sketch = row
+                .get_ref(4)?
+                .as_blob()
+                .map_err(|e| StoreError::Corrupt(format!("rollup sketch: {e}")))?;
+            durations
+                .add_encoded(sketch)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
 
 /// Fire lists by cron expression. Listing a cron's fires is the dominant cost of judging
 /// health (a microsecond per fire: ~16 ms for a once-a-minute cron's 11 days), and jobs share
@@ -208,9 +254,8 @@ impl ReadPool {
             snapshots: byte_bounded(SNAPSHOT_CACHE_BYTES, 2_048, snapshot_bytes),
             changes: Mutex::new(ChangeLog::default()),
             fires: FiresCache::default(),
-            windows: byte_bounded(WINDOW_CACHE_BYTES, 1_024, |_, window| {
-                (64 + window.1.durations.encode().len()) as u64
-            }),
+            windows: byte_bounded(WINDOW_CACHE_BYTES, 1_024, window_bytes),
+            closed_windows: byte_bounded(WINDOW_CACHE_BYTES, 1_024, window_bytes),
         };
         // Fail early (and keep the connection) if the file cannot be read.
         let conn = pool.connect()?;
@@ -370,7 +415,7 @@ impl ReadPool {
         if let Some(hit) = self.windows.get(&key).filter(|w| w.0 == job_sequence) {
             return Ok(Some(hit));
         }
-        let read = self.read_window(job_id, range)?;
+        let read = self.read_window_reusing_closed_hours(job_id, range)?;
         if read.0 != job_sequence {
             return Ok(None);
         }
@@ -379,7 +424,7 @@ impl ReadPool {
         Ok(Some(read))
     }
 
-    /// [`ReadPool::window`] without the cache: the job's version and the merged range, from
+    /// [`ReadPool::window`] without any cache: the job's version and the merged range, from
     /// one snapshot.
     pub fn read_window(
         &self,
@@ -390,33 +435,67 @@ impl ReadPool {
             let version: i64 = tx
                 .prepare_cached("SELECT last_sequence FROM job_stats WHERE job_id = ?1")?
                 .query_row([job_id], |r| r.get(0))?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT completed, failed, duration_sum_ms, duration_count, duration_sketch
-                 FROM rollups
-                 WHERE job_id = ?1 AND granularity = ?2 AND bucket_start BETWEEN ?3 AND ?4",
-            )?;
             let mut merged = RollupBucket::default();
             let mut durations = SketchSum::default();
-            for piece in range.pieces() {
-                let mut rows = stmt.query(params![
-                    job_id,
-                    piece.granularity.code(),
-                    piece.from,
-                    piece.last
-                ])?;
-                while let Some(row) = rows.next()? {
-                    merged.completed += row.get::<_, i64>(0)?;
-                    merged.failed += row.get::<_, i64>(1)?;
-                    merged.duration_sum_ms += row.get::<_, super::WideInt>(2)?.0;
-                    merged.duration_count += row.get::<_, i64>(3)?;
-                    let sketch = row
-                        .get_ref(4)?
-                        .as_blob()
-                        .map_err(|e| StoreError::Corrupt(format!("rollup sketch: {e}")))?;
-                    durations
-                        .add_encoded(sketch)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                }
+            merge_buckets(tx, job_id, range, &mut merged, &mut durations)?;
+            merged.durations = durations.into_sketch();
+            Ok((version.max(0) as u64, merged))
+        })
+    }
+
+    /// [`ReadPool::read_window`] reusing the merged closed hours of the range (before the hour
+    /// of the job's latest finish) while the job's late-write sequence stands: only the
+    /// current hour's buckets are read, whatever the window's length.
+    pub fn read_window_reusing_closed_hours(
+        &self,
+        job_id: i64,
+        range: BucketRange,
+    ) -> Result<(u64, RollupBucket), StoreError> {
+        self.with_snapshot(|tx| {
+            let (version, late_writes, newest_finish) = tx
+                .prepare_cached(
+                    "SELECT last_sequence, late_write_sequence, last_finished_at
+                     FROM job_stats WHERE job_id = ?1",
+                )?
+                .query_row([job_id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })?;
+            let late_writes = late_writes.max(0) as u64;
+            let (closed, open) = match newest_finish {
+                Some(newest) => range.split_before(Granularity::Hour.bucket_start(newest)),
+                None => (None, Some(range)),
+            };
+            let mut merged = RollupBucket::default();
+            let mut durations = SketchSum::default();
+            if let Some(closed) = closed {
+                let key = (job_id, closed);
+                let part = match self.closed_windows.get(&key).filter(|c| c.0 == late_writes) {
+                    Some(hit) => hit,
+                    None => {
+                        let mut part = RollupBucket::default();
+                        let mut sum = SketchSum::default();
+                        merge_buckets(tx, job_id, closed, &mut part, &mut sum)?;
+                        part.durations = sum.into_sketch();
+                        let part = Arc::new((late_writes, part));
+                        self.closed_windows.insert(key, part.clone());
+                        part
+                    }
+                };
+                let closed = &part.1;
+                merged.completed += closed.completed;
+                merged.failed += closed.failed;
+                merged.duration_sum_ms += closed.duration_sum_ms;
+                merged.duration_count += closed.duration_count;
+                durations
+                    .add_sketch(&closed.durations)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            }
+            if let Some(open) = open {
+                merge_buckets(tx, job_id, open, &mut merged, &mut durations)?;
             }
             merged.durations = durations.into_sketch();
             Ok((version.max(0) as u64, merged))
@@ -837,6 +916,81 @@ impl CurrentReader {
 #[cfg(test)]
 mod tests {
     use super::STARTS_SINCE_SQL;
+    use crate::projection::rollup::Window;
+    use crate::publish::{EventBuilder, RunEnd};
+    use crate::store::{IncomingMessage, ReadPool, Writer};
+    use chrono::{DateTime, Duration, TimeZone, Utc};
+
+    /// Applies one completed run per finish time, each as its own batch.
+    fn finish_runs(writer: &mut Writer, sequence: &mut u64, finishes: &[DateTime<Utc>]) {
+        for finish in finishes {
+            *sequence += 1;
+            let run = EventBuilder::new("3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11", "nightly")
+                .and_then(|b| b.execution(&format!("run-{sequence}")))
+                .and_then(|b| {
+                    b.run(
+                        *finish - Duration::seconds(*sequence as i64 * 7),
+                        None,
+                        Duration::seconds(*sequence as i64 * 7),
+                        RunEnd::Completed { items: None },
+                    )
+                })
+                .unwrap();
+            let encoded: Vec<(String, Vec<u8>)> =
+                run.iter().map(|e| (e.subject(), e.to_bytes())).collect();
+            let first = *sequence * 10;
+            let messages: Vec<IncomingMessage<'_>> = encoded
+                .iter()
+                .enumerate()
+                .map(|(i, (subject, payload))| IncomingMessage {
+                    sequence: first + i as u64,
+                    subject,
+                    payload,
+                    published_at_ms: Some(finish.timestamp_millis()),
+                })
+                .collect();
+            writer.apply_batch(&messages).unwrap();
+        }
+    }
+
+    /// Merged closed hours are reused only while no finish lands in them: a late finish, a
+    /// finish in the open hour and a finish that opens a new hour all read like no cache.
+    #[test]
+    fn a_window_reusing_closed_hours_reads_like_one_without_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("windows.db");
+        let (mut writer, _) = Writer::open(&db).unwrap();
+        let pool = ReadPool::open(&db).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 3, 10, 12, 30, 0).unwrap();
+        let hours = |h: i64| now - Duration::hours(h);
+        let mut sequence = 0;
+        finish_runs(
+            &mut writer,
+            &mut sequence,
+            &[hours(50), hours(10), hours(5), now],
+        );
+        let ranges = [Window::Day, Window::Week, Window::Month]
+            .map(|w| w.buckets((now + Duration::minutes(5)).timestamp_millis()));
+        let check = |expected_runs: [i64; 3]| {
+            for (range, runs) in ranges.iter().zip(expected_runs) {
+                let reused = pool.read_window_reusing_closed_hours(1, *range).unwrap();
+                assert_eq!(reused, pool.read_window(1, *range).unwrap(), "{range:?}");
+                assert_eq!(reused.1.completed, runs, "{range:?}");
+            }
+        };
+        check([3, 4, 4]);
+        // Late, into a closed hour of every window.
+        finish_runs(&mut writer, &mut sequence, &[hours(3)]);
+        check([4, 5, 5]);
+        // Into the open hour, and one hour on (the closed hours grow).
+        finish_runs(&mut writer, &mut sequence, &[now + Duration::minutes(1)]);
+        check([5, 6, 6]);
+        finish_runs(&mut writer, &mut sequence, &[now + Duration::minutes(3)]);
+        check([6, 7, 7]);
+        // Late again, now behind two newer hours.
+        finish_runs(&mut writer, &mut sequence, &[hours(20)]);
+        check([7, 8, 8]);
+    }
 
     /// The health read's cost must follow the judged window, not the history: a plan that
     /// visits the table pays one scattered page per start once the history is large.

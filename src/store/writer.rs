@@ -389,6 +389,9 @@ struct JobRow {
     stored_last_finish: Option<EpochMillis>,
     /// Whether this batch changed the row (else it is the previous batch's, as stored).
     touched: bool,
+    /// The last event that moved a rollup bucket of an hour before the hour of the job's
+    /// latest finish (see migration 0007): readers' merged closed hours hold until it moves.
+    late_write_sequence: u64,
 }
 
 impl<'w> BatchState<'w> {
@@ -455,6 +458,7 @@ impl<'w> BatchState<'w> {
                         finish_lead_ms: 0,
                         stored_last_finish: None,
                         touched: true,
+                        late_write_sequence: 0,
                     }
                 } else {
                     load_job(tx, job_id)?
@@ -489,9 +493,26 @@ impl<'w> BatchState<'w> {
             *dirty = true;
             for (contribution, sign) in moved {
                 self.add_to_rollups(tx, job_id, &contribution, sign)?;
+                self.mark_late_write(job_id, &contribution, sequence);
             }
         }
         Ok(())
+    }
+
+    /// Records `sequence` as the job's late write when `contribution` lies in an hour before
+    /// the hour of the job's latest finish (which already counts it): readers may hold
+    /// those hours merged, and this tells them to read them again.
+    fn mark_late_write(&mut self, job_id: i64, contribution: &Contribution, sequence: u64) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let hour = Granularity::Hour;
+        let newest = job.stats.last_finished.as_ref().map(|l| l.finished_at);
+        if newest
+            .is_some_and(|n| hour.bucket_start(contribution.finished_at) < hour.bucket_start(n))
+        {
+            job.late_write_sequence = sequence;
+        }
     }
 
     /// Moves the buckets of a finish time at every width, loading each on first touch.
@@ -671,10 +692,10 @@ impl<'w> BatchState<'w> {
                   schedule_grace_ms, schedule_max_runtime_ms, schedule_since, run_failed,
                   run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id,
                   finish_lead_ms, duration_sketch, queue_wait_sum_ms, queue_wait_count,
-                  queue_wait_sketch, items_total, items_count)
+                  queue_wait_sketch, items_total, items_count, late_write_sequence)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
-                     ?33, ?34, ?35)",
+                     ?33, ?34, ?35, ?36)",
         )?;
         let mut jobs: Vec<(i64, JobRow)> = std::mem::take(&mut self.jobs)
             .into_iter()
@@ -725,7 +746,8 @@ impl<'w> BatchState<'w> {
                 s.queue_wait.count,
                 (!s.queue_wait.sketch.is_empty()).then(|| s.queue_wait.sketch.encode()),
                 super::WideInt(s.items_total),
-                s.items_count
+                s.items_count,
+                row.late_write_sequence as i64
             ])?;
             row.stored_last_finish = s.last_finished.as_ref().map(|l| l.finished_at);
             row.touched = false;
@@ -775,7 +797,7 @@ fn load_rollup(
 fn load_job(tx: &Connection, job_id: i64) -> Result<JobRow, StoreError> {
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT {JOB_STATS_COLUMNS}, first_sequence, last_sequence, tenant_id, job_name,
-                finish_lead_ms
+                finish_lead_ms, late_write_sequence
          FROM job_stats WHERE job_id = ?1"
     ))?;
     let more = JOB_STATS_COLUMN_COUNT;
@@ -787,9 +809,11 @@ fn load_job(tx: &Connection, job_id: i64) -> Result<JobRow, StoreError> {
             r.get::<_, String>(more + 2)?,
             r.get::<_, String>(more + 3)?,
             r.get::<_, i64>(more + 4)?,
+            r.get::<_, i64>(more + 5)? as u64,
         ))
     })?;
-    let (stats, first_sequence, last_sequence, tenant, job, finish_lead_ms) = row;
+    let (stats, first_sequence, last_sequence, tenant, job, finish_lead_ms, late_write_sequence) =
+        row;
     Ok(JobRow {
         stored_last_finish: stats.last_finished.as_ref().map(|l| l.finished_at),
         tenant: TenantId::parse(&tenant)
@@ -800,6 +824,7 @@ fn load_job(tx: &Connection, job_id: i64) -> Result<JobRow, StoreError> {
         last_sequence,
         finish_lead_ms,
         touched: false,
+        late_write_sequence,
     })
 }
 
@@ -1063,6 +1088,7 @@ mod tests {
                 prop_assert_eq!(row.stored_last_finish, stored.stored_last_finish);
                 prop_assert_eq!(row.finish_lead_ms, stored.finish_lead_ms);
                 prop_assert_eq!(row.last_sequence, stored.last_sequence);
+                prop_assert_eq!(row.late_write_sequence, stored.late_write_sequence);
             }
             for ((job_id, granularity, start), bucket) in &writer.hot.rollups {
                 let stored = load_rollup(&writer.conn, *job_id, *granularity, *start).unwrap();
