@@ -120,6 +120,12 @@ pub async fn serve(
         .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
     if config.read_only || frozen.is_some() {
         tracing::info!(db = %db_path.display(), frozen_until = ?frozen, "serving read-only");
+        if !config.read_only {
+            // A frozen copy is never projected into, but it may predate columns this build
+            // reads; migrations add them without touching its data.
+            store::migrate_file(db_path)
+                .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
+        }
         let readers = open_read_only(db_path, &status)?;
         applied.send_replace(status.last_sequence.load(Ordering::Relaxed));
         let state = state(readers, None);
@@ -219,6 +225,19 @@ fn open_read_only(db_path: &Path, status: &ProjectorStatus) -> anyhow::Result<Ar
         db_path.exists(),
         "JOBSTATS_DB_PATH {}: no such database to serve read-only",
         db_path.display()
+    );
+    let (found, supported) = store::schema_versions(db_path)?;
+    anyhow::ensure!(
+        found == supported,
+        "JOBSTATS_DB_PATH {}: made by {} jobstats (schema {found}; this build reads {supported}); \
+         --read-only never changes the file: serve it once without --read-only (a frozen copy \
+         stays frozen, its schema is brought up to date), or use a build that matches it",
+        db_path.display(),
+        if found < supported {
+            "an older"
+        } else {
+            "a newer"
+        },
     );
     let readers = Arc::new(CurrentReader::new(ReadPool::open(db_path)?));
     let freshness = readers.get().freshness()?;

@@ -298,6 +298,25 @@ fn configure_common(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Runs pending migrations on an existing file without projecting into it: a frozen
+/// point-in-time copy made by an older build still needs the columns this build reads.
+pub fn migrate_file(path: &Path) -> Result<(), StoreError> {
+    let mut conn = Connection::open(resolve(path))?;
+    configure_common(&conn)?;
+    migrate(&mut conn)?;
+    Ok(())
+}
+
+/// The file's schema version (migrations applied) and this build's.
+pub fn schema_versions(path: &Path) -> Result<(i64, i64), StoreError> {
+    let conn = Connection::open_with_flags(
+        resolve(path),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    Ok((applied, MIGRATIONS.len() as i64))
+}
+
 /// Creates missing tables and runs pending migrations. Returns the projection version the
 /// file was built with (`None` for a brand-new file, which is then stamped with ours).
 fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {

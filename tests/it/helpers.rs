@@ -139,19 +139,7 @@ impl App {
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        let config = ServeConfig {
-            nats_url: nats_url.to_owned(),
-            stream: jobstats::stream::StreamSpec::single("JOB_EVENTS"),
-            db_path: db_path.to_path_buf(),
-            consumer: "jobstats-test".into(),
-            tenants: jobstats::scope::TenantScope::all(),
-            read_only,
-            default_max_runtime: Duration::from_secs(3600),
-            admin_listen: None,
-            auth,
-            http: Default::default(),
-            webhooks: Vec::new(),
-        };
+        let config = serve_config(nats_url, db_path, auth, read_only);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = Shutdown::new(async move {
             let _ = stopped.await;
@@ -168,6 +156,23 @@ impl App {
         };
         app.wait_ready().await;
         app
+    }
+
+    /// Runs `serve` on `db_path` expecting it to fail at start; returns its error.
+    pub async fn start_failure(nats_url: &str, db_path: &Path, read_only: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let config = serve_config(nats_url, db_path, jwt_options(), read_only);
+        let shutdown = Shutdown::new(std::future::pending());
+        let (applied, _) = tokio::sync::watch::channel(0);
+        let served = tokio::time::timeout(
+            Duration::from_secs(30),
+            jobstats::service::serve(&config, listener, shutdown, applied),
+        )
+        .await
+        .expect("serve should have failed at start");
+        format!("{:#}", served.expect_err("serve should fail at start"))
     }
 
     /// Ready: the stream exists and the projector caught up (or a read-only file is open).
@@ -416,6 +421,27 @@ pub async fn publish_all(publisher: &Publisher, events: &[jobstats::events::Even
         }
     }
     last
+}
+
+fn serve_config(
+    nats_url: &str,
+    db_path: &Path,
+    auth: AuthSettings,
+    read_only: bool,
+) -> ServeConfig {
+    ServeConfig {
+        nats_url: nats_url.to_owned(),
+        stream: jobstats::stream::StreamSpec::single("JOB_EVENTS"),
+        db_path: db_path.to_path_buf(),
+        consumer: "jobstats-test".into(),
+        tenants: jobstats::scope::TenantScope::all(),
+        read_only,
+        default_max_runtime: Duration::from_secs(3600),
+        admin_listen: None,
+        auth,
+        http: Default::default(),
+        webhooks: Vec::new(),
+    }
 }
 
 /// Opens the read model directly (read-only) for table-level assertions.

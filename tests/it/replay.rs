@@ -314,6 +314,32 @@ async fn a_point_in_time_copy_holds_the_first_n_events_and_is_served_read_only()
     assert_eq!(data["freshness"]["appliedSequence"], 150);
     assert_eq!(app.readyz().await["status"], "ready");
     app.stop().await;
+
+    // The same copy as an older build made it: without a column this build reads.
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE job_stats DROP COLUMN late_write_sequence; PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    drop(conn);
+    // --read-only never writes to the file: it refuses to start and says what to do.
+    let error = App::start_failure(&nats.url(), &copy, true).await;
+    assert!(error.contains("older jobstats"), "{error}");
+    // Served as a frozen copy, the file gains what this build reads; its data stays put.
+    let app = App::spawn_with(&nats.url(), &copy, jwt_options(), false).await;
+    let answer = app
+        .http
+        .get(app.url("/api/v1/admin/jobs/audited/stats?window=30d"))
+        .bearer_auth(admin_token())
+        .header("x-tenantid", TENANT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let data = answer.json::<serde_json::Value>().await.unwrap()["data"].clone();
+    assert_eq!(data["queue"]["completed"], 50);
+    assert_eq!(data["freshness"]["appliedSequence"], 150);
+    app.stop().await;
 }
 
 #[tokio::test]
