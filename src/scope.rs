@@ -43,18 +43,21 @@ impl TenantScope {
         self.0.as_ref().is_none_or(|set| set.contains(tenant))
     }
 
-    /// Whether a message on `subject` (`jobs.events.<tenant>.<type>`) belongs to a tenant
-    /// outside the scope. A subject whose tenant token is no tenant id is not judged here:
-    /// every replica records it as a dead letter.
+    /// Whether a message on `subject` (`jobs.events.<tenant>.<type>`) lies outside the scope:
+    /// for a shard, every subject but its tenants' own (`jobs.events.<tenant>.>`, the tenant
+    /// in canonical form), which is exactly what its consumer's server-side filter lets
+    /// through. A subject naming no tenant is a dead letter only on all-tenant replicas, so
+    /// a shard's live projection and its rebuild (which reads every subject) agree.
     pub fn excludes_subject(&self, subject: &str) -> bool {
         if self.is_all() {
             return false;
         }
-        subject
-            .split('.')
-            .nth(2)
-            .and_then(|token| TenantId::parse(token).ok())
-            .is_some_and(|tenant| !self.serves(&tenant))
+        let mut tokens = subject.split('.');
+        let prefix_ok = tokens.next() == Some("jobs") && tokens.next() == Some("events");
+        let tenant = tokens
+            .next()
+            .and_then(|t| TenantId::parse_canonical(t).ok());
+        !(prefix_ok && tenant.is_some_and(|tenant| self.serves(&tenant)))
     }
 
     /// The subjects that hold this scope's events: `jobs.events.>` for all tenants, else one
@@ -89,7 +92,11 @@ mod tests {
         assert!(scope.excludes_subject(&format!("jobs.events.{B}.started")));
         assert!(!scope.excludes_subject(&format!("jobs.events.{A}.started")));
         // Not a tenant: the decoder's to judge (a dead letter on every replica).
-        assert!(!scope.excludes_subject("jobs.events.nope.started"));
+        // What the shard's server-side filter never sends it, its rebuild passes over too.
+        assert!(scope.excludes_subject("jobs.events.nope.started"));
+        assert!(scope.excludes_subject(&format!("jobs.events.{}.started", A.to_uppercase())));
+        assert!(!scope.excludes_subject(&format!("jobs.events.{A}.not-a-type")));
+        assert!(!TenantScope::all().excludes_subject("jobs.events.nope.started"));
         assert!(TenantScope::parse("").unwrap().is_all());
         assert_eq!(TenantScope::all().subjects(), ["jobs.events.>"]);
         assert_eq!(

@@ -121,10 +121,7 @@ pub async fn serve(
     if config.read_only || frozen.is_some() {
         tracing::info!(db = %db_path.display(), frozen_until = ?frozen, "serving read-only");
         if !config.read_only {
-            // A frozen copy is never projected into, but it may predate columns this build
-            // reads; migrations add them without touching its data.
-            store::migrate_file(db_path)
-                .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
+            prepare_frozen_copy(db_path)?;
         }
         let readers = open_read_only(db_path, &status)?;
         applied.send_replace(status.last_sequence.load(Ordering::Relaxed));
@@ -220,6 +217,28 @@ fn spawn_notifications(
 
 /// The readers of a file served as it is (a copy is judged as of its last event, never as
 /// of now).
+/// A frozen copy is never projected into, but it may predate columns this build reads:
+/// migrations add them without touching its data, when its figures were built by this
+/// build's projection (another projection's copy would be served with empty percentiles and
+/// windows, so it is refused: rebuild it with `--until`).
+fn prepare_frozen_copy(db_path: &Path) -> anyhow::Result<()> {
+    let built_with = store::projection_version_of(db_path)?;
+    anyhow::ensure!(
+        built_with == Some(store::PROJECTION_VERSION),
+        "JOBSTATS_DB_PATH {}: a point-in-time copy built by projection version {} (this build's \
+         is {}); make it again with `jobstats rebuild --until … --output …`",
+        db_path.display(),
+        built_with.map_or("unknown".to_owned(), |v| v.to_string()),
+        store::PROJECTION_VERSION,
+    );
+    let (found, supported) = store::schema_versions(db_path)?;
+    if found < supported {
+        store::migrate_file(db_path)
+            .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
+    }
+    Ok(())
+}
+
 fn open_read_only(db_path: &Path, status: &ProjectorStatus) -> anyhow::Result<Arc<CurrentReader>> {
     anyhow::ensure!(
         db_path.exists(),

@@ -236,6 +236,7 @@ impl Projector {
         // A consumer filtered by the server leaves gaps that only the stream can tell about.
         let gaps = (subjects != [crate::stream::SUBJECTS]).then_some(FilterGaps {
             stream: &stream,
+            consumer: &consumer,
             subjects: &subjects,
         });
         let reader = self.read_batches(&mut messages, batcher, &busy, gaps, shutdown);
@@ -272,7 +273,8 @@ impl Projector {
                 Next::Idle => {
                     let Some(gaps) = &gaps else { continue };
                     let after = self.checkpoint().max(last_stream_sequence);
-                    match gaps.passed_over(after).await {
+                    let read = last_consumer_sequence.unwrap_or(0);
+                    match gaps.passed_over(after, read).await {
                         Ok(Some(point)) => {
                             if batcher.pass_over_to(point).await.is_err() {
                                 return Ok(SessionEnd::Resync("the writer stopped"));
@@ -556,14 +558,18 @@ impl Projector {
 /// `lastEventAt`, read-your-writes and the stream clock behind health would disagree.
 struct FilterGaps<'a> {
     stream: &'a Stream,
+    consumer: &'a PullConsumer,
     subjects: &'a [String],
 }
 
 impl FilterGaps<'_> {
     /// The stream's last message, if nothing on the filter's subjects lies between `after`
-    /// and it. Both questions go to the stream leader, the head first: a message of ours
-    /// stored before that head is found by the second, wherever the consumer is.
-    async fn passed_over(&self, after: u64) -> Result<Option<StreamPoint>, NatsError> {
+    /// and it, and nothing the consumer delivered is still unread (`read`: the consumer
+    /// sequence of the last message read). The stream questions go to the leader, the head
+    /// first: a message of ours stored before that head is found by the second, wherever the
+    /// consumer is; one delivered and then removed by the stream's limits is caught by the
+    /// third.
+    async fn passed_over(&self, after: u64, read: u64) -> Result<Option<StreamPoint>, NatsError> {
         let failed = |e: &dyn std::fmt::Display| NatsError::Stream {
             stream: self.stream.cached_info().config.name.clone(),
             message: format!("looking past the consumer's filter: {e}"),
@@ -588,6 +594,10 @@ impl FilterGaps<'_> {
                 Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
                 Err(e) => return Err(failed(&e)),
             }
+        }
+        let consumer = self.consumer.get_info().await.map_err(|e| failed(&e))?;
+        if consumer.delivered.consumer_sequence != read {
+            return Ok(None);
         }
         Ok(Some(StreamPoint {
             sequence: head,

@@ -340,6 +340,17 @@ async fn a_point_in_time_copy_holds_the_first_n_events_and_is_served_read_only()
     assert_eq!(data["queue"]["completed"], 50);
     assert_eq!(data["freshness"]["appliedSequence"], 150);
     app.stop().await;
+
+    // A copy another projection built is refused, not served with empty windows.
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '2' WHERE key = 'projection_version'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let error = App::start_failure(&nats.url(), &copy, false).await;
+    assert!(error.contains("projection version 2"), "{error}");
 }
 
 #[tokio::test]
