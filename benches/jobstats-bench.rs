@@ -276,8 +276,6 @@ fn writer_only_rate(dir: &Path, events: &[jobstats::events::Event]) -> f64 {
 
 /// Applies (subject, payload) pairs as the next stream sequences, in one batch.
 fn apply_encoded(writer: &mut Writer, encoded: &[(String, Vec<u8>)], sequence: &mut u64) {
-    // Stored "now", as a live stream's messages are: rollup retention and pruning apply.
-    let published_at_ms = Some(Utc::now().timestamp_millis());
     let incoming: Vec<IncomingMessage<'_>> = encoded
         .iter()
         .map(|(subject, payload)| {
@@ -286,7 +284,7 @@ fn apply_encoded(writer: &mut Writer, encoded: &[(String, Vec<u8>)], sequence: &
                 sequence: *sequence,
                 subject,
                 payload,
-                published_at_ms,
+                published_at_ms: None,
             }
         })
         .collect();
