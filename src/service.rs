@@ -120,10 +120,7 @@ pub async fn serve(
         .with_context(|| format!("JOBSTATS_DB_PATH {}", db_path.display()))?;
     if config.read_only || frozen.is_some() {
         tracing::info!(db = %db_path.display(), frozen_until = ?frozen, "serving read-only");
-        if !config.read_only {
-            prepare_frozen_copy(db_path)?;
-        }
-        let readers = open_read_only(db_path, &status)?;
+        let readers = open_read_only(db_path, &status, !config.read_only)?;
         applied.send_replace(status.last_sequence.load(Ordering::Relaxed));
         let state = state(readers, None);
         api::serve(listener, admin, state, &config.http, shutdown.wait()).await?;
@@ -239,12 +236,21 @@ fn prepare_frozen_copy(db_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_read_only(db_path: &Path, status: &ProjectorStatus) -> anyhow::Result<Arc<CurrentReader>> {
+/// Opens a file to serve without projecting; a frozen copy (`frozen_copy`: served read-only
+/// because it is one, not because `--read-only` said so) is brought up to this schema first.
+fn open_read_only(
+    db_path: &Path,
+    status: &ProjectorStatus,
+    frozen_copy: bool,
+) -> anyhow::Result<Arc<CurrentReader>> {
     anyhow::ensure!(
         db_path.exists(),
         "JOBSTATS_DB_PATH {}: no such database to serve read-only",
         db_path.display()
     );
+    if frozen_copy {
+        prepare_frozen_copy(db_path)?;
+    }
     let (found, supported) = store::schema_versions(db_path)?;
     anyhow::ensure!(
         found == supported,

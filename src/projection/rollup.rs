@@ -141,11 +141,16 @@ impl RollupBucket {
     }
 
     pub fn merge(&mut self, other: &RollupBucket) {
+        self.merge_totals(other);
+        self.durations.merge(&other.durations);
+    }
+
+    /// [`RollupBucket::merge`] without the sketch (merged elsewhere, e.g. into a `SketchSum`).
+    pub fn merge_totals(&mut self, other: &RollupBucket) {
         self.completed += other.completed;
         self.failed += other.failed;
         self.duration_sum_ms += other.duration_sum_ms;
         self.duration_count += other.duration_count;
-        self.durations.merge(&other.durations);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -184,16 +184,22 @@ impl SketchSum {
                 .checked_add(((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64))
                 .ok_or(SketchError("index"))?;
             let count = take_varint(&mut rest)?;
-            // A duration of at least 1 ms has a bucket index from 0 to ~4,400.
-            let slot = usize::try_from(index)
-                .ok()
-                .filter(|i| *i < 8_192)
-                .ok_or(SketchError("index"))?;
-            if slot >= self.counts.len() {
-                self.counts.resize(slot + 1, 0);
-            }
-            self.counts[slot] = self.counts[slot].saturating_add(count);
+            self.add_count(index, count)?;
         }
+        Ok(())
+    }
+
+    /// Adds `count` to bucket `index`. A duration of at least 1 ms has a bucket index from 0
+    /// to ~4,400.
+    fn add_count(&mut self, index: i64, count: u64) -> Result<(), SketchError> {
+        let slot = usize::try_from(index)
+            .ok()
+            .filter(|i| *i < 8_192)
+            .ok_or(SketchError("index"))?;
+        if slot >= self.counts.len() {
+            self.counts.resize(slot + 1, 0);
+        }
+        self.counts[slot] = self.counts[slot].saturating_add(count);
         Ok(())
     }
 
@@ -201,14 +207,7 @@ impl SketchSum {
     pub fn add_sketch(&mut self, sketch: &DurationSketch) -> Result<(), SketchError> {
         self.zeros = self.zeros.saturating_add(sketch.zeros);
         for (index, count) in &sketch.buckets {
-            let slot = usize::try_from(*index)
-                .ok()
-                .filter(|i| *i < 8_192)
-                .ok_or(SketchError("index"))?;
-            if slot >= self.counts.len() {
-                self.counts.resize(slot + 1, 0);
-            }
-            self.counts[slot] = self.counts[slot].saturating_add(*count);
+            self.add_count(i64::from(*index), *count)?;
         }
         Ok(())
     }

@@ -485,13 +485,9 @@ impl ReadPool {
                         part
                     }
                 };
-                let closed = &part.1;
-                merged.completed += closed.completed;
-                merged.failed += closed.failed;
-                merged.duration_sum_ms += closed.duration_sum_ms;
-                merged.duration_count += closed.duration_count;
+                merged.merge_totals(&part.1);
                 durations
-                    .add_sketch(&closed.durations)
+                    .add_sketch(&part.1.durations)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             }
             if let Some(open) = open {
