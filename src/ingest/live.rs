@@ -79,8 +79,10 @@ pub struct ProjectorHandles {
 )]
 enum Next {
     Message(jetstream::Message),
-    /// Nothing to process yet (a linger, a missed heartbeat): wait again.
+    /// Nothing to process yet (a linger): wait again.
     Continue,
+    /// The consumer's idle heartbeat did not come.
+    MissedHeartbeat,
     /// Nothing delivered for a while and nothing in hand.
     Idle,
     End(Result<SessionEnd, ProjectorError>),
@@ -105,6 +107,13 @@ enum ProjectorError {
     #[error("writer task failed: {0}")]
     Writer(#[from] tokio::task::JoinError),
 }
+
+/// The idle heartbeat asked of the consumer.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Consecutive missed idle heartbeats after which a connected projector replaces
+/// its consumer.
+const MISSED_HEARTBEATS_BEFORE_RESYNC: u32 = 3;
 
 /// Runs until `shutdown` resolves; then commits the batch in hand and returns.
 pub async fn run(
@@ -220,7 +229,7 @@ impl Projector {
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(self.config.batch_size.min(5_000))
-            .heartbeat(Duration::from_secs(5))
+            .heartbeat(HEARTBEAT)
             .expires(Duration::from_secs(30))
             .messages()
             .await
@@ -257,6 +266,9 @@ impl Projector {
     ) -> Result<SessionEnd, ProjectorError> {
         let mut last_consumer_sequence: Option<u64> = None;
         let mut last_stream_sequence = 0;
+        // Misses in a row: each within a few heartbeats of the one before, no delivery between.
+        let mut missed_heartbeats = 0u32;
+        let mut last_miss: Option<std::time::Instant> = None;
         let mut generation_check = tokio::time::interval(Duration::from_millis(500));
         generation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
@@ -270,6 +282,24 @@ impl Projector {
             let message = match waited.await {
                 Next::Message(message) => message,
                 Next::Continue => continue,
+                Next::MissedHeartbeat => {
+                    let streak = last_miss.is_some_and(|at| at.elapsed() < HEARTBEAT * 4);
+                    missed_heartbeats = if streak { missed_heartbeats + 1 } else { 1 };
+                    last_miss = Some(std::time::Instant::now());
+                    tracing::debug!(missed_heartbeats, "missed a heartbeat");
+                    // Connected, yet the consumer has gone quiet (its leader lost, its only
+                    // peer gone): a new consumer from the checkpoint is the way on. While
+                    // disconnected, the client reconnects and heartbeats resume by themselves.
+                    if missed_heartbeats >= MISSED_HEARTBEATS_BEFORE_RESYNC
+                        && self.client.connection_state()
+                            == async_nats::connection::State::Connected
+                    {
+                        break Ok(SessionEnd::Resync(
+                            "the consumer stopped sending heartbeats",
+                        ));
+                    }
+                    continue;
+                }
                 Next::Idle => {
                     let Some(gaps) = &gaps else { continue };
                     let after = self.checkpoint().max(last_stream_sequence);
@@ -298,6 +328,7 @@ impl Projector {
                 break Ok(SessionEnd::Resync("gap in consumer deliveries"));
             }
             last_consumer_sequence = Some(position.consumer_sequence);
+            missed_heartbeats = 0;
             last_stream_sequence = position.stream_sequence;
             // Decoding here runs in parallel with the writer's commit of the previous batch.
             let received = Received::decode(&message, &position);
@@ -356,9 +387,8 @@ impl Projector {
         match next {
             None => Next::End(Ok(SessionEnd::Resync("message stream ended"))),
             Some(Err(e)) if matches!(e.kind(), pull::MessagesErrorKind::MissingHeartbeat) => {
-                tracing::debug!("missed a heartbeat");
                 self.report_connection();
-                Next::Continue
+                Next::MissedHeartbeat
             }
             Some(Err(e)) => Next::End(Err(NatsError::Messages(e.to_string()).into())),
             Some(Ok(message)) => Next::Message(message),
@@ -407,7 +437,18 @@ impl Projector {
                     .map_err(|e| NatsError::Consumer(e.to_string()))?;
             }
             Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
-            Err(e) => return Err(NatsError::Consumer(e.to_string()).into()),
+            Err(info_error) => {
+                // Info is answered by the consumer's own leader; deletion by the cluster's
+                // meta leader. A replicated consumer whose group lost its leader (seen for
+                // minutes after node failures on a starved host) answers 503 to the first
+                // and still goes away on the second, and its replacement gets a new group.
+                tracing::warn!(consumer = %name, error = %info_error, "consumer unavailable; replacing it");
+                match stream.delete_consumer(name).await {
+                    Ok(_) => {}
+                    Err(e) if is_consumer_not_found(&e) => {}
+                    Err(_) => return Err(NatsError::Consumer(info_error.to_string()).into()),
+                }
+            }
         }
         let config = pull::Config {
             durable_name: Some(name.clone()),
@@ -604,6 +645,15 @@ impl FilterGaps<'_> {
             published_at_ms: (info.state.last_timestamp.unix_timestamp_nanos() / 1_000_000) as i64,
         }))
     }
+}
+
+/// Whether a consumer error says it does not exist.
+fn is_consumer_not_found(error: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    matches!(
+        error.kind(),
+        async_nats::jetstream::stream::ConsumerErrorKind::JetStream(e)
+            if e.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
+    )
 }
 
 /// Whether a nats-server of `version` (`2.10.4`) takes several filter subjects per consumer.

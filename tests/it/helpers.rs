@@ -239,13 +239,13 @@ impl App {
 
     /// Waits until the projector has applied `sequence`.
     pub async fn wait_applied(&self, sequence: u64) {
-        wait_applied(
-            &self.http,
-            &self.url("/readyz"),
-            sequence,
-            Duration::from_secs(60),
-        )
-        .await
+        self.wait_applied_within(sequence, Duration::from_secs(60))
+            .await
+    }
+
+    /// Like `wait_applied`, with the patience a cluster's recovery needs.
+    pub async fn wait_applied_within(&self, sequence: u64, patience: Duration) {
+        wait_applied(&self.http, &self.url("/readyz"), sequence, patience).await
     }
 
     /// Stops the server (graceful: the projector commits its batch).
@@ -366,13 +366,13 @@ impl ServeProcess {
     }
 
     pub async fn wait_applied(&self, sequence: u64) {
-        wait_applied(
-            &self.http,
-            &self.url("/readyz"),
-            sequence,
-            Duration::from_secs(60),
-        )
-        .await
+        self.wait_applied_within(sequence, Duration::from_secs(60))
+            .await
+    }
+
+    /// Like `wait_applied`, with the patience a cluster's recovery needs.
+    pub async fn wait_applied_within(&self, sequence: u64, patience: Duration) {
+        wait_applied(&self.http, &self.url("/readyz"), sequence, patience).await
     }
 }
 
