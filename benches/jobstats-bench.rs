@@ -366,7 +366,11 @@ fn window_read_p50_us(dir: &Path, executions: u64) -> (f64, f64, f64) {
     let range = jobstats::projection::rollup::Window::Month.buckets(end.timestamp_millis());
     let (mut plain, mut windowed, mut reusing) = (Vec::new(), Vec::new(), Vec::new());
     pool.read_window_reusing_closed_hours(1, range).unwrap();
-    for _ in 0..1_000 {
+    let reads = std::env::var("BENCH_WINDOW_READS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000);
+    for _ in 0..reads {
         let started = Instant::now();
         let alone = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
         plain.push(started.elapsed().as_secs_f64() * 1e6);
@@ -631,6 +635,9 @@ struct BenchArgs {
     /// Only figures (7) and (8), health reads and the job list.
     #[arg(long)]
     health_only: bool,
+    /// Only figure (9), the 30-day window reads (BENCH_WINDOW_READS sets how many).
+    #[arg(long)]
+    window_only: bool,
     /// Only the cluster figures (11): one node vs a 3-node cluster with an R3 stream, and a
     /// replica bootstrapped from a snapshot vs from the stream.
     #[arg(long)]
@@ -676,6 +683,13 @@ async fn main() {
     let mut bench = Bench::start(args).await;
     if bench.args.health_only {
         bench.health_only().await;
+        return;
+    }
+    if bench.args.window_only {
+        for executions in [1_000, 1_000_000] {
+            let (plain, windowed, reusing) = window_read_p50_us(bench.dir.path(), executions);
+            println!("(9) {executions} runs: plain {plain:.1} us, no cache {windowed:.1} us, reusing {reusing:.1} us");
+        }
         return;
     }
     let events = mix(total);

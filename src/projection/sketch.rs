@@ -12,8 +12,6 @@
 //! within α of each of them. Durations below 1 ms (0: a finish in the same millisecond as the
 //! start) are counted apart and reported as 0.
 
-use std::collections::BTreeMap;
-
 /// The relative accuracy: half the contract's 1%, which leaves room for the rounding of a
 /// representative to whole milliseconds (at most 0.5 ms, i.e. < 0.5% from 100 ms up, and exact
 /// below, where buckets are narrower than a millisecond).
@@ -31,8 +29,10 @@ fn gamma() -> f64 {
 pub struct DurationSketch {
     /// Values below 1 ms.
     zeros: u64,
-    /// Bucket index → count, never holding a zero count.
-    buckets: BTreeMap<i32, u64>,
+    /// (bucket index, count), ascending by index, never holding a zero count. A sorted
+    /// vector rather than a tree: a wide sketch has a few hundred buckets, decoded on every
+    /// uncached read (one push each) and walked for its quantiles.
+    buckets: Vec<(i32, u64)>,
 }
 
 /// What cannot be read back as a sketch (a corrupt or foreign blob).
@@ -55,35 +55,59 @@ impl DurationSketch {
     /// Adds (`sign` 1) or removes (`sign` −1) one duration. Removing a value that was never
     /// added saturates at zero instead of underflowing (the caller's invariant, not ours).
     pub fn add(&mut self, value_ms: i64, sign: i64) {
-        let slot = match Self::index(value_ms) {
-            None => &mut self.zeros,
-            Some(index) => self.buckets.entry(index).or_insert(0),
+        let Some(index) = Self::index(value_ms) else {
+            self.zeros = if sign >= 0 {
+                self.zeros.saturating_add(1)
+            } else {
+                self.zeros.saturating_sub(1)
+            };
+            return;
         };
-        *slot = if sign >= 0 {
-            slot.saturating_add(1)
-        } else {
-            slot.saturating_sub(1)
-        };
-        if let Some(index) = Self::index(value_ms) {
-            if self.buckets.get(&index) == Some(&0) {
-                self.buckets.remove(&index);
+        match self.buckets.binary_search_by_key(&index, |(i, _)| *i) {
+            Ok(at) if sign >= 0 => self.buckets[at].1 = self.buckets[at].1.saturating_add(1),
+            Ok(at) => {
+                self.buckets[at].1 -= 1;
+                if self.buckets[at].1 == 0 {
+                    self.buckets.remove(at);
+                }
             }
+            Err(at) if sign >= 0 => self.buckets.insert(at, (index, 1)),
+            Err(_) => {}
         }
     }
 
     /// Adds every value of `other`.
     pub fn merge(&mut self, other: &DurationSketch) {
         self.zeros = self.zeros.saturating_add(other.zeros);
-        for (index, count) in &other.buckets {
-            let slot = self.buckets.entry(*index).or_insert(0);
-            *slot = slot.saturating_add(*count);
+        let (ours, theirs) = (&self.buckets, &other.buckets);
+        let mut merged = Vec::with_capacity(ours.len() + theirs.len());
+        let (mut i, mut j) = (0, 0);
+        while i < ours.len() && j < theirs.len() {
+            match ours[i].0.cmp(&theirs[j].0) {
+                std::cmp::Ordering::Less => {
+                    merged.push(ours[i]);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    merged.push(theirs[j]);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    merged.push((ours[i].0, ours[i].1.saturating_add(theirs[j].1)));
+                    i += 1;
+                    j += 1;
+                }
+            }
         }
+        merged.extend_from_slice(&ours[i..]);
+        merged.extend_from_slice(&theirs[j..]);
+        self.buckets = merged;
     }
 
     pub fn count(&self) -> u64 {
         self.buckets
-            .values()
-            .fold(self.zeros, |sum, c| sum.saturating_add(*c))
+            .iter()
+            .fold(self.zeros, |sum, (_, c)| sum.saturating_add(*c))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,26 +117,40 @@ impl DurationSketch {
     /// The `q`-quantile (0 < q ≤ 1) in whole ms: the value at rank ⌈q·n⌉, within
     /// [`RELATIVE_ACCURACY`] (plus rounding); `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<i64> {
+        let [value] = self.quantiles([q]);
+        value
+    }
+
+    /// Several quantiles (ascending `qs`) in one walk over the buckets.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<i64>; N] {
         let n = self.count();
         if n == 0 {
-            return None;
+            return [None; N];
         }
-        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut out = [None; N];
+        let mut buckets = self.buckets.iter();
         let mut seen = self.zeros;
-        if seen >= rank {
-            return Some(0);
-        }
-        for (index, count) in &self.buckets {
-            seen = seen.saturating_add(*count);
-            if seen >= rank {
-                return Some(Self::representative(*index).round() as i64);
+        let mut current = 0.0f64;
+        for (slot, q) in out.iter_mut().zip(qs) {
+            let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+            if rank <= self.zeros {
+                *slot = Some(0);
+                continue;
             }
+            while seen < rank {
+                match buckets.next() {
+                    Some((index, count)) => {
+                        seen = seen.saturating_add(*count);
+                        current = Self::representative(*index);
+                    }
+                    // Unreachable while counts sum to n; the largest bucket is the honest
+                    // answer.
+                    None => break,
+                }
+            }
+            *slot = Some(current.round() as i64);
         }
-        // Unreachable while counts sum to n; the largest bucket is the honest answer.
-        self.buckets
-            .keys()
-            .next_back()
-            .map(|i| Self::representative(*i).round() as i64)
+        out
     }
 
     /// The compact encoding stored in SQLite: a format byte, the below-1-ms count, then each
@@ -138,7 +176,7 @@ impl DurationSketch {
             return Err(SketchError("unknown format"));
         }
         let zeros = take_varint(&mut rest)?;
-        let mut buckets = BTreeMap::new();
+        let mut buckets: Vec<(i32, u64)> = Vec::with_capacity(rest.len() / 2);
         let mut index = 0i64;
         while !rest.is_empty() {
             let zigzag = take_varint(&mut rest)?;
@@ -146,9 +184,11 @@ impl DurationSketch {
             index = index.checked_add(delta).ok_or(SketchError("index"))?;
             let count = take_varint(&mut rest)?;
             let index = i32::try_from(index).map_err(|_| SketchError("index"))?;
-            if count == 0 || buckets.insert(index, count).is_some() {
+            // The encoder writes buckets in ascending order, each once.
+            if count == 0 || buckets.last().is_some_and(|(last, _)| *last >= index) {
                 return Err(SketchError("bucket"));
             }
+            buckets.push((index, count));
         }
         Ok(DurationSketch { zeros, buckets })
     }
@@ -215,6 +255,7 @@ impl SketchSum {
     pub fn into_sketch(self) -> DurationSketch {
         DurationSketch {
             zeros: self.zeros,
+            // Ascending by construction: the array is indexed by bucket.
             buckets: self
                 .counts
                 .into_iter()
@@ -262,12 +303,8 @@ pub struct Percentiles {
 
 impl Percentiles {
     pub fn of(sketch: &DurationSketch) -> Self {
-        Percentiles {
-            p50: sketch.quantile(0.50),
-            p90: sketch.quantile(0.90),
-            p95: sketch.quantile(0.95),
-            p99: sketch.quantile(0.99),
-        }
+        let [p50, p90, p95, p99] = sketch.quantiles([0.50, 0.90, 0.95, 0.99]);
+        Percentiles { p50, p90, p95, p99 }
     }
 }
 
@@ -336,12 +373,35 @@ mod tests {
     }
 
     #[test]
+    fn several_quantiles_in_one_walk_equal_each_alone() {
+        let mut sketch = DurationSketch::default();
+        for v in [0, 0, 3, 17, 17, 250, 4_000, 4_001, 90_000, 7_200_000] {
+            sketch.add(v, 1);
+        }
+        let qs = [0.01, 0.2, 0.5, 0.5, 0.9, 0.95, 0.99, 1.0];
+        let together = sketch.quantiles(qs);
+        for (q, value) in qs.iter().zip(together) {
+            assert_eq!(value, sketch.quantile(*q), "q={q}");
+        }
+        assert_eq!(together[0], Some(0));
+        assert_eq!(
+            together[7],
+            Some(7_200_000).map(|v: i64| {
+                DurationSketch::representative(DurationSketch::index(v).unwrap()).round() as i64
+            })
+        );
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for bytes in [
             &[][..],
             &[2],
             &[1, 0x80],
             &[1, 0, 2, 0],
+            // Buckets out of order (index 2, then 1) or repeated (2, 2).
+            &[1, 0, 4, 1, 1, 1],
+            &[1, 0, 4, 1, 0, 1],
             &[
                 1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1,
             ],
