@@ -1280,7 +1280,7 @@ const METHOD: &str = "
   until a late finish lands in them, the current hour read. With no cache at all it merges every
   bucket of the window (~29 days and up to 46 hours), as after a start or a late finish.
 - Rerun: `NATS_SERVER_BIN=$(command -v nats-server) cargo bench --bench jobstats-bench`
-  (after `--`: `--events N`, `--no-http`, `--writer-only`, `--health-only`, `--smoke`).
+  (after `--`: `--events N`, `--no-http`, `--writer-only`, `--health-only`, `--window-only`, `--smoke`).
 ";
 
 #[global_allocator]
