@@ -328,16 +328,65 @@ fn query_p50_us(dir: &Path, executions: u64) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// p50s (us) of a stats read alone and of a stats read plus an uncached `?window=30d` merge,
-/// for a job with `executions` runs spread evenly over the 30 days (run times 0.5-60 s, so
-/// each hour's sketch holds as many distinct buckets as its runs allow).
-/// p50s of (plain stats read, stats + ?window=30d with no cache at all, stats + ?window=30d
-/// as a changed job reads it: closed hours merged before, the current hour read).
-fn window_read_p50_us(dir: &Path, executions: u64) -> (f64, f64, f64) {
+/// For two jobs of `sizes` runs spread evenly over 30 days (run times 0.5-60 s, so each
+/// hour's sketch holds as many distinct buckets as its runs allow), the p50s (us) of (plain
+/// stats read, stats + ?window=30d with no cache at all, stats + ?window=30d as a changed job
+/// reads it: closed hours merged before, the current hour read).
+fn window_read_p50_us(dir: &Path, sizes: [u64; 2]) -> [(f64, f64, f64); 2] {
+    let tenant = jobstats::events::TenantId::parse("00000000-0000-4000-8000-000000000001").unwrap();
+    let job = jobstats::events::JobName::parse("windowed").unwrap();
+    let end = Utc.with_ymd_and_hms(2025, 7, 1, 0, 0, 0).unwrap();
+    let range = jobstats::projection::rollup::Window::Month.buckets(end.timestamp_millis());
+    let pools = sizes.map(|executions| {
+        let pool = ReadPool::open(&window_db(dir, executions, end)).unwrap();
+        pool.read_window_reusing_closed_hours(1, range).unwrap();
+        pool
+    });
+    let reads = std::env::var("BENCH_WINDOW_READS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000);
+    // [job][plain, no cache, reusing]: the two jobs' reads alternate, so whatever else the
+    // machine does weighs on both alike.
+    let mut samples: [[Vec<f64>; 3]; 2] = Default::default();
+    for _ in 0..reads {
+        for ((pool, executions), samples) in pools.iter().zip(sizes).zip(samples.iter_mut()) {
+            let started = Instant::now();
+            let alone = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
+            samples[0].push(started.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(alone.stats.completed as u64, executions);
+            let started = Instant::now();
+            let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
+            let (_, merged) = pool.read_window(snapshot.job_id, range).unwrap();
+            let _ = merged.percentiles();
+            samples[1].push(started.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(merged.completed as u64, executions);
+            assert_eq!(snapshot.stats.completed as u64, executions);
+            let started = Instant::now();
+            let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
+            let (_, again) = pool
+                .read_window_reusing_closed_hours(snapshot.job_id, range)
+                .unwrap();
+            let _ = again.percentiles();
+            samples[2].push(started.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(again, merged);
+        }
+    }
+    let p50 = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    samples.map(|[mut plain, mut cold, mut reusing]| {
+        (p50(&mut plain), p50(&mut cold), p50(&mut reusing))
+    })
+}
+
+/// A database of one job, `windowed`, with `executions` completed runs over the 30 days
+/// before `end`.
+fn window_db(dir: &Path, executions: u64, end: chrono::DateTime<Utc>) -> std::path::PathBuf {
     let db = dir.join(format!("window-{executions}.db"));
     let (mut writer, _) = Writer::open(&db).unwrap();
     let tenant = "00000000-0000-4000-8000-000000000001";
-    let end = Utc.with_ymd_and_hms(2025, 7, 1, 0, 0, 0).unwrap();
     let span_ms = 30 * 86_400_000i64;
     let mut sequence = 0u64;
     let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
@@ -360,42 +409,7 @@ fn window_read_p50_us(dir: &Path, executions: u64) -> (f64, f64, f64) {
             pending.clear();
         }
     }
-    let pool = ReadPool::open(&db).unwrap();
-    let tenant = jobstats::events::TenantId::parse(tenant).unwrap();
-    let job = jobstats::events::JobName::parse("windowed").unwrap();
-    let range = jobstats::projection::rollup::Window::Month.buckets(end.timestamp_millis());
-    let (mut plain, mut windowed, mut reusing) = (Vec::new(), Vec::new(), Vec::new());
-    pool.read_window_reusing_closed_hours(1, range).unwrap();
-    let reads = std::env::var("BENCH_WINDOW_READS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000);
-    for _ in 0..reads {
-        let started = Instant::now();
-        let alone = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
-        plain.push(started.elapsed().as_secs_f64() * 1e6);
-        assert_eq!(alone.stats.completed as u64, executions);
-        let started = Instant::now();
-        let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
-        let (_, merged) = pool.read_window(snapshot.job_id, range).unwrap();
-        let _ = merged.percentiles();
-        windowed.push(started.elapsed().as_secs_f64() * 1e6);
-        assert_eq!(merged.completed as u64, executions);
-        assert_eq!(snapshot.stats.completed as u64, executions);
-        let started = Instant::now();
-        let snapshot = pool.job_snapshot(&tenant, &job, 10).unwrap().unwrap();
-        let (_, again) = pool
-            .read_window_reusing_closed_hours(snapshot.job_id, range)
-            .unwrap();
-        let _ = again.percentiles();
-        reusing.push(started.elapsed().as_secs_f64() * 1e6);
-        assert_eq!(again, merged);
-    }
-    let p50 = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    (p50(plain), p50(windowed), p50(reusing))
+    db
 }
 
 /// Rows and bytes of the rollups in a database: (rows, sketch bytes, days its finishes span).
@@ -686,8 +700,11 @@ async fn main() {
         return;
     }
     if bench.args.window_only {
-        for executions in [1_000, 1_000_000] {
-            let (plain, windowed, reusing) = window_read_p50_us(bench.dir.path(), executions);
+        let sizes = [1_000, 1_000_000];
+        for (executions, (plain, windowed, reusing)) in sizes
+            .into_iter()
+            .zip(window_read_p50_us(bench.dir.path(), sizes))
+        {
             println!("(9) {executions} runs: plain {plain:.1} us, no cache {windowed:.1} us, reusing {reusing:.1} us");
         }
         return;
@@ -1075,8 +1092,8 @@ impl Bench {
         } else {
             (1_000, 1_000_000)
         };
-        let (plain_small, cold_small, windowed_small) = window_read_p50_us(&dir, window_small);
-        let (plain_large, cold_large, windowed_large) = window_read_p50_us(&dir, window_large);
+        let [(plain_small, cold_small, windowed_small), (plain_large, cold_large, windowed_large)] =
+            window_read_p50_us(&dir, [window_small, window_large]);
         for (runs, plain, cold, windowed) in [
             (window_small, plain_small, cold_small, windowed_small),
             (window_large, plain_large, cold_large, windowed_large),
@@ -1279,6 +1296,8 @@ const METHOD: &str = "
   changed): the closed hours (before the hour of its latest finish) merged once and kept
   until a late finish lands in them, the current hour read. With no cache at all it merges every
   bucket of the window (~29 days and up to 46 hours), as after a start or a late finish.
+  The two jobs' reads alternate in one loop (1,000 rounds), so the machine's other work
+  weighs on both alike.
 - Rerun: `NATS_SERVER_BIN=$(command -v nats-server) cargo bench --bench jobstats-bench`
   (after `--`: `--events N`, `--no-http`, `--writer-only`, `--health-only`, `--window-only`, `--smoke`).
 ";

@@ -58,7 +58,24 @@ pub struct StatsBody {
     job: JobName,
     /// The last computed next fire time (ms) and its JSON: valid until that instant passes.
     next_run: Mutex<Option<(i64, String)>>,
+    /// The last `schedule` and `health` objects made, for reuse while the verdict holds.
+    judged: Mutex<Option<Arc<Judged>>>,
 }
+
+/// The per-request objects of one verdict. A verdict changes at a few instants (a fire, a
+/// grace running out, a run passing its maximum runtime) while `asOf` moves with every
+/// request: the objects are kept whole but for `asOf`, which comes first in the health object.
+struct Judged {
+    /// The health they were made from, `as_of` set to 0.
+    verdict: Health,
+    next_run: Option<String>,
+    schedule_json: String,
+    /// The health object after its `asOf` member: `,"consecutiveFailures":…}`.
+    health_after_as_of: String,
+}
+
+/// The start of a health object serialized with an empty `asOf`.
+const HEALTH_EMPTY_AS_OF: &str = "{\"asOf\":\"\"";
 
 impl StatsBody {
     pub fn new(job: &JobName, snapshot: Arc<JobSnapshot>) -> Self {
@@ -68,6 +85,7 @@ impl StatsBody {
             parts,
             job: job.clone(),
             next_run: Mutex::new(None),
+            judged: Mutex::new(None),
         }
     }
 
@@ -87,12 +105,14 @@ impl StatsBody {
             format!("{WINDOW_KEY}{}", to_json_text(&WindowJson::of(w)))
         });
         let now_json = json_string(&rfc3339_millis(now.timestamp_millis()));
-        let schedule = schedule_stats(&self.snapshot, self.next_run(now), &health);
-        let schedule_json = to_json_text(&ScheduleJson::of(&schedule));
-        let health_json = to_json_text(&HealthJson::of(&health_stats(
-            &health,
-            &self.snapshot.stats,
-        )));
+        let as_of_json = if health.as_of == now.timestamp_millis() {
+            now_json.clone()
+        } else {
+            json_string(&rfc3339_millis(health.as_of))
+        };
+        let judged = self.judged(health, self.next_run(now));
+        let schedule_json = &judged.schedule_json;
+        let health_json = format!("{{\"asOf\":{as_of_json}{}", judged.health_after_as_of);
         let size: usize = parts
             .iter()
             .map(|p| match p {
@@ -114,6 +134,36 @@ impl StatsBody {
             });
         }
         body
+    }
+
+    /// The `schedule` and `health` objects of a verdict: the last ones made when the verdict
+    /// and next run are the same, else new ones (kept for the next request).
+    fn judged(&self, mut health: Health, next_run: Option<String>) -> Arc<Judged> {
+        let as_of = std::mem::take(&mut health.as_of);
+        let mut last = self.judged.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(judged) = last
+            .as_ref()
+            .filter(|j| j.verdict == health && j.next_run == next_run)
+        {
+            return judged.clone();
+        }
+        let mut at = health.clone();
+        at.as_of = as_of;
+        let schedule = schedule_stats(&self.snapshot, next_run.clone(), &at);
+        let mut health_stats = health_stats(&at, &self.snapshot.stats);
+        health_stats.summary.as_of = String::new();
+        let health_text = to_json_text(&HealthJson::of(&health_stats));
+        let judged = Arc::new(Judged {
+            verdict: health,
+            next_run,
+            schedule_json: to_json_text(&ScheduleJson::of(&schedule)),
+            health_after_as_of: health_text
+                .strip_prefix(HEALTH_EMPTY_AS_OF)
+                .unwrap_or_default()
+                .to_owned(),
+        });
+        *last = Some(judged.clone());
+        judged
     }
 
     /// The schedule's first fire after `now`, cached until that instant passes.
@@ -544,6 +594,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_verdict_is_serialized_once_while_it_holds() {
+        let job = JobName::parse("j").unwrap();
+        let snapshot = snapshot(Some("*/5 * * * *"), None);
+        let body = StatsBody::new(&job, snapshot.clone());
+        let last = || body.judged.lock().unwrap().clone().unwrap();
+        let answer = |now: i64, judgement: Judgement| {
+            let made = body.at(at(now), judgement, 3_600_000, None);
+            let health = snapshot.judge(judgement, 3_600_000);
+            assert_eq!(made, whole_body(&job, &snapshot, at(now), &health, None));
+            made
+        };
+        let first = answer(1_700_000_000_123, Judgement::At(1_700_000_000_123));
+        let kept = last();
+        // A millisecond later: another asOf and generatedAt, the same verdict.
+        let second = answer(1_700_000_000_124, Judgement::At(1_700_000_000_124));
+        assert!(Arc::ptr_eq(&kept, &last()));
+        assert_ne!(first, second);
+        // Another verdict (the stream unreadable) is made anew.
+        answer(
+            1_700_000_000_125,
+            Judgement::Unknown {
+                as_of: 1_700_000_000_000,
+                since: 1_700_000_000_100,
+            },
+        );
+        assert!(!Arc::ptr_eq(&kept, &last()));
     }
 
     #[test]
