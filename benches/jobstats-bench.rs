@@ -431,6 +431,29 @@ fn rollup_storage(db: &Path) -> (i64, i64, f64) {
     .unwrap()
 }
 
+/// Sizes of vacuumed copies of a database: as it is, and without what percentiles and
+/// windows added (the rollups and the jobs' sketches): the database before and after them.
+fn size_without_rollups(db: &Path, scratch: &Path) -> (u64, u64) {
+    std::fs::create_dir_all(scratch).unwrap();
+    let (whole, stripped) = (scratch.join("whole.db"), scratch.join("stripped.db"));
+    let conn = rusqlite::Connection::open(db).unwrap();
+    for copy in [&whole, &stripped] {
+        let _ = std::fs::remove_file(copy);
+        conn.execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+    }
+    let copy = rusqlite::Connection::open(&stripped).unwrap();
+    copy.execute_batch(
+        "DELETE FROM rollups;
+         UPDATE job_stats SET duration_sketch = NULL, queue_wait_sketch = NULL;
+         VACUUM;",
+    )
+    .unwrap();
+    drop(copy);
+    let size = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    (size(&whole), size(&stripped))
+}
+
 /// Writes one `*/10 * * * *` job: `history` runs long before the health window, then one run
 /// per fire over the last `recent` fires up to now. Returns the database path.
 fn scheduled_job_db(dir: &Path, name: &str, history: u64, recent: u64) -> std::path::PathBuf {
@@ -985,12 +1008,23 @@ impl Bench {
         let db = self.dir.path().join("rebuilt.db");
         let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
         let (rows, sketch_bytes, days) = rollup_storage(&db);
+        let (compacted, without) = size_without_rollups(&db, &self.dir.path().join("stripped"));
         let jobs = 1_000.0;
         let table = &mut self.table;
         table.row(
             "(10) database size after the rebuild (MB)",
             format!("{:.1}", size as f64 / 1e6),
             "the rebuilt file of the whole stream, rollups included",
+        );
+        table.row(
+            "(10) the same without rollups and sketches (MB)",
+            format!("{:.1}", without as f64 / 1e6),
+            &format!(
+                "both vacuumed: {:.1} MB with them, {:.1} MB without (rollups table and the job \
+                 sketches removed)",
+                compacted as f64 / 1e6,
+                without as f64 / 1e6
+            ),
         );
         table.row(
             "(10) rollup rows per job per day",
@@ -1281,6 +1315,9 @@ const METHOD: &str = "
   harness while wrk runs. wrk, nats-server, the harness and serve share the machine's cores.
 - (5): `ReadPool::job_snapshot` (SQLite, no cache) for a job with 1k and with 1M executions.
 - (6): VmHWM of that serve process after (2) and (4).
+- (10): the file `rebuild` wrote from the whole stream; then `VACUUM INTO` copies of it as it
+  is and with the rollups table emptied and the jobs' duration and queue-wait sketches
+  removed: its size before and after percentiles and windows.
 - (7): `ReadPool::job_snapshot` plus the health verdict at the present, for a `*/10 * * * *`
   job with one run per fire over its last 1,000 fires, alone and after 1M older runs: the
   cost follows the 8-day window, not the history.
