@@ -283,17 +283,20 @@ impl Projector {
                 Next::Message(message) => message,
                 Next::Continue => continue,
                 Next::MissedHeartbeat => {
+                    // While disconnected, misses say nothing of the consumer: the client
+                    // reconnects and heartbeats resume by themselves. Only a streak counted
+                    // while connected (none from before a reconnect) ends the session.
+                    if self.client.connection_state() != async_nats::connection::State::Connected {
+                        (missed_heartbeats, last_miss) = (0, None);
+                        continue;
+                    }
                     let streak = last_miss.is_some_and(|at| at.elapsed() < HEARTBEAT * 4);
                     missed_heartbeats = if streak { missed_heartbeats + 1 } else { 1 };
                     last_miss = Some(std::time::Instant::now());
                     tracing::debug!(missed_heartbeats, "missed a heartbeat");
                     // Connected, yet the consumer has gone quiet (its leader lost, its only
-                    // peer gone): a new consumer from the checkpoint is the way on. While
-                    // disconnected, the client reconnects and heartbeats resume by themselves.
-                    if missed_heartbeats >= MISSED_HEARTBEATS_BEFORE_RESYNC
-                        && self.client.connection_state()
-                            == async_nats::connection::State::Connected
-                    {
+                    // peer gone): a new consumer from the checkpoint is the way on.
+                    if missed_heartbeats >= MISSED_HEARTBEATS_BEFORE_RESYNC {
                         break Ok(SessionEnd::Resync(
                             "the consumer stopped sending heartbeats",
                         ));
@@ -446,7 +449,12 @@ impl Projector {
                 match stream.delete_consumer(name).await {
                     Ok(_) => {}
                     Err(e) if is_consumer_not_found(&e) => {}
-                    Err(_) => return Err(NatsError::Consumer(info_error.to_string()).into()),
+                    Err(delete_error) => {
+                        return Err(NatsError::Consumer(format!(
+                            "{info_error}; deleting it: {delete_error}"
+                        ))
+                        .into())
+                    }
                 }
             }
         }

@@ -123,6 +123,7 @@ impl DurationSketch {
 
     /// Several quantiles (ascending `qs`) in one walk over the buckets.
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<i64>; N] {
+        debug_assert!(qs.windows(2).all(|w| w[0] <= w[1]), "ascending: {qs:?}");
         let n = self.count();
         if n == 0 {
             return [None; N];
