@@ -613,6 +613,126 @@ fn not_allowed_schedule_settings(
     not_allowed(&raw.max_runtime_ms, "maxRuntimeMs", event_type)
 }
 
+/// The message's JSON object, its fields borrowed from `text`.
+fn parse_object(text: &str) -> Result<RawEvent<'_>, DecodeError> {
+    // One pass into the field struct; only a failure pays for a second look at the JSON. Serde
+    // would also fill a struct from a JSON array, hence the explicit object check.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<Value>(text) {
+            Ok(_) => DecodeError::NotAnObject,
+            Err(e) => DecodeError::MalformedJson(e.to_string()),
+        });
+    }
+    serde_json::from_str(text).map_err(|error| match serde_json::from_str::<Value>(text) {
+        Ok(value) if !value.is_object() => DecodeError::NotAnObject,
+        _ => DecodeError::MalformedJson(error.to_string()),
+    })
+}
+
+/// A version the decoder knows, or none (the current one).
+fn check_spec_version(spec_version: &Option<Field<'_>>) -> Result<(), DecodeError> {
+    match spec_version {
+        None => Ok(()),
+        Some(Field::Number(n))
+            if n.as_i64()
+                .is_some_and(|v| SUPPORTED_SPEC_VERSIONS.contains(&v)) =>
+        {
+            Ok(())
+        }
+        Some(Field::Number(n)) => Err(DecodeError::UnsupportedSpecVersion(n.to_string())),
+        Some(_) => Err(DecodeError::WrongType {
+            field: "specVersion",
+            expected: "an integer",
+        }),
+    }
+}
+
+/// A `scheduled` event's fields: the cron (or null) and its optional settings.
+fn scheduled_kind(raw: &RawEvent<'_>) -> Result<EventKind, DecodeError> {
+    not_allowed(&raw.execution_id, "executionId", EventType::Scheduled)?;
+    not_allowed(&raw.items_processed, "itemsProcessed", EventType::Scheduled)?;
+    not_allowed(&raw.error, "error", EventType::Scheduled)?;
+    let cron = match &raw.cron {
+        None => return Err(DecodeError::MissingField("cron")),
+        Some(Field::Null) => None,
+        Some(Field::Str(expression)) => Some(CronSchedule::parse(expression).map_err(
+            |reason| DecodeError::InvalidCron {
+                expression: expression.chars().take(256).collect(),
+                reason,
+            },
+        )?),
+        Some(_) => {
+            return Err(DecodeError::WrongType {
+                field: "cron",
+                expected: "a string or null",
+            })
+        }
+    };
+    let grace_ms = optional_integer(&raw.grace_ms, "graceMs", MIN_GRACE_MS, MAX_GRACE_MS)?;
+    let max_runtime_ms = optional_integer(
+        &raw.max_runtime_ms,
+        "maxRuntimeMs",
+        MIN_MAX_RUNTIME_MS,
+        MAX_MAX_RUNTIME_MS,
+    )?;
+    Ok(EventKind::Scheduled {
+        cron,
+        grace_ms: grace_ms.map(|g| g as i64),
+        max_runtime_ms: max_runtime_ms.map(|m| m as i64),
+    })
+}
+
+/// The fields of one event type: those it needs, checked, and those it must not carry.
+fn event_kind(raw: &RawEvent<'_>, event_type: EventType) -> Result<EventKind, DecodeError> {
+    let execution_id = |raw: &RawEvent<'_>| -> Result<ExecutionId, DecodeError> {
+        ExecutionId::parse(required_str(&raw.execution_id, "executionId")?).map_err(|reason| {
+            DecodeError::InvalidField {
+                field: "executionId",
+                reason,
+            }
+        })
+    };
+
+    Ok(match event_type {
+        EventType::Scheduled => scheduled_kind(raw)?,
+        EventType::Enqueued | EventType::Started => {
+            let execution_id = execution_id(raw)?;
+            not_allowed(&raw.items_processed, "itemsProcessed", event_type)?;
+            not_allowed(&raw.error, "error", event_type)?;
+            not_allowed(&raw.cron, "cron", event_type)?;
+            not_allowed_schedule_settings(raw, event_type)?;
+            if event_type == EventType::Enqueued {
+                EventKind::Enqueued { execution_id }
+            } else {
+                EventKind::Started { execution_id }
+            }
+        }
+        EventType::Completed => {
+            let execution_id = execution_id(raw)?;
+            let items_processed = optional_items(&raw.items_processed)?;
+            not_allowed(&raw.error, "error", event_type)?;
+            not_allowed(&raw.cron, "cron", event_type)?;
+            not_allowed_schedule_settings(raw, event_type)?;
+            EventKind::Completed {
+                execution_id,
+                items_processed,
+            }
+        }
+        EventType::Failed => {
+            let execution_id = execution_id(raw)?;
+            let items_processed = optional_items(&raw.items_processed)?;
+            let error = optional_error(&raw.error)?;
+            not_allowed(&raw.cron, "cron", event_type)?;
+            not_allowed_schedule_settings(raw, event_type)?;
+            EventKind::Failed {
+                execution_id,
+                items_processed,
+                error,
+            }
+        }
+    })
+}
+
 /// Decodes and validates one message. Rules are checked in a fixed order (size, subject,
 /// encoding, JSON, version, required fields, types, cross-checks), so a message breaking several
 /// rules always gets the same reason.
@@ -624,33 +744,9 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
     }
     let subject_parts = parse_subject(subject)?;
     let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
-    // One pass into the field struct; only a failure pays for a second look at the JSON. Serde
-    // would also fill a struct from a JSON array, hence the explicit object check.
-    if !text.trim_start().starts_with('{') {
-        return Err(match serde_json::from_str::<Value>(text) {
-            Ok(_) => DecodeError::NotAnObject,
-            Err(e) => DecodeError::MalformedJson(e.to_string()),
-        });
-    }
-    let raw: RawEvent =
-        serde_json::from_str(text).map_err(|error| match serde_json::from_str::<Value>(text) {
-            Ok(value) if !value.is_object() => DecodeError::NotAnObject,
-            _ => DecodeError::MalformedJson(error.to_string()),
-        })?;
+    let raw = parse_object(text)?;
 
-    match &raw.spec_version {
-        None => {}
-        Some(Field::Number(n))
-            if n.as_i64()
-                .is_some_and(|v| SUPPORTED_SPEC_VERSIONS.contains(&v)) => {}
-        Some(Field::Number(n)) => return Err(DecodeError::UnsupportedSpecVersion(n.to_string())),
-        Some(_) => {
-            return Err(DecodeError::WrongType {
-                field: "specVersion",
-                expected: "an integer",
-            })
-        }
-    }
+    check_spec_version(&raw.spec_version)?;
 
     let body_type = required_str(&raw.event_type, "type")?;
     let event_type = EventType::parse(subject_parts.type_token).ok_or_else(|| {
@@ -705,87 +801,7 @@ pub fn decode(subject: &str, payload: &[u8]) -> Result<Event, DecodeError> {
         })?
         .with_timezone(&Utc);
 
-    let execution_id = |raw: &RawEvent<'_>| -> Result<ExecutionId, DecodeError> {
-        ExecutionId::parse(required_str(&raw.execution_id, "executionId")?).map_err(|reason| {
-            DecodeError::InvalidField {
-                field: "executionId",
-                reason,
-            }
-        })
-    };
-
-    let kind = match event_type {
-        EventType::Scheduled => {
-            not_allowed(&raw.execution_id, "executionId", event_type)?;
-            not_allowed(&raw.items_processed, "itemsProcessed", event_type)?;
-            not_allowed(&raw.error, "error", event_type)?;
-            let cron = match &raw.cron {
-                None => return Err(DecodeError::MissingField("cron")),
-                Some(Field::Null) => None,
-                Some(Field::Str(expression)) => {
-                    Some(CronSchedule::parse(expression).map_err(|reason| {
-                        DecodeError::InvalidCron {
-                            expression: expression.chars().take(256).collect(),
-                            reason,
-                        }
-                    })?)
-                }
-                Some(_) => {
-                    return Err(DecodeError::WrongType {
-                        field: "cron",
-                        expected: "a string or null",
-                    })
-                }
-            };
-            let grace_ms = optional_integer(&raw.grace_ms, "graceMs", MIN_GRACE_MS, MAX_GRACE_MS)?;
-            let max_runtime_ms = optional_integer(
-                &raw.max_runtime_ms,
-                "maxRuntimeMs",
-                MIN_MAX_RUNTIME_MS,
-                MAX_MAX_RUNTIME_MS,
-            )?;
-            EventKind::Scheduled {
-                cron,
-                grace_ms: grace_ms.map(|g| g as i64),
-                max_runtime_ms: max_runtime_ms.map(|m| m as i64),
-            }
-        }
-        EventType::Enqueued | EventType::Started => {
-            let execution_id = execution_id(&raw)?;
-            not_allowed(&raw.items_processed, "itemsProcessed", event_type)?;
-            not_allowed(&raw.error, "error", event_type)?;
-            not_allowed(&raw.cron, "cron", event_type)?;
-            not_allowed_schedule_settings(&raw, event_type)?;
-            if event_type == EventType::Enqueued {
-                EventKind::Enqueued { execution_id }
-            } else {
-                EventKind::Started { execution_id }
-            }
-        }
-        EventType::Completed => {
-            let execution_id = execution_id(&raw)?;
-            let items_processed = optional_items(&raw.items_processed)?;
-            not_allowed(&raw.error, "error", event_type)?;
-            not_allowed(&raw.cron, "cron", event_type)?;
-            not_allowed_schedule_settings(&raw, event_type)?;
-            EventKind::Completed {
-                execution_id,
-                items_processed,
-            }
-        }
-        EventType::Failed => {
-            let execution_id = execution_id(&raw)?;
-            let items_processed = optional_items(&raw.items_processed)?;
-            let error = optional_error(&raw.error)?;
-            not_allowed(&raw.cron, "cron", event_type)?;
-            not_allowed_schedule_settings(&raw, event_type)?;
-            EventKind::Failed {
-                execution_id,
-                items_processed,
-                error,
-            }
-        }
-    };
+    let kind = event_kind(&raw, event_type)?;
 
     Ok(Event {
         event_id,
