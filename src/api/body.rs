@@ -139,7 +139,8 @@ impl StatsBody {
     /// The `schedule` and `health` objects of a verdict: the last ones made when the verdict
     /// and next run are the same, else new ones (kept for the next request).
     fn judged(&self, mut health: Health, next_run: Option<String>) -> Arc<Judged> {
-        let as_of = std::mem::take(&mut health.as_of);
+        // Nothing in either object but `asOf` reads the instant judged.
+        health.as_of = 0;
         let mut last = self.judged.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(judged) = last
             .as_ref()
@@ -147,10 +148,8 @@ impl StatsBody {
         {
             return judged.clone();
         }
-        let mut at = health.clone();
-        at.as_of = as_of;
-        let schedule = schedule_stats(&self.snapshot, next_run.clone(), &at);
-        let mut health_stats = health_stats(&at, &self.snapshot.stats);
+        let schedule = schedule_stats(&self.snapshot, next_run.clone(), &health);
+        let mut health_stats = health_stats(&health, &self.snapshot.stats);
         health_stats.summary.as_of = String::new();
         let health_text = to_json_text(&HealthJson::of(&health_stats));
         let judged = Arc::new(Judged {

@@ -266,9 +266,7 @@ impl Projector {
     ) -> Result<SessionEnd, ProjectorError> {
         let mut last_consumer_sequence: Option<u64> = None;
         let mut last_stream_sequence = 0;
-        // Misses in a row: each within a few heartbeats of the one before, no delivery between.
-        let mut missed_heartbeats = 0u32;
-        let mut last_miss: Option<std::time::Instant> = None;
+        let mut quiet = HeartbeatStreak::default();
         let mut generation_check = tokio::time::interval(Duration::from_millis(500));
         generation_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
@@ -283,20 +281,11 @@ impl Projector {
                 Next::Message(message) => message,
                 Next::Continue => continue,
                 Next::MissedHeartbeat => {
-                    // While disconnected, misses say nothing of the consumer: the client
-                    // reconnects and heartbeats resume by themselves. Only a streak counted
-                    // while connected (none from before a reconnect) ends the session.
-                    if self.client.connection_state() != async_nats::connection::State::Connected {
-                        (missed_heartbeats, last_miss) = (0, None);
-                        continue;
-                    }
-                    let streak = last_miss.is_some_and(|at| at.elapsed() < HEARTBEAT * 4);
-                    missed_heartbeats = if streak { missed_heartbeats + 1 } else { 1 };
-                    last_miss = Some(std::time::Instant::now());
-                    tracing::debug!(missed_heartbeats, "missed a heartbeat");
+                    let connected =
+                        self.client.connection_state() == async_nats::connection::State::Connected;
                     // Connected, yet the consumer has gone quiet (its leader lost, its only
                     // peer gone): a new consumer from the checkpoint is the way on.
-                    if missed_heartbeats >= MISSED_HEARTBEATS_BEFORE_RESYNC {
+                    if quiet.missed(connected, std::time::Instant::now()) {
                         break Ok(SessionEnd::Resync(
                             "the consumer stopped sending heartbeats",
                         ));
@@ -331,7 +320,7 @@ impl Projector {
                 break Ok(SessionEnd::Resync("gap in consumer deliveries"));
             }
             last_consumer_sequence = Some(position.consumer_sequence);
-            missed_heartbeats = 0;
+            quiet = HeartbeatStreak::default();
             last_stream_sequence = position.stream_sequence;
             // Decoding here runs in parallel with the writer's commit of the previous batch.
             let received = Received::decode(&message, &position);
@@ -655,6 +644,34 @@ impl FilterGaps<'_> {
     }
 }
 
+/// Missed idle heartbeats in a row: each within a few heartbeats of the one before, with no
+/// delivery between (a delivery starts over).
+#[derive(Debug, Default)]
+struct HeartbeatStreak {
+    count: u32,
+    last_miss: Option<std::time::Instant>,
+}
+
+impl HeartbeatStreak {
+    /// Records a miss at `now`; true once the streak is long enough to replace the consumer.
+    /// While disconnected, misses say nothing of the consumer (the client reconnects and
+    /// heartbeats resume by themselves): they end the streak instead, so none counted before
+    /// a reconnect carries over.
+    fn missed(&mut self, connected: bool, now: std::time::Instant) -> bool {
+        if !connected {
+            *self = Self::default();
+            return false;
+        }
+        let streak = self
+            .last_miss
+            .is_some_and(|at| now.saturating_duration_since(at) < HEARTBEAT * 4);
+        self.count = if streak { self.count + 1 } else { 1 };
+        self.last_miss = Some(now);
+        tracing::debug!(missed_heartbeats = self.count, "missed a heartbeat");
+        self.count >= MISSED_HEARTBEATS_BEFORE_RESYNC
+    }
+}
+
 /// Whether a consumer error says it does not exist.
 fn is_consumer_not_found(error: &async_nats::jetstream::stream::ConsumerError) -> bool {
     matches!(
@@ -673,7 +690,36 @@ fn takes_several_filter_subjects(version: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::takes_several_filter_subjects;
+    use super::{takes_several_filter_subjects, HeartbeatStreak, HEARTBEAT};
+    use std::time::Instant;
+
+    #[test]
+    fn only_three_misses_in_a_row_while_connected_replace_the_consumer() {
+        let t0 = Instant::now();
+        let at = |seconds: u64| t0 + std::time::Duration::from_secs(seconds);
+        let mut quiet = HeartbeatStreak::default();
+        assert!(!quiet.missed(true, at(0)));
+        assert!(!quiet.missed(true, at(10)));
+        assert!(
+            quiet.missed(true, at(20)),
+            "the third miss 10 s after the last"
+        );
+
+        // Misses far apart (a heartbeat came between) never add up.
+        let mut quiet = HeartbeatStreak::default();
+        for i in 0..10 {
+            assert!(!quiet.missed(true, at(i * (HEARTBEAT.as_secs() * 4 + 1))));
+        }
+
+        // Misses while disconnected, then one after the reconnect: a new streak.
+        let mut quiet = HeartbeatStreak::default();
+        for i in 0..6 {
+            assert!(!quiet.missed(false, at(i * 10)));
+        }
+        assert!(!quiet.missed(true, at(65)));
+        assert!(!quiet.missed(true, at(75)));
+        assert!(quiet.missed(true, at(85)));
+    }
 
     #[test]
     fn several_filter_subjects_need_nats_server_2_10() {

@@ -110,6 +110,11 @@ impl DurationSketch {
             .fold(self.zeros, |sum, (_, c)| sum.saturating_add(*c))
     }
 
+    /// Bytes the sketch holds on the heap: what a cache keeping it weighs.
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<(i32, u64)>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.zeros == 0 && self.buckets.is_empty()
     }

@@ -113,7 +113,7 @@ pub struct ReadPool {
 const WINDOW_CACHE_BYTES: u64 = 8 << 20;
 
 fn window_bytes(_: &(i64, BucketRange), window: &Arc<(u64, RollupBucket)>) -> u64 {
-    (64 + window.1.durations.encode().len()) as u64
+    (64 + window.1.durations.heap_bytes()) as u64
 }
 
 /// Adds the job's buckets in `range` (read as [`BucketRange::pieces`]) to `merged`'s totals
@@ -241,8 +241,11 @@ fn snapshot_heap_bytes(snapshot: &JobSnapshot) -> usize {
         .iter()
         .map(|(_, id)| std::mem::size_of::<(i64, String)>() + id.len())
         .sum();
+    // A job with a wide spread of run times holds a few hundred buckets per sketch.
+    let sketches =
+        snapshot.stats.durations.heap_bytes() + snapshot.stats.queue_wait.sketch.heap_bytes();
     // Fires are shared with the fires cache, which bounds them itself.
-    std::mem::size_of::<JobSnapshot>() + 256 + executions + starts + processing
+    std::mem::size_of::<JobSnapshot>() + 256 + executions + starts + processing + sketches
 }
 
 impl ReadPool {
