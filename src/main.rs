@@ -24,13 +24,17 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a Tokio runtime can always be built on Linux");
-    match runtime.block_on(cli::dispatch(cli)) {
+    let code = match runtime.block_on(cli::dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Dropping a runtime waits for every blocking task; one stuck on I/O must not keep a
+    // stopped process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {

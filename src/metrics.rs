@@ -34,6 +34,11 @@ pub struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookName {
+    pub webhook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,
     pub status: u16,
@@ -41,7 +46,10 @@ pub struct RequestLabels {
 
 /// Every metric the service exports.
 pub struct Metrics {
+    /// What names neither a tenant, a job nor a webhook: served on the API port too.
     registry: Registry,
+    /// Series labelled by tenant or webhook: only on the admin listener (CONTRACT §3).
+    labelled: Registry,
     pub events_applied: Counter,
     pub dead_letters: Family<ReasonLabel, Counter>,
     pub last_applied_sequence: Gauge,
@@ -50,6 +58,8 @@ pub struct Metrics {
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_latency_seconds: Family<RequestLabels, Histogram>,
     pub rebuild_in_progress: Gauge,
+    /// Read-your-writes requests waiting now (capped by `JOBSTATS_HTTP_MAX_WAITERS`).
+    pub read_your_writes_waiting: Gauge,
     pub rebuild_events_done: Gauge,
     pub rebuild_events_total: Gauge,
     pub rebuilds_completed: Counter,
@@ -59,6 +69,11 @@ pub struct Metrics {
     pub health_change_delay_seconds: Histogram,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
     pub webhook_delivery_seconds: Histogram,
+    /// Where each webhook's delivery stands, set by the delivery and read by the scrape and
+    /// the admin `/readyz`.
+    pub webhook_lag: std::sync::Mutex<std::collections::BTreeMap<String, WebhookLag>>,
+    webhook_oldest_age_seconds: Family<WebhookName, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    webhook_backlog: Family<WebhookName, Gauge>,
     /// When `jobs_by_health` was last counted; held while a scrape recounts, so concurrent
     /// scrapes wait for one count instead of each judging every job.
     pub jobs_by_health_counted: tokio::sync::Mutex<Option<std::time::Instant>>,
@@ -68,6 +83,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut metrics = Metrics {
             registry: Registry::with_prefix("jobstats"),
+            labelled: Registry::with_prefix("jobstats"),
             events_applied: Counter::default(),
             dead_letters: Family::default(),
             last_applied_sequence: Gauge::default(),
@@ -78,6 +94,7 @@ impl Default for Metrics {
                 Histogram::new(exponential_buckets(0.000_25, 2.0, 14))
             }),
             rebuild_in_progress: Gauge::default(),
+            read_your_writes_waiting: Gauge::default(),
             rebuild_events_done: Gauge::default(),
             rebuild_events_total: Gauge::default(),
             rebuilds_completed: Counter::default(),
@@ -87,6 +104,9 @@ impl Default for Metrics {
             health_change_delay_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             webhook_deliveries: Family::default(),
             webhook_delivery_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
+            webhook_lag: Default::default(),
+            webhook_backlog: Family::default(),
+            webhook_oldest_age_seconds: Family::default(),
             jobs_by_health_counted: tokio::sync::Mutex::new(None),
         };
         metrics.register_projection();
@@ -106,10 +126,10 @@ impl Metrics {
              error); nothing past the checkpoint is acknowledged, and it retries",
             self.projector_errors.clone(),
         );
-        registry.register(
+        self.labelled.register(
             "jobs",
-            "Jobs by health state (CONTRACT §5) per tenant, counted at scrape time at most every \
-             10 s; tenants past the 100 with most jobs are summed under tenant=\"_other\"",
+            "Jobs by health state per tenant, counted at scrape time at most every 10 s; \
+             tenants past the 100 with most jobs are summed under tenant=\"_other\"",
             self.jobs_by_health.clone(),
         );
         registry.register(
@@ -153,6 +173,12 @@ impl Metrics {
             self.http_latency_seconds.clone(),
         );
         registry.register(
+            "read_your_writes_waiting",
+            "Requests waiting for minSequence now; past JOBSTATS_HTTP_MAX_WAITERS they are \
+             answered 503 PROJECTION_BEHIND at once",
+            self.read_your_writes_waiting.clone(),
+        );
+        registry.register(
             "rebuild_in_progress",
             "1 while this process rebuilds the read model",
             self.rebuild_in_progress.clone(),
@@ -190,7 +216,8 @@ impl Metrics {
             "From the instant a health state became true (its `since`) to its publication",
             self.health_change_delay_seconds.clone(),
         );
-        registry.register(
+        let labelled = &mut self.labelled;
+        labelled.register(
             "webhook_deliveries",
             "Webhook delivery attempts by webhook and outcome (delivered, failed_attempt, \
              dead_lettered, filtered)",
@@ -200,6 +227,16 @@ impl Metrics {
             "webhook_delivery_seconds",
             "From a change's publication on JOB_HEALTH to its receiver's 2xx answer",
             self.webhook_delivery_seconds.clone(),
+        );
+        labelled.register(
+            "webhook_oldest_undelivered_age_seconds",
+            "Per webhook, the age of the oldest health change not yet delivered (0: none)",
+            self.webhook_oldest_age_seconds.clone(),
+        );
+        labelled.register(
+            "webhook_backlog",
+            "Per webhook, health changes on JOB_HEALTH not yet handed to its delivery",
+            self.webhook_backlog.clone(),
         );
     }
 
@@ -217,13 +254,67 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition: the service-level series, and with `labelled` also
+    /// those that name tenants and webhooks (the admin listener's).
+    pub fn render(&self, labelled: bool) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        if labelled {
+            self.refresh_webhook_ages();
+        }
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
+        encode_registry(&mut text, &self.registry).expect("writing to a String cannot fail");
+        if labelled {
+            encode_registry(&mut text, &self.labelled).expect("writing to a String cannot fail");
+        }
+        encode_eof(&mut text).expect("writing to a String cannot fail");
         text
     }
+
+    /// Per webhook (by name): the age in seconds of its oldest undelivered change (0: none)
+    /// and how many more wait behind it: the operator's view of a receiver falling behind.
+    pub fn webhook_lag(&self) -> Vec<(String, f64, u64)> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let lags = self.webhook_lag.lock().unwrap_or_else(|p| p.into_inner());
+        lags.iter()
+            .map(|(name, lag)| {
+                let age = match lag.undelivered_since_ms {
+                    0 => 0.0,
+                    since => (now - since).max(0) as f64 / 1e3,
+                };
+                (name.clone(), age, lag.backlog)
+            })
+            .collect()
+    }
+
+    /// Records that `webhook` is delivering a change published at `published_ms` (None: it
+    /// has caught up) with `backlog` more behind it.
+    pub fn set_webhook_lag(&self, webhook: &str, published_ms: Option<i64>, backlog: u64) {
+        let mut lags = self.webhook_lag.lock().unwrap_or_else(|p| p.into_inner());
+        let lag = lags.entry(webhook.to_owned()).or_default();
+        lag.undelivered_since_ms = published_ms.unwrap_or(0);
+        lag.backlog = backlog;
+    }
+
+    fn refresh_webhook_ages(&self) {
+        for (name, age, backlog) in self.webhook_lag() {
+            let labels = WebhookName { webhook: name };
+            self.webhook_oldest_age_seconds
+                .get_or_create(&labels)
+                .set(age);
+            self.webhook_backlog
+                .get_or_create(&labels)
+                .set(backlog.min(i64::MAX as u64) as i64);
+        }
+    }
+}
+
+/// Where one webhook's delivery stands.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WebhookLag {
+    /// Stream publish time (Unix ms) of the change being delivered; 0 while none is.
+    pub undelivered_since_ms: i64,
+    /// Changes stored after it, not yet handed to the delivery.
+    pub backlog: u64,
 }
 
 /// What the projector last reported, for `/readyz` and read-your-writes waits.
@@ -240,8 +331,8 @@ pub struct ProjectorStatus {
     pub rebuild_total: AtomicU64,
     /// Unix ms of the last projector error (0: none since the last successful commit).
     pub last_error_at_ms: AtomicI64,
-    /// What that error said (e.g. "database or disk is full").
-    pub last_error: std::sync::Mutex<Option<String>>,
+    /// What that error said, and the kind of failure in fixed words (for the API port).
+    pub last_error: std::sync::Mutex<Option<(String, &'static str)>>,
     /// What start-up had to repair (a damaged database moved aside), reported until restart.
     pub startup_recovery: std::sync::Mutex<Option<String>>,
     /// Unix ms since which NATS has been unreachable (0: connected).
@@ -270,10 +361,11 @@ impl ProjectorStatus {
         }
     }
 
-    pub fn record_error(&self, error: &str) {
+    pub fn record_error(&self, error: &str, summary: &'static str) {
         self.last_error_at_ms
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_owned());
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((error.to_owned(), summary));
     }
 
     pub fn clear_error(&self) {
@@ -282,8 +374,9 @@ impl ProjectorStatus {
         }
     }
 
-    /// The projector's failure since its last successful commit, if any.
-    pub fn error(&self) -> Option<String> {
+    /// The projector's failure since its last successful commit, if any: its text and its
+    /// kind in fixed words.
+    pub fn error(&self) -> Option<(String, &'static str)> {
         if self.last_error_at_ms.load(Ordering::Relaxed) == 0 {
             return None;
         }

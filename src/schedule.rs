@@ -35,10 +35,20 @@ impl CronSchedule {
                 fields.len()
             ));
         }
-        if let Some(field) = fields.iter().find(|f| !plain_vixie(f)) {
-            return Err(format!(
-                "`{field}` is not 5-field cron syntax (numbers, names, * , - /)"
-            ));
+        const FIELD_NAMES: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+        for (index, field) in fields.iter().enumerate() {
+            if !plain_vixie(field) {
+                return Err(format!(
+                    "`{field}` is not 5-field cron syntax (numbers, names, * , - /)"
+                ));
+            }
+            if let Some(name) = misplaced_name(field, index) {
+                return Err(format!(
+                    "{} `{field}`: `{name}` is a name of another field (month names belong \
+                     in the month field, weekday names in the day-of-week field)",
+                    FIELD_NAMES[index]
+                ));
+            }
         }
         let parser = CronParser::builder()
             .sloppy_ranges(true)
@@ -47,8 +57,6 @@ impl CronSchedule {
             .build();
         let cron = parser.parse(expression).map_err(|error| {
             // croner does not say which field is wrong: find it by parsing each one alone.
-            const FIELD_NAMES: [&str; 5] =
-                ["minute", "hour", "day-of-month", "month", "day-of-week"];
             let alone = |i: usize| {
                 let probe: Vec<&str> = (0..5)
                     .map(|j| if j == i { fields[j] } else { "*" })
@@ -62,6 +70,11 @@ impl CronSchedule {
                 None => reason.to_owned(),
             }
         })?;
+        if !ever_fires(&cron.pattern) {
+            return Err(format!(
+                "`{expression}` never fires: no month it names has the days it names"
+            ));
+        }
         Ok(CronSchedule {
             expression: fields.join(" "),
             cron: Box::new(cron),
@@ -100,6 +113,44 @@ impl CronSchedule {
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron.find_next_occurrence(&after, false).ok()
     }
+}
+
+/// The first month or weekday name in a field other than its own, as crontab refuses it
+/// (croner would read `MON` in the minute field as 1).
+fn misplaced_name(field: &str, index: usize) -> Option<&str> {
+    const MONTHS: [&str; 12] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ];
+    const WEEKDAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+    let allowed: &[&str] = match index {
+        3 => &MONTHS,
+        4 => &WEEKDAYS,
+        _ => &[],
+    };
+    field.split([',', '-', '/']).find(|token| {
+        token.chars().all(|c| c.is_ascii_alphabetic())
+            && token.len() == 3
+            && !allowed.iter().any(|n| n.eq_ignore_ascii_case(token))
+    })
+}
+
+/// Whether a parsed pattern has any fire time at all. Only the day-of-month field can make a
+/// valid pattern empty (`0 0 31 2 *`: no February has a 31st); finding that out by searching
+/// costs croner tens of milliseconds (it looks up to the year 5000), so it is decided here
+/// from the fields, exactly: a restricted weekday field (either-day semantics) or a `*`
+/// day-of-month always fires, else some named month must have some named day (February 29
+/// counts: leap years fire).
+fn ever_fires(pattern: &croner::CronPattern) -> bool {
+    const LONGEST_MONTH: [u16; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if pattern.is_dom_wildcard() || (!pattern.is_dow_wildcard() && !pattern.matches_dom_and_dow()) {
+        return true;
+    }
+    let Some(&first_day) = pattern.days.values().first() else {
+        return false;
+    };
+    pattern.months.values().iter().any(|&month| {
+        (1..=12).contains(&month) && first_day <= LONGEST_MONTH[usize::from(month - 1)]
+    })
 }
 
 /// Whether a field is Vixie syntax: numbers, month and weekday names, `*`, `,`, `-`, `/`.
@@ -214,6 +265,35 @@ mod tests {
     }
 
     #[test]
+    fn rare_but_real_fire_times_are_accepted_and_found() {
+        // February 29 fires in leap years; with a weekday too, either day fires.
+        let leap = CronSchedule::parse("0 0 29 2 *").unwrap();
+        assert_eq!(
+            leap.next_after(at(2025, 7, 1, 0, 0)),
+            Some(at(2028, 2, 29, 0, 0))
+        );
+        let either = CronSchedule::parse("0 0 31 2 1").unwrap();
+        assert_eq!(
+            either.next_after(at(2025, 7, 10, 0, 0)),
+            Some(at(2026, 2, 2, 0, 0))
+        );
+        let names = CronSchedule::parse("0 9 * jan-mar mon-fri").unwrap();
+        assert_eq!(
+            names.next_after(at(2025, 7, 10, 0, 0)),
+            Some(at(2026, 1, 1, 9, 0))
+        );
+        assert!(CronSchedule::parse("0 0 31 1-2 *").is_ok());
+    }
+
+    #[test]
+    fn a_cron_that_never_fires_says_so() {
+        let reason = CronSchedule::parse("0 0 31 2 *").unwrap_err();
+        assert!(reason.contains("never fires"), "{reason}");
+        let reason = CronSchedule::parse("MON-SUN * * JAN-DEC *").unwrap_err();
+        assert!(reason.starts_with("minute `MON-SUN`"), "{reason}");
+    }
+
+    #[test]
     fn invalid_expressions_are_rejected_with_a_reason() {
         for bad in [
             "* * * *",
@@ -228,6 +308,16 @@ mod tests {
             "0 0 15W * *",
             "0 0 * * * 2030",
             "1,,2 * * * *",
+            // Names outside their own field (crontab refuses them).
+            "MON-SUN * * JAN-DEC *",
+            "0 JAN * * *",
+            "0 0 * MON *",
+            "0 0 * * JAN",
+            // Valid fields that never fire.
+            "0 0 31 2 *",
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 30,31 2 *",
         ] {
             assert!(CronSchedule::parse(bad).is_err(), "{bad} must be rejected");
         }

@@ -58,6 +58,9 @@ pub async fn termination_signal() {
     tracing::info!("shutting down");
 }
 
+/// How long `serve` waits, once its HTTP server has stopped, for its tasks to finish.
+const STOP_PATIENCE: Duration = Duration::from_millis(1_000);
+
 /// What `serve` runs with (the CLI builds it from flags, environment and file).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -112,6 +115,7 @@ pub async fn serve(
             default_max_runtime_ms: config.default_max_runtime.as_millis() as i64,
             applied: applied_sequence,
             tenants: config.tenants.clone(),
+            waiters: tokio::sync::Semaphore::new(config.http.max_waiters as usize),
         })
     };
     let admin = admin_listener(config.admin_listen).await?;
@@ -164,13 +168,21 @@ pub async fn serve(
     let state = state(readers, Some(client.clone()));
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
     let http_result = api::serve(listener, admin, state, &config.http, shutdown.wait()).await;
-    // The projector commits the batch in hand before it returns.
-    for task in std::iter::once(projector).chain(notifications) {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "background task failed");
+    // The projector commits the batch in hand before it returns. A task waiting on NATS
+    // while it is unreachable (an ack, a publish, a flush) would wait for as long as the
+    // outage lasts; nothing it holds is lost by not waiting (the checkpoint is in SQLite and
+    // unacknowledged messages are redelivered), so stopping is bounded instead.
+    let stopping = async {
+        for task in std::iter::once(projector).chain(notifications) {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "background task failed");
+            }
         }
+        client.flush().await.ok();
+    };
+    if tokio::time::timeout(STOP_PATIENCE, stopping).await.is_err() {
+        tracing::warn!(patience = ?STOP_PATIENCE, "background tasks still waiting on NATS; stopping without them");
     }
-    client.flush().await.ok();
     http_result?;
     Ok(())
 }

@@ -22,10 +22,29 @@ pub fn healthz() -> Response {
     )
 }
 
-/// Ready: NATS connected and the projector caught up (and no start-up rebuild running).
-/// A read-only audit copy is ready as soon as it is open.
+/// Ready, as the admin listener tells it: with the projector's error text, what start-up
+/// repaired and where each webhook's delivery stands.
 #[handler]
 pub fn readyz(state: Data<&Arc<AppState>>) -> Response {
+    readiness(&state, Detail::Full)
+}
+
+/// Ready, as the API port tells it: the same verdict and figures, with the error and the
+/// repair said in fixed words (their text may hold paths) and no webhook names.
+#[handler]
+pub fn public_readyz(state: Data<&Arc<AppState>>) -> Response {
+    readiness(&state, Detail::Public)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Detail {
+    Full,
+    Public,
+}
+
+/// Ready: NATS connected and the projector caught up (and no start-up rebuild running).
+/// A read-only audit copy is ready as soon as it is open.
+fn readiness(state: &AppState, detail: Detail) -> Response {
     let status = &state.status;
     let nats_connected = state
         .nats
@@ -38,7 +57,7 @@ pub fn readyz(state: Data<&Arc<AppState>>) -> Response {
         None => true,
         Some(connected) => connected && caught_up && !rebuilding && projector_error.is_none(),
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "natsConnected": nats_connected,
         "caughtUp": caught_up,
@@ -46,7 +65,10 @@ pub fn readyz(state: Data<&Arc<AppState>>) -> Response {
         "lagEvents": status.lag.load(Ordering::Relaxed),
         // Why the projection stands still (e.g. "database or disk is full"), null when it
         // does not.
-        "projectorError": projector_error,
+        "projectorError": projector_error.map(|(text, summary)| match detail {
+            Detail::Full => text,
+            Detail::Public => summary.to_owned(),
+        }),
         // A damaged database found at start, moved aside and rebuilt (null: none).
         "startupRecovery": *status.startup_recovery.lock().unwrap_or_else(|p| p.into_inner()),
         "rebuild": if rebuilding {
@@ -59,6 +81,27 @@ pub fn readyz(state: Data<&Arc<AppState>>) -> Response {
             serde_json::json!({ "inProgress": false })
         },
     });
+    if detail == Detail::Public {
+        if !body["startupRecovery"].is_null() {
+            body["startupRecovery"] = "the database failed its integrity check; it was moved \
+                aside (<file>.corrupt-<unix ms>) and is rebuilt from the stream (details on the \
+                admin listener's /readyz)"
+                .into();
+        }
+    } else {
+        body["webhooks"] = state
+            .metrics
+            .webhook_lag()
+            .into_iter()
+            .map(|(name, age, backlog)| {
+                serde_json::json!({
+                    "name": name,
+                    "oldestUndeliveredAgeSeconds": age,
+                    "backlog": backlog,
+                })
+            })
+            .collect();
+    }
     let code = if ready {
         poem::http::StatusCode::OK
     } else {
@@ -74,6 +117,7 @@ const OTHER_TENANTS: &str = "_other";
 /// Counting judges every job (O(jobs)); scrapes closer together than this reuse the count.
 const JOBS_BY_HEALTH_TTL: Duration = Duration::from_secs(10);
 
+/// The admin listener's metrics: everything, the per-tenant and per-webhook series too.
 #[handler]
 pub async fn metrics(state: Data<&Arc<AppState>>) -> Response {
     let state = state.0.clone();
@@ -92,9 +136,19 @@ pub async fn metrics(state: Data<&Arc<AppState>>) -> Response {
             }
         }
     }
+    openmetrics(state.metrics.render(true))
+}
+
+/// The API port's metrics: service-level series only, nothing counted per request.
+#[handler]
+pub fn public_metrics(state: Data<&Arc<AppState>>) -> Response {
+    openmetrics(state.metrics.render(false))
+}
+
+fn openmetrics(text: String) -> Response {
     Response::builder()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.render())
+        .body(text)
 }
 
 /// (tenant label, state, jobs) for every tenant's jobs, judged now as the stats answer would.

@@ -321,7 +321,7 @@ impl JobsApi {
         let Some(state) = request.data::<Arc<AppState>>() else {
             return ApiError::Internal("application state missing".into()).into();
         };
-        match list(state, request, tenant.0 .0, &auth) {
+        match list(state, request, tenant.0 .0, &auth).await {
             Ok((_, etag)) if if_none_match(request, &etag) => JobListResponse::NotModified(etag),
             Ok((body, etag)) => JobListResponse::Ok(Json(body), etag),
             Err(error) => error.into(),
@@ -660,8 +660,8 @@ impl ListQuery {
     }
 }
 
-fn list(
-    state: &AppState,
+async fn list(
+    state: &Arc<AppState>,
     request: &Request,
     tenant: TenantId,
     auth: &BearerAuth,
@@ -670,7 +670,20 @@ fn list(
     let query = ListQuery::parse(&QueryParams::of(request)?, &tenant)?;
     state.check_served(&tenant)?;
     auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
+    // A page filtered or sorted by health judges every job of the tenant (SQLite reads and
+    // cron arithmetic): on the blocking pool, so the async workers keep answering `/healthz`
+    // and every other tenant meanwhile.
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || list_page(&state, tenant, &query))
+        .await
+        .map_err(|error| ApiError::Internal(format!("job list task failed: {error}")))?
+}
 
+fn list_page(
+    state: &AppState,
+    tenant: TenantId,
+    query: &ListQuery,
+) -> Result<(JobListEnvelope, String), ApiError> {
     let readers = state.readers.get();
     let now = Utc::now();
     let listed = |name: String| -> Result<Option<Listed>, ApiError> {
@@ -716,7 +729,7 @@ fn list(
                 }
             }
         }
-        sorted_page(all, &query)
+        sorted_page(all, query)
     };
     let next_cursor = page.last().filter(|_| more).map(|last| {
         Cursor {

@@ -45,6 +45,8 @@ pub struct AppState {
     pub applied: tokio::sync::watch::Receiver<u64>,
     /// The tenants this replica serves (`JOBSTATS_TENANTS`).
     pub tenants: crate::scope::TenantScope,
+    /// Read-your-writes requests that may wait at once (`JOBSTATS_HTTP_MAX_WAITERS`).
+    pub waiters: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -133,9 +135,11 @@ pub fn app(state: Arc<AppState>, operations: Operations) -> impl Endpoint<Output
         .nest("/ui", ui::assets())
         .at("/healthz", poem::get(health::healthz));
     let routes = match operations {
+        // The API port may face the internet: what it serves unauthenticated names no
+        // tenant, job or webhook, no file path and no raw error text (CONTRACT §3).
         Operations::WithApi => routes
-            .at("/readyz", poem::get(health::readyz))
-            .at("/metrics", poem::get(health::metrics)),
+            .at("/readyz", poem::get(health::public_readyz))
+            .at("/metrics", poem::get(health::public_metrics)),
         Operations::Separate => routes,
     };
     routes
@@ -264,7 +268,7 @@ pub fn admin_app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
 }
 
 /// Serves the API (and, given `admin`, the operations endpoints there instead) until
-/// `shutdown` resolves, then drains requests for up to 10 s.
+/// `shutdown` resolves, then drains requests for up to 0.7 s.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     admin: Option<tokio::net::TcpListener>,
@@ -275,17 +279,15 @@ pub async fn serve(
     use futures::FutureExt;
     let shutdown = shutdown.shared();
     let server = |listener| -> std::io::Result<_> {
-        let acceptor = limits::LimitedAcceptor::new(
-            TcpAcceptor::from_tokio(listener)?,
-            limits.max_connections as usize,
-            limits.request_timeout,
-        );
+        let acceptor = limits::LimitedAcceptor::new(TcpAcceptor::from_tokio(listener)?, limits);
         Ok(poem::Server::new_with_acceptor(acceptor)
             .idle_timeout(limits.idle_timeout)
             .http2_max_concurrent_streams(limits.http2_max_streams)
             .http2_max_header_list_size(limits.http2_max_header_bytes))
     };
-    let drain = Some(Duration::from_secs(10));
+    // Short: `serve` stops within 2 s of SIGTERM (CONTRACT §3); a read-your-writes wait
+    // cut off here is retried by its client like any dropped request.
+    let drain = Some(Duration::from_millis(700));
     match admin {
         None => {
             server(listener)?

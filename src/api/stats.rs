@@ -695,6 +695,20 @@ const MAX_WAIT_MS: u32 = 5_000;
 /// the wait too.
 async fn applied_by(state: &AppState, wanted: u64, wait_ms: u32) -> Result<(), ApiError> {
     let mut applied = state.applied.clone();
+    if *applied.borrow() >= wanted {
+        return Ok(());
+    }
+    // Each waiter holds a connection's stream and its request (~27 KB over HTTP/2): past the
+    // cap the answer is at once what it would be after the wait, so memory stays bounded.
+    let Ok(_waiting) = state.waiters.try_acquire() else {
+        return Err(ApiError::ProjectionBehind {
+            applied: *state.applied.borrow(),
+            wanted,
+        });
+    };
+    let waiting = &state.metrics.read_your_writes_waiting;
+    waiting.inc();
+    let _counted = decrement_on_drop(waiting);
     let wait = std::time::Duration::from_millis(wait_ms.into());
     let reached = tokio::time::timeout(wait, applied.wait_for(|sequence| *sequence >= wanted))
         .await
@@ -706,6 +720,17 @@ async fn applied_by(state: &AppState, wanted: u64, wait_ms: u32) -> Result<(), A
         applied: *state.applied.borrow(),
         wanted,
     })
+}
+
+/// Decrements `gauge` when dropped (a waiter whose client went away is dropped mid-wait).
+fn decrement_on_drop(gauge: &prometheus_client::metrics::gauge::Gauge) -> impl Drop + '_ {
+    struct Dec<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Dec<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Dec(gauge)
 }
 
 /// Whether the request's `If-None-Match` names `etag` (weak comparison, RFC 9110 §13.1.2).

@@ -270,6 +270,14 @@ pub struct HttpLimitArgs {
     #[arg(long, env = "JOBSTATS_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_connections: u32,
+    /// Most open connections from one client IP address; more are closed at once (behind a
+    /// proxy, raise it to the proxy's own connection count).
+    #[arg(long, env = "JOBSTATS_HTTP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections_per_client: u32,
+    /// A new connection that sends nothing for this long is closed (e.g. 5s).
+    #[arg(long, env = "JOBSTATS_HTTP_FIRST_BYTE_TIMEOUT", default_value = "5s", value_parser = parse_http_timeout)]
+    pub http_first_byte_timeout: Duration,
     /// A connection with no bytes read or written for this long is closed (e.g. 60s).
     #[arg(long, env = "JOBSTATS_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_http_timeout)]
     pub http_idle_timeout: Duration,
@@ -286,16 +294,24 @@ pub struct HttpLimitArgs {
     #[arg(long, env = "JOBSTATS_HTTP2_MAX_HEADER_BYTES", default_value_t = 16_384,
           value_parser = clap::value_parser!(u32).range(1_024..=1_048_576))]
     pub http2_max_header_bytes: u32,
+    /// Most read-your-writes requests (`minSequence` with `waitMs`) waiting at once; more are
+    /// answered 503 PROJECTION_BEHIND at once.
+    #[arg(long, env = "JOBSTATS_HTTP_MAX_WAITERS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_waiters: u32,
 }
 
 impl HttpLimitArgs {
     pub fn limits(&self) -> HttpLimits {
         HttpLimits {
             max_connections: self.http_max_connections,
+            max_connections_per_client: self.http_max_connections_per_client,
+            first_byte_timeout: self.http_first_byte_timeout,
             idle_timeout: self.http_idle_timeout,
             request_timeout: self.http_request_timeout,
             http2_max_streams: self.http2_max_streams,
             http2_max_header_bytes: self.http2_max_header_bytes,
+            max_waiters: self.http_max_waiters,
         }
     }
 }

@@ -108,6 +108,22 @@ enum ProjectorError {
     Writer(#[from] tokio::task::JoinError),
 }
 
+impl ProjectorError {
+    /// What may be said of it where anyone can read (the API port's `/readyz`): the kind of
+    /// failure in fixed words, never its text, which can hold paths and server details.
+    fn summary(&self) -> &'static str {
+        match self {
+            ProjectorError::Nats(_) => "NATS or the stream is unavailable",
+            ProjectorError::Store(error) | ProjectorError::Ingest(IngestError::Store(error)) => {
+                error.summary()
+            }
+            ProjectorError::Ingest(IngestError::Writer(_)) | ProjectorError::Writer(_) => {
+                "the database writer failed"
+            }
+        }
+    }
+}
+
 /// The idle heartbeat asked of the consumer.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -157,7 +173,10 @@ pub async fn run(
                 // Nothing past the checkpoint was acknowledged: the stream keeps it, reads go
                 // on from the file, and /readyz says why the projection stands still until a
                 // commit succeeds again (a full disk frees up, NATS returns).
-                projector.handles.status.record_error(&error.to_string());
+                projector
+                    .handles
+                    .status
+                    .record_error(&error.to_string(), error.summary());
                 projector.handles.metrics.projector_errors.inc();
                 let pause = Duration::from_millis((250 * 2u64.pow(failures.min(5))).min(5_000));
                 tracing::warn!(%error, ?pause, "projector session failed; retrying");

@@ -292,6 +292,7 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 
 impl Delivery {
     async fn run(self, shutdown: crate::service::Shutdown) {
+        self.metrics.set_webhook_lag(&self.webhook.name, None, 0);
         let mut failures = 0u32;
         loop {
             let result = tokio::select! {
@@ -341,7 +342,15 @@ impl Delivery {
             .map_err(|e| format!("consumer {durable}: {e}"))?;
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| format!("consumer {durable}: {e}"))?;
-            self.deliver(message).await?;
+            // One message out at a time, so the one in hand is the oldest undelivered and
+            // `pending` counts those behind it.
+            let behind = message.info().map(|info| info.pending).unwrap_or(0);
+            let published = Position::of(&message).map(|p| p.published_at_ms).ok();
+            self.metrics
+                .set_webhook_lag(&self.webhook.name, published.or(Some(1)), behind);
+            self.deliver(message, &consumer).await?;
+            self.metrics
+                .set_webhook_lag(&self.webhook.name, None, behind);
         }
         Err(format!("consumer {durable}: message stream ended"))
     }
@@ -357,7 +366,11 @@ impl Delivery {
     }
 
     /// Delivers one message (retrying) and acknowledges it.
-    async fn deliver(&self, message: jetstream::Message) -> Result<(), String> {
+    async fn deliver(
+        &self,
+        message: jetstream::Message,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+    ) -> Result<(), String> {
         let ack = |kind: AckKind| {
             let message = &message;
             async move {
@@ -423,6 +436,14 @@ impl Delivery {
                 tokio::time::sleep(slice).await;
                 pause -= slice;
                 ack(AckKind::Progress).await?;
+            }
+            // Still failing: what piled up behind it meanwhile, for the operator's view.
+            if let Ok(info) = consumer.get_info().await {
+                self.metrics.set_webhook_lag(
+                    &self.webhook.name,
+                    published_at_ms.or(Some(1)),
+                    info.num_pending,
+                );
             }
         }
     }

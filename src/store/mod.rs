@@ -87,6 +87,28 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The kind of failure in fixed words, for places anyone can read: no path, no SQL.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            StoreError::Sqlite(error) => match error.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DiskFull) => "database or disk is full",
+                Some(rusqlite::ErrorCode::ReadOnly) => "the database is read-only",
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    "the database is locked"
+                }
+                Some(rusqlite::ErrorCode::SystemIoFailure) => {
+                    "the database cannot be written (I/O error)"
+                }
+                _ => "database error",
+            },
+            StoreError::Io(_) => "file system error",
+            StoreError::SchemaTooNew { .. } => "the database was written by a newer jobstats",
+            StoreError::Corrupt(_) => "the read model is corrupt",
+        }
+    }
+}
+
 /// Resolves the database path to the file it names now (following a generation symlink), so
 /// that SQLite's `-wal`/`-shm` files sit beside the real file and a swap never mixes them.
 pub fn resolve(path: &Path) -> PathBuf {

@@ -65,6 +65,9 @@ async fn requests_that_never_complete_their_headers_are_cut_off_and_others_still
     let Served { serve, .. } = &served(&[
         ("JOBSTATS_HTTP_REQUEST_TIMEOUT", "1s"),
         ("JOBSTATS_HTTP_IDLE_TIMEOUT", "3s"),
+        // All 200 attackers share the test's address: the per-address cap is not what this
+        // test is about (tests/it/availability.rs is).
+        ("JOBSTATS_HTTP_MAX_CONNECTIONS_PER_CLIENT", "1000"),
     ])
     .await;
     let healthz = serve.url("/healthz");
@@ -212,10 +215,15 @@ fn can_mount_tmpfs(at: &std::path::Path) -> bool {
             .is_ok_and(|s| s.success())
 }
 
+/// The admin listener's `/readyz` when the serve has one (its details), else the API port's.
 async fn readyz(serve: &ServeProcess) -> serde_json::Value {
+    let url = match serve.admin {
+        Some(_) => serve.admin_url("/readyz"),
+        None => serve.url("/readyz"),
+    };
     serve
         .http
-        .get(serve.url("/readyz"))
+        .get(url)
         .send()
         .await
         .unwrap()
@@ -254,6 +262,7 @@ async fn a_full_disk_stops_the_projection_and_it_resumes_with_nothing_lost_or_do
     let serve = ServeProcess {
         child,
         address: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: None,
         http: reqwest::Client::new(),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -390,6 +399,12 @@ async fn a_damaged_database_is_moved_aside_and_rebuilt_with_the_same_answers() {
     assert!(
         recovery.contains("integrity check") && recovery.contains(".corrupt-"),
         "{ready}"
+    );
+    // The API port says what happened, but not where the files are.
+    let dir_text = dir.path().to_string_lossy().into_owned();
+    assert!(
+        !recovery.contains(&dir_text),
+        "a path on the API port: {ready}"
     );
     let after = serve.stats("steady").await["data"].clone();
     for field in [

@@ -108,6 +108,8 @@ pub fn admin_token() -> String {
 /// The in-process server (`service::serve`) on a free port.
 pub struct App {
     pub address: SocketAddr,
+    /// The admin listener: `/readyz` and `/metrics` with their details (never on the API port).
+    pub admin: SocketAddr,
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -139,7 +141,11 @@ impl App {
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        let config = serve_config(nats_url, db_path, auth, read_only);
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let mut config = serve_config(nats_url, db_path, auth, read_only);
+        config.admin_listen = Some(admin);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = Shutdown::new(async move {
             let _ = stopped.await;
@@ -150,6 +156,7 @@ impl App {
         });
         let app = App {
             address,
+            admin,
             http: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),
@@ -179,7 +186,7 @@ impl App {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+            if let Ok(r) = self.http.get(self.admin_url("/readyz")).send().await {
                 if r.status().is_success() {
                     return;
                 }
@@ -194,6 +201,10 @@ impl App {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.address, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     pub async fn stats_with(&self, job: &str, token: &str, tenant: &str) -> reqwest::Response {
@@ -214,9 +225,10 @@ impl App {
         response.json().await.expect("json")
     }
 
+    /// The admin listener's `/readyz`.
     pub async fn readyz(&self) -> serde_json::Value {
         self.http
-            .get(self.url("/readyz"))
+            .get(self.admin_url("/readyz"))
             .send()
             .await
             .expect("readyz")
@@ -225,10 +237,10 @@ impl App {
             .expect("json")
     }
 
-    /// The Prometheus text of `/metrics`.
+    /// The Prometheus text of the admin listener's `/metrics`.
     pub async fn metrics(&self) -> String {
         self.http
-            .get(self.url("/metrics"))
+            .get(self.admin_url("/metrics"))
             .send()
             .await
             .expect("metrics")
@@ -245,7 +257,7 @@ impl App {
 
     /// Like `wait_applied`, with the patience a cluster's recovery needs.
     pub async fn wait_applied_within(&self, sequence: u64, patience: Duration) {
-        wait_applied(&self.http, &self.url("/readyz"), sequence, patience).await
+        wait_applied(&self.http, &self.admin_url("/readyz"), sequence, patience).await
     }
 
     /// Stops the server (graceful: the projector commits its batch).
@@ -293,6 +305,8 @@ pub async fn wait_applied(
 pub struct ServeProcess {
     pub child: Child,
     pub address: SocketAddr,
+    /// `JOBSTATS_ADMIN_LISTEN`, when the test set it.
+    pub admin: Option<SocketAddr>,
     pub http: reqwest::Client,
 }
 
@@ -328,15 +342,31 @@ impl ServeProcess {
             assert!(Instant::now() < deadline, "jobstats serve did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        let admin = env
+            .iter()
+            .find(|(name, _)| *name == "JOBSTATS_ADMIN_LISTEN")
+            .map(|(_, value)| value.parse().expect("JOBSTATS_ADMIN_LISTEN is an address"));
         ServeProcess {
             child,
             address,
+            admin,
             http: reqwest::Client::new(),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.address, path)
+    }
+
+    /// `path` on the admin listener (the test must have set `JOBSTATS_ADMIN_LISTEN`).
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self.admin.expect("this serve has no admin listener");
+        format!("http://{admin}{path}")
+    }
+
+    /// The environment entry of an admin listener on a free port.
+    pub fn admin_env() -> String {
+        format!("127.0.0.1:{}", free_port())
     }
 
     pub fn kill_9(&mut self) {
@@ -372,7 +402,11 @@ impl ServeProcess {
 
     /// Like `wait_applied`, with the patience a cluster's recovery needs.
     pub async fn wait_applied_within(&self, sequence: u64, patience: Duration) {
-        wait_applied(&self.http, &self.url("/readyz"), sequence, patience).await
+        let readyz = match self.admin {
+            Some(_) => self.admin_url("/readyz"),
+            None => self.url("/readyz"),
+        };
+        wait_applied(&self.http, &readyz, sequence, patience).await
     }
 }
 

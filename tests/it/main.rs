@@ -2,6 +2,7 @@
 //! `jobstats` binary and server.
 
 mod api;
+mod availability;
 mod bench;
 mod cli;
 mod cluster;

@@ -481,7 +481,13 @@ async fn a_receiver_that_was_down_gets_every_change_in_order_when_it_is_back() {
         &format!("http://{address}/hooks"),
         "retry_initial_ms = 100\nretry_max_ms = 400\nmax_attempts = 1000",
     );
-    let serve = serve_with_hooks(&nats, &dir.path().join("db"), &hooks, &[]);
+    let admin = ServeProcess::admin_env();
+    let serve = serve_with_hooks(
+        &nats,
+        &dir.path().join("db"),
+        &hooks,
+        &[("JOBSTATS_ADMIN_LISTEN", admin.as_str())],
+    );
     let start = Utc::now() - chrono::Duration::minutes(10);
     let plan = [
         ("j1", true),
@@ -501,13 +507,40 @@ async fn a_receiver_that_was_down_gets_every_change_in_order_when_it_is_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = serve
         .http
-        .get(serve.url("/metrics"))
+        .get(serve.admin_url("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    // The operator sees the receiver falling behind: the oldest undelivered change's age (the
+    // first was published over 2 s ago) and the changes waiting behind it.
+    let ready: serde_json::Value = serve
+        .http
+        .get(serve.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lag = &ready["webhooks"][0];
+    assert!(
+        lag["oldestUndeliveredAgeSeconds"].as_f64().unwrap_or(0.0) >= 2.0
+            && lag["backlog"].as_u64().unwrap_or(0) >= 3,
+        "webhook lag on the admin /readyz: {ready}"
+    );
+    let age_line = metrics
+        .lines()
+        .find(|l| l.starts_with("jobstats_webhook_oldest_undelivered_age_seconds{"))
+        .unwrap_or_default();
+    let age: f64 = age_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(age >= 2.0, "webhook lag in /metrics: {age_line:?}");
     assert!(
         metrics
             .lines()
@@ -526,6 +559,25 @@ async fn a_receiver_that_was_down_gets_every_change_in_order_when_it_is_back() {
         bodies(&stored),
         "every change, in stream order (so in order per job), once"
     );
+    // Caught up: nothing undelivered any more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: serde_json::Value = serve
+            .http
+            .get(serve.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let lag = &ready["webhooks"][0];
+        if lag["oldestUndeliveredAgeSeconds"] == 0.0 && lag["backlog"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag stays: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
