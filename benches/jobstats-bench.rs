@@ -583,6 +583,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
         applied: tokio::sync::watch::channel(0).1,
         tenants: jobstats::scope::TenantScope::all(),
         waiters: tokio::sync::Semaphore::new(1024),
+        list_orders: Default::default(),
     });
     let app = jobstats::api::app(state, jobstats::api::Operations::WithApi);
     let token = bench_token("system_admin", Some(tenant));

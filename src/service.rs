@@ -116,6 +116,7 @@ pub async fn serve(
             applied: applied_sequence,
             tenants: config.tenants.clone(),
             waiters: tokio::sync::Semaphore::new(config.http.max_waiters as usize),
+            list_orders: Default::default(),
         })
     };
     let admin = admin_listener(config.admin_listen).await?;

@@ -291,6 +291,8 @@ impl AdminApi {
                     query: query_id.clone(),
                     key: last.sequence.into(),
                     id: String::new(),
+                    frozen: None,
+                    as_of: None,
                 }
                 .encode()
             });

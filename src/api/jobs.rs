@@ -25,12 +25,13 @@ use super::stats::{
     refuse_repeated_tenant, BearerAuth, HealthSummary, QueueStats, RecentExecution,
 };
 use super::{rfc3339_millis, AppState};
+use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
 use crate::projection::format::{human_percent, percent_one_decimal};
 use crate::projection::health::{Health, HealthState};
 use crate::projection::rollup::Granularity;
 use crate::projection::ExecutionState;
-use crate::store::{ExecutionsQuery, JobSnapshot};
+use crate::store::{ExecutionSummary, ExecutionsQuery, JobSnapshot};
 
 pub const JOBS_MESSAGE: &str = "Jobs retrieved successfully";
 pub const EXECUTIONS_MESSAGE: &str = "Executions retrieved successfully";
@@ -601,6 +602,8 @@ struct ListQuery {
     query_id: String,
     /// The last job of the previous page: its sort key and name.
     after: Option<(Option<f64>, String)>,
+    /// The frozen order the previous page came from, and where this page starts in it.
+    frozen: Option<(u64, usize)>,
 }
 
 impl ListQuery {
@@ -644,9 +647,9 @@ impl ListQuery {
             &format!("{sort:?}"),
             if descending { "desc" } else { "asc" },
         ]);
-        let after = match Cursor::decode(params, &query_id)? {
-            None => None,
-            Some(c) => Some((cursor_key(&c, sort)?, c.id)),
+        let (after, frozen) = match Cursor::decode(params, &query_id)? {
+            None => (None, None),
+            Some(c) => (Some((cursor_key(&c, sort)?, c.id)), c.frozen),
         };
         Ok(ListQuery {
             health_filter,
@@ -656,7 +659,64 @@ impl ListQuery {
             limit,
             query_id,
             after,
+            frozen,
         })
+    }
+}
+
+/// Job-list orders frozen at their first page. A filter by health or a sort by last run,
+/// success rate or health orders jobs by values that change while a client pages (a run
+/// starts, a fire passes), so keyset pages over the live order would skip or repeat jobs.
+/// The first page's whole order is kept here and later pages are read from it: every job
+/// present at the first page appears exactly once, with its current figures. Bounded in
+/// bytes and kept [`FROZEN_ORDER_TTL`]; a cursor whose order is gone (evicted, expired, or
+/// from another replica) pages over the live order as before.
+pub struct FrozenOrders {
+    orders: ByteBounded<(String, u64), Arc<FrozenOrder>>,
+}
+
+struct FrozenOrder {
+    names: Vec<String>,
+    made: std::time::Instant,
+}
+
+/// How long a frozen order serves its later pages.
+pub const FROZEN_ORDER_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+/// Bytes of frozen orders kept (10,000 jobs' names are ~0.5 MB).
+const FROZEN_ORDER_BYTES: u64 = 32 * 1024 * 1024;
+
+impl Default for FrozenOrders {
+    fn default() -> Self {
+        FrozenOrders {
+            orders: byte_bounded(FROZEN_ORDER_BYTES, 64 * 1024, |(query, _), order| {
+                (query.len()
+                    + 64
+                    + order
+                        .names
+                        .iter()
+                        .map(|n| n.len() + std::mem::size_of::<String>())
+                        .sum::<usize>()) as u64
+            }),
+        }
+    }
+}
+
+impl FrozenOrders {
+    fn freeze(&self, query_id: &str, names: Vec<String>) -> u64 {
+        let id = fastrand::u64(..);
+        let order = FrozenOrder {
+            names,
+            made: std::time::Instant::now(),
+        };
+        self.orders
+            .insert((query_id.to_owned(), id), Arc::new(order));
+        id
+    }
+
+    fn get(&self, query_id: &str, id: u64) -> Option<Arc<FrozenOrder>> {
+        self.orders
+            .get(&(query_id.to_owned(), id))
+            .filter(|order| order.made.elapsed() < FROZEN_ORDER_TTL)
     }
 }
 
@@ -702,7 +762,20 @@ fn list_page(
         }))
     };
     let (limit, sort) = (query.limit as usize, query.sort);
-    let (page, more, total) = if sort == SortBy::Name && query.health_filter.is_empty() {
+    let frozen = query
+        .frozen
+        .and_then(|(id, at)| Some((id, at, state.list_orders.get(&query.query_id, id)?)));
+    // Where the next page starts in a frozen order, when this page came from one.
+    let mut next_frozen = None;
+    let (page, more, total) = if let Some((id, at, order)) = frozen {
+        let mut page = Vec::with_capacity(limit);
+        for name in order.names.iter().skip(at).take(limit) {
+            page.extend(listed(name.clone())?);
+        }
+        let more = at + limit < order.names.len();
+        next_frozen = more.then_some((id, at + limit));
+        (page, more, order.names.len() as u64)
+    } else if sort == SortBy::Name && query.health_filter.is_empty() {
         // An index range: the cost of a page does not grow with the number of jobs.
         let names = readers.job_names_page(
             &tenant,
@@ -729,7 +802,11 @@ fn list_page(
                 }
             }
         }
-        sorted_page(all, query)
+        let (page, more, total, order) = sorted_page(all, query);
+        if let Some(names) = order.filter(|_| more) {
+            next_frozen = Some((state.list_orders.freeze(&query.query_id, names), limit));
+        }
+        (page, more, total)
     };
     let next_cursor = page.last().filter(|_| more).map(|last| {
         Cursor {
@@ -738,6 +815,8 @@ fn list_page(
                 .key(sort)
                 .map_or(serde_json::Value::Null, serde_json::Value::from),
             id: last.name.clone(),
+            frozen: next_frozen,
+            as_of: None,
         }
         .encode()
     });
@@ -778,8 +857,11 @@ fn list_page(
 }
 
 /// The page of `all` (every job that matched) after the query's cursor: the page, whether
-/// more follow, and how many matched.
-fn sorted_page(mut all: Vec<Listed>, query: &ListQuery) -> (Vec<Listed>, bool, u64) {
+/// more follow, how many matched, and, for a first page, every name in order (to freeze).
+fn sorted_page(
+    mut all: Vec<Listed>,
+    query: &ListQuery,
+) -> (Vec<Listed>, bool, u64, Option<Vec<String>>) {
     let (sort, descending) = (query.sort, query.descending);
     all.sort_by(|a, b| {
         compare(
@@ -796,10 +878,14 @@ fn sorted_page(mut all: Vec<Listed>, query: &ListQuery) -> (Vec<Listed>, bool, u
             compare(sort, descending, (job.key(sort), &job.name), (*key, name)) != Ordering::Greater
         }),
     };
+    let order = query
+        .after
+        .is_none()
+        .then(|| all.iter().map(|job| job.name.clone()).collect());
     let mut rest: Vec<Listed> = all.into_iter().skip(start).collect();
     let more = rest.len() > query.limit as usize;
     rest.truncate(query.limit as usize);
-    (rest, more, total)
+    (rest, more, total, order)
 }
 
 fn cursor_key(cursor: &Cursor, sort: SortBy) -> Result<Option<f64>, ApiError> {
@@ -879,14 +965,14 @@ fn executions_query(
         &format!("{from:?}"),
         &format!("{to:?}"),
     ]);
-    let after = match Cursor::decode(params, &query_id)? {
-        None => None,
+    let (after, as_of) = match Cursor::decode(params, &query_id)? {
+        None => (None, None),
         Some(cursor) => {
             let key = cursor
                 .key
                 .as_i64()
                 .ok_or_else(|| invalid("cursor", "is not a cursor this service issued"))?;
-            Some((key, cursor.id))
+            (Some((key, cursor.id)), cursor.as_of)
         }
     };
     let query = ExecutionsQuery {
@@ -894,6 +980,7 @@ fn executions_query(
         from,
         to,
         after,
+        as_of,
         limit: limit + 1,
     };
     Ok((query, limit, query_id))
@@ -919,20 +1006,24 @@ fn executions(
         .cached_job_snapshot(&tenant, job, 0)?
         .ok_or(ApiError::JobNotFound)?
         .job_sequence;
-    let mut rows = readers
+    let page = readers
         .executions_page(&tenant, job, &query)?
         .ok_or(ApiError::JobNotFound)?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_cursor = rows.last().filter(|_| more).map(|last| {
-        let key = last.row.recency_key();
+    let more = page.rows.len() > limit as usize;
+    let mut keyed = page.rows;
+    keyed.truncate(limit as usize);
+    // The next page is read as of this page's position, keyed on where the last row stood.
+    let next_cursor = keyed.last().filter(|_| more).map(|(last, key)| {
         Cursor {
             query: query_id.clone(),
-            key: key.into(),
+            key: (*key).into(),
             id: last.execution_id.clone(),
+            frozen: None,
+            as_of: Some(page.position),
         }
         .encode()
     });
+    let rows: Vec<ExecutionSummary> = keyed.into_iter().map(|(row, _)| row).collect();
     let mut shape = std::collections::hash_map::DefaultHasher::new();
     (&query_id, limit, params.get("cursor")).hash(&mut shape);
     let etag = format!(

@@ -47,6 +47,8 @@ pub struct AppState {
     pub tenants: crate::scope::TenantScope,
     /// Read-your-writes requests that may wait at once (`JOBSTATS_HTTP_MAX_WAITERS`).
     pub waiters: tokio::sync::Semaphore,
+    /// Job-list orders frozen at their first page, for the pages after it.
+    pub list_orders: jobs::FrozenOrders,
 }
 
 impl AppState {

@@ -122,6 +122,12 @@ pub struct Cursor {
     /// The last item's name or id (the tie-breaker).
     #[serde(rename = "i")]
     pub id: String,
+    /// A job list's order frozen at its first page, and where the next page starts in it.
+    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<(u64, usize)>,
+    /// The stream position the first page of executions was read at.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<u64>,
 }
 
 impl Cursor {
@@ -174,6 +180,8 @@ mod tests {
             query: q.clone(),
             key: serde_json::json!(12),
             id: "nightly".into(),
+            frozen: Some((7, 50)),
+            as_of: Some(9),
         };
         let request = Request::builder()
             .uri(format!("/x?cursor={}", cursor.encode()).parse().unwrap())

@@ -159,16 +159,31 @@ pub fn health_stream_config(replicas: usize) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: HEALTH_STREAM.to_owned(),
         description: Some("jobstats: every change of a job's health state (CONTRACT §8)".into()),
-        subjects: vec![
-            HEALTH_SUBJECTS.to_owned(),
-            super::WEBHOOK_DEAD_SUBJECTS.to_owned(),
-        ],
+        subjects: vec![HEALTH_SUBJECTS.to_owned()],
         retention: jetstream::stream::RetentionPolicy::Limits,
         storage: jetstream::stream::StorageType::File,
         discard: jetstream::stream::DiscardPolicy::Old,
         // The last change per job is the evaluator's memory; 1,000 keep a long history.
         max_messages_per_subject: 1_000,
         // Replicas announcing the same change within this window store it once.
+        duplicate_window: Duration::from_secs(3_600),
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The stream of webhook deliveries given up on, as this service creates it when missing
+/// (mirrors `nats/stream-dead-deliveries.json`): kept by age, and by count per webhook.
+pub fn dead_delivery_stream_config(replicas: usize) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: super::DEAD_DELIVERY_STREAM.to_owned(),
+        description: Some("jobstats: webhook deliveries given up on, with why".into()),
+        subjects: vec![super::WEBHOOK_DEAD_SUBJECTS.to_owned()],
+        retention: jetstream::stream::RetentionPolicy::Limits,
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        max_age: super::DEAD_DELIVERY_MAX_AGE,
+        max_messages_per_subject: super::DEAD_DELIVERIES_PER_WEBHOOK,
         duplicate_window: Duration::from_secs(3_600),
         num_replicas: replicas,
         ..Default::default()

@@ -27,6 +27,13 @@ pub const HEALTH_STREAM: &str = "JOB_HEALTH";
 pub const HEALTH_SUBJECTS: &str = "jobstats.health.>";
 /// Subjects of webhook deliveries given up on: `jobstats.webhook-dead.<webhook>`.
 pub const WEBHOOK_DEAD_SUBJECTS: &str = "jobstats.webhook-dead.>";
+/// The stream they are kept in (by age: [`DEAD_DELIVERY_MAX_AGE`]).
+pub const DEAD_DELIVERY_STREAM: &str = "JOBSTATS_DEAD_DELIVERIES";
+/// How long a delivery given up on is kept.
+pub const DEAD_DELIVERY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// At most this many per webhook within that age (a receiver down for a month at thousands
+/// of changes a day must not fill the disk).
+pub const DEAD_DELIVERIES_PER_WEBHOOK: i64 = 100_000;
 
 /// The subject of one job's changes. A job name may contain `.`, which NATS reads as a token
 /// separator: harmless (`jobstats.health.<tenant>.>` still matches it) unless it leaves an

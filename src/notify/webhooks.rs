@@ -317,6 +317,7 @@ impl Delivery {
             .get_or_create_stream(super::evaluator::health_stream_config(self.stream_replicas))
             .await
             .map_err(|e| format!("stream {HEALTH_STREAM}: {e}"))?;
+        self.ensure_dead_delivery_stream(&stream).await?;
         let durable = format!("jobstats-webhook-{}", self.webhook.name);
         let consumer = stream
             .get_or_create_consumer(
@@ -353,6 +354,38 @@ impl Delivery {
                 .set_webhook_lag(&self.webhook.name, None, behind);
         }
         Err(format!("consumer {durable}: message stream ended"))
+    }
+
+    /// Where deliveries given up on are kept. Before `JOBSTATS_DEAD_DELIVERIES`, `JOB_HEALTH`
+    /// itself held their subjects (1,000 per webhook, no age limit); such a stream keeps them
+    /// until an operator moves them (two streams cannot share subjects).
+    async fn ensure_dead_delivery_stream(
+        &self,
+        health: &jetstream::stream::Stream,
+    ) -> Result<(), String> {
+        let held_by_health = health
+            .cached_info()
+            .config
+            .subjects
+            .iter()
+            .any(|s| s == super::WEBHOOK_DEAD_SUBJECTS);
+        if held_by_health {
+            tracing::warn!(
+                "JOB_HEALTH holds {}: dead deliveries stay there (1,000 per webhook); remove that \
+                 subject from JOB_HEALTH to keep them {} days in {}",
+                super::WEBHOOK_DEAD_SUBJECTS,
+                super::DEAD_DELIVERY_MAX_AGE.as_secs() / 86_400,
+                super::DEAD_DELIVERY_STREAM
+            );
+            return Ok(());
+        }
+        self.js
+            .get_or_create_stream(super::evaluator::dead_delivery_stream_config(
+                self.stream_replicas,
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("stream {}: {e}", super::DEAD_DELIVERY_STREAM))
     }
 
     fn count(&self, outcome: &str) {

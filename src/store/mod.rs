@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use crate::projection::{JobStats, LastFinished, OutcomeRun, ScheduleRecord};
+use crate::projection::{
+    Execution, ExecutionState, JobStats, LastFinished, OutcomeRun, ScheduleRecord,
+};
 
 /// An i128 in SQLite, which has no such type: an INTEGER while it fits in 64 bits (every
 /// realistic total, and files written before totals were wide), else 16 big-endian bytes. A
@@ -48,8 +50,8 @@ impl rusqlite::types::FromSql for WideInt {
 }
 
 pub use reader::{
-    CurrentReader, DeadLetter, ExecutionSummary, ExecutionsQuery, Freshness, HealthData,
-    JobSnapshot, ReadPool,
+    CurrentReader, DeadLetter, ExecutionSummary, ExecutionsPage, ExecutionsQuery, Freshness,
+    HealthData, JobSnapshot, ReadPool,
 };
 pub use writer::{BatchOutcome, IncomingMessage, Writer};
 
@@ -66,6 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_percentiles_and_rollups.sql"),
     include_str!("migrations/0006_dead_letters_by_reason.sql"),
     include_str!("migrations/0007_late_rollup_writes.sql"),
+    include_str!("migrations/0008_time_sequences.sql"),
 ];
 
 /// How many bytes of a dead letter's payload are kept.
@@ -124,6 +127,102 @@ pub(crate) fn execution_state(code: i64) -> Result<crate::projection::ExecutionS
 /// An execution's stored columns, in the order every reader of `executions` selects them.
 pub(crate) const EXECUTION_COLUMNS: &str =
     "state, enqueued_at, started_at, finished_at, items_processed, error";
+
+/// How many columns [`EXECUTION_COLUMNS`] names.
+pub(crate) const EXECUTION_COLUMN_COUNT: usize = 6;
+
+/// The stream sequences that set an execution's times: bookkeeping of the store (not of the
+/// projection, whose rows do not depend on the order events arrive in), so that a page of
+/// executions can be read as of the stream position its first page was read at.
+pub(crate) const TIME_SEQUENCE_COLUMNS: &str = "enqueued_seq, started_seq, finished_seq";
+
+/// The sequences of the events that set an execution's enqueue, start and finish times
+/// (`None`: not set; 0: set before these were recorded, which is before any page's position).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TimeSequences {
+    pub enqueued: Option<u64>,
+    pub started: Option<u64>,
+    pub finished: Option<u64>,
+}
+
+impl TimeSequences {
+    /// Notes which times the event at `sequence` set, going from `before` to `after`.
+    pub fn record(&mut self, before: Option<&Execution>, after: &Execution, sequence: u64) {
+        let set = |was: Option<i64>, is: Option<i64>, slot: &mut Option<u64>| {
+            if was.is_none() && is.is_some() {
+                *slot = Some(sequence);
+            }
+        };
+        set(
+            before.and_then(|b| b.enqueued_at),
+            after.enqueued_at,
+            &mut self.enqueued,
+        );
+        set(
+            before.and_then(|b| b.started_at),
+            after.started_at,
+            &mut self.started,
+        );
+        set(
+            before.and_then(|b| b.finished_at),
+            after.finished_at,
+            &mut self.finished,
+        );
+    }
+
+    /// The sequence of the event that set the time `row.recency_key()` comes from.
+    pub fn of_recency_key(&self, row: &Execution) -> u64 {
+        let sequence = if row.started_at.is_some() {
+            self.started
+        } else if row.enqueued_at.is_some() {
+            self.enqueued
+        } else {
+            self.finished
+        };
+        sequence.unwrap_or(0)
+    }
+
+    /// The recency key `row` had once the stream up to `position` was applied (`None`: it
+    /// did not exist yet). Each time is set once, so its sequence says when it appeared.
+    pub fn recency_key_at(&self, row: &Execution, position: u64) -> Option<i64> {
+        let known = |time: Option<i64>, sequence: Option<u64>| {
+            time.filter(|_| sequence.unwrap_or(0) <= position)
+        };
+        known(row.started_at, self.started)
+            .or(known(row.enqueued_at, self.enqueued))
+            .or(known(row.finished_at, self.finished))
+    }
+
+    /// The state `row` had at `position` (the first terminal state never changes).
+    pub fn state_at(&self, row: &Execution, position: u64) -> ExecutionState {
+        let by = |sequence: Option<u64>| sequence.is_some_and(|s| s <= position);
+        let by_time = |time: Option<i64>, sequence: Option<u64>| {
+            time.is_some() && (sequence.is_none() || by(sequence))
+        };
+        if by_time(row.finished_at, self.finished) {
+            row.state
+        } else if by_time(row.started_at, self.started) {
+            ExecutionState::Processing
+        } else {
+            ExecutionState::Pending
+        }
+    }
+}
+
+/// Reads [`TIME_SEQUENCE_COLUMNS`] starting at column `first`.
+pub(crate) fn time_sequences(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<TimeSequences> {
+    let sequence = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(r.get::<_, Option<i64>>(first + i)?.map(|s| s.max(0) as u64))
+    };
+    Ok(TimeSequences {
+        enqueued: sequence(0)?,
+        started: sequence(1)?,
+        finished: sequence(2)?,
+    })
+}
 
 /// [`EXECUTION_COLUMNS`] as read, before the state code is checked.
 pub(crate) type ExecutionColumns = (

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
     configure_common, job_stats_from_row, resolve, StoreError, EXECUTION_COLUMNS,
-    JOB_STATS_COLUMNS, JOB_STATS_COLUMN_COUNT,
+    JOB_STATS_COLUMNS, JOB_STATS_COLUMN_COUNT, TIME_SEQUENCE_COLUMNS,
 };
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
@@ -577,15 +577,21 @@ impl ReadPool {
     }
 
     /// One page of a job's executions, newest first by start time (enqueue time while not
-    /// started), as a keyset range over the recency index; `None` when the job is unknown.
+    /// started), as the order stood at stream position `query.as_of` (default: this read's
+    /// checkpoint): a pending execution that starts later moves to the front of the live
+    /// order, but pages after the first keep the first page's position, so every execution
+    /// present then is read exactly once. A keyset range over the recency index for the rows
+    /// whose place has not changed since, plus the few that have (their place then comes from
+    /// the sequences that set their times); `None` when the job is unknown.
     pub fn executions_page(
         &self,
         tenant: &TenantId,
         job: &JobName,
         query: &ExecutionsQuery,
-    ) -> Result<Option<Vec<ExecutionSummary>>, StoreError> {
+    ) -> Result<Option<ExecutionsPage>, StoreError> {
         let mut sql = format!(
-            "SELECT execution_id, {EXECUTION_COLUMNS}, recency_key FROM executions WHERE job_id = ?1"
+            "SELECT execution_id, {EXECUTION_COLUMNS}, {TIME_SEQUENCE_COLUMNS} FROM executions
+             WHERE job_id = ?1 AND recency_seq <= ?7"
         );
         if query.from.is_some() {
             sql.push_str(" AND recency_key >= ?2");
@@ -597,8 +603,14 @@ impl ReadPool {
             sql.push_str(" AND (recency_key, execution_id) < (?4, ?5)");
         }
         if !query.states.is_empty() {
+            // The state at the position: these rows' starts (if any) were applied by then,
+            // their finishes maybe not.
             let codes: Vec<String> = query.states.iter().map(|s| s.code().to_string()).collect();
-            sql.push_str(&format!(" AND state IN ({})", codes.join(",")));
+            sql.push_str(&format!(
+                " AND (CASE WHEN finished_at IS NOT NULL AND COALESCE(finished_seq, 0) <= ?7 \
+                 THEN state WHEN started THEN 1 ELSE 0 END) IN ({})",
+                codes.join(",")
+            ));
         }
         sql.push_str(" ORDER BY recency_key DESC, execution_id DESC LIMIT ?6");
         let tenant = tenant.to_string();
@@ -606,23 +618,59 @@ impl ReadPool {
             let Some((job_id, _, _)) = read_job_stats(tx, &tenant, job.as_str())? else {
                 return Ok(None);
             };
+            let checkpoint: i64 = tx.query_row(
+                "SELECT last_sequence FROM checkpoint WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )?;
+            let position = query.as_of.unwrap_or(checkpoint.max(0) as u64);
             let mut stmt = tx.prepare_cached(&sql)?;
             let (after_key, after_id) = query.after.clone().unzip();
-            let rows = stmt.query_map(
+            let unmoved = stmt.query_map(
                 params![
                     job_id,
                     query.from,
                     query.to,
                     after_key,
                     after_id,
-                    query.limit
+                    query.limit,
+                    position as i64
                 ],
-                execution_row,
+                sequenced_execution_row,
             )?;
-            let executions = rows
-                .map(|row| row.map_err(StoreError::from).and_then(summary_from_row))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(executions))
+            let mut rows = Vec::new();
+            for row in unmoved {
+                let (execution_id, columns, _) = row?;
+                let row = super::execution_from_columns(columns)?;
+                let key = row.recency_key();
+                rows.push((ExecutionSummary { execution_id, row }, key));
+            }
+            // Rows whose place changed after the position, placed where they stood then.
+            let mut moved = tx.prepare_cached(&format!(
+                "SELECT execution_id, {EXECUTION_COLUMNS}, {TIME_SEQUENCE_COLUMNS} FROM executions
+                 WHERE job_id = ?1 AND recency_seq > ?2"
+            ))?;
+            for row in moved.query_map(params![job_id, position as i64], sequenced_execution_row)? {
+                let (execution_id, columns, sequences) = row?;
+                let row = super::execution_from_columns(columns)?;
+                let Some(key) = sequences.recency_key_at(&row, position) else {
+                    continue;
+                };
+                let wanted = query.from.is_none_or(|from| key >= from)
+                    && query.to.is_none_or(|to| key <= to)
+                    && query
+                        .after
+                        .as_ref()
+                        .is_none_or(|(k, id)| (key, execution_id.as_str()) < (*k, id.as_str()))
+                    && (query.states.is_empty()
+                        || query.states.contains(&sequences.state_at(&row, position)));
+                if wanted {
+                    rows.push((ExecutionSummary { execution_id, row }, key));
+                }
+            }
+            rows.sort_by(|(a, ka), (b, kb)| (kb, &b.execution_id).cmp(&(ka, &a.execution_id)));
+            rows.truncate(query.limit as usize);
+            Ok(Some(ExecutionsPage { rows, position }))
         })
     }
 
@@ -774,6 +822,24 @@ fn summary_from_row((execution_id, columns): ExecutionRow) -> Result<ExecutionSu
     })
 }
 
+/// A page of executions, each with its place in the order (its recency key at `position`).
+#[derive(Debug, Clone)]
+pub struct ExecutionsPage {
+    pub rows: Vec<(ExecutionSummary, i64)>,
+    /// The stream position the order is that of: pass it on as the next page's `as_of`.
+    pub position: u64,
+}
+
+fn sequenced_execution_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, super::ExecutionColumns, super::TimeSequences)> {
+    Ok((
+        r.get(0)?,
+        super::execution_columns(r, 1)?,
+        super::time_sequences(r, 1 + super::EXECUTION_COLUMN_COUNT)?,
+    ))
+}
+
 /// Which executions a page holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecutionsQuery {
@@ -784,6 +850,8 @@ pub struct ExecutionsQuery {
     pub to: Option<i64>,
     /// The last (time, id) of the previous page.
     pub after: Option<(i64, String)>,
+    /// The stream position the first page was read at (`None`: this is the first).
+    pub as_of: Option<u64>,
     pub limit: u32,
 }
 

@@ -366,8 +366,9 @@ struct BatchState<'w> {
     next_job_id: i64,
     /// The jobs this batch touched, and the previous batch's (`touched` tells them apart).
     jobs: HashMap<i64, JobRow>,
-    /// Each touched execution: its current row and whether the batch changed it.
-    executions: HashMap<(i64, String), (Option<Execution>, bool)>,
+    /// Each touched execution: its current row, whether the batch changed it, and the stream
+    /// sequences that set its times.
+    executions: HashMap<(i64, String), (Option<Execution>, bool, super::TimeSequences)>,
     /// Rollup buckets: their totals (empty: delete it) and whether this batch changed them
     /// (else they are the previous batch's, as stored).
     rollups: HashMap<RollupKey, (RollupBucket, bool)>,
@@ -474,20 +475,21 @@ impl<'w> BatchState<'w> {
             return Ok(());
         };
         let key = (job_id, execution_id.as_str().to_owned());
-        let (current, dirty) = match self.executions.entry(key) {
+        let (current, dirty, sequences) = match self.executions.entry(key) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
                 // A job first seen in this batch has no stored executions.
-                let loaded = if is_new {
-                    None
+                let (loaded, sequences) = if is_new {
+                    (None, Default::default())
                 } else {
                     load_execution(tx, job_id, &entry.key().1)?
                 };
-                entry.insert((loaded, false))
+                entry.insert((loaded, false, sequences))
             }
         };
         if let Change::Execution(next) = projection::apply(&mut job.stats, current.as_ref(), event)
         {
+            sequences.record(current.as_ref(), &next, sequence);
             let moved = rollup::deltas(current.as_ref(), &next);
             *current = Some(next);
             *dirty = true;
@@ -576,19 +578,21 @@ impl<'w> BatchState<'w> {
         let mut upsert_execution = tx.prepare_cached(
             "INSERT OR REPLACE INTO executions
                  (job_id, execution_id, state, enqueued_at, started_at, finished_at,
-                  items_processed, error, recency_key, started)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                  items_processed, error, recency_key, started, enqueued_seq, started_seq,
+                  finished_seq, recency_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         let executions = std::mem::take(&mut self.executions);
-        let mut changed: Vec<(&(i64, String), &Execution)> = executions
+        type Changed<'a> = (&'a (i64, String), &'a Execution, &'a super::TimeSequences);
+        let mut changed: Vec<Changed> = executions
             .iter()
-            .filter_map(|(key, (row, dirty))| match (row, dirty) {
-                (Some(row), true) => Some((key, row)),
+            .filter_map(|(key, (row, dirty, sequences))| match (row, dirty) {
+                (Some(row), true) => Some((key, row, sequences)),
                 _ => None,
             })
             .collect();
         changed.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for ((job_id, execution_id), row) in changed {
+        for ((job_id, execution_id), row, sequences) in changed {
             if let (Some(finished_at), Some(job)) = (row.finished_at, self.jobs.get_mut(job_id)) {
                 let lead = finished_at.saturating_sub(row.recency_key());
                 job.finish_lead_ms = job.finish_lead_ms.max(lead);
@@ -603,7 +607,11 @@ impl<'w> BatchState<'w> {
                 row.items_processed.map(|n| n as i64),
                 row.error,
                 row.recency_key(),
-                row.started_at.is_some()
+                row.started_at.is_some(),
+                sequences.enqueued.map(|s| s as i64),
+                sequences.started.map(|s| s as i64),
+                sequences.finished.map(|s| s as i64),
+                sequences.of_recency_key(row) as i64
             ])?;
         }
         Ok(())
@@ -760,20 +768,30 @@ impl<'w> BatchState<'w> {
 /// Selects [`super::EXECUTION_COLUMNS`] of one execution (a literal: this runs once per
 /// execution a batch touches, and `format!` would allocate each time).
 const LOAD_EXECUTION_SQL: &str = "SELECT state, enqueued_at, started_at, finished_at, \
-     items_processed, error FROM executions WHERE job_id = ?1 AND execution_id = ?2";
+     items_processed, error, enqueued_seq, started_seq, finished_seq FROM executions \
+     WHERE job_id = ?1 AND execution_id = ?2";
 
+/// One execution's row and the sequences that set its times (none when it is new).
 fn load_execution(
     tx: &Connection,
     job_id: i64,
     execution_id: &str,
-) -> Result<Option<Execution>, StoreError> {
-    let columns = tx
+) -> Result<(Option<Execution>, super::TimeSequences), StoreError> {
+    let loaded = tx
         .prepare_cached(LOAD_EXECUTION_SQL)?
         .query_row(params![job_id, execution_id], |r| {
-            super::execution_columns(r, 0)
+            Ok((
+                super::execution_columns(r, 0)?,
+                super::time_sequences(r, super::EXECUTION_COLUMN_COUNT)?,
+            ))
         })
         .optional()?;
-    columns.map(super::execution_from_columns).transpose()
+    match loaded {
+        Some((columns, sequences)) => {
+            Ok((Some(super::execution_from_columns(columns)?), sequences))
+        }
+        None => Ok((None, Default::default())),
+    }
 }
 
 fn load_rollup(
@@ -876,7 +894,14 @@ mod tests {
             .strip_prefix("SELECT ")
             .and_then(|rest| rest.split(" FROM ").next())
             .unwrap();
-        assert_eq!(columns, super::super::EXECUTION_COLUMNS);
+        assert_eq!(
+            columns,
+            format!(
+                "{}, {}",
+                super::super::EXECUTION_COLUMNS,
+                super::super::TIME_SEQUENCE_COLUMNS
+            )
+        );
     }
 
     use super::*;
@@ -910,7 +935,7 @@ mod tests {
             .unwrap();
         ids.into_iter()
             .map(|id| {
-                let row = load_execution(conn, job_id, &id).unwrap().unwrap();
+                let row = load_execution(conn, job_id, &id).unwrap().0.unwrap();
                 (id, row)
             })
             .collect()

@@ -404,3 +404,68 @@ async fn the_api_port_names_no_tenant_path_or_webhook() {
     );
     assert!(ready.contains("lastAppliedSequence"), "{ready}");
 }
+
+fn rss_kb(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_thousand_http2_waiters_from_one_token_stay_within_a_bounded_memory() {
+    // The default limits: 1,024 waiters, 64 streams per HTTP/2 connection, 128 connections
+    // per address. Uncapped, each waiter held ~27 KB for its 5 s (32,768 of them: 889 MB).
+    let Served { serve, .. } = &served(&[]).await;
+    let rss_before = rss_kb(serve.child.id());
+    let token = admin_token();
+    let uri = format!(
+        "http://{}/api/v1/admin/jobs/anything/stats?minSequence=1000000000&waitMs=5000",
+        serve.address
+    );
+    let mut answers = Vec::new();
+    let mut connections = Vec::new();
+    for _ in 0..128 {
+        let tcp = connect_from("127.0.0.2", serve.address).await;
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        connections.push(tokio::spawn(connection));
+        for _ in 0..64 {
+            let mut ready = client.clone().ready().await.unwrap();
+            let request = http::Request::get(uri.as_str())
+                .header("authorization", format!("Bearer {token}"))
+                .header("x-tenantid", TENANT)
+                .body(())
+                .unwrap();
+            let (response, _) = ready.send_request(request, true).unwrap();
+            answers.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let status = response.await.map(|r| r.status().as_u16()).unwrap_or(0);
+                (status, started.elapsed())
+            }));
+        }
+    }
+    // Everyone else is answered meanwhile.
+    let took = get_within(&serve.url("/healthz"), &[], Duration::from_secs(1)).await;
+    assert!(took.is_ok(), "/healthz under 8,192 waiters: {took:?}");
+    let grown_mb = (rss_kb(serve.child.id()) - rss_before) as f64 / 1024.0;
+    let mut at_once = 0;
+    for answer in answers {
+        let (status, took) = answer.await.unwrap();
+        assert_eq!(status, 503, "every waiter ends as PROJECTION_BEHIND");
+        if took < Duration::from_secs(2) {
+            at_once += 1;
+        }
+    }
+    eprintln!("8,192 h2 waiters: {at_once} answered at once, grew {grown_mb:.0} MB");
+    assert!(
+        at_once >= 8_192 - 1_024,
+        "only {at_once} of 8,192 were answered at once"
+    );
+    assert!(
+        grown_mb < 100.0,
+        "8,192 waiters grew the server by {grown_mb:.0} MB"
+    );
+}

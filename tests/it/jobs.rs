@@ -524,3 +524,186 @@ async fn ten_thousand_executions_page_by_status_and_time_exactly_once_in_order()
         assert_eq!(got, want, "{query}");
     }
 }
+
+/// Every page of a job's executions, newest first, each page followed by `between` (which
+/// publishes events and waits for them): the ids in the order read.
+async fn executions_paged_while(
+    app: &App,
+    job: &str,
+    limit: u32,
+    mut between: impl FnMut(usize, &[String]) -> futures::future::BoxFuture<'static, ()>,
+) -> Vec<String> {
+    let admin = admin_token();
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0.. {
+        let q = match &cursor {
+            Some(c) => format!("?limit={limit}&cursor={c}"),
+            None => format!("?limit={limit}"),
+        };
+        let (status, body) = executions_page(app, job, &q, &admin, TENANT).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        for e in body["data"]["executions"].as_array().unwrap() {
+            ids.push(e["id"].as_str().unwrap().to_owned());
+        }
+        match body["data"]["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        between(page, &ids).await;
+    }
+    ids
+}
+
+#[tokio::test]
+async fn execution_pages_never_skip_or_repeat_while_pending_executions_start() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(&nats.url(), &dir.path().join("stats.db")).await;
+    let publisher = nats.publisher().await;
+    let t0 = Utc::now() - chrono::Duration::hours(2);
+    // 1,000 pending executions, enqueued a second apart.
+    let job = EventBuilder::new(TENANT, "queue").unwrap();
+    let enqueued: Vec<Event> = (0..1_000)
+        .map(|i| {
+            job.clone()
+                .execution(&format!("e{i:04}"))
+                .unwrap()
+                .at(t0 + chrono::Duration::seconds(i))
+                .enqueued()
+                .unwrap()
+        })
+        .collect();
+    app.wait_applied(publish_all(&publisher, &enqueued).await)
+        .await;
+    // After each page of 20, ten executions not read yet start, and ten already read: the
+    // events that move a row under a start-time order.
+    let started = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let ids = executions_paged_while(&app, "queue", 20, |page, read| {
+        let unread: Vec<String> = (0..1_000)
+            .map(|i| format!("e{i:04}"))
+            .filter(|id| !read.contains(id) && !started.lock().unwrap().contains(id))
+            .step_by(7)
+            .take(10)
+            .chain(read.iter().rev().step_by(3).take(10).cloned())
+            .collect();
+        let events: Vec<Event> = unread
+            .iter()
+            .map(|id| {
+                started.lock().unwrap().insert(id.clone());
+                job.clone()
+                    .execution(id)
+                    .unwrap()
+                    .at(t0 + chrono::Duration::seconds(5_000 + page as i64))
+                    .started()
+                    .unwrap()
+            })
+            .collect();
+        let publisher = publisher.clone();
+        let app_readyz = app.admin_url("/readyz");
+        Box::pin(async move {
+            let head = publish_all(&publisher, &events).await;
+            wait_applied(
+                &reqwest::Client::new(),
+                &app_readyz,
+                head,
+                Duration::from_secs(30),
+            )
+            .await;
+        })
+    })
+    .await;
+    assert!(
+        started.lock().unwrap().len() > 400,
+        "rows moved while paging"
+    );
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "an execution appeared twice");
+    assert_eq!(ids.len(), 1_000, "an execution was skipped");
+}
+
+#[tokio::test]
+async fn job_list_pages_sorted_by_a_moving_value_never_skip_or_repeat() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(&nats.url(), &dir.path().join("stats.db")).await;
+    let publisher = nats.publisher().await;
+    let t0 = Utc::now() - chrono::Duration::hours(2);
+    // 300 jobs, each with one run, a second apart.
+    let runs: Vec<Event> = (0..300)
+        .flat_map(|i| {
+            let run = EventBuilder::new(TENANT, &format!("job-{i:03}"))
+                .unwrap()
+                .execution("r0")
+                .unwrap();
+            let start = t0 + chrono::Duration::seconds(i);
+            [
+                run.clone().at(start).started().unwrap(),
+                run.at(start + chrono::Duration::milliseconds(10))
+                    .completed(None)
+                    .unwrap(),
+            ]
+        })
+        .collect();
+    app.wait_applied(publish_all(&publisher, &runs).await).await;
+    let token = token(&["system_admin"], Some(TENANT));
+    for (query, failing_moves) in [
+        ("?sort=lastRun&order=desc&limit=20", false),
+        ("?sort=lastRun&order=asc&limit=20", false),
+        ("?sort=successRate&order=desc&limit=20", true),
+        ("?sort=health&limit=20", true),
+    ] {
+        let mut names: Vec<String> = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut round = 0;
+        loop {
+            let q = match &cursor {
+                Some(c) => format!("{query}&cursor={c}"),
+                None => query.to_owned(),
+            };
+            let (status, body) = list(&app, &q, &token, TENANT).await;
+            assert_eq!(status, 200, "{q}: {body}");
+            for job in body["data"]["jobs"].as_array().unwrap() {
+                names.push(job["jobName"].as_str().unwrap().to_owned());
+            }
+            let Some(next) = body["data"]["nextCursor"].as_str() else {
+                break;
+            };
+            cursor = Some(next.to_owned());
+            // Ten jobs not read yet, and five read, run again now (a failure where that
+            // moves them): under a live order they jump pages.
+            round += 1;
+            let movers: Vec<String> = (0..300)
+                .map(|i| format!("job-{i:03}"))
+                .filter(|n| !names.contains(n))
+                .step_by(5)
+                .take(10)
+                .chain(names.iter().step_by(4).take(5).cloned())
+                .collect();
+            let events: Vec<Event> = movers
+                .iter()
+                .flat_map(|name| {
+                    let run = EventBuilder::new(TENANT, name)
+                        .unwrap()
+                        .execution(&format!("{query}-{round}"))
+                        .unwrap();
+                    let start = Utc::now();
+                    let end = start + chrono::Duration::milliseconds(10);
+                    [
+                        run.clone().at(start).started().unwrap(),
+                        if failing_moves {
+                            run.at(end).failed(None, Some("moved")).unwrap()
+                        } else {
+                            run.at(end).completed(None).unwrap()
+                        },
+                    ]
+                })
+                .collect();
+            app.wait_applied(publish_all(&publisher, &events).await)
+                .await;
+        }
+        let unique: HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{query}: a job appeared twice");
+        assert_eq!(names.len(), 300, "{query}: a job was skipped");
+    }
+}

@@ -748,9 +748,14 @@ async fn a_redirect_is_never_followed_and_a_change_given_up_on_is_a_dead_letter(
     publish(&nats, execution_events("r", "r1", start, 100, true)).await;
     let changes = wait_for_changes(&nats, "r", 1, Duration::from_secs(15)).await;
 
-    // The attempts are used up and the change is recorded on jobstats.webhook-dead.<name>.
+    // The attempts are used up and the change is recorded on jobstats.webhook-dead.<name>,
+    // in a stream that keeps such letters 30 days (by age, not only by count).
     let js = jetstream::new(nats.client().await);
-    let stream = js.get_stream("JOB_HEALTH").await.unwrap();
+    let mut stream = js.get_stream("JOBSTATS_DEAD_DELIVERIES").await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, Duration::from_secs(30 * 86_400));
+    assert_eq!(config.max_messages_per_subject, 100_000);
+    assert_eq!(config.subjects, vec!["jobstats.webhook-dead.>".to_owned()]);
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: "jobstats.webhook-dead.test".into(),

@@ -318,7 +318,13 @@ async fn a_point_in_time_copy_holds_the_first_n_events_and_is_served_read_only()
     // The same copy as an older build made it: without a column this build reads.
     let conn = rusqlite::Connection::open(&copy).unwrap();
     conn.execute_batch(
-        "ALTER TABLE job_stats DROP COLUMN late_write_sequence; PRAGMA user_version = 6;",
+        "ALTER TABLE job_stats DROP COLUMN late_write_sequence;
+         DROP INDEX executions_by_recency_change;
+         ALTER TABLE executions DROP COLUMN enqueued_seq;
+         ALTER TABLE executions DROP COLUMN started_seq;
+         ALTER TABLE executions DROP COLUMN finished_seq;
+         ALTER TABLE executions DROP COLUMN recency_seq;
+         PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);
