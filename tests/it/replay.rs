@@ -469,3 +469,142 @@ async fn serve_rebuilds_on_start_when_the_file_was_built_by_another_projection_v
     );
     app.stop().await;
 }
+
+/// Holds `<db>.rebuild.lock` as a running rebuild does (an exclusive advisory lock, README
+/// "Operations"), until dropped.
+fn hold_rebuild_lock(db: &std::path::Path) -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{}.rebuild.lock", db.display()))
+        .unwrap();
+    lock.try_lock().expect("no rebuild holds the lock yet");
+    lock
+}
+
+#[tokio::test]
+async fn a_second_serve_or_rebuild_of_one_database_file_is_refused_and_says_who_holds_it() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stats.db");
+    let app = App::spawn(&nats.url(), &db).await;
+    let publisher = nats.publisher().await;
+    let head = publish_all(
+        &publisher,
+        &execution_events("locked", "e1", t0(), 1_000, true),
+    )
+    .await;
+    app.wait_applied(head).await;
+
+    let refused = App::start_failure(&nats.url(), &db, false).await;
+    assert!(
+        refused.contains("another jobstats serve holds")
+            && refused.contains(&format!("{}.serve.lock", db.display())),
+        "{refused}"
+    );
+
+    // While a rebuild holds the database, another is refused and swaps nothing in.
+    let held = hold_rebuild_lock(&db);
+    let output = rebuild(&nats, &db, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another jobstats rebuild holds")
+            && stderr.contains(&format!("{}.rebuild.lock", db.display())),
+        "{stderr}"
+    );
+    assert!(!db.is_symlink(), "a refused rebuild swaps nothing in");
+    drop(held);
+    let output = rebuild(&nats, &db, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(db.is_symlink());
+    // The first serve goes on, on the new generation.
+    assert_eq!(app.stats("locked").await["data"]["queue"]["completed"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn during_a_projection_upgrade_serve_answers_from_the_old_file() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stats.db");
+    let app = App::spawn(&nats.url(), &db).await;
+    let publisher = nats.publisher().await;
+    let events = runs(
+        "upgrading",
+        200,
+        t0(),
+        chrono::Duration::minutes(1),
+        |_| 700,
+        |i| i % 4 != 0,
+    );
+    let head = publish_all(&publisher, &events).await;
+    app.wait_applied(head).await;
+    let before = app.stats("upgrading").await["data"].clone();
+    app.stop().await;
+    // An older projection's file, whose figures differ from what this build projects.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '0' WHERE key = 'projection_version'",
+        [],
+    )
+    .unwrap();
+    conn.execute("UPDATE job_stats SET completed = 1", [])
+        .unwrap();
+    drop(conn);
+
+    // An operator's rebuild holds the file, so serve's upgrade waits (and retries) for as
+    // long as this test needs to look.
+    let held = hold_rebuild_lock(&db);
+    let serve = ServeProcess::start(&nats.url(), &db);
+    let readyz = || async {
+        serve
+            .http
+            .get(serve.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = readyz().await;
+        if ready["rebuild"]["inProgress"] == true {
+            assert_eq!(ready["status"], "not_ready", "{ready}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upgrade under way: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = serve.stats("upgrading").await["data"].clone();
+    assert_eq!(
+        during["queue"]["completed"], 1,
+        "the old file's figure: {during}"
+    );
+    assert_eq!(during["queue"]["failed"], before["queue"]["failed"]);
+    assert_eq!(readyz().await["rebuild"]["inProgress"], true);
+
+    drop(held);
+    serve.wait_applied(head).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while readyz().await["status"] != "ready" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upgrade never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = serve.stats("upgrading").await["data"].clone();
+    assert_eq!(after["queue"], before["queue"]);
+    assert_eq!(after["performance"], before["performance"]);
+}
