@@ -567,3 +567,29 @@ pub fn skip(test: &str, reason: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
 }
+
+/// Asserts that two read models hold the same rows ([`dump`]), naming the rows that differ
+/// (a dump of thousands of rows is no failure message).
+pub fn assert_same_tables(db: &Path, expected: &Path) {
+    let (got, want) = (dump(db), dump(expected));
+    if got == want {
+        return;
+    }
+    let only_in = |a: &[String], b: &[String]| -> Vec<String> {
+        let b: std::collections::HashSet<&String> = b.iter().collect();
+        a.iter()
+            .filter(|row| !b.contains(row))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    panic!(
+        "{} differs from {} ({} rows against {}):\nonly in the first: {:#?}\nonly in the second: {:#?}",
+        db.display(),
+        expected.display(),
+        got.len(),
+        want.len(),
+        only_in(&got, &want),
+        only_in(&want, &got)
+    );
+}
