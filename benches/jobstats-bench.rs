@@ -1,8 +1,9 @@
 //! Benchmark harness: one run, one local nats-server, ratios against ceilings measured in the
 //! same run (absolute numbers drift ±20% on shared machines; ratios hold).
 //!
-//! `cargo bench --bench jobstats-bench` writes BENCHMARKS.md; `-- --smoke` runs a tiny
-//! version in seconds (CI: `cargo test --bench jobstats-bench -- --smoke`) and writes nothing.
+//! `cargo bench --bench jobstats-bench` writes BENCHMARKS.md (`-- --cluster`:
+//! BENCHMARKS-cluster.md); `-- --smoke` runs a tiny version in seconds (CI: `cargo test
+//! --bench jobstats-bench -- --smoke`) and writes nothing.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,12 @@ use jobstats::store::{IncomingMessage, ReadPool, Writer};
 
 #[path = "support/figures.rs"]
 mod figures;
-use figures::{verdict, wrk_ms, Direction::AtLeast, Direction::AtMost};
+use figures::{
+    goal_only, stated, verdict, wrk_errors, wrk_ms, Direction::AtLeast, Direction::AtMost,
+};
+
+/// The note of a figure judged by the ratio (or median) right after it.
+const JUDGED_BELOW: &str = "verdict: the ratio below";
 
 struct Row {
     figure: String,
@@ -624,7 +630,13 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
     figures
 }
 
-fn wrk(url: &str, token: Option<&str>) -> Option<(f64, String, String)> {
+/// wrk's requests per second and its p50 and p99 latencies.
+type WrkFigures = (f64, String, String);
+
+/// wrk against `url`: `None` without wrk (or with output it cannot read), `Err` with wrk's
+/// error lines when any request got a non-2xx/3xx answer or a socket error (an endpoint that
+/// fails fast must not raise a req/s figure).
+fn wrk(url: &str, token: Option<&str>) -> Option<Result<WrkFigures, String>> {
     let mut command = std::process::Command::new("wrk");
     command.args(["-t2", "-c64", "-d5s", "--latency"]);
     if let Some(token) = token {
@@ -637,6 +649,10 @@ fn wrk(url: &str, token: Option<&str>) -> Option<(f64, String, String)> {
     }
     let output = command.arg(url).output().ok()?;
     let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let errors = wrk_errors(&text);
+    if !errors.is_empty() {
+        return Some(Err(errors.join("; ")));
+    }
     let rate = text
         .lines()
         .find(|l| l.starts_with("Requests/sec:"))?
@@ -651,7 +667,7 @@ fn wrk(url: &str, token: Option<&str>) -> Option<(f64, String, String)> {
             .unwrap_or("?")
             .to_owned()
     };
-    Some((rate, percentile("50%"), percentile("99%")))
+    Some(Ok((rate, percentile("50%"), percentile("99%"))))
 }
 
 /// Flags of the harness.
@@ -678,7 +694,8 @@ struct BenchArgs {
     #[arg(long)]
     window_only: bool,
     /// Only the cluster figures (11): one node vs a 3-node cluster with an R3 stream, and a
-    /// replica bootstrapped from a snapshot vs from the stream.
+    /// replica bootstrapped from a snapshot vs from the stream; a run of 1,000,000 events
+    /// writes them to BENCHMARKS-cluster.md.
     #[arg(long)]
     cluster: bool,
     /// Passed by `cargo bench`; ignored.
@@ -711,6 +728,8 @@ struct Bench {
     client: async_nats::Client,
     js: jetstream::Context,
     table: Table,
+    /// Figures that could not be taken honestly (a wrk run that saw errors): the run fails.
+    failures: Vec<String>,
 }
 
 #[tokio::main]
@@ -737,6 +756,15 @@ async fn main() {
     let events = mix(total);
     if bench.args.cluster {
         bench.cluster(events).await;
+        bench.fail_on_failed_figures();
+        if !bench.args.smoke && total == 1_000_000 {
+            bench.write_markdown(
+                "BENCHMARKS-cluster.md",
+                "One run of `cargo bench --bench jobstats-bench -- --cluster`: one local \
+                 nats-server, then three loopback nodes of it with an R3 stream.",
+                CLUSTER_METHOD,
+            );
+        }
         return;
     }
     let writer_only = writer_only_rate(bench.dir.path(), &events);
@@ -762,8 +790,13 @@ async fn main() {
     }
     drop(live);
     bench.storage();
+    bench.fail_on_failed_figures();
     if !bench.args.smoke && total == 1_000_000 && !bench.args.no_http {
-        bench.write_markdown();
+        bench.write_markdown(
+            "BENCHMARKS.md",
+            "One run of `cargo bench --bench jobstats-bench` on one local nats-server.",
+            METHOD,
+        );
     }
 }
 
@@ -786,6 +819,7 @@ impl Bench {
             client,
             js,
             table: Table::default(),
+            failures: Vec::new(),
         }
     }
 
@@ -810,17 +844,17 @@ impl Bench {
         table.row(
             "events in the stream",
             head.to_string(),
-            "10 tenants x 100 jobs, 97% completed, 3% failed, ~1% duplicates",
+            "10 tenants x 100 jobs, 97% completed, 3% failed, ~1% duplicates; the input of every figure",
         );
         table.row(
             "publish rate (events/s)",
             format!("{publish_rate:.0}"),
-            "async publishes, acks awaited",
+            &format!("async publishes, acks awaited; {}", stated(6)),
         );
         table.row(
             "(0) SQLite writer alone, 20k-event batches (events/s)",
             format!("{writer_only:.0}"),
-            "decode + apply + commit, no NATS",
+            &format!("decode + apply + commit, no NATS; {}", stated(6)),
         );
         head
     }
@@ -849,12 +883,15 @@ impl Bench {
             self.table.row(
                 &format!("(1) no-op durable consumer, ack per 40k batch, pair {round}"),
                 format!("{ceiling:.0}"),
-                "events/s, ceiling",
+                "events/s, ceiling; verdict: the median pair below",
             );
             self.table.row(
                 &format!("(2) projector catch-up (jobstats serve), pair {round}"),
                 format!("{projector:.0}"),
-                &format!("events/s, ratio {:.2}", projector / ceiling),
+                &format!(
+                    "events/s, ratio {:.2}; verdict: the median pair below",
+                    projector / ceiling
+                ),
             );
         }
         ratios.sort_by(f64::total_cmp);
@@ -891,8 +928,9 @@ impl Bench {
             "(12) tenant shard, 1 of 10 tenants: stream events passed per second",
             format!("{shard:.0}"),
             &format!(
-                "full replica right before: {full:.0}; shard / full: {:.1}x",
-                shard / full
+                "full replica right before: {full:.0}; shard / full: {:.1}x; {}",
+                shard / full,
+                stated(13)
             ),
         );
     }
@@ -939,29 +977,38 @@ impl Bench {
         table.row(
             "(11) publish rate, one node (events/s)",
             format!("{single_publish:.0}"),
-            &format!("{single_head} events, async publishes, acks awaited"),
+            &format!("{single_head} events, async publishes, acks awaited; {JUDGED_BELOW}"),
         );
         table.row(
             "(11) publish rate, 3-node cluster, R3 acks (events/s)",
             format!("{cluster_publish:.0}"),
-            &format!("ratio {:.2} of one node", cluster_publish / single_publish),
+            &format!(
+                "ratio {:.2} of one node; {}",
+                cluster_publish / single_publish,
+                stated(13)
+            ),
         );
         table.row(
             "(11) catch-up, one node (events/s)",
             format!("{single_rate:.0}"),
-            "jobstats serve on an empty file",
+            &format!("jobstats serve on an empty file; {JUDGED_BELOW}"),
         );
         table.row(
             "(11) catch-up, 3-node cluster, R3 (events/s)",
             format!("{cluster_rate:.0}"),
-            &format!("ratio {:.2} of one node", cluster_rate / single_rate),
+            &format!(
+                "ratio {:.2} of one node; {}",
+                cluster_rate / single_rate,
+                stated(13)
+            ),
         );
         table.row(
             "(11) new replica serving: from a snapshot vs replaying the stream (s)",
             format!("{bootstrap_secs:.2} vs {replay_secs:.2}"),
             &format!(
-                "snapshot {snapshot_secs:.2} s + start on the copy; {:.0}x faster",
-                replay_secs / bootstrap_secs
+                "snapshot {snapshot_secs:.2} s + start on the copy; {:.0}x faster; {}",
+                replay_secs / bootstrap_secs,
+                stated(13)
             ),
         );
         drop(nodes);
@@ -993,14 +1040,19 @@ impl Bench {
             "(11) publish rate, 3-node R3, sync_interval always (events/s)",
             format!("{publish_rate:.0}"),
             &format!(
-                "{head} events; ratio {:.2} of the same cluster with default fsync",
-                publish_rate / default_publish
+                "{head} events; ratio {:.2} of the same cluster with default fsync; {}",
+                publish_rate / default_publish,
+                stated(13)
             ),
         );
         self.table.row(
             "(11) catch-up, 3-node R3, sync_interval always (events/s)",
             format!("{rate:.0}"),
-            &format!("ratio {:.2} of default fsync", rate / default_rate),
+            &format!(
+                "ratio {:.2} of default fsync; {}",
+                rate / default_rate,
+                stated(13)
+            ),
         );
         drop(nodes);
     }
@@ -1016,24 +1068,29 @@ impl Bench {
         table.row(
             "(10) database size after the rebuild (MB)",
             format!("{:.1}", size as f64 / 1e6),
-            "the rebuilt file of the whole stream, rollups included",
+            &format!(
+                "the rebuilt file of the whole stream, rollups included; {}",
+                stated(12)
+            ),
         );
         table.row(
             "(10) the same without rollups and sketches (MB)",
             format!("{:.1}", without as f64 / 1e6),
             &format!(
                 "both vacuumed: {:.1} MB with them, {:.1} MB without (rollups table and the job \
-                 sketches removed)",
+                 sketches removed); {}",
                 compacted as f64 / 1e6,
-                without as f64 / 1e6
+                without as f64 / 1e6,
+                stated(12)
             ),
         );
         table.row(
             "(10) rollup rows per job per day",
             format!("{:.0}", rows as f64 / jobs / days.max(1.0)),
             &format!(
-                "{rows} rows over {days:.1} days of finishes; sketches {:.0} bytes per row on average",
-                sketch_bytes as f64 / rows.max(1) as f64
+                "{rows} rows over {days:.1} days of finishes; sketches {:.0} bytes per row on average; {}",
+                sketch_bytes as f64 / rows.max(1) as f64,
+                stated(12)
             ),
         );
     }
@@ -1044,7 +1101,7 @@ impl Bench {
         self.table.row(
             "(3) no-op ordered consumer (events/s)",
             format!("{ordered:.0}"),
-            "ceiling",
+            &format!("ceiling; {JUDGED_BELOW}"),
         );
         let started = Instant::now();
         let mut silent = |_: u64, _: u64| {};
@@ -1062,7 +1119,7 @@ impl Bench {
         self.table.row(
             "(3) rebuild (events/s)",
             format!("{rebuild_rate:.0}"),
-            &format!("{} ms total", started.elapsed().as_millis()),
+            &format!("{} ms total; {JUDGED_BELOW}", started.elapsed().as_millis()),
         );
         self.table.row(
             "(3) rebuild / no-op ordered read",
@@ -1084,12 +1141,12 @@ impl Bench {
         table.row(
             &format!("(5) stats read p50, {small} executions (us)"),
             format!("{p50_small:.1}"),
-            "",
+            JUDGED_BELOW,
         );
         table.row(
             &format!("(5) stats read p50, {large} executions (us)"),
             format!("{p50_large:.1}"),
-            "",
+            JUDGED_BELOW,
         );
         table.row(
             "(5) p50 ratio large / small",
@@ -1108,7 +1165,7 @@ impl Bench {
         table.row(
             &format!("(7) stats with health p50, {recent} executions (us)"),
             format!("{health_small:.1}"),
-            &format!("*/10 cron, one run per fire, 8-day window full; SQLite read {read_small:.1}"),
+            &format!("*/10 cron, one run per fire, 8-day window full; SQLite read {read_small:.1}; {JUDGED_BELOW}"),
         );
         table.row(
             &format!(
@@ -1116,7 +1173,9 @@ impl Bench {
                 history + recent
             ),
             format!("{health_large:.1}"),
-            &format!("the same window after a long history; SQLite read {read_large:.1}"),
+            &format!(
+                "the same window after a long history; SQLite read {read_large:.1}; {JUDGED_BELOW}"
+            ),
         );
         table.row(
             "(7) p50 ratio large / small",
@@ -1138,7 +1197,7 @@ impl Bench {
                 &format!("(9) stats + ?window=30d p50 for a job that changed, {runs} runs over 30 days (us)"),
                 format!("{windowed:.1}"),
                 &format!(
-                    "plain stats read {plain:.1}, ratio {:.2}; with no cache at all {cold:.1}, ratio {:.2}",
+                    "plain stats read {plain:.1}, ratio {:.2}; with no cache at all {cold:.1}, ratio {:.2}; verdict: the ratios below",
                     windowed / plain,
                     cold / plain
                 ),
@@ -1160,12 +1219,17 @@ impl Bench {
         table.row(
             &format!("(8) job list of {list_jobs}, health=missed,failing, 50/page: p50 / p99 (ms)"),
             format!("{filtered_p50:.2} / {filtered_p99:.2}"),
-            "judges every job of the tenant: O(jobs)",
+            &format!("judges every job of the tenant: O(jobs); {JUDGED_BELOW}"),
         );
         table.row(
             &format!("(8) job list of {list_jobs}, by name, 50/page: p50 / p99 (ms)"),
             format!("{named_p50:.2} / {named_p99:.2}"),
-            "an index range: O(page)",
+            &format!("an index range: O(page); {JUDGED_BELOW}"),
+        );
+        table.row(
+            "(8) job list p50, health-filtered / by name",
+            format!("{:.2}", filtered_p50 / named_p50),
+            &goal_only(filtered_p50 / named_p50, 2.0, AtMost, "", 34),
         );
     }
 
@@ -1178,8 +1242,31 @@ impl Bench {
         let stats = wrk(&stats_url, Some(&token));
         let windowed = wrk(&format!("{stats_url}?window=30d"), Some(&token));
         let (stats_ingesting, ingest_rate) = self.wrk_while_ingesting(stats_url, token).await;
+        let runs = [
+            ("/healthz", &trivial),
+            ("stats", &stats),
+            ("stats?window=30d", &windowed),
+            ("stats while ingesting", &stats_ingesting),
+        ];
+        let failed: Vec<(&str, String)> = runs
+            .iter()
+            .filter_map(|(run, figures)| match figures {
+                Some(Err(errors)) => Some((*run, errors.clone())),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            for (run, errors) in failed {
+                self.table
+                    .row(&format!("(4) wrk on {run}"), "FAILED".into(), &errors);
+                self.failures.push(format!("(4) wrk on {run}: {errors}"));
+            }
+            return;
+        }
+        let ok = |figures: Option<Result<WrkFigures, String>>| figures.and_then(Result::ok);
+        let windowed = ok(windowed);
         let (Some((trivial, _, _)), Some((stats, p50, p99)), Some((busy, busy_p50, busy_p99))) =
-            (trivial, stats, stats_ingesting)
+            (ok(trivial), ok(stats), ok(stats_ingesting))
         else {
             self.table.row(
                 "(4) HTTP",
@@ -1192,12 +1279,12 @@ impl Bench {
         table.row(
             "(4) /healthz req/s (trivial endpoint)",
             format!("{trivial:.0}"),
-            "wrk -t2 -c64 -d5s",
+            &format!("wrk -t2 -c64 -d5s; {JUDGED_BELOW}"),
         );
         table.row(
             "(4) stats req/s",
             format!("{stats:.0}"),
-            &format!("p50 {p50}, p99 {p99}"),
+            &format!("p50 {p50}, p99 {p99}; {JUDGED_BELOW}"),
         );
         table.row(
             "(4) stats / trivial req/s",
@@ -1209,7 +1296,7 @@ impl Bench {
             table.row(
                 "(4) stats?window=30d req/s",
                 format!("{windowed:.0}"),
-                &format!("p50 {w50}, p99 {w99}"),
+                &format!("p50 {w50}, p99 {w99}; {JUDGED_BELOW}"),
             );
             table.row(
                 "(4) stats?window=30d p50 / stats p50",
@@ -1221,7 +1308,8 @@ impl Bench {
             "(4) stats req/s while ingesting ~10k events/s",
             format!("{busy:.0}"),
             &format!(
-                "p50 {busy_p50}, p99 {busy_p99}; {ingest_rate:.0} events/s published meanwhile"
+                "p50 {busy_p50}, p99 {busy_p99}; {ingest_rate:.0} events/s published meanwhile; \
+                 verdict: the p99 below"
             ),
         );
         let p99_ms = wrk_ms(&busy_p99).unwrap_or(f64::INFINITY);
@@ -1239,7 +1327,7 @@ impl Bench {
         &self,
         url: String,
         token: String,
-    ) -> (Option<(f64, String, String)>, f64) {
+    ) -> (Option<Result<WrkFigures, String>>, f64) {
         let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let ingest = {
             let js = self.js.clone();
@@ -1266,7 +1354,20 @@ impl Bench {
         (figures, rate)
     }
 
-    fn write_markdown(&self) {
+    /// Ends the run with an error, writing nothing, when a figure failed.
+    fn fail_on_failed_figures(&self) {
+        if !self.failures.is_empty() {
+            eprintln!("figures that failed (nothing written):");
+            for failure in &self.failures {
+                eprintln!("  {failure}");
+            }
+            std::process::exit(1);
+        }
+    }
+
+    /// Writes this run's table into `file` (under the repository root, where `cargo bench`
+    /// runs), after `intro` and before `method`.
+    fn write_markdown(&self, file: &str, intro: &str, method: &str) {
         let binary = jobstats::nats_server::find(Path::new("data")).expect("nats-server");
         let version = std::process::Command::new(&binary)
             .arg("--version")
@@ -1277,7 +1378,7 @@ impl Bench {
             .ok()
             .and_then(|m| m.lines().next().map(str::to_owned))
             .unwrap_or_default();
-        let mut text = String::from("# Benchmarks\n\nOne run of `cargo bench --bench jobstats-bench` on one local nats-server.\n\n");
+        let mut text = format!("# Benchmarks\n\n{intro}\n\n");
         text.push_str(&format!(
             "- machine: {} cores, {memory}\n- nats-server: {}\n- date: {}\n\n| figure | value | note |\n|---|---|---|\n",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -1287,9 +1388,9 @@ impl Bench {
         for r in &self.table.rows {
             text.push_str(&format!("| {} | {} | {} |\n", r.figure, r.value, r.note));
         }
-        text.push_str(METHOD);
-        std::fs::write("BENCHMARKS.md", text).unwrap();
-        println!("wrote BENCHMARKS.md");
+        text.push_str(method);
+        std::fs::write(file, text).unwrap();
+        println!("wrote {file}");
     }
 }
 
@@ -1337,8 +1438,29 @@ const METHOD: &str = "
   bucket of the window (~29 days and up to 46 hours), as after a start or a late finish.
   The two jobs' reads alternate in one loop (1,000 rounds), so the machine's other work
   weighs on both alike.
+- Verdicts: each row ends with one: the floor and goal its issue set, a goal alone
+  (`goal … (issue N)`), `no target: issue N asks it stated`, or `verdict: the ratio below` for
+  the inputs of a ratio. A wrk run that saw any non-2xx/3xx answer or socket error fails the
+  whole run, which then writes nothing.
+- Cluster figures (11) are in BENCHMARKS-cluster.md, written by `-- --cluster`.
 - Rerun: `NATS_SERVER_BIN=$(command -v nats-server) cargo bench --bench jobstats-bench`
-  (after `--`: `--events N`, `--no-http`, `--writer-only`, `--health-only`, `--window-only`, `--smoke`).
+  (after `--`: `--events N`, `--no-http`, `--writer-only`, `--health-only`, `--window-only`,
+  `--cluster`, `--smoke`).
+";
+
+/// How the cluster figures are taken (appended to BENCHMARKS-cluster.md).
+const CLUSTER_METHOD: &str = "
+## How the figures are taken
+
+- (11): the same events (1M; 100k for `sync_interval: always`) published to and projected from
+  one node, then from a 3-node cluster of loopback nodes with an R3 `JOB_EVENTS`, in this run
+  on this machine. Catch-up is the real `jobstats serve` on an empty file, timed from its spawn
+  until its checkpoint reaches the head. A new replica from a snapshot: `store::snapshot` of the
+  cluster replica's file plus `serve` on the copy reaching the head, against the time the
+  cluster replica took to replay the stream.
+- `sync_interval: always` (what nats/nats-cluster.conf sets): every node flushes to disk
+  before it acks, so the publish and the consumer's acks wait on a quorum's fsync.
+- Rerun: `NATS_SERVER_BIN=$(command -v nats-server) cargo bench --bench jobstats-bench -- --cluster`.
 ";
 
 #[global_allocator]

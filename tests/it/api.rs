@@ -657,3 +657,63 @@ async fn checks_run_in_the_documented_order() {
         (403, "FORBIDDEN")
     );
 }
+
+#[tokio::test]
+async fn a_500_says_only_that_something_went_wrong_never_what() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stats.db");
+    let app = App::spawn(&nats.url(), &db).await;
+    let publisher = nats.publisher().await;
+    let t0 = Utc.with_ymd_and_hms(2025, 7, 10, 6, 0, 0).unwrap();
+    let head = publish_all(
+        &publisher,
+        &execution_events("broken", "e1", t0, 1_000, true),
+    )
+    .await;
+    app.wait_applied(head).await;
+    // The read model loses a table under the running server (as a bad migration or a hand
+    // edit would): reads of a job not yet cached fail inside SQLite.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    conn.execute_batch("DROP TABLE job_stats").unwrap();
+    drop(conn);
+
+    let auth = format!("Bearer {}", admin_token());
+    let headers = [("authorization", auth.as_str()), ("x-tenantid", TENANT)];
+    let (status, body, _) = get(&app, "/api/v1/admin/jobs/broken/stats", &headers).await;
+    assert_eq!(status, 500, "{body}");
+    assert_error_envelope_if_error(status, &body);
+    assert_eq!(body["error"]["code"], "INTERNAL_ERROR", "{body}");
+    // Exactly the envelope: no field for a cause, a trace or a path.
+    let mut fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["error", "message", "success", "timestamp"],
+        "{body}"
+    );
+    assert_eq!(
+        body["error"].as_object().unwrap().len(),
+        1,
+        "only the code: {body}"
+    );
+    let text = body.to_string().to_lowercase();
+    for internal in [
+        "job_stats",
+        "sqlite",
+        "no such",
+        "table",
+        "internal error:",
+        &dir.path().display().to_string().to_lowercase(),
+    ] {
+        assert!(!text.contains(internal), "{internal:?} in a 500: {body}");
+    }
+    app.stop().await;
+}

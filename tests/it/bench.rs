@@ -4,7 +4,7 @@
 #[allow(dead_code)]
 mod figures;
 
-use figures::{verdict, wrk_ms, Direction::AtLeast, Direction::AtMost};
+use figures::{goal_only, verdict, wrk_errors, wrk_ms, Direction::AtLeast, Direction::AtMost};
 
 #[test]
 fn wrk_latencies_read_in_milliseconds() {
@@ -27,5 +27,48 @@ fn verdicts_follow_the_direction_of_the_target() {
     assert_eq!(
         verdict(260.0, 250.0, 150.0, AtMost, " MB"),
         "floor <= 250 MB: MISSED; goal <= 150 MB: MISSED"
+    );
+}
+
+#[test]
+fn a_wrk_run_with_any_error_status_or_socket_error_is_reported_as_failed() {
+    let clean = "Running 5s test @ http://127.0.0.1:8080/healthz
+  2 threads and 64 connections
+  Latency Distribution
+     50%  779.00us
+     99%    2.56ms
+  512345 requests in 5.00s, 61.2MB read
+Requests/sec: 102469.00
+Transfer/sec:     12.24MB
+";
+    assert_eq!(wrk_errors(clean), Vec::<String>::new());
+    let failing = "  512345 requests in 5.00s, 61.2MB read
+  Socket errors: connect 0, read 3, write 0, timeout 12
+  Non-2xx or 3xx responses: 512345
+Requests/sec: 102469.00
+";
+    assert_eq!(
+        wrk_errors(failing),
+        [
+            "Socket errors: connect 0, read 3, write 0, timeout 12",
+            "Non-2xx or 3xx responses: 512345"
+        ]
+    );
+    // Only timeouts: still a failed run.
+    assert_eq!(
+        wrk_errors("  Socket errors: connect 0, read 0, write 0, timeout 1\n").len(),
+        1
+    );
+}
+
+#[test]
+fn a_goal_without_a_floor_names_its_issue() {
+    assert_eq!(
+        goal_only(76.3, 2.0, AtMost, "", 34),
+        "goal <= 2 (issue 34): MISSED"
+    );
+    assert_eq!(
+        goal_only(1.5, 2.0, AtMost, "", 34),
+        "goal <= 2 (issue 34): met"
     );
 }

@@ -350,3 +350,64 @@ async fn a_disconnected_projection_never_cries_wolf_and_says_unknown_after_a_min
     assert_eq!(after["state"], "healthy", "{after}");
     assert_eq!(after["missedRuns"]["last24h"], 0, "{after}");
 }
+
+#[tokio::test]
+async fn tenants_past_the_hundred_with_most_jobs_are_counted_together_as_other() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(&nats.url(), &dir.path().join("stats.db")).await;
+    let publisher = nats.publisher().await;
+    // 100 tenants with two jobs each keep their labels; two with one job each do not.
+    let tenant = |i: u32| format!("00000000-0000-4000-8000-{i:012}");
+    let mut events = Vec::new();
+    for i in 0..102u32 {
+        let jobs = if i < 100 { 2 } else { 1 };
+        for j in 0..jobs {
+            let run = EventBuilder::new(&tenant(i), &format!("job-{j}"))
+                .unwrap()
+                .execution("e1")
+                .unwrap();
+            let start = Utc::now() - chrono::Duration::minutes(10);
+            events.push(run.clone().at(start).started().unwrap());
+            events.push(
+                run.at(start + chrono::Duration::seconds(1))
+                    .completed(None)
+                    .unwrap(),
+            );
+        }
+    }
+    let head = publish_all(&publisher, &events).await;
+    app.wait_applied(head).await;
+
+    let metrics = app.metrics().await;
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("jobstats_jobs{"))
+        .collect();
+    let jobs_of = |label: &str| -> i64 {
+        let prefix = format!("jobstats_jobs{{tenant=\"{label}\",health=");
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+            .sum()
+    };
+    let shown = lines.join("\n");
+    assert_eq!(jobs_of("_other"), 2, "{shown}");
+    // One line per state, as for a labelled tenant.
+    let other_lines = lines
+        .iter()
+        .filter(|l| l.contains("tenant=\"_other\""))
+        .count();
+    assert_eq!(other_lines, 6, "{shown}");
+    for i in 0..100 {
+        assert_eq!(jobs_of(&tenant(i)), 2, "tenant {i}:\n{shown}");
+    }
+    for i in 100..102 {
+        assert!(
+            !shown.contains(&tenant(i)),
+            "tenant {i} has its own label:\n{shown}"
+        );
+    }
+    app.stop().await;
+}

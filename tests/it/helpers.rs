@@ -561,3 +561,69 @@ pub fn without_request_time(body: &[u8]) -> String {
         .replace_all(&String::from_utf8_lossy(body), "\"$1\":\"(request time)\"")
         .into_owned()
 }
+
+/// Waits until the checkpoint committed in `db` (read from the file, as a restart would)
+/// reaches `at_least`; returns it.
+pub async fn wait_checkpoint(db: &Path, at_least: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        // The file may not exist yet, or be between its creation and its first migration.
+        let committed = jobstats::store::ReadPool::open(db)
+            .and_then(|pool| pool.freshness())
+            .map(|f| f.last_sequence);
+        match committed {
+            Ok(sequence) if sequence >= at_least => return sequence,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint at {at_least} or beyond in {} within {within:?}: {committed:?}",
+            db.display()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether this run is CI's (`CI=true`) as root: there every environment-dependent test has
+/// what it needs, so a skip would hide a broken set-up.
+pub fn ci_as_root() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") && running_as_root()
+}
+
+/// Says that `test` (or a part of it) is skipped and why, on the real stderr (libtest
+/// captures `eprintln!` of passing tests, so a skip would otherwise read as a plain `ok`);
+/// in CI as root it fails instead: there nothing should be missing.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        !ci_as_root(),
+        "{test}: cannot be skipped in CI as root, yet {reason}"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+}
+
+/// Asserts that two read models hold the same rows ([`dump`]), naming the rows that differ
+/// (a dump of thousands of rows is no failure message).
+pub fn assert_same_tables(db: &Path, expected: &Path) {
+    let (got, want) = (dump(db), dump(expected));
+    if got == want {
+        return;
+    }
+    let only_in = |a: &[String], b: &[String]| -> Vec<String> {
+        let b: std::collections::HashSet<&String> = b.iter().collect();
+        a.iter()
+            .filter(|row| !b.contains(row))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    panic!(
+        "{} differs from {} ({} rows against {}):\nonly in the first: {:#?}\nonly in the second: {:#?}",
+        db.display(),
+        expected.display(),
+        got.len(),
+        want.len(),
+        only_in(&got, &want),
+        only_in(&want, &got)
+    );
+}

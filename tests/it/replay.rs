@@ -2,7 +2,7 @@
 //! safety, point-in-time copies.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,16 @@ fn rebuild(nats: &NatsServer, db: &std::path::Path, extra: &[&str]) -> std::proc
         .env("RUST_LOG", "warn")
         .output()
         .expect("run jobstats rebuild")
+}
+
+/// The `.building` files of unfinished rebuilds in `dir`.
+fn building_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".building"))
+        .collect()
 }
 
 /// A random stream: valid executions (with duplicates and reorderings) and poison messages.
@@ -106,21 +116,51 @@ async fn the_api_keeps_answering_through_a_rebuild_and_swap() {
         |_| 2_000,
         |i| i % 50 != 0,
     );
-    let head = publish_all(&publisher, &events).await;
+    publish_all(&publisher, &events).await;
+    // One more run, one event at a time, and an event of another job behind it.
+    let mut finished = 0;
+    for event in execution_events(
+        "hammered",
+        "marked",
+        t0() + chrono::Duration::days(3),
+        2_000,
+        true,
+    ) {
+        finished = publisher.publish(&event).await.unwrap().sequence;
+    }
+    let head = publish_all(
+        &publisher,
+        &execution_events("bystander", "b1", t0(), 1_000, true),
+    )
+    .await;
     service.wait_applied(head).await;
-    let expected = service.stats("hammered").await["data"]["queue"].clone();
+    let old = service.stats("hammered").await["data"]["queue"].clone();
+    // The marked run's finish leaves the stream: the live file counts it, a rebuild cannot,
+    // so every answer says which generation it came from.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream("JOB_EVENTS").await.unwrap();
+    assert!(stream.delete_message(finished).await.unwrap());
+    let mut new = old.clone();
+    new["completed"] = (old["completed"].as_i64().unwrap() - 1).into();
+    new["processing"] = (old["processing"].as_i64().unwrap() + 1).into();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicU64::new(0));
+    let rebuilt = Arc::new(AtomicBool::new(false));
     let mut hammers = Vec::new();
     for _ in 0..4 {
-        let (stop, answered) = (stop.clone(), answered.clone());
+        let rebuilt = rebuilt.clone();
         let url = service.url("/api/v1/admin/jobs/hammered/stats");
-        let expected = expected.clone();
+        let (old, new) = (old.clone(), new.clone());
         hammers.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let token = admin_token();
-            while !stop.load(Ordering::Relaxed) {
+            let (mut from_old, mut from_new) = (0u64, 0u64);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            // Until the rebuild is done and this client has had a few answers from its file.
+            while !(rebuilt.load(Ordering::Relaxed) && from_new >= 5) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "serve never answered from the new generation ({from_old} old, {from_new} new)"
+                );
                 let response = http
                     .get(&url)
                     .bearer_auth(&token)
@@ -134,9 +174,18 @@ async fn the_api_keeps_answering_through_a_rebuild_and_swap() {
                     "a request failed during the rebuild"
                 );
                 let body: serde_json::Value = response.json().await.unwrap();
-                assert_eq!(body["data"]["queue"], expected, "an answer mixed states");
-                answered.fetch_add(1, Ordering::Relaxed);
+                let queue = &body["data"]["queue"];
+                if *queue == old {
+                    // This client's requests follow one another: once it was answered from
+                    // the new file, the old one is gone for it.
+                    assert_eq!(from_new, 0, "an answer from the old file after the swap");
+                    from_old += 1;
+                } else {
+                    assert_eq!(*queue, new, "an answer mixed states");
+                    from_new += 1;
+                }
             }
+            (from_old, from_new)
         }));
     }
     let output = tokio::task::spawn_blocking({
@@ -162,13 +211,12 @@ async fn the_api_keeps_answering_through_a_rebuild_and_swap() {
         db.is_symlink(),
         "the live path now points at the new generation"
     );
-    // Let the server notice the swap and serve from the new file for a while.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
+    rebuilt.store(true, Ordering::Relaxed);
+    let mut answered_old = 0;
     for hammer in hammers {
-        hammer.await.unwrap();
+        answered_old += hammer.await.unwrap().0;
     }
-    assert!(answered.load(Ordering::Relaxed) > 20);
+    assert!(answered_old > 20, "{answered_old} answers before the swap");
     // New events land in the new generation.
     let more = execution_events(
         "hammered",
@@ -180,10 +228,7 @@ async fn the_api_keeps_answering_through_a_rebuild_and_swap() {
     let head = publish_all(&publisher, &more).await;
     service.wait_applied(head).await;
     let queue = service.stats("hammered").await["data"]["queue"].clone();
-    assert_eq!(
-        queue["completed"],
-        expected["completed"].as_i64().unwrap() + 1
-    );
+    assert_eq!(queue["completed"], new["completed"].as_i64().unwrap() + 1);
 }
 
 #[tokio::test]
@@ -211,10 +256,30 @@ async fn a_killed_rebuild_leaves_the_live_file_alone_and_the_next_one_completes(
         .env("JOBSTATS_DB_PATH", &db)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Killed mid-build: once its `.building` file exists, while it still runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while building_files(dir.path()).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the rebuild ended before its .building file was seen"
+        );
+        assert!(std::time::Instant::now() < deadline, "no .building file");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     child.kill().unwrap();
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the rebuild was killed, not finished: {status}"
+    );
     assert!(!db.is_symlink(), "a killed rebuild must not swap");
+    assert!(
+        !building_files(dir.path()).is_empty(),
+        "the killed build's file stays until the next rebuild"
+    );
+    let js = async_nats::jetstream::new(nats.client().await);
+    let stream = js.get_stream("JOB_EVENTS").await.unwrap();
+    let consumer_before = stream.consumer_info("jobstats-test").await.unwrap().created;
     assert_eq!(
         service.stats("crashy").await["data"]["queue"]["completed"],
         15_000
@@ -226,16 +291,20 @@ async fn a_killed_rebuild_leaves_the_live_file_alone_and_the_next_one_completes(
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".building"))
-        .collect();
+    let leftovers = building_files(dir.path());
     assert!(
         leftovers.is_empty(),
-        "interrupted build files are cleaned up"
+        "interrupted build files are cleaned up: {leftovers:?}"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // serve follows the swap: its projector moves to the new file with a new consumer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stream.consumer_info("jobstats-test").await.unwrap().created == consumer_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve never moved to the new generation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         service.stats("crashy").await["data"]["queue"]["completed"],
         15_000
@@ -405,4 +474,143 @@ async fn serve_rebuilds_on_start_when_the_file_was_built_by_another_projection_v
         "{metrics}"
     );
     app.stop().await;
+}
+
+/// Holds `<db>.rebuild.lock` as a running rebuild does (an exclusive advisory lock, README
+/// "Operations"), until dropped.
+fn hold_rebuild_lock(db: &std::path::Path) -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{}.rebuild.lock", db.display()))
+        .unwrap();
+    lock.try_lock().expect("no rebuild holds the lock yet");
+    lock
+}
+
+#[tokio::test]
+async fn a_second_serve_or_rebuild_of_one_database_file_is_refused_and_says_who_holds_it() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stats.db");
+    let app = App::spawn(&nats.url(), &db).await;
+    let publisher = nats.publisher().await;
+    let head = publish_all(
+        &publisher,
+        &execution_events("locked", "e1", t0(), 1_000, true),
+    )
+    .await;
+    app.wait_applied(head).await;
+
+    let refused = App::start_failure(&nats.url(), &db, false).await;
+    assert!(
+        refused.contains("another jobstats serve holds")
+            && refused.contains(&format!("{}.serve.lock", db.display())),
+        "{refused}"
+    );
+
+    // While a rebuild holds the database, another is refused and swaps nothing in.
+    let held = hold_rebuild_lock(&db);
+    let output = rebuild(&nats, &db, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another jobstats rebuild holds")
+            && stderr.contains(&format!("{}.rebuild.lock", db.display())),
+        "{stderr}"
+    );
+    assert!(!db.is_symlink(), "a refused rebuild swaps nothing in");
+    drop(held);
+    let output = rebuild(&nats, &db, &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(db.is_symlink());
+    // The first serve goes on, on the new generation.
+    assert_eq!(app.stats("locked").await["data"]["queue"]["completed"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn during_a_projection_upgrade_serve_answers_from_the_old_file() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stats.db");
+    let app = App::spawn(&nats.url(), &db).await;
+    let publisher = nats.publisher().await;
+    let events = runs(
+        "upgrading",
+        200,
+        t0(),
+        chrono::Duration::minutes(1),
+        |_| 700,
+        |i| i % 4 != 0,
+    );
+    let head = publish_all(&publisher, &events).await;
+    app.wait_applied(head).await;
+    let before = app.stats("upgrading").await["data"].clone();
+    app.stop().await;
+    // An older projection's file, whose figures differ from what this build projects.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '0' WHERE key = 'projection_version'",
+        [],
+    )
+    .unwrap();
+    conn.execute("UPDATE job_stats SET completed = 1", [])
+        .unwrap();
+    drop(conn);
+
+    // An operator's rebuild holds the file, so serve's upgrade waits (and retries) for as
+    // long as this test needs to look.
+    let held = hold_rebuild_lock(&db);
+    let serve = ServeProcess::start(&nats.url(), &db);
+    let readyz = || async {
+        serve
+            .http
+            .get(serve.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = readyz().await;
+        if ready["rebuild"]["inProgress"] == true {
+            assert_eq!(ready["status"], "not_ready", "{ready}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upgrade under way: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = serve.stats("upgrading").await["data"].clone();
+    assert_eq!(
+        during["queue"]["completed"], 1,
+        "the old file's figure: {during}"
+    );
+    assert_eq!(during["queue"]["failed"], before["queue"]["failed"]);
+    assert_eq!(readyz().await["rebuild"]["inProgress"], true);
+
+    drop(held);
+    serve.wait_applied(head).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while readyz().await["status"] != "ready" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upgrade never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = serve.stats("upgrading").await["data"].clone();
+    assert_eq!(after["queue"], before["queue"]);
+    assert_eq!(after["performance"], before["performance"]);
 }

@@ -272,7 +272,8 @@ async fn a_snapshot_taken_while_events_flow_bootstraps_a_replica_that_catches_up
             last
         })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The copy is taken once the flow is being projected.
+    live.wait_applied(first + 1).await;
     let copy = dir.path().join("copy.db");
     let output = snapshot(&live_db, &copy);
     assert!(
@@ -324,4 +325,26 @@ async fn a_snapshot_taken_while_events_flow_bootstraps_a_replica_that_catches_up
             .await
             .unwrap_or_else(|e| panic!("{consumer}: {e}"));
     }
+    // The replica started from the copy's checkpoint: its consumer began right after it and
+    // delivered the messages since, once each; none before the copy was replayed.
+    let started = stream
+        .consumer_info("jobstats-from-snapshot")
+        .await
+        .unwrap();
+    assert_eq!(
+        started.config.deliver_policy,
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: at + 1
+        },
+        "the replica's consumer starts after the copy's checkpoint {at}"
+    );
+    assert_eq!(
+        (
+            started.delivered.stream_sequence,
+            started.delivered.consumer_sequence
+        ),
+        (head, head - at),
+        "deliveries to the replica: the {} messages after the copy",
+        head - at
+    );
 }
