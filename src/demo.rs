@@ -294,7 +294,7 @@ pub async fn run_demo_runners(
             let base = api_url.trim_end_matches('/');
             println!();
             println!("jobstats demo runners are publishing to the service at {base}.");
-            print_welcome(base, &demo_token(secret)?);
+            print_welcome(base, &demo_token(secret)?, &operator_token(secret)?);
         }
         Some(_) => eprintln!("JOBSTATS_JWT_HS256_SECRET is under 32 bytes: no token printed"),
         None => eprintln!("JOBSTATS_JWT_HS256_SECRET is not set: no token printed"),
@@ -315,10 +315,23 @@ fn demo_token(secret: &str) -> anyhow::Result<String> {
     mint_hs256(secret, &claims).map_err(anyhow::Error::msg)
 }
 
+/// A `super_admin` token (every tenant, the projection view), valid 12 hours.
+fn operator_token(secret: &str) -> anyhow::Result<String> {
+    let claims = DevClaims::new(
+        "demo-operator",
+        &[crate::api::auth::ROLE_SUPER_ADMIN],
+        None,
+        Duration::from_secs(12 * 3600),
+    );
+    mint_hs256(secret, &claims).map_err(anyhow::Error::msg)
+}
+
 /// What a newcomer needs to look: the token and curl commands that work as printed.
-fn print_welcome(base: &str, token: &str) {
+fn print_welcome(base: &str, token: &str, operator: &str) {
     println!("  Dashboard (signs you in as the demo tenant's admin):");
     println!("{base}/ui/#token={token}");
+    println!("  Dashboard as the operator (super_admin: every tenant, the projection view, dead letters):");
+    println!("{base}/ui/#token={operator}");
     println!("  Swagger UI: {base}/api/v1/docs");
     println!("  Metrics:    {base}/metrics");
     println!("  Token (system_admin of tenant {DEMO_TENANT}, valid 12 h):");
@@ -446,7 +459,11 @@ pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()>
     if ready {
         println!();
         println!("jobstats demo is running (Ctrl-C stops everything it started).");
-        print_welcome(&format!("http://{address}"), &token);
+        print_welcome(
+            &format!("http://{address}"),
+            &token,
+            &operator_token(&secret)?,
+        );
         shutdown.wait().await;
         let _ = runners.await;
     } else {

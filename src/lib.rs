@@ -16,6 +16,7 @@
 //! | [`notify`] | health notifications: the evaluator that publishes each job's state changes to `JOB_HEALTH`, and webhook delivery from it | write SQLite |
 //! | [`publish`] | the publisher used by `jobstats publish`/`run`, the demo and Rust runners | read SQLite |
 //! | [`service`] | wires the pieces into `serve` (projector + API, start-up rebuild) | hold business rules |
+//! | [`retry`] | supervised retries: exponential back-off with jitter, a repeated failure logged once | do I/O |
 //! | [`runner`] | `jobstats run`: wraps a command as one execution | |
 //! | [`demo`] | `jobstats demo`: NATS + serve + demo job runners | |
 //! | [`cli`] | the command line: flags, environment and file layered; one function per subcommand, turning them into domain options | be called by the library |
@@ -32,6 +33,7 @@ pub mod nats_server;
 pub mod notify;
 pub mod projection;
 pub mod publish;
+pub mod retry;
 pub mod runner;
 pub mod schedule;
 pub mod scope;

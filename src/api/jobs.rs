@@ -21,8 +21,8 @@ use super::errors::{ApiError, ErrorEnvelope};
 use super::params::{JobNameParam, TenantParam};
 use super::query::{fingerprint, invalid, Cursor, QueryParams};
 use super::stats::{
-    extraction_error, health_summary, if_none_match, judgement, recent_execution,
-    refuse_repeated_tenant, BearerAuth, HealthSummary, QueueStats, RecentExecution,
+    extraction_error, health_stats, if_none_match, judgement, recent_execution,
+    refuse_repeated_tenant, BearerAuth, HealthStats, HealthSummary, QueueStats, RecentExecution,
 };
 use super::{rfc3339_millis, AppState};
 use crate::cache::{byte_bounded, ByteBounded};
@@ -45,7 +45,8 @@ pub struct JobListEntry {
     pub job_name: String,
     /// `running` while any execution is processing, else `idle`.
     pub status: String,
-    pub health: HealthSummary,
+    /// As in the stats answer: the state and its figures, the stuck executions and why.
+    pub health: HealthStats,
     pub queue: QueueStats,
     /// completed / (completed + failed), one decimal, rounded down; null before any finished.
     #[oai(nullable)]
@@ -110,18 +111,31 @@ pub struct ExecutionsEnvelope {
 impl poem_openapi::types::Example for JobListEnvelope {
     /// `?health=missed,failing&sort=health` on the demo's data.
     fn example() -> Self {
-        let entry =
-            |name: &str, state: &str, since: &str, failures: i64, missed: u32| JobListEntry {
+        let entry = |name: &str, state: &str, since: &str, failures: i64, missed: u32| {
+            JobListEntry {
                 job_name: name.into(),
                 status: "idle".into(),
-                health: HealthSummary {
-                    state: state.into(),
-                    as_of: "2026-12-02T14:05:00.000Z".into(),
-                    since: Some(since.into()),
-                    consecutive_failures: failures,
-                    missed_runs: super::stats::MissedRuns {
-                        last_24h: missed,
-                        last_7d: missed,
+                health: HealthStats {
+                    summary: HealthSummary {
+                        state: state.into(),
+                        as_of: "2026-12-02T14:05:00.000Z".into(),
+                        since: Some(since.into()),
+                        consecutive_failures: failures,
+                        missed_runs: super::stats::MissedRuns {
+                            last_24h: missed,
+                            last_7d: missed,
+                        },
+                    },
+                    stuck_execution_ids: Vec::new(),
+                    reason: if state == "missed" {
+                        format!(
+                            "No run has started since the run due at {since} ({missed} runs \
+                             missed in the last 24 hours)."
+                        )
+                    } else {
+                        format!(
+                            "The last {failures} finished executions failed (the latest at {since})."
+                        )
                     },
                 },
                 queue: QueueStats {
@@ -137,7 +151,8 @@ impl poem_openapi::types::Example for JobListEnvelope {
                 last_outcome: Some(if failures > 0 { "failed" } else { "completed" }.into()),
                 p95_ms: Some(4_200),
                 next_run: Some("2026-12-02T14:10:00.000Z".into()),
-            };
+            }
+        };
         JobListEnvelope {
             success: true,
             message: JOBS_MESSAGE.into(),
@@ -827,12 +842,10 @@ fn list_page(
     for (job, shown) in page.iter().zip(&jobs) {
         job.name.hash(&mut version);
         job.snapshot.job_sequence.hash(&mut version);
-        (&shown.health.state, &shown.health.since).hash(&mut version);
-        (
-            shown.health.missed_runs.last_24h,
-            shown.health.missed_runs.last_7d,
-        )
-            .hash(&mut version);
+        let health = &shown.health.summary;
+        (&health.state, &health.since).hash(&mut version);
+        (health.missed_runs.last_24h, health.missed_runs.last_7d).hash(&mut version);
+        (&shown.health.stuck_execution_ids, &shown.health.reason).hash(&mut version);
         shown.next_run.hash(&mut version);
     }
     (total, &next_cursor, &query.query_id, limit).hash(&mut version);
@@ -904,7 +917,7 @@ fn entry(job: &Listed, now: chrono::DateTime<Utc>) -> JobListEntry {
     JobListEntry {
         job_name: job.name.clone(),
         status: stats.status().to_owned(),
-        health: health_summary(&job.health),
+        health: health_stats(&job.health, stats),
         queue: QueueStats {
             pending: stats.pending,
             processing: stats.processing,

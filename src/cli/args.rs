@@ -554,13 +554,69 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 pub fn parse_layered(args: Vec<OsString>) -> Result<Cli, String> {
     let path = config_path(&args, |name| std::env::var_os(name));
     let Some(path) = path else {
-        return Ok(Cli::parse_from(args));
+        return Ok(parse_from(args));
     };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("JOBSTATS_CONFIG/--config {}: {e}", path.display()))?;
     let args = with_file_layer(args, &text, |name| std::env::var_os(name).is_some())
         .map_err(|e| format!("JOBSTATS_CONFIG/--config {}: {e}", path.display()))?;
-    Ok(Cli::parse_from(args))
+    Ok(parse_from(args))
+}
+
+/// The shared options a command does not read, hidden from its `--help` (still accepted, so
+/// one environment or config file serves every command).
+const UNUSED_SHARED_OPTIONS: &[(&str, &[&str])] = &[
+    (
+        "token",
+        &[
+            "nats_url",
+            "stream",
+            "stream_replicas",
+            "tenants",
+            "db_path",
+        ],
+    ),
+    (
+        "openapi",
+        &[
+            "nats_url",
+            "stream",
+            "stream_replicas",
+            "tenants",
+            "db_path",
+        ],
+    ),
+    ("publish", &["tenants", "db_path"]),
+    ("run", &["tenants", "db_path"]),
+    (
+        "watch",
+        &["stream", "stream_replicas", "tenants", "db_path"],
+    ),
+    ("demo-runners", &["tenants", "db_path"]),
+];
+
+/// The command line as clap builds it, with each command's `--help` listing what it uses.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    // Global options reach the subcommands when the command is built.
+    command.build();
+    for (name, unused) in UNUSED_SHARED_OPTIONS {
+        // In place (`mut_arg` moves the argument, which a built command's index does not
+        // follow).
+        command = command.mut_subcommand(*name, |sub| {
+            sub.mut_args(|arg| {
+                let unused_here = unused.contains(&arg.get_id().as_str());
+                arg.hide(unused_here)
+            })
+        });
+    }
+    command
+}
+
+fn parse_from(args: Vec<OsString>) -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
 /// `--config FILE`, `--config=FILE`, else `JOBSTATS_CONFIG`.

@@ -155,9 +155,10 @@ pub async fn run(
         handles,
     };
     tokio::pin!(shutdown);
-    let mut failures = 0u32;
+    let mut supervisor = crate::retry::Supervisor::new("projector");
     loop {
         projector.report_connection();
+        let began = std::time::Instant::now();
         let outcome = tokio::select! {
             biased;
             outcome = projector.session(&mut shutdown) => outcome,
@@ -165,11 +166,13 @@ pub async fn run(
         match outcome {
             Ok(SessionEnd::Shutdown) => break,
             Ok(SessionEnd::Resync(why)) => {
-                failures = 0;
+                supervisor.succeeded();
                 tracing::info!(reason = why, "resynchronising the consumer");
             }
             Err(error) => {
-                failures += 1;
+                if began.elapsed() > crate::retry::LONG_SESSION {
+                    supervisor.succeeded();
+                }
                 // Nothing past the checkpoint was acknowledged: the stream keeps it, reads go
                 // on from the file, and /readyz says why the projection stands still until a
                 // commit succeeds again (a full disk frees up, NATS returns).
@@ -178,8 +181,7 @@ pub async fn run(
                     .status
                     .record_error(&error.to_string(), error.summary());
                 projector.handles.metrics.projector_errors.inc();
-                let pause = Duration::from_millis((250 * 2u64.pow(failures.min(5))).min(5_000));
-                tracing::warn!(%error, ?pause, "projector session failed; retrying");
+                let pause = supervisor.failed(&error, "session");
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(pause) => {}

@@ -206,18 +206,18 @@ pub async fn run(
         timers: BTreeSet::new(),
         timer_of: HashMap::new(),
         judged_pool: None,
+        supervisor: crate::retry::Supervisor::new("health evaluator"),
     };
     tokio::pin!(shutdown);
-    let mut failures = 0u32;
     loop {
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
             result = evaluator.session() => {
                 let error = match result { Ok(never) => match never {}, Err(error) => error };
-                failures += 1;
-                let pause = Duration::from_millis((250 * 2u64.pow(failures.min(5))).min(5_000));
-                tracing::warn!(%error, ?pause, "health evaluator session failed; retrying");
+                // A lost JOB_HEALTH (NATS restarted on an empty store) is made again by the
+                // next session, as at start-up.
+                let pause = evaluator.supervisor.failed(&error, "session");
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(pause) => {}
@@ -241,6 +241,8 @@ struct Evaluator {
     /// The reader pool every job was last judged on; another one (a rebuild's) means judging
     /// every job again.
     judged_pool: Option<Arc<ReadPool>>,
+    /// Back-off and logging of failed sessions.
+    supervisor: crate::retry::Supervisor,
 }
 
 impl Evaluator {
@@ -288,7 +290,7 @@ impl Evaluator {
                 _ = tokio::time::sleep(wake) => {}
             }
             if loaded && self.may_judge() {
-                self.judge_due().await;
+                self.judge_due().await?;
             }
         }
     }
@@ -329,7 +331,7 @@ impl Evaluator {
 
     /// Judges every job when the pool changed (first run, a rebuild), else the touched jobs
     /// and those whose timer passed.
-    async fn judge_due(&mut self) {
+    async fn judge_due(&mut self) -> Result<(), NatsError> {
         let pool = self.handles.readers.get();
         let mut due: HashSet<JobKey> = self.handles.touched.take();
         let whole = !self
@@ -365,35 +367,47 @@ impl Evaluator {
             Ok(Err((error, jobs))) => {
                 tracing::warn!(%error, "cannot judge jobs; retrying");
                 self.handles.touched.add(&jobs);
-                return;
+                return Ok(());
             }
             Err(error) => {
                 tracing::error!(%error, "judging jobs failed; retrying");
                 self.handles.touched.add(&keys);
-                return;
+                return Ok(());
             }
         };
         if whole {
             self.judged_pool = Some(pool);
         }
-        let mut failed = retry;
-        for judgement in judged {
+        let failed = retry;
+        let mut judged = judged.into_iter();
+        let mut published = false;
+        while let Some(judgement) = judged.next() {
             if let Some(change) = &judgement.change {
                 if let Err(error) = self.publish(change).await {
-                    tracing::warn!(%error, tenant = %change.tenant_id, job = %change.job_name, "health change not published; will retry");
-                    failed.push(judgement.job);
-                    continue;
+                    // This job and every one not yet published are judged again by the next
+                    // session, after the supervisor's back-off: retrying at once spun
+                    // (thousands of warnings a second while JOB_HEALTH was gone).
+                    let mut again: Vec<JobKey> = failed;
+                    again.push(judgement.job);
+                    again.extend(judged.map(|j| j.job));
+                    self.handles.touched.add(&again);
+                    return Err(error);
                 }
+                published = true;
                 self.announced
                     .insert(judgement.job.clone(), judgement.state);
                 self.count(change, judgement.since);
             }
             self.set_timer(&judgement.job, judgement.next);
         }
+        if published {
+            self.supervisor.succeeded();
+        }
         if !failed.is_empty() {
             // Judged again at the next wake (a second at most).
             self.handles.touched.add(&failed);
         }
+        Ok(())
     }
 
     fn count(&self, change: &HealthChange, since: Option<i64>) {

@@ -114,32 +114,40 @@ pub fn reason(health: &Health, stats: &JobStats) -> String {
         |ms: Option<EpochMillis>| ms.map_or_else(|| "an unknown time".to_owned(), rfc3339_millis);
     let last = stats.last_finished.as_ref();
     match health.state {
-        HealthState::Stuck => format!(
-            "Execution {} has been processing for more than its maximum run time of {}.",
-            health
-                .stuck_execution_ids
-                .first()
-                .map_or("?", String::as_str),
-            human_duration(health.max_runtime_ms)
-        ),
+        // The ids travel beside the sentence (`executionId`, `stuckExecutionIds`).
+        HealthState::Stuck => match health.stuck_execution_ids.len() {
+            0 | 1 => format!(
+                "An execution has been processing for more than its maximum run time of {}.",
+                human_duration(health.max_runtime_ms)
+            ),
+            n => format!(
+                "{n} executions have been processing for more than their maximum run time of {}.",
+                human_duration(health.max_runtime_ms)
+            ),
+        },
         HealthState::Missed => {
             let grace = health.grace_ms.unwrap_or(0);
-            format!(
-                "No run started within {} of the run due at {}.",
-                human_duration(grace),
-                at(health.since.map(|since| since - grace))
-            )
+            let due = at(health.since.map(|since| since - grace));
+            match health.missed_last_24h {
+                0 | 1 => format!(
+                    "No run started within {} of the run due at {due}.",
+                    human_duration(grace)
+                ),
+                n => format!(
+                    "No run has started since the run due at {due} ({n} runs missed in the last 24 hours)."
+                ),
+            }
         }
-        HealthState::Failing => format!(
-            "The last {} finished execution{} failed (the latest at {}).",
-            health.consecutive_failures,
-            if health.consecutive_failures == 1 {
-                ""
-            } else {
-                "s"
-            },
-            at(last.map(|l| l.finished_at))
-        ),
+        HealthState::Failing => match health.consecutive_failures {
+            0 | 1 => format!(
+                "The last finished execution failed (at {}).",
+                at(last.map(|l| l.finished_at))
+            ),
+            n => format!(
+                "The last {n} finished executions failed (the latest at {}).",
+                at(last.map(|l| l.finished_at))
+            ),
+        },
         HealthState::Healthy => format!(
             "The last finished execution completed (at {}) and no run is missed or stuck.",
             at(last.map(|l| l.finished_at))

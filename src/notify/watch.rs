@@ -33,18 +33,59 @@ impl WatchFilter {
     }
 }
 
-/// One change as one line: `asOf tenant job previous->state since=… reason`.
+/// One change as one line: `asOf tenant job previous->state since=… reason`, its instants
+/// (in the reason too) in the viewer's time zone, as a person reads them; `--json` keeps the
+/// machine form.
 pub fn line(change: &HealthChange) -> String {
+    line_in(change, &chrono::Local)
+}
+
+fn line_in<Tz: chrono::TimeZone>(change: &HealthChange, zone: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
     format!(
         "{} {} {} {}->{} since={} {}",
-        change.as_of,
+        local_instants(&change.as_of, zone),
         change.tenant_id,
         change.job_name,
         change.previous_state,
         change.state,
-        change.since.as_deref().unwrap_or("-"),
-        change.reason
+        change
+            .since
+            .as_deref()
+            .map_or_else(|| "-".to_owned(), |s| local_instants(s, zone)),
+        local_instants(&change.reason, zone)
     )
+}
+
+/// `text` with every RFC 3339 instant the service writes (`2026-12-06T21:00:18.100Z`)
+/// rewritten in `zone` (`2026-12-06 22:00:18+01:00`).
+fn local_instants<Tz: chrono::TimeZone>(text: &str, zone: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    const LEN: usize = "2026-12-06T21:00:18.100Z".len();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('T') {
+        let start = at.saturating_sub(10);
+        let candidate = rest.get(start..start + LEN).filter(|_| at >= 10);
+        match candidate.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) {
+            Some(instant) if candidate.is_some_and(|c| c.ends_with('Z')) => {
+                out.push_str(&rest[..start]);
+                let local = instant.with_timezone(zone);
+                out.push_str(&local.format("%Y-%m-%d %H:%M:%S%:z").to_string());
+                rest = &rest[start + LEN..];
+            }
+            _ => {
+                out.push_str(&rest[..=at]);
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Calls `shown` for each change that passes `filter`, until the connection fails or `shown`
@@ -88,4 +129,33 @@ pub async fn follow(
         }
     }
     Err(NatsError::Messages("the JOB_HEALTH consumer ended".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_are_shown_in_the_viewers_zone_everywhere_in_the_line() {
+        let zone = chrono::FixedOffset::east_opt(3_600).unwrap();
+        assert_eq!(
+            local_instants("failed (the latest at 2026-12-06T21:00:18.100Z).", &zone),
+            "failed (the latest at 2026-12-06 22:00:18+01:00)."
+        );
+        assert_eq!(
+            local_instants(
+                "Two: 2026-01-01T00:00:00.000Z, 2026-01-01T01:00:00.000Z",
+                &zone
+            ),
+            "Two: 2026-01-01 01:00:00+01:00, 2026-01-01 02:00:00+01:00"
+        );
+        // Words with a T, and text that only looks like a date, stay as they are.
+        for text in [
+            "The event stream cannot be read.",
+            "2026-13-99T99:99:99.999Z",
+            "T",
+        ] {
+            assert_eq!(local_instants(text, &zone), text);
+        }
+    }
 }

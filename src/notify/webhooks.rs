@@ -293,16 +293,18 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 impl Delivery {
     async fn run(self, shutdown: crate::service::Shutdown) {
         self.metrics.set_webhook_lag(&self.webhook.name, None, 0);
-        let mut failures = 0u32;
+        let mut supervisor = crate::retry::Supervisor::new("webhook delivery");
         loop {
+            let began = std::time::Instant::now();
             let result = tokio::select! {
                 result = self.session() => result,
                 _ = shutdown.wait() => return,
             };
             if let Err(error) = result {
-                failures += 1;
-                let pause = Duration::from_millis((250 * 2u64.pow(failures.min(5))).min(5_000));
-                tracing::warn!(webhook = %self.webhook.name, %error, ?pause, "webhook consumer failed; retrying");
+                if began.elapsed() > crate::retry::LONG_SESSION {
+                    supervisor.succeeded();
+                }
+                let pause = supervisor.failed(&error, &self.webhook.name);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.wait() => return,

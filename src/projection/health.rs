@@ -358,7 +358,8 @@ pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
 struct Missed {
     last_24h: u32,
     last_7d: u32,
-    /// The latest due fire has no start: since then + grace the job is `missed`.
+    /// The latest due fire has no start: the job is `missed` since the first fire of the
+    /// unbroken run of unmatched fires it ends, + grace.
     since: Option<EpochMillis>,
     /// The latest due fire's run started late (after fire + grace): the job was `missed`
     /// until that start.
@@ -382,14 +383,19 @@ fn missed(
     let begin = schedule_since.max(as_of - MATCHING_WINDOW_MS);
     let (mut last_24h, mut last_7d) = (0, 0);
     let mut next_start = 0;
+    // The first fire of the current unbroken run of unmatched fires: a job down for hours
+    // is missed since its first missed fire, not since the latest one.
+    let mut unmatched_since = None;
     for &fire in fires.between(begin, due_until).iter() {
         while next_start < starts.len() && starts[next_start] < fire - grace {
             next_start += 1;
         }
         if next_start < starts.len() && starts[next_start] < fire + grace {
             next_start += 1;
+            unmatched_since = None;
             continue;
         }
+        unmatched_since.get_or_insert(fire);
         if fire > as_of - DAY_MS {
             last_24h += 1;
         }
@@ -409,7 +415,8 @@ fn missed(
     {
         let from = starts.partition_point(|s| *s < fire - grace);
         match starts.get(from).filter(|s| **s <= as_of) {
-            None => found.since = Some(fire + grace),
+            // Missed: no start since `fire − grace`, so `fire` ended the run above unmatched.
+            None => found.since = Some(unmatched_since.unwrap_or(fire) + grace),
             Some(&start) if start >= fire + grace => found.cleared_at = Some(start),
             Some(_) => {}
         }

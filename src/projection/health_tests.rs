@@ -112,10 +112,17 @@ fn a_job_whose_last_start_is_five_minutes_old_is_missed_since_the_first_unmatche
             true,
         );
     }
-    // Last start at T0 − 1 min + 1 s; at T0 + 4 min the fires T0 … T0+3m are past their grace.
+    // Last start at T0 − 1 min + 1 s; at T0 + 4 min the fires T0 … T0+3m are past their grace,
+    // and the job is missed since the first of them (CONTRACT §5: F₀ + grace).
     let health = job.health(Judgement::At(T0 + 4 * MIN));
     assert_eq!(health.state, HealthState::Missed);
-    assert_eq!(health.since, Some(T0 + 3 * MIN + 10_000));
+    assert_eq!(health.since, Some(T0 + 10_000));
+    // Another missed fire later, the trouble still dates from the first.
+    let later = job.health(Judgement::At(T0 + 9 * MIN));
+    assert_eq!(
+        (later.state, later.since),
+        (HealthState::Missed, Some(T0 + 10_000))
+    );
     assert_eq!((health.missed_last_24h, health.missed_last_7d), (4, 4));
     assert_eq!(health.expected_at, Some(T0 + 4 * MIN));
     // With 10 minutes of grace the same job is not yet due.
@@ -338,8 +345,9 @@ fn brute_force(job: &Job, as_of: i64) -> (HealthState, Option<i64>, i64, u32, u3
     (state, since, failures, m24, m7, ids)
 }
 
-/// Missed fires in the last 24 h and 7 d, and since when the latest due fire is missed: each
-/// fire matched to at most one start within its grace, literally.
+/// Missed fires in the last 24 h and 7 d, and since when the latest due fire is missed (the
+/// first fire of the unbroken run of unmatched fires it ends, + grace): each fire matched to
+/// at most one start within its grace, literally.
 fn brute_force_missed(
     job: &Job,
     schedule: Option<crate::projection::ScheduleRecord>,
@@ -362,12 +370,17 @@ fn brute_force_missed(
     starts.sort();
     let mut taken = vec![false; starts.len()];
     let begin = schedule.since.max(as_of - 8 * 24 * HOUR);
+    let mut run_of_unmatched: Vec<i64> = Vec::new();
     for fire in cron.fires_between(begin, as_of - grace, usize::MAX) {
         let matched = (0..starts.len())
             .find(|&i| !taken[i] && starts[i] >= fire - grace && starts[i] < fire + grace);
         match matched {
-            Some(i) => taken[i] = true,
+            Some(i) => {
+                taken[i] = true;
+                run_of_unmatched.clear();
+            }
             None => {
+                run_of_unmatched.push(fire);
                 m24 += u32::from(fire > as_of - 24 * HOUR);
                 m7 += u32::from(fire > as_of - 7 * 24 * HOUR);
             }
@@ -379,7 +392,14 @@ fn brute_force_missed(
     {
         let first_start = starts.iter().find(|s| **s >= fire - grace && **s <= as_of);
         match first_start {
-            None => missed_since = Some(fire + grace),
+            None => {
+                assert_eq!(
+                    run_of_unmatched.last(),
+                    Some(&fire),
+                    "the run ends at the latest fire"
+                );
+                missed_since = Some(run_of_unmatched[0] + grace);
+            }
             Some(&s) if s >= fire + grace => cleared = Some(s),
             Some(_) => {}
         }

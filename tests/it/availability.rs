@@ -469,3 +469,111 @@ async fn eight_thousand_http2_waiters_from_one_token_stay_within_a_bounded_memor
         "8,192 waiters grew the server by {grown_mb:.0} MB"
     );
 }
+
+/// User + system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_on_an_empty_store_while_changes_are_due_is_a_quiet_recovery() {
+    let mut nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = ServeProcess::admin_env();
+    let port = free_port();
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .env("JOBSTATS_NATS_URL", nats.url())
+        .env("JOBSTATS_DB_PATH", dir.path().join("stats.db"))
+        .env("JOBSTATS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("JOBSTATS_ADMIN_LISTEN", &admin)
+        .env("JOBSTATS_JWT_HS256_SECRET", SECRET)
+        .env("JOBSTATS_CONSUMER", "jobstats-test")
+        // Runs over 3 s are stuck: 40 changes fall due right after the restart below.
+        .env("JOBSTATS_MAX_RUNTIME", "3s")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let serve = ServeProcess {
+        child,
+        address: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: Some(admin.parse().unwrap()),
+        http: reqwest::Client::new(),
+    };
+    serve.wait_applied(0).await;
+    let publisher = nats.publisher().await;
+    let started: Vec<jobstats::events::Event> = (0..40)
+        .map(|i| {
+            jobstats::publish::EventBuilder::new(TENANT, &format!("long-{i:02}"))
+                .unwrap()
+                .execution("run")
+                .unwrap()
+                .at(chrono::Utc::now())
+                .started()
+                .unwrap()
+        })
+        .collect();
+    serve
+        .wait_applied(publish_all(&publisher, &started).await)
+        .await;
+    drop(publisher);
+
+    // NATS comes back with nothing: JOB_HEALTH (and JOB_EVENTS) are gone.
+    nats.restart_empty();
+    let cpu_before = cpu_seconds(serve.child.id());
+    let watched_from = Instant::now();
+    // The stuck changes are announced once the streams are made again.
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = match js.get_stream("JOB_HEALTH").await {
+            Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if stored >= 40 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "JOB_HEALTH not made again with the due changes ({stored} stored)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then ten seconds in all, to count what the outage cost.
+    let rest = Duration::from_secs(10).saturating_sub(watched_from.elapsed());
+    tokio::time::sleep(rest).await;
+    let cpu = cpu_seconds(serve.child.id()) - cpu_before;
+    let logged: Vec<String> = lines.try_iter().collect();
+    let warnings = logged.iter().filter(|l| l.contains("WARN")).count();
+    eprintln!("empty-store restart: {warnings} warnings, {cpu:.2} CPU-s in 10 s");
+    assert!(
+        warnings <= 30,
+        "{warnings} warnings in 10 s:\n{}",
+        logged.join("\n")
+    );
+    assert!(cpu < 2.0, "{cpu:.2} CPU-seconds in 10 s");
+}

@@ -379,6 +379,55 @@ fn serve_refuses_to_start_without_a_key_and_names_bad_variables() {
 }
 
 #[test]
+fn every_command_help_lists_only_the_options_it_uses() {
+    let help = |command: &str| {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command} --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let token = help("token");
+    for unused in [
+        "--nats-url",
+        "--stream",
+        "--db",
+        "--tenants",
+        "--stream-replicas",
+    ] {
+        assert!(
+            !token.contains(unused),
+            "token --help lists {unused}:\n{token}"
+        );
+    }
+    assert!(
+        token.contains("--secret") && token.contains("--role"),
+        "{token}"
+    );
+    let serve = help("serve");
+    for used in ["--nats-url", "--stream", "--db", "--tenants"] {
+        assert!(serve.contains(used), "serve --help lacks {used}");
+    }
+    let publish = help("publish");
+    assert!(
+        publish.contains("--nats-url") && !publish.contains("--db "),
+        "{publish}"
+    );
+    // Hidden is not refused: one environment or config file serves every command.
+    let out = Command::new(BIN)
+        .args(["token", "--db", "x.db", "--secret"])
+        .arg(SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn token_mints_a_token_the_server_accepts_and_requires_a_secret() {
     let output = Command::new(BIN)
         .args([
@@ -433,14 +482,34 @@ fn the_demo_comes_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c() {
     let lines_rx = lines_of(&mut demo);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut curls = Vec::new();
+    let mut links = Vec::new();
     while curls.len() < 2 {
         let line = lines_rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("the demo printed no curl command in time");
         if line.starts_with("curl ") {
             curls.push(line);
+        } else if let Some((_, token)) = line.split_once("/ui/#token=") {
+            links.push(token.to_owned());
         }
     }
+    // Two sign-in links: the tenant's admin, and an operator who may open the projection view.
+    assert_eq!(links.len(), 2, "{links:?}");
+    let projection = |token: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("authorization: Bearer {token}"))
+            .arg(format!(
+                "http://127.0.0.1:{listen_port}/api/v1/admin/projection"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .parse::<u16>()
+            .unwrap_or(0)
+    };
+    assert_eq!(projection(&links[0]), 403, "the tenant admin's link");
+    assert_eq!(projection(&links[1]), 200, "the operator's link");
     let run_curl = |curl: &str| curl_until_ok(curl, Duration::ZERO);
     // The second command lists the jobs in trouble, worst first: the demo has one of each.
     let trouble = run_curl(&curls[1]);
@@ -479,6 +548,34 @@ fn the_demo_comes_up_prints_a_working_curl_and_stops_cleanly_on_ctrl_c() {
         .unwrap();
     let missed = warmup["health"]["missedRuns"]["last7d"].as_u64().unwrap();
     assert!((3..=5).contains(&missed), "{warmup}");
+    // Missed since its first missed fire (about 15-20 minutes ago), not the latest one; and
+    // the entry says why, as the stats answer does.
+    let since =
+        chrono::DateTime::parse_from_rfc3339(warmup["health"]["since"].as_str().unwrap()).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(since);
+    assert!(
+        age >= chrono::Duration::minutes(12),
+        "missed since {since}: {warmup}"
+    );
+    assert!(
+        warmup["health"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("No run")),
+        "{warmup}"
+    );
+    let stuck = trouble["data"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["jobName"] == "inventory.sync")
+        .unwrap();
+    assert!(
+        !stuck["health"]["stuckExecutionIds"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{stuck}"
+    );
     let body = run_curl(&curls[0]);
     assert!(
         body["data"]["queue"]["completed"].as_i64().unwrap() > 0,

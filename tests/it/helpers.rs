@@ -77,6 +77,14 @@ impl NatsServer {
         self.server.restart().expect("restart nats-server");
     }
 
+    /// Kills the server, deletes its store (every stream is gone) and starts it again on the
+    /// same port: what a NATS without persistent storage looks like after a restart.
+    pub fn restart_empty(&mut self) {
+        self.server.stop();
+        std::fs::remove_dir_all(self._store.path().join("jetstream")).expect("delete the store");
+        self.server.restart().expect("restart nats-server");
+    }
+
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(self.url())
             .await
