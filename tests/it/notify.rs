@@ -800,3 +800,74 @@ async fn a_redirect_is_never_followed_and_a_change_given_up_on_is_a_dead_letter(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_stays_missed_is_announced_once_since_its_first_missed_fire() {
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::start(&nats.url(), &dir.path().join("db"));
+    // Every minute with 1 s of grace since 10 minutes ago; its last run was 5 minutes ago.
+    let now = Utc::now();
+    let minute = now.with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let schedule = EventBuilder::new(TENANT, "down")
+        .unwrap()
+        .at(minute - chrono::Duration::minutes(10))
+        .scheduled_with(Some("* * * * *"), Some(Duration::from_secs(1)), None)
+        .unwrap();
+    let mut events = vec![schedule];
+    events.extend(execution_events(
+        "down",
+        "last",
+        minute - chrono::Duration::minutes(5),
+        100,
+        true,
+    ));
+    let head = publish(&nats, events).await;
+    serve.wait_applied(head).await;
+    // The first fire without a start is the one after the last run.
+    let first_missed = minute - chrono::Duration::minutes(4);
+    let want_since = (first_missed + chrono::Duration::seconds(1)).timestamp_millis();
+    let changes = wait_for_changes(&nats, "down", 1, Duration::from_secs(15)).await;
+    assert_eq!(changes[0].change.state, "missed");
+    let since = |text: &str| {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_millis()
+    };
+    assert_eq!(
+        since(changes[0].change.since.as_deref().unwrap()),
+        want_since
+    );
+    let missed_now = serve.stats("down").await["data"]["health"]["missedRuns"]["last24h"]
+        .as_u64()
+        .unwrap();
+
+    // One more fire passes unmatched: the job is still missed since the same instant, and
+    // nothing new is announced.
+    let deadline = Instant::now() + Duration::from_secs(75);
+    let health = loop {
+        let health = serve.stats("down").await["data"]["health"].clone();
+        if health["missedRuns"]["last24h"].as_u64().unwrap() > missed_now {
+            break health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no further fire counted: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(health["state"], "missed");
+    assert_eq!(
+        since(health["since"].as_str().unwrap()),
+        want_since,
+        "{health}"
+    );
+    // The evaluator has judged the fire by now (it runs within a second of it).
+    let settle = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settle {
+        let stored = stored_changes(&nats).await;
+        assert_eq!(of_job(&stored, "down").len(), 1, "announced again");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
