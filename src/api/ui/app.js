@@ -85,7 +85,42 @@ function fmtLocal(d, withSeconds = true) {
   return d.toLocaleString(undefined, opts);
 }
 
-window.jobstatsFormat = { fmtDuration, fmtRelative, fmtNumber, fmtBytes };
+/** "1 execution", "2 executions" (the plural form given when it is not the singular + "s"). */
+export function plural(n, one, many = `${one}s`) {
+  return `${fmtNumber(n)} ${Number(n) === 1 ? one : many}`;
+}
+
+// An RFC 3339 instant (as the API writes them in reasons) or an API duration ("850ms", "45s",
+// "10m", "2m 5s", "1h", "1h 2m", "3d").
+const REASON_TOKENS = new RegExp(
+  String.raw`(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}))`
+  + String.raw`|\b(?:(\d+)d(?: (\d+)h)?|(\d+)h(?: (\d+)m)?|(\d+)m(?: (\d+)s)?|(\d+)s|(\d+)ms)\b`, 'g');
+
+/**
+ * An API `health.reason` (machine-stable English, ISO UTC instants, "10m" durations) in the
+ * page's words: instants in the viewer's zone and style, durations as everywhere on the page.
+ */
+export function fmtReason(text) {
+  if (text == null) return '';
+  return String(text)
+    .replace(REASON_TOKENS, (all, iso, d, dh, hr, hm, m, ms, s, milli) => {
+      if (iso) {
+        const t = new Date(iso);
+        return Number.isNaN(t.getTime()) ? all : fmtLocal(t);
+      }
+      const n = (v) => Number(v || 0);
+      let total;
+      if (d != null) total = (n(d) * 24 + n(dh)) * 3600000;
+      else if (hr != null) total = (n(hr) * 60 + n(hm)) * 60000;
+      else if (m != null) total = (n(m) * 60 + n(ms)) * 1000;
+      else if (s != null) total = n(s) * 1000;
+      else total = n(milli);
+      return fmtDuration(total);
+    })
+    .replace(/\bThe last 1 finished execution\b/g, 'The last finished execution');
+}
+
+window.jobstatsFormat = { fmtDuration, fmtRelative, fmtNumber, fmtBytes, fmtReason, plural };
 
 // ---------------------------------------------------------------------------------------------
 // DOM helpers.
@@ -256,7 +291,7 @@ function acceptToken(raw) {
   }
   if (isExpired(claims)) {
     clearSession();
-    return `This token expired ${fmtRelative(new Date(claims.exp * 1000).toISOString())} (at ${new Date(claims.exp * 1000).toISOString()}). Sign in with a fresh one.`;
+    return `This token expired ${fmtRelative(new Date(claims.exp * 1000).toISOString())} (at ${fmtLocal(new Date(claims.exp * 1000))}). Sign in with a fresh one.`;
   }
   if (sessionStorage.getItem(TOKEN_KEY) !== token) sessionStorage.removeItem(TENANT_KEY);
   sessionStorage.setItem(TOKEN_KEY, token);
@@ -323,7 +358,7 @@ async function setupTenant() {
     const ids = session.tenants.map((t) => t.tenantId);
     let chosen = stored || ids[0] || null;
     const options = session.tenants.map((t) =>
-      h('option', { value: t.tenantId }, `${t.tenantId} (${t.jobs} ${t.jobs === 1 ? 'job' : 'jobs'})`));
+      h('option', { value: t.tenantId }, `${t.tenantId} (${plural(t.jobs, 'job')})`));
     if (chosen && !ids.includes(chosen)) options.unshift(h('option', { value: chosen }, `${chosen} (not listed)`));
     if (!options.length) options.push(h('option', { value: '' }, 'No tenant has jobs yet'));
     select.replaceChildren(...options);
@@ -586,7 +621,8 @@ function reportError(e) {
 const jobs = {
   health: new Set(),
   q: '',
-  sort: 'name',
+  // Worst first (the API's health order, ascending); the user may still sort by name.
+  sort: 'health',
   order: 'asc',
   cursor: null,
   stack: [],
@@ -644,8 +680,8 @@ function renderJobs(data) {
   const total = data.total ?? list.length;
   const start = jobs.stack.length * JOBS_PAGE;
   $('jobs-total').textContent = list.length
-    ? `${total} ${total === 1 ? 'job' : 'jobs'}${jobs.health.size || jobs.q ? ' match' : ''} · showing ${start + 1}–${start + list.length}`
-    : `${total} ${total === 1 ? 'job' : 'jobs'}${jobs.health.size || jobs.q ? ' match' : ''}`;
+    ? `${plural(total, 'job')}${jobs.health.size || jobs.q ? (total === 1 ? ' matches' : ' match') : ''} · showing ${start + 1}–${start + list.length}`
+    : `${plural(total, 'job')}${jobs.health.size || jobs.q ? (total === 1 ? ' matches' : ' match') : ''}`;
   $('jobs-total').dataset.value = String(total);
   $('jobs-table-card').hidden = false;
   const rows = list.map((j) => jobRow(j));
@@ -671,7 +707,8 @@ function jobRow(j) {
       h('a', { href, 'data-focus-key': `job:${j.jobName}` }, j.jobName)),
     h('td', { 'data-col': 'health' },
       h('div', { class: 'health-cell' }, badge(hl.state),
-        hl.since ? h('span', { class: 'since' }, 'since ', timeEl(hl.since, { relative: true })) : null)),
+        hl.since ? h('span', { class: 'since' }, 'since ', timeEl(hl.since, { relative: true })) : null),
+      healthWhy(hl)),
     h('td', { 'data-col': 'status' }, statusPill(j.status)),
     h('td', { 'data-col': 'lastRun' }, timeEl(j.lastRun, { relative: true })),
     h('td', { 'data-col': 'lastOutcome' }, j.lastOutcome ? badge(j.lastOutcome, EXEC_STATES, 'outcome') : dash()),
@@ -682,11 +719,24 @@ function jobRow(j) {
     sparkCell);
 }
 
+/** Why a job is not healthy or new: its reason (in the page's words) and its stuck executions. */
+function healthWhy(hl) {
+  if (!hl || hl.state === 'healthy' || hl.state === 'new') return null;
+  const reason = typeof hl.reason === 'string' && hl.reason ? hl.reason : null;
+  const ids = (Array.isArray(hl.stuckExecutionIds) ? hl.stuckExecutionIds : []).filter((id) => typeof id === 'string');
+  const extra = ids.filter((id) => !reason || !reason.includes(id));
+  if (!reason && !extra.length) return null;
+  return h('p', { class: 'reason-line', 'data-testid': 'job-row-reason', title: reason || null },
+    reason ? fmtReason(reason) : null,
+    extra.length ? h('span', { class: 'stuck-ids' }, `${reason ? ' ' : ''}Stuck: `,
+      ...extra.flatMap((id, i) => [i ? ', ' : '', h('code', { class: 'exec-id' }, id)]), '.') : null);
+}
+
 function runsLine(q) {
   if (!q) return null;
   const done = (q.completed || 0) + (q.failed || 0);
   if (!done) return null;
-  const text = q.failed ? `${fmtNumber(q.failed)} of ${fmtNumber(done)} failed` : `${fmtNumber(done)} ${done === 1 ? 'run' : 'runs'}`;
+  const text = q.failed ? `${fmtNumber(q.failed)} of ${fmtNumber(done)} failed` : plural(done, 'run');
   return h('span', { class: `sub${q.failed ? ' sub-bad' : ''}` }, text);
 }
 
@@ -750,9 +800,9 @@ function sparkline(runs) {
     else if (i === runs.length - 1 || pts.length === 1) el.append(svg('circle', { cx: x(i), cy: y(r.ms), r: 2, class: 'spark-dot' }));
   });
   const words = done.length
-    ? `Last ${runs.length} finished runs: completed in ${fmtDuration(Math.min(...done.map((r) => r.ms)))} to ${fmtDuration(Math.max(...done.map((r) => r.ms)))}, latest ${fmtDuration(runs[runs.length - 1].ms)}`
-    : `Last ${runs.length} finished runs`;
-  el.setAttribute('aria-label', failed ? `${words}; ${failed} failed` : words);
+    ? `${runs.length === 1 ? 'The last finished run' : `Last ${runs.length} finished runs`}: completed in ${fmtDuration(Math.min(...done.map((r) => r.ms)))} to ${fmtDuration(Math.max(...done.map((r) => r.ms)))}, latest ${fmtDuration(runs[runs.length - 1].ms)}`
+    : (runs.length === 1 ? 'The last finished run' : `Last ${runs.length} finished runs`);
+  el.setAttribute('aria-label', failed ? `${words}; ${fmtNumber(failed)} failed` : words);
   el.append(Object.assign(svg('title'), { textContent: el.getAttribute('aria-label') }));
   return el;
 }
@@ -898,10 +948,14 @@ function renderJobStats(d) {
   $('job-status').replaceChildren(statusPill(d.status));
   $('job-health').replaceChildren(badge(hl.state, STATES, 'badge badge-lg'));
   $('job-since').replaceChildren(...(hl.since ? ['since ', timeEl(hl.since, { relative: true }), ' (', timeEl(hl.since), ')'] : []));
-  $('job-reason').textContent = hl.reason || '';
+  $('job-reason').textContent = fmtReason(hl.reason);
+  if (hl.reason) $('job-reason').title = hl.reason;
+  else $('job-reason').removeAttribute('title');
   $('job-reason').hidden = !hl.reason;
-  if (Array.isArray(hl.stuckExecutionIds) && hl.stuckExecutionIds.length) {
-    $('job-reason').append(h('span', { class: 'muted' }, ` Stuck: ${hl.stuckExecutionIds.join(', ')}.`));
+  // The ids the reason does not name already (it names the first).
+  const stuck = (Array.isArray(hl.stuckExecutionIds) ? hl.stuckExecutionIds : []).filter((id) => !String(hl.reason || '').includes(id));
+  if (stuck.length) {
+    $('job-reason').append(h('span', { class: 'muted' }, ` ${hl.reason ? 'Also stuck' : 'Stuck'}: ${stuck.join(', ')}.`));
     $('job-reason').hidden = false;
   }
 
@@ -975,9 +1029,9 @@ function renderSeries(d) {
   chartEl.dataset.bucketCount = String(buckets.length);
   chartEl.setAttribute('aria-label',
     `Chart of completed and failed runs per ${gran}, with p50 and p95 run times, over ${WINDOW_WORDS[d.window] || d.window}: ` +
-    `${totalC} completed, ${totalF} failed in ${buckets.length} buckets. The same numbers are in the data table below the chart.`);
+    `${fmtNumber(totalC)} completed, ${fmtNumber(totalF)} failed in ${plural(buckets.length, 'bucket')}. The same numbers are in the data table below the chart.`);
 
-  $('series-caption').textContent = `Runs per ${gran}, ${WINDOW_WORDS[d.window] || d.window} (${buckets.length} buckets)`;
+  $('series-caption').textContent = `Runs per ${gran}, ${WINDOW_WORDS[d.window] || d.window} (${plural(buckets.length, 'bucket')})`;
   const withSeconds = false;
   replaceRows($('series-body'), buckets.map((b) => h('tr', { 'data-start': b.start },
     h('th', { scope: 'row' }, timeEl(b.start, { seconds: withSeconds })),
