@@ -1160,7 +1160,7 @@ function drawChart(buckets, gran) {
       { ...axisStyle, size: 50 },
       { ...axisStyle, scale: 'count', label: 'Runs', labelSize: 16, values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? fmtNumber(t) : '')) },
       { ...axisStyle, scale: 'ms', side: 1, label: 'Run time', labelSize: 16, grid: { show: false },
-        values: (u, ticks) => ticks.map((t) => (ms.log && !logTick(t) ? '' : fmtDuration(t))) },
+        values: (u, ticks) => ticks.map((t) => fmtDuration(t)) },
     ],
     series: [
       { label: gran === 'day' ? 'Day' : 'Time', value: (u, v) => (v == null ? '—' : fmtLocal(new Date(v * 1000), false)) },
