@@ -268,6 +268,83 @@ await check('the "Needs attention" filter shows exactly the unhealthy jobs', asy
   await jobsLoaded(main);
 });
 
+// 3b ------------------------------------------------------------------------------------------
+const CSS_ESCAPE = (name) => name.replace(/["\\]/g, '\\$&');
+/** The job list as the API answers it, read with the page's own session. */
+async function apiJobs(page, query) {
+  return page.evaluate(async ({ query, tenant }) => {
+    const headers = { Authorization: `Bearer ${sessionStorage.getItem('jobstats.token')}`, 'x-tenantid': tenant };
+    const res = await fetch(`../api/v1/admin/jobs?${query}`, { headers, cache: 'no-store' });
+    if (res.status !== 200) throw new Error(`GET jobs?${query} answered ${res.status}`);
+    return ((await res.json()).data || {}).jobs || [];
+  }, { query, tenant: TENANT_A });
+}
+
+await check('the jobs view sorts worst first by default, by name on request, and says why a job is in trouble', async () => {
+  assert(main, 'no signed-in page');
+  assert(await main.inputValue('#jobs-sort') === 'health', `the default sort is ${await main.inputValue('#jobs-sort')}, expected health`);
+  assert(main.requests.some((r) => /\/api\/v1\/admin\/jobs\?.*sort=health/.test(r.url) && /order=asc/.test(r.url)), 'no job-list request with sort=health&order=asc');
+  const worst = (await apiJobs(main, 'sort=health&order=asc&limit=500')).map((j) => j.jobName);
+  await main.waitForFunction((want) => JSON.stringify([...document.querySelectorAll('#jobs-body tr[data-job]')].map((r) => r.dataset.job)) === JSON.stringify(want), worst)
+    .catch(async () => fail(`rows ${JSON.stringify(await rowNames(main))}, the API's worst-first order ${JSON.stringify(worst)}`));
+  const unhealthy = new Set(expect.unhealthyJobs || []);
+  assert(worst.slice(0, unhealthy.size).every((n) => unhealthy.has(n)), `the unhealthy jobs are not first: ${JSON.stringify(worst)}`);
+  // The reason under the badge (when the list answers one) in the page's words; stuck ids.
+  const errors = [];
+  for (const j of await apiJobs(main, 'sort=health&order=asc&limit=500')) {
+    const hl = j.health || {};
+    const row = await main.$eval(`#jobs-body tr[data-job="${CSS_ESCAPE(j.jobName)}"]`, (tr) => {
+      const el = tr.querySelector('[data-col="health"] [data-testid="job-row-reason"]');
+      return el ? { text: el.textContent.trim(), title: el.getAttribute('title') } : null;
+    });
+    const quiet = hl.state === 'healthy' || hl.state === 'new';
+    if (quiet && row) errors.push(`${j.jobName} (${hl.state}) shows a reason line: ${row.text}`);
+    if (quiet) continue;
+    if (typeof hl.reason === 'string' && hl.reason) {
+      const words = await main.evaluate((r) => window.jobstatsFormat.fmtReason(r), hl.reason);
+      if (!row || !row.text.includes(words)) errors.push(`${j.jobName}: reason line "${row && row.text}", expected "${words}"`);
+      if (/\d{4}-\d{2}-\d{2}T\d{2}:\d{2}/.test(row ? row.text : '')) errors.push(`${j.jobName}: the reason line shows a raw ISO instant: ${row.text}`);
+    }
+    for (const id of hl.stuckExecutionIds || []) {
+      if (!row || !row.text.includes(id)) errors.push(`${j.jobName}: stuck execution ${id} is not shown`);
+    }
+  }
+  assert(!errors.length, errors.join('; '));
+  await main.selectOption('#jobs-sort', 'name');
+  const byName = (await apiJobs(main, 'sort=name&order=asc&limit=500')).map((j) => j.jobName);
+  await main.waitForFunction((want) => JSON.stringify([...document.querySelectorAll('#jobs-body tr[data-job]')].map((r) => r.dataset.job)) === JSON.stringify(want), byName)
+    .catch(async () => fail(`sorted by name: rows ${JSON.stringify(await rowNames(main))}, expected ${JSON.stringify(byName)}`));
+  await main.selectOption('#jobs-sort', 'health');
+  await main.waitForFunction((want) => JSON.stringify([...document.querySelectorAll('#jobs-body tr[data-job]')].map((r) => r.dataset.job)) === JSON.stringify(want), worst);
+});
+
+await check('reasons read in the page\'s words: local instants, page durations, plurals', async () => {
+  assert(main, 'no signed-in page');
+  const got = await main.evaluate(() => {
+    const f = window.jobstatsFormat;
+    const iso = '2026-12-06T21:00:18.100Z';
+    const local = new Date(iso).toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', ...(new Date(iso).getFullYear() !== new Date().getFullYear() ? { year: 'numeric' } : {}) });
+    return {
+      local,
+      failing: f.fmtReason(`The last 3 finished executions failed (the latest at ${iso}).`),
+      one: f.fmtReason(`The last 1 finished execution failed (the latest at ${iso}).`),
+      missed: f.fmtReason('No run started within 10m of the run due at 2026-12-06T21:00:00.000Z.'),
+      stuck: f.fmtReason('Execution i1 has been processing for more than its maximum run time of 1h 2m.'),
+      dur: [f.fmtDuration(600000), f.fmtDuration(3720000)],
+      plural: [f.plural(1, 'execution'), f.plural(2, 'execution')],
+    };
+  });
+  const errors = [];
+  if (got.failing !== `The last 3 finished executions failed (the latest at ${got.local}).`) errors.push(`failing: ${got.failing}`);
+  if (got.one !== `The last finished execution failed (the latest at ${got.local}).`) errors.push(`one: ${got.one}`);
+  if (!got.missed.startsWith(`No run started within ${got.dur[0]} of the run due at `) || /T\d{2}:/.test(got.missed)) errors.push(`missed: ${got.missed}`);
+  if (!got.stuck.endsWith(`run time of ${got.dur[1]}.`)) errors.push(`stuck: ${got.stuck}`);
+  if (JSON.stringify(got.plural) !== JSON.stringify(['1 execution', '2 executions'])) errors.push(`plurals: ${got.plural}`);
+  const reason = (await main.textContent('#jobs-body')) || '';
+  if (/\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}/.test(reason)) errors.push('the jobs table shows a raw ISO instant');
+  assert(!errors.length, errors.join('; '));
+});
+
 // 4 -------------------------------------------------------------------------------------------
 await check('the failing job shows its failure message, counts and percentiles', async () => {
   assert(main, 'no signed-in page');
@@ -280,6 +357,8 @@ await check('the failing job shows its failure message, counts and percentiles',
   const state = await main.getAttribute('#job-health .badge', 'data-state');
   assert(state === 'failing', `health badge ${state}, expected failing`);
   assert((await main.textContent('#job-reason')).trim().length > 0, 'no health reason shown');
+  const reasonText = (await main.textContent('#job-reason')).trim();
+  assert(!/\d{4}-\d{2}-\d{2}T\d{2}:\d{2}/.test(reasonText), `the reason shows a raw ISO instant: ${reasonText}`);
   await main.waitForFunction((msg) => [...document.querySelectorAll('#exec-body [data-col="error"]')].some((td) => td.textContent.includes(msg)), expect.failureMessage)
     .catch(() => fail(`"${expect.failureMessage}" is not in the executions table`));
   const failedRow = await main.$eval('#exec-body tr[data-status="failed"]', (tr) => tr.querySelector('[data-col="status"]').textContent.trim());
@@ -337,6 +416,80 @@ await check('the window selector reloads the series and redraws the chart (24h -
   assert(/7 days/.test(label), `chart aria-label does not name the window: ${label}`);
   await main.click('label[for="window-24h"]');
   await main.waitForSelector('#series-chart[data-window="24h"] canvas', { state: 'attached' });
+});
+
+// 5b ------------------------------------------------------------------------------------------
+/** Buckets of the series API with completed > 0 / failed > 0, read with the page's own session. */
+async function seriesCounts(page, name, win) {
+  return page.evaluate(async ({ name, win, tenant }) => {
+    const headers = { Authorization: `Bearer ${sessionStorage.getItem('jobstats.token')}`, 'x-tenantid': tenant };
+    const res = await fetch(`../api/v1/admin/jobs/${encodeURIComponent(name)}/series?window=${win}`, { headers, cache: 'no-store' });
+    const body = await res.json();
+    const buckets = (body.data && body.data.buckets) || [];
+    return {
+      status: res.status,
+      buckets: buckets.length,
+      completed: buckets.filter((b) => b.completed > 0).length,
+      failed: buckets.filter((b) => b.failed > 0).length,
+    };
+  }, { name, win, tenant: TENANT_A });
+}
+
+await check('the chart draws one whole bar per bucket with runs, as the series API says, in every window', async () => {
+  assert(main, 'no signed-in page');
+  const name = expect.failingJob;
+  await main.goto(`${UI}${jobHash(name)}`);
+  await visible(main, '#job-content');
+  const errors = [];
+  let sawFailed = false;
+  for (const win of ['1h', '24h', '7d', '30d']) {
+    await main.click(`label[for="window-${win}"]`);
+    await main.waitForSelector(`#series-chart[data-window="${win}"][data-bars-completed] canvas`, { state: 'attached' });
+    // The data may move on (a bucket ends) between the API read and the draw: compare again
+    // until both agree or 10 s pass, reading the API anew each time.
+    const deadline = Date.now() + T;
+    let want;
+    let got;
+    for (;;) {
+      want = await seriesCounts(main, name, win);
+      got = await main.$eval('#series-chart', (el) => ({
+        window: el.dataset.window,
+        buckets: Number(el.dataset.bucketCount),
+        completed: Number(el.dataset.barsCompleted),
+        failed: Number(el.dataset.barsFailed),
+        clipped: Number(el.dataset.barsClipped),
+      }));
+      const agree = want.status === 200 && got.window === win && got.buckets === want.buckets
+        && got.completed === want.completed && got.failed === want.failed && got.clipped === 0;
+      if (agree || Date.now() > deadline) break;
+      await main.waitForFunction((g) => {
+        const el = document.getElementById('series-chart');
+        return el.dataset.barsCompleted !== String(g.completed) || el.dataset.barsFailed !== String(g.failed) || el.dataset.bucketCount !== String(g.buckets);
+      }, got, { timeout: 1000 }).catch(() => {});
+    }
+    if (want.status !== 200) errors.push(`${win}: the series API answered ${want.status}`);
+    if (got.completed !== want.completed) errors.push(`${win}: ${got.completed} green bars drawn inside the plot, the API has ${want.completed} buckets with completed > 0`);
+    if (got.failed !== want.failed) errors.push(`${win}: ${got.failed} red bars drawn inside the plot, the API has ${want.failed} buckets with failed > 0`);
+    if (got.clipped) errors.push(`${win}: ${got.clipped} bars cut by or outside the plot area`);
+    if (want.failed) sawFailed = true;
+  }
+  assert(sawFailed, `${name} has no failed bucket in any window: the check compared nothing red`);
+  assert(!errors.length, errors.join('; '));
+  await main.click('label[for="window-24h"]');
+  await main.waitForSelector('#series-chart[data-window="24h"] canvas', { state: 'attached' });
+});
+
+await check('with nothing hovered the chart legend shows the latest bucket, not zeros', async () => {
+  assert(main, 'no signed-in page');
+  await main.mouse.move(0, 0);
+  const rows = await main.$$eval('#series-body tr', (r) => r.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent.trim())));
+  assert(rows.length, 'no bucket in the data table');
+  const latest = rows[rows.length - 1];
+  const legend = await main.$$eval('#series-chart .u-legend .u-series .u-value', (v) => v.map((x) => x.textContent.trim()));
+  // Legend: time, completed, failed, p50, p95; table: completed, failed, p50, p95.
+  assert(legend.length === 5, `legend values ${JSON.stringify(legend)}`);
+  assert(legend[0] !== '—', `the legend names no bucket: ${JSON.stringify(legend)}`);
+  assert(JSON.stringify(legend.slice(1)) === JSON.stringify(latest), `legend ${JSON.stringify(legend)}, the latest bucket reads ${JSON.stringify(latest)}`);
 });
 
 // 6 -------------------------------------------------------------------------------------------

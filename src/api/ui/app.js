@@ -85,7 +85,42 @@ function fmtLocal(d, withSeconds = true) {
   return d.toLocaleString(undefined, opts);
 }
 
-window.jobstatsFormat = { fmtDuration, fmtRelative, fmtNumber, fmtBytes };
+/** "1 execution", "2 executions" (the plural form given when it is not the singular + "s"). */
+export function plural(n, one, many = `${one}s`) {
+  return `${fmtNumber(n)} ${Number(n) === 1 ? one : many}`;
+}
+
+// An RFC 3339 instant (as the API writes them in reasons) or an API duration ("850ms", "45s",
+// "10m", "2m 5s", "1h", "1h 2m", "3d").
+const REASON_TOKENS = new RegExp(
+  String.raw`(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}))`
+  + String.raw`|\b(?:(\d+)d(?: (\d+)h)?|(\d+)h(?: (\d+)m)?|(\d+)m(?: (\d+)s)?|(\d+)s|(\d+)ms)\b`, 'g');
+
+/**
+ * An API `health.reason` (machine-stable English, ISO UTC instants, "10m" durations) in the
+ * page's words: instants in the viewer's zone and style, durations as everywhere on the page.
+ */
+export function fmtReason(text) {
+  if (text == null) return '';
+  return String(text)
+    .replace(REASON_TOKENS, (all, iso, d, dh, hr, hm, m, ms, s, milli) => {
+      if (iso) {
+        const t = new Date(iso);
+        return Number.isNaN(t.getTime()) ? all : fmtLocal(t);
+      }
+      const n = (v) => Number(v || 0);
+      let total;
+      if (d != null) total = (n(d) * 24 + n(dh)) * 3600000;
+      else if (hr != null) total = (n(hr) * 60 + n(hm)) * 60000;
+      else if (m != null) total = (n(m) * 60 + n(ms)) * 1000;
+      else if (s != null) total = n(s) * 1000;
+      else total = n(milli);
+      return fmtDuration(total);
+    })
+    .replace(/\bThe last 1 finished execution\b/g, 'The last finished execution');
+}
+
+window.jobstatsFormat = { fmtDuration, fmtRelative, fmtNumber, fmtBytes, fmtReason, plural };
 
 // ---------------------------------------------------------------------------------------------
 // DOM helpers.
@@ -256,7 +291,7 @@ function acceptToken(raw) {
   }
   if (isExpired(claims)) {
     clearSession();
-    return `This token expired ${fmtRelative(new Date(claims.exp * 1000).toISOString())} (at ${new Date(claims.exp * 1000).toISOString()}). Sign in with a fresh one.`;
+    return `This token expired ${fmtRelative(new Date(claims.exp * 1000).toISOString())} (at ${fmtLocal(new Date(claims.exp * 1000))}). Sign in with a fresh one.`;
   }
   if (sessionStorage.getItem(TOKEN_KEY) !== token) sessionStorage.removeItem(TENANT_KEY);
   sessionStorage.setItem(TOKEN_KEY, token);
@@ -323,7 +358,7 @@ async function setupTenant() {
     const ids = session.tenants.map((t) => t.tenantId);
     let chosen = stored || ids[0] || null;
     const options = session.tenants.map((t) =>
-      h('option', { value: t.tenantId }, `${t.tenantId} (${t.jobs} ${t.jobs === 1 ? 'job' : 'jobs'})`));
+      h('option', { value: t.tenantId }, `${t.tenantId} (${plural(t.jobs, 'job')})`));
     if (chosen && !ids.includes(chosen)) options.unshift(h('option', { value: chosen }, `${chosen} (not listed)`));
     if (!options.length) options.push(h('option', { value: '' }, 'No tenant has jobs yet'));
     select.replaceChildren(...options);
@@ -586,7 +621,8 @@ function reportError(e) {
 const jobs = {
   health: new Set(),
   q: '',
-  sort: 'name',
+  // Worst first (the API's health order, ascending); the user may still sort by name.
+  sort: 'health',
   order: 'asc',
   cursor: null,
   stack: [],
@@ -644,8 +680,8 @@ function renderJobs(data) {
   const total = data.total ?? list.length;
   const start = jobs.stack.length * JOBS_PAGE;
   $('jobs-total').textContent = list.length
-    ? `${total} ${total === 1 ? 'job' : 'jobs'}${jobs.health.size || jobs.q ? ' match' : ''} · showing ${start + 1}–${start + list.length}`
-    : `${total} ${total === 1 ? 'job' : 'jobs'}${jobs.health.size || jobs.q ? ' match' : ''}`;
+    ? `${plural(total, 'job')}${jobs.health.size || jobs.q ? (total === 1 ? ' matches' : ' match') : ''} · showing ${start + 1}–${start + list.length}`
+    : `${plural(total, 'job')}${jobs.health.size || jobs.q ? (total === 1 ? ' matches' : ' match') : ''}`;
   $('jobs-total').dataset.value = String(total);
   $('jobs-table-card').hidden = false;
   const rows = list.map((j) => jobRow(j));
@@ -671,7 +707,8 @@ function jobRow(j) {
       h('a', { href, 'data-focus-key': `job:${j.jobName}` }, j.jobName)),
     h('td', { 'data-col': 'health' },
       h('div', { class: 'health-cell' }, badge(hl.state),
-        hl.since ? h('span', { class: 'since' }, 'since ', timeEl(hl.since, { relative: true })) : null)),
+        hl.since ? h('span', { class: 'since' }, 'since ', timeEl(hl.since, { relative: true })) : null),
+      healthWhy(hl)),
     h('td', { 'data-col': 'status' }, statusPill(j.status)),
     h('td', { 'data-col': 'lastRun' }, timeEl(j.lastRun, { relative: true })),
     h('td', { 'data-col': 'lastOutcome' }, j.lastOutcome ? badge(j.lastOutcome, EXEC_STATES, 'outcome') : dash()),
@@ -682,11 +719,24 @@ function jobRow(j) {
     sparkCell);
 }
 
+/** Why a job is not healthy or new: its reason (in the page's words) and its stuck executions. */
+function healthWhy(hl) {
+  if (!hl || hl.state === 'healthy' || hl.state === 'new') return null;
+  const reason = typeof hl.reason === 'string' && hl.reason ? hl.reason : null;
+  const ids = (Array.isArray(hl.stuckExecutionIds) ? hl.stuckExecutionIds : []).filter((id) => typeof id === 'string');
+  const extra = ids.filter((id) => !reason || !reason.includes(id));
+  if (!reason && !extra.length) return null;
+  return h('p', { class: 'reason-line', 'data-testid': 'job-row-reason', title: reason || null },
+    reason ? fmtReason(reason) : null,
+    extra.length ? h('span', { class: 'stuck-ids' }, `${reason ? ' ' : ''}Stuck: `,
+      ...extra.flatMap((id, i) => [i ? ', ' : '', h('code', { class: 'exec-id' }, id)]), '.') : null);
+}
+
 function runsLine(q) {
   if (!q) return null;
   const done = (q.completed || 0) + (q.failed || 0);
   if (!done) return null;
-  const text = q.failed ? `${fmtNumber(q.failed)} of ${fmtNumber(done)} failed` : `${fmtNumber(done)} ${done === 1 ? 'run' : 'runs'}`;
+  const text = q.failed ? `${fmtNumber(q.failed)} of ${fmtNumber(done)} failed` : plural(done, 'run');
   return h('span', { class: `sub${q.failed ? ' sub-bad' : ''}` }, text);
 }
 
@@ -750,9 +800,9 @@ function sparkline(runs) {
     else if (i === runs.length - 1 || pts.length === 1) el.append(svg('circle', { cx: x(i), cy: y(r.ms), r: 2, class: 'spark-dot' }));
   });
   const words = done.length
-    ? `Last ${runs.length} finished runs: completed in ${fmtDuration(Math.min(...done.map((r) => r.ms)))} to ${fmtDuration(Math.max(...done.map((r) => r.ms)))}, latest ${fmtDuration(runs[runs.length - 1].ms)}`
-    : `Last ${runs.length} finished runs`;
-  el.setAttribute('aria-label', failed ? `${words}; ${failed} failed` : words);
+    ? `${runs.length === 1 ? 'The last finished run' : `Last ${runs.length} finished runs`}: completed in ${fmtDuration(Math.min(...done.map((r) => r.ms)))} to ${fmtDuration(Math.max(...done.map((r) => r.ms)))}, latest ${fmtDuration(runs[runs.length - 1].ms)}`
+    : (runs.length === 1 ? 'The last finished run' : `Last ${runs.length} finished runs`);
+  el.setAttribute('aria-label', failed ? `${words}; ${fmtNumber(failed)} failed` : words);
   el.append(Object.assign(svg('title'), { textContent: el.getAttribute('aria-label') }));
   return el;
 }
@@ -898,10 +948,14 @@ function renderJobStats(d) {
   $('job-status').replaceChildren(statusPill(d.status));
   $('job-health').replaceChildren(badge(hl.state, STATES, 'badge badge-lg'));
   $('job-since').replaceChildren(...(hl.since ? ['since ', timeEl(hl.since, { relative: true }), ' (', timeEl(hl.since), ')'] : []));
-  $('job-reason').textContent = hl.reason || '';
+  $('job-reason').textContent = fmtReason(hl.reason);
+  if (hl.reason) $('job-reason').title = hl.reason;
+  else $('job-reason').removeAttribute('title');
   $('job-reason').hidden = !hl.reason;
-  if (Array.isArray(hl.stuckExecutionIds) && hl.stuckExecutionIds.length) {
-    $('job-reason').append(h('span', { class: 'muted' }, ` Stuck: ${hl.stuckExecutionIds.join(', ')}.`));
+  // The ids the reason does not name already (it names the first).
+  const stuck = (Array.isArray(hl.stuckExecutionIds) ? hl.stuckExecutionIds : []).filter((id) => !String(hl.reason || '').includes(id));
+  if (stuck.length) {
+    $('job-reason').append(h('span', { class: 'muted' }, ` ${hl.reason ? 'Also stuck' : 'Stuck'}: ${stuck.join(', ')}.`));
     $('job-reason').hidden = false;
   }
 
@@ -975,9 +1029,9 @@ function renderSeries(d) {
   chartEl.dataset.bucketCount = String(buckets.length);
   chartEl.setAttribute('aria-label',
     `Chart of completed and failed runs per ${gran}, with p50 and p95 run times, over ${WINDOW_WORDS[d.window] || d.window}: ` +
-    `${totalC} completed, ${totalF} failed in ${buckets.length} buckets. The same numbers are in the data table below the chart.`);
+    `${fmtNumber(totalC)} completed, ${fmtNumber(totalF)} failed in ${plural(buckets.length, 'bucket')}. The same numbers are in the data table below the chart.`);
 
-  $('series-caption').textContent = `Runs per ${gran}, ${WINDOW_WORDS[d.window] || d.window} (${buckets.length} buckets)`;
+  $('series-caption').textContent = `Runs per ${gran}, ${WINDOW_WORDS[d.window] || d.window} (${plural(buckets.length, 'bucket')})`;
   const withSeconds = false;
   replaceRows($('series-body'), buckets.map((b) => h('tr', { 'data-start': b.start },
     h('th', { scope: 'row' }, timeEl(b.start, { seconds: withSeconds })),
@@ -989,49 +1043,138 @@ function renderSeries(d) {
   drawChart(buckets, gran);
 }
 
+const BUCKET_SECONDS = { minute: 60, hour: 3600, day: 86400 };
+const COMPLETED_FILL = 'rgba(47,125,74,0.55)';
+const FAILED_FILL = 'rgba(179,38,30,0.8)';
+
+/** An axis as wide as its longest tick label plus the tick and gap, so its label never covers them. */
+function axisSize(u, values, axisIdx, cycleNum) {
+  const axis = u.axes[axisIdx];
+  if (cycleNum > 1 && axis._size) return axis._size;
+  let size = (axis.ticks && axis.ticks.show !== false ? axis.ticks.size || 10 : 0) + (axis.gap || 5);
+  const longest = (values || []).reduce((a, v) => (v != null && String(v).length > a.length ? String(v) : a), '');
+  if (longest) {
+    u.ctx.save();
+    u.ctx.font = axis.font[0];
+    size += u.ctx.measureText(longest).width / (window.devicePixelRatio || 1);
+    u.ctx.restore();
+  }
+  return Math.ceil(size) + 6;
+}
+
+/**
+ * The run-time scale. Linear while the bucket percentiles stay within a factor of 10 of each
+ * other; beyond that (one burst of slow runs would flatten every other bucket onto the axis on a
+ * linear scale) a log-10 scale, which keeps every bucket's p50/p95 readable without clipping the
+ * burst. Chosen over a clipped range because a clipped range hides the very values that stand
+ * out.
+ */
+function msScale(values) {
+  const pos = values.filter((v) => v != null && v > 0);
+  if (!pos.length) return { log: false, scale: { range: () => [0, 1000] } };
+  const min = Math.min(...pos);
+  const max = Math.max(...pos);
+  if (max / min <= 10) return { log: false, scale: { range: () => [0, max * 1.15] } };
+  return { log: true, scale: { distr: 3, log: 10, range: () => [min / 1.6, max * 1.6] } };
+}
+
 function drawChart(buckets, gran) {
   destroyChart();
   const el = $('series-chart');
+  delete el.dataset.barsCompleted;
+  delete el.dataset.barsFailed;
+  delete el.dataset.barsClipped;
   if (!window.uPlot) {
     el.append(h('p', { class: 'muted' }, 'The chart library did not load; the data table below has the numbers.'));
     return;
   }
   const U = window.uPlot;
   const xs = buckets.map((b) => Date.parse(b.start) / 1000);
+  const step = BUCKET_SECONDS[gran] || (xs.length > 1 ? xs[1] - xs[0] : 3600);
+  const p50 = buckets.map((b) => b.p50Ms ?? null);
+  const p95 = buckets.map((b) => b.p95Ms ?? null);
+  const ms = msScale([...p50, ...p95]);
   const data = [
     xs,
     buckets.map((b) => b.completed || null), // null: no bar at all rather than a 0-high one
     buckets.map((b) => b.failed || null),
-    buckets.map((b) => b.p50Ms ?? null),
-    buckets.map((b) => b.p95Ms ?? null),
+    // On a log scale a value must be > 0.
+    ms.log ? p50.map((v) => (v > 0 ? v : null)) : p50,
+    ms.log ? p95.map((v) => (v > 0 ? v : null)) : p95,
   ];
+  const last = buckets.length ? buckets.length - 1 : null;
   const bars = U.paths && U.paths.bars;
+  // Every rectangle the bars path builder draws, by series, in canvas pixels; after each draw
+  // the ones inside the plot area are counted into data-bars-completed / data-bars-failed (what
+  // the browser test compares with the series API). A bar outside the plot area, or cut by its
+  // edge, is not counted as drawn (it is counted in data-bars-clipped).
+  let drawn = { 1: [], 2: [] };
+  const each = (u, seriesIdx, dataIdx, left, top, w, hgt) => {
+    if (drawn[seriesIdx]) drawn[seriesIdx].push({ left, top, w, h: hgt, idx: dataIdx });
+  };
+  const countBars = (u) => {
+    const bb = u.bbox;
+    const eps = 1; // device pixels of rounding
+    let clipped = 0;
+    const inside = (r) => {
+      const whole = r.w > 0 && r.h > 0 && r.left >= bb.left - eps && r.left + r.w <= bb.left + bb.width + eps
+        && r.top >= bb.top - eps && r.top + r.h <= bb.top + bb.height + eps;
+      if (!whole) clipped++;
+      return whole;
+    };
+    el.dataset.barsCompleted = String(new Set(drawn[1].filter(inside).map((r) => r.idx)).size);
+    el.dataset.barsFailed = String(new Set(drawn[2].filter(inside).map((r) => r.idx)).size);
+    el.dataset.barsClipped = String(clipped);
+    el.dataset.msScale = ms.log ? 'log' : 'linear';
+  };
+  // With nothing hovered the legend shows the latest bucket, never a row of made-up zeros.
+  const latestLegend = (u) => {
+    if (u.cursor.idx == null && last != null) u.setLegend({ idx: last }, false);
+  };
   const width = Math.max(280, el.clientWidth || 600);
-  const count = (u, v) => fmtNumber(v || 0);
-  const dur = (u, v) => (v == null ? '—' : fmtDuration(v));
-  const axisStyle = { stroke: '#3d4650', grid: { stroke: '#e6e9ed', width: 1 }, ticks: { stroke: '#c9ced4', width: 1 }, font: '12px system-ui, sans-serif' };
+  const count = (key) => (u, v, s, idx) => (idx == null || !buckets[idx] ? '—' : fmtNumber(buckets[idx][key] || 0));
+  const dur = (key) => (u, v, s, idx) => (idx == null || !buckets[idx] ? '—' : fmtDuration(buckets[idx][key]));
+  const axisStyle = { stroke: '#3d4650', grid: { stroke: '#e6e9ed', width: 1 }, ticks: { stroke: '#c9ced4', width: 1, size: 6 }, gap: 4, font: '12px system-ui, sans-serif', labelFont: 'bold 12px system-ui, sans-serif', labelGap: 2, size: axisSize };
+  const logTick = (t) => {
+    const m = t / 10 ** Math.floor(Math.log10(t) + 1e-9);
+    return [1, 2, 5].some((n) => Math.abs(m - n) < 1e-6);
+  };
+  const pointsFor = (series) => {
+    const n = series.filter((v) => v != null).length;
+    // Isolated values (a bucket with runs between empty ones) are drawn as points; lines join
+    // the buckets that have a value (an empty bucket has no percentile, it is not a 0).
+    return { show: n <= 60 || buckets.length <= 60, size: 5 };
+  };
   const opts = {
     width,
     height: 240,
     cursor: { drag: { x: false, y: false }, points: { size: 6 } },
     legend: { show: true, live: true },
     scales: {
-      x: { time: true },
+      // Half a bucket of padding each side: the first and last buckets' bars are drawn whole.
+      x: { time: true, range: () => (xs.length ? [xs[0] - step / 2, xs[xs.length - 1] + step / 2] : [0, 1]) },
       count: { range: (u, min, max) => [0, Math.max(2, Math.ceil((max || 0) * 1.15))] },
-      ms: { range: (u, min, max) => [0, max ? max * 1.15 : 1000] },
+      ms: ms.scale,
     },
     axes: [
-      { ...axisStyle },
-      { ...axisStyle, scale: 'count', label: 'Runs', labelSize: 18, size: 44, values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? fmtNumber(t) : '')) },
-      { ...axisStyle, scale: 'ms', side: 1, label: 'Run time', labelSize: 18, size: 64, grid: { show: false }, values: (u, ticks) => ticks.map((t) => fmtDuration(t)) },
+      { ...axisStyle, size: 50 },
+      { ...axisStyle, scale: 'count', label: 'Runs', labelSize: 16, values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? fmtNumber(t) : '')) },
+      { ...axisStyle, scale: 'ms', side: 1, label: 'Run time', labelSize: 16, grid: { show: false },
+        values: (u, ticks) => ticks.map((t) => fmtDuration(t)) },
     ],
     series: [
       { label: gran === 'day' ? 'Day' : 'Time', value: (u, v) => (v == null ? '—' : fmtLocal(new Date(v * 1000), false)) },
-      { label: 'Completed', scale: 'count', stroke: '#2f7d4a', fill: 'rgba(47,125,74,0.55)', width: 1, value: count, points: { show: false }, paths: bars ? bars({ size: [0.42, 28], align: -1 }) : undefined },
-      { label: 'Failed', scale: 'count', stroke: '#b3261e', fill: 'rgba(179,38,30,0.8)', width: 1, value: count, points: { show: false }, paths: bars ? bars({ size: [0.42, 28], align: 1 }) : undefined },
-      { label: 'p50', scale: 'ms', stroke: '#1f5fbf', width: 2, value: dur, spanGaps: false, ...(buckets.length > 60 ? { points: { show: false } } : {}) },
-      { label: 'p95', scale: 'ms', stroke: '#7b3fa0', width: 2, dash: [6, 4], value: dur, spanGaps: false, ...(buckets.length > 60 ? { points: { show: false } } : {}) },
+      { label: 'Completed', scale: 'count', stroke: '#2f7d4a', fill: COMPLETED_FILL, width: 1, value: count('completed'), points: { show: false }, paths: bars ? bars({ size: [0.42, 28], align: -1, each }) : undefined },
+      { label: 'Failed', scale: 'count', stroke: '#b3261e', fill: FAILED_FILL, width: 1, value: count('failed'), points: { show: false }, paths: bars ? bars({ size: [0.42, 28], align: 1, each }) : undefined },
+      { label: 'p50', scale: 'ms', stroke: '#1f5fbf', width: 2, value: dur('p50Ms'), spanGaps: true, points: pointsFor(data[3]) },
+      { label: 'p95', scale: 'ms', stroke: '#7b3fa0', width: 2, dash: [6, 4], value: dur('p95Ms'), spanGaps: true, points: pointsFor(data[4]) },
     ],
+    hooks: {
+      drawClear: [() => { drawn = { 1: [], 2: [] }; }],
+      draw: [countBars],
+      ready: [latestLegend],
+      setCursor: [latestLegend],
+    },
   };
   job.chart = new U(opts, data, el);
   job.resize = new ResizeObserver(() => {
