@@ -173,8 +173,18 @@ pub async fn serve(
     // while it is unreachable (an ack, a publish, a flush) would wait for as long as the
     // outage lasts; nothing it holds is lost by not waiting (the checkpoint is in SQLite and
     // unacknowledged messages are redelivered), so stopping is bounded instead.
+    stop_tasks(std::iter::once(projector).chain(notifications), &client).await;
+    http_result?;
+    Ok(())
+}
+
+/// Waits up to [`STOP_PATIENCE`] for `tasks` and a last flush.
+async fn stop_tasks(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<()>>,
+    client: &async_nats::Client,
+) {
     let stopping = async {
-        for task in std::iter::once(projector).chain(notifications) {
+        for task in tasks {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "background task failed");
             }
@@ -184,8 +194,6 @@ pub async fn serve(
     if tokio::time::timeout(STOP_PATIENCE, stopping).await.is_err() {
         tracing::warn!(patience = ?STOP_PATIENCE, "background tasks still waiting on NATS; stopping without them");
     }
-    http_result?;
-    Ok(())
 }
 
 /// Starts the health evaluator and, when webhooks are configured, their delivery; returns

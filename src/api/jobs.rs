@@ -777,6 +777,60 @@ fn list_page(
         }))
     };
     let (limit, sort) = (query.limit as usize, query.sort);
+    let Selected {
+        page,
+        more,
+        total,
+        next_frozen,
+    } = select_page(state, &tenant, query, &listed)?;
+    let next_cursor = page.last().filter(|_| more).map(|last| {
+        Cursor {
+            query: query.query_id.clone(),
+            key: last
+                .key(sort)
+                .map_or(serde_json::Value::Null, serde_json::Value::from),
+            id: last.name.clone(),
+            frozen: next_frozen,
+            as_of: None,
+        }
+        .encode()
+    });
+    let jobs: Vec<JobListEntry> = page.iter().map(|job| entry(job, now)).collect();
+    let etag = list_etag(&page, &jobs, (total, &next_cursor, &query.query_id, limit));
+    Ok((
+        JobListEnvelope {
+            success: true,
+            message: JOBS_MESSAGE.to_owned(),
+            data: JobListData {
+                jobs,
+                next_cursor,
+                total,
+            },
+            timestamp: rfc3339_millis(now.timestamp_millis()),
+        },
+        etag,
+    ))
+}
+
+/// A page of the job list, and where it stands.
+struct Selected {
+    page: Vec<Listed>,
+    more: bool,
+    total: u64,
+    /// Where the next page starts in a frozen order, when there is one.
+    next_frozen: Option<(u64, usize)>,
+}
+
+/// The jobs of the page: from the frozen order the cursor names, by a name index range, or
+/// by judging every job of the prefix (then freezing the order for the pages after it).
+fn select_page(
+    state: &AppState,
+    tenant: &TenantId,
+    query: &ListQuery,
+    listed: &dyn Fn(String) -> Result<Option<Listed>, ApiError>,
+) -> Result<Selected, ApiError> {
+    let readers = state.readers.get();
+    let (limit, sort) = (query.limit as usize, query.sort);
     let frozen = query
         .frozen
         .and_then(|(id, at)| Some((id, at, state.list_orders.get(&query.query_id, id)?)));
@@ -793,7 +847,7 @@ fn list_page(
     } else if sort == SortBy::Name && query.health_filter.is_empty() {
         // An index range: the cost of a page does not grow with the number of jobs.
         let names = readers.job_names_page(
-            &tenant,
+            tenant,
             &query.prefix,
             query.after.as_ref().map(|(_, name)| name.as_str()),
             query.descending,
@@ -804,12 +858,12 @@ fn list_page(
         for name in names.into_iter().take(limit) {
             page.extend(listed(name)?);
         }
-        (page, more, readers.count_jobs(&tenant, &query.prefix)?)
+        (page, more, readers.count_jobs(tenant, &query.prefix)?)
     } else {
         // Health is judged at request time, so filtering or sorting by it (or by a value
         // that changes with every run) reads every job of the prefix: O(jobs).
         let mut all = Vec::new();
-        for name in readers.job_names_page(&tenant, &query.prefix, None, false, u32::MAX)? {
+        for name in readers.job_names_page(tenant, &query.prefix, None, false, u32::MAX)? {
             if let Some(job) = listed(name)? {
                 if query.health_filter.is_empty() || query.health_filter.contains(&job.health.state)
                 {
@@ -823,23 +877,23 @@ fn list_page(
         }
         (page, more, total)
     };
-    let next_cursor = page.last().filter(|_| more).map(|last| {
-        Cursor {
-            query: query.query_id.clone(),
-            key: last
-                .key(sort)
-                .map_or(serde_json::Value::Null, serde_json::Value::from),
-            id: last.name.clone(),
-            frozen: next_frozen,
-            as_of: None,
-        }
-        .encode()
-    });
-    let jobs: Vec<JobListEntry> = page.iter().map(|job| entry(job, now)).collect();
-    // The data behind the page: each job's version and what was judged of it (health moves
-    // with time alone), the page's extent and the query. Not `asOf`: it is the request time.
+    Ok(Selected {
+        page,
+        more,
+        total,
+        next_frozen,
+    })
+}
+
+/// The data behind the page: each job's version and what was judged of it (health moves
+/// with time alone), the page's extent and the query. Not `asOf`: it is the request time.
+fn list_etag(
+    page: &[Listed],
+    jobs: &[JobListEntry],
+    extent: (u64, &Option<String>, &String, usize),
+) -> String {
     let mut version = std::collections::hash_map::DefaultHasher::new();
-    for (job, shown) in page.iter().zip(&jobs) {
+    for (job, shown) in page.iter().zip(jobs) {
         job.name.hash(&mut version);
         job.snapshot.job_sequence.hash(&mut version);
         let health = &shown.health.summary;
@@ -848,25 +902,12 @@ fn list_page(
         (&shown.health.stuck_execution_ids, &shown.health.reason).hash(&mut version);
         shown.next_run.hash(&mut version);
     }
-    (total, &next_cursor, &query.query_id, limit).hash(&mut version);
-    let etag = format!(
+    extent.hash(&mut version);
+    format!(
         "W/\"{}-{:016x}\"",
         crate::store::PROJECTION_VERSION,
         version.finish()
-    );
-    Ok((
-        JobListEnvelope {
-            success: true,
-            message: JOBS_MESSAGE.to_owned(),
-            data: JobListData {
-                jobs,
-                next_cursor,
-                total,
-            },
-            timestamp: rfc3339_millis(now.timestamp_millis()),
-        },
-        etag,
-    ))
+    )
 }
 
 /// The page of `all` (every job that matched) after the query's cursor: the page, whether

@@ -472,14 +472,22 @@ impl Delivery {
                 pause -= slice;
                 ack(AckKind::Progress).await?;
             }
-            // Still failing: what piled up behind it meanwhile, for the operator's view.
-            if let Ok(info) = consumer.get_info().await {
-                self.metrics.set_webhook_lag(
-                    &self.webhook.name,
-                    published_at_ms.or(Some(1)),
-                    info.num_pending,
-                );
-            }
+            self.report_backlog(consumer, published_at_ms).await;
+        }
+    }
+
+    /// While a change keeps failing: what piled up behind it, for the operator's view.
+    async fn report_backlog(
+        &self,
+        consumer: &jetstream::consumer::Consumer<pull::Config>,
+        published_at_ms: Option<i64>,
+    ) {
+        if let Ok(info) = consumer.get_info().await {
+            self.metrics.set_webhook_lag(
+                &self.webhook.name,
+                published_at_ms.or(Some(1)),
+                info.num_pending,
+            );
         }
     }
 

@@ -645,29 +645,7 @@ impl ReadPool {
                 let key = row.recency_key();
                 rows.push((ExecutionSummary { execution_id, row }, key));
             }
-            // Rows whose place changed after the position, placed where they stood then.
-            let mut moved = tx.prepare_cached(&format!(
-                "SELECT execution_id, {EXECUTION_COLUMNS}, {TIME_SEQUENCE_COLUMNS} FROM executions
-                 WHERE job_id = ?1 AND recency_seq > ?2"
-            ))?;
-            for row in moved.query_map(params![job_id, position as i64], sequenced_execution_row)? {
-                let (execution_id, columns, sequences) = row?;
-                let row = super::execution_from_columns(columns)?;
-                let Some(key) = sequences.recency_key_at(&row, position) else {
-                    continue;
-                };
-                let wanted = query.from.is_none_or(|from| key >= from)
-                    && query.to.is_none_or(|to| key <= to)
-                    && query
-                        .after
-                        .as_ref()
-                        .is_none_or(|(k, id)| (key, execution_id.as_str()) < (*k, id.as_str()))
-                    && (query.states.is_empty()
-                        || query.states.contains(&sequences.state_at(&row, position)));
-                if wanted {
-                    rows.push((ExecutionSummary { execution_id, row }, key));
-                }
-            }
+            rows.extend(moved_since(tx, job_id, position, query)?);
             rows.sort_by(|(a, ka), (b, kb)| (kb, &b.execution_id).cmp(&(ka, &a.execution_id)));
             rows.truncate(query.limit as usize);
             Ok(Some(ExecutionsPage { rows, position }))
@@ -820,6 +798,40 @@ fn summary_from_row((execution_id, columns): ExecutionRow) -> Result<ExecutionSu
         execution_id,
         row: super::execution_from_columns(columns)?,
     })
+}
+
+/// The executions of `job_id` whose place in the order changed after `position`, placed
+/// where they stood then and kept when the page's filters and cursor take them there.
+fn moved_since(
+    tx: &rusqlite::Transaction<'_>,
+    job_id: i64,
+    position: u64,
+    query: &ExecutionsQuery,
+) -> Result<Vec<(ExecutionSummary, i64)>, StoreError> {
+    let mut moved = tx.prepare_cached(&format!(
+        "SELECT execution_id, {EXECUTION_COLUMNS}, {TIME_SEQUENCE_COLUMNS} FROM executions
+         WHERE job_id = ?1 AND recency_seq > ?2"
+    ))?;
+    let mut rows = Vec::new();
+    for row in moved.query_map(params![job_id, position as i64], sequenced_execution_row)? {
+        let (execution_id, columns, sequences) = row?;
+        let row = super::execution_from_columns(columns)?;
+        let Some(key) = sequences.recency_key_at(&row, position) else {
+            continue;
+        };
+        let wanted = query.from.is_none_or(|from| key >= from)
+            && query.to.is_none_or(|to| key <= to)
+            && query
+                .after
+                .as_ref()
+                .is_none_or(|(k, id)| (key, execution_id.as_str()) < (*k, id.as_str()))
+            && (query.states.is_empty()
+                || query.states.contains(&sequences.state_at(&row, position)));
+        if wanted {
+            rows.push((ExecutionSummary { execution_id, row }, key));
+        }
+    }
+    Ok(rows)
 }
 
 /// A page of executions, each with its place in the order (its recency key at `position`).
