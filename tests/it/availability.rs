@@ -66,6 +66,16 @@ fn scheduled_json(tenant: &str, job: &str, cron: &str) -> String {
     .to_string()
 }
 
+/// The body of a GET that must succeed, as text.
+async fn text_of(url: impl reqwest::IntoUrl) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// The body of a GET that must succeed, as JSON.
+async fn json_of(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 fn counter(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
@@ -118,12 +128,7 @@ async fn crons_that_never_fire_are_dead_letters_and_stall_no_tenant() {
     head = head.max(publish_all(&publisher, &events).await);
     serve.wait_applied(head).await;
 
-    let metrics = reqwest::get(serve.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text_of(serve.admin_url("/metrics")).await;
     assert_eq!(
         counter(
             &metrics,
@@ -238,12 +243,7 @@ async fn read_your_writes_waiters_beyond_the_cap_are_answered_at_once() {
     // Once they are all waiting, one more is answered at once instead of joining them.
     let deadline = Instant::now() + Duration::from_secs(4);
     loop {
-        let metrics = reqwest::get(serve.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = text_of(serve.admin_url("/metrics")).await;
         if counter(&metrics, "jobstats_read_your_writes_waiting ") >= 20.0 {
             break;
         }
@@ -310,12 +310,7 @@ async fn serve_stops_within_two_seconds_of_sigterm_while_nats_is_down() {
     nats.stop();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ready: serde_json::Value = reqwest::get(serve.admin_url("/readyz"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: serde_json::Value = json_of(serve.admin_url("/readyz")).await;
         if ready["natsConnected"] == false {
             break;
         }
@@ -370,12 +365,7 @@ async fn the_api_port_names_no_tenant_path_or_webhook() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut metrics;
     loop {
-        metrics = reqwest::get(serve.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = text_of(serve.url("/metrics")).await;
         if counter(
             &metrics,
             "jobstats_health_changes_published_total{state=\"failing\"}",
@@ -386,12 +376,7 @@ async fn the_api_port_names_no_tenant_path_or_webhook() {
         assert!(Instant::now() < deadline, "no health change: {metrics}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ready = reqwest::get(serve.url("/readyz"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let ready = text_of(serve.url("/readyz")).await;
     let dir_text = dir.path().to_string_lossy().into_owned();
     for (what, text) in [("/metrics", &metrics), ("/readyz", &ready)] {
         for secret in [TENANT, "secret-job", "payments-oncall", dir_text.as_str()] {
@@ -403,16 +388,6 @@ async fn the_api_port_names_no_tenant_path_or_webhook() {
         "{metrics}"
     );
     assert!(ready.contains("lastAppliedSequence"), "{ready}");
-}
-
-fn rss_kb(pid: u32) -> i64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

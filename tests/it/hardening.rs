@@ -191,16 +191,6 @@ async fn the_swagger_page_is_served_from_one_shared_buffer() {
     drop(readers);
 }
 
-fn rss_kb(pid: u32) -> i64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// Whether this machine lets the test give a process a small filesystem of its own.
 fn can_mount_tmpfs(at: &std::path::Path) -> bool {
     running_as_root()

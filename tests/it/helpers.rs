@@ -518,6 +518,17 @@ pub fn runs(
         .collect()
 }
 
+/// A process's resident memory (VmRSS) in KB.
+pub fn rss_kb(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 /// Whether the tests run as root (and may use mount namespaces, other users).
 pub fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
