@@ -103,9 +103,13 @@ async fn publish(js: &jetstream::Context, events: &[jobstats::events::Event]) ->
 /// A client on `nodes` (the seed list) once the cluster has taken an R3 `JOB_EVENTS`.
 async fn r3_stream(nodes: &[JetStreamServer]) -> (String, jetstream::Context) {
     let seeds = nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",");
-    let client = jobstats::stream::connect(&seeds, "bench-cluster", true)
-        .await
-        .unwrap();
+    let client = jobstats::stream::connect(
+        &jobstats::stream::NatsSettings::from_url(&seeds).unwrap(),
+        "bench-cluster",
+        true,
+    )
+    .await
+    .unwrap();
     let js = jetstream::new(client);
     let spec = jobstats::stream::StreamSpec {
         name: "JOB_EVENTS".into(),

@@ -15,6 +15,7 @@ use crate::nats_server::JetStreamServer;
 use crate::publish::{EventBuilder, PublishError, Publisher, RunEnd};
 use crate::schedule::CronSchedule;
 use crate::service::{self, ServeConfig, Shutdown};
+use crate::stream::NatsSettings;
 
 /// Where the demo keeps what it makes: the NATS store and a nats-server it had to install.
 const DATA_DIR: &str = "data";
@@ -377,7 +378,9 @@ async fn start_nats(url: &str) -> anyhow::Result<JetStreamServer> {
 /// What `jobstats demo` runs with.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
-    pub nats_url: String,
+    /// An existing NATS to use (with its credentials); when none answers there, the demo
+    /// starts its own, anonymous one on that URL's port.
+    pub nats: NatsSettings,
     pub stream: String,
     pub db_path: std::path::PathBuf,
     pub listen: SocketAddr,
@@ -388,7 +391,7 @@ pub struct DemoConfig {
 /// `serve` as the demo runs it: its own consumer, all tenants, HS256 with `secret`.
 fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
     ServeConfig {
-        nats_url: config.nats_url.clone(),
+        nats: config.nats.clone(),
         stream: crate::stream::StreamSpec::single(&config.stream),
         db_path: config.db_path.clone(),
         consumer: "jobstats-demo".into(),
@@ -410,14 +413,17 @@ fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
 
 /// Runs the whole demo until `shutdown`.
 pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let nats_server =
-        match crate::stream::connect(&config.nats_url, "jobstats-demo-probe", true).await {
-            Ok(_) => {
-                eprintln!("using NATS at {}", config.nats_url);
-                None
-            }
-            Err(_) => Some(start_nats(&config.nats_url).await?),
-        };
+    let shown = config.nats.shown_url();
+    let nats_server = match crate::stream::connect(&config.nats, "jobstats-demo-probe", true).await
+    {
+        Ok(_) => {
+            eprintln!("using NATS at {shown}");
+            None
+        }
+        // A server that answered but refused us is not replaced by one of our own.
+        Err(e) if config.nats.refusal().is_some() => return Err(e.into()),
+        Err(_) => Some(start_nats(&config.nats.urls()[0]).await?),
+    };
     let secret = config
         .secret
         .clone()
@@ -435,10 +441,10 @@ pub async fn demo(config: &DemoConfig, shutdown: Shutdown) -> anyhow::Result<()>
             async move { service::serve(&serve_config, listener, shutdown, applied).await },
         )
     };
-    let publisher = Publisher::connect(&config.nats_url).await?;
+    let publisher = Publisher::connect(&config.nats).await?;
     // The stream exists once serve's projector made it; the first publishes wait for that.
     let js = async_nats::jetstream::new(
-        crate::stream::connect(&config.nats_url, "jobstats-demo", true).await?,
+        crate::stream::connect(&config.nats, "jobstats-demo", true).await?,
     );
     crate::stream::ensure_stream(&js, &crate::stream::StreamSpec::single(&config.stream)).await?;
     let history_head = publish_demo_history(&publisher).await?;

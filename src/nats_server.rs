@@ -41,6 +41,20 @@ impl JetStreamServer {
     /// Starts `size` servers on loopback routed into one JetStream cluster, each with its
     /// store under `store/n<i>` and its server name `n<i>` (what stream info names as leader).
     /// A restarted node keeps its ports, name and store.
+    /// A single server that also reads `config` (`-c`): accounts, users, TLS. The port, the
+    /// store and JetStream still come from the command line.
+    pub fn start_with_config(binary: &Path, store: &Path, config: &Path) -> std::io::Result<Self> {
+        let mut server = JetStreamServer {
+            child: None,
+            binary: binary.to_path_buf(),
+            store: store.to_path_buf(),
+            port: 0,
+            cluster_args: vec!["-c".into(), config.to_string_lossy().into_owned()],
+        };
+        server.spawn(None)?;
+        Ok(server)
+    }
+
     pub fn cluster(binary: &Path, store: &Path, size: usize) -> std::io::Result<Vec<Self>> {
         Self::cluster_with(binary, store, size, false)
     }
@@ -108,7 +122,9 @@ impl JetStreamServer {
 
     /// The server name of a cluster node (`n<i>`), `None` for a single server.
     pub fn name(&self) -> Option<&str> {
-        self.cluster_args.get(1).map(String::as_str)
+        (self.cluster_args.first()? == "-n")
+            .then(|| self.cluster_args.get(1).map(String::as_str))
+            .flatten()
     }
 
     pub fn port(&self) -> u16 {

@@ -6,7 +6,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), jobstats::publish::PublishError> {
 //! use jobstats::publish::{Publisher, EventBuilder};
-//! let publisher = Publisher::connect("nats://127.0.0.1:4222").await?;
+//! let nats = jobstats::stream::NatsSettings::from_url("nats://127.0.0.1:4222").expect("a NATS URL");
+//! let publisher = Publisher::connect(&nats).await?;
 //! let tenant = "3f0c7f7e-8a51-4a52-9f7e-0d6a4c1b2e11";
 //! let run = EventBuilder::new(tenant, "nightly-report")?.execution("run-42")?;
 //! publisher.publish(&run.started()?).await?;
@@ -71,8 +72,8 @@ pub struct Publisher {
 
 impl Publisher {
     /// Connects (failing fast when NATS is unreachable).
-    pub async fn connect(url: &str) -> Result<Self, PublishError> {
-        let client = crate::stream::connect(url, "jobstats-publisher", true).await?;
+    pub async fn connect(nats: &crate::stream::NatsSettings) -> Result<Self, PublishError> {
+        let client = crate::stream::connect(nats, "jobstats-publisher", true).await?;
         Ok(Self::new(client))
     }
 

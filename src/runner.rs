@@ -7,6 +7,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::publish::{EventBuilder, PublishError, Publisher};
+use crate::stream::NatsSettings;
 
 /// What happened to the wrapped command and to the publishing.
 #[derive(Debug)]
@@ -30,13 +31,13 @@ fn describe(status: &ExitStatus) -> (i32, Option<String>) {
 
 /// Runs `command` (program + args) as one execution.
 pub async fn run(
-    nats_url: &str,
+    nats: &NatsSettings,
     builder: EventBuilder,
     command: &[String],
     patience: Duration,
 ) -> RunOutcome {
     let mut publish_errors = Vec::new();
-    let url = nats_url.to_owned();
+    let settings = nats.clone();
     let now = chrono::Utc::now();
     let opening_events = [
         builder.clone().at(now).enqueued(),
@@ -44,7 +45,7 @@ pub async fn run(
     ];
     // Connect and publish the opening events while the command already runs.
     let opening = tokio::spawn(async move {
-        let publisher = connect_with_retry(&url, patience).await?;
+        let publisher = connect_with_retry(&settings, patience).await?;
         for event in opening_events {
             let event = event?;
             publisher.publish_with_retry(&event, patience).await?;
@@ -86,7 +87,7 @@ pub async fn run(
     let result = async {
         let publisher = match publisher {
             Some(p) => p,
-            None => connect_with_retry(nats_url, patience).await?,
+            None => connect_with_retry(nats, patience).await?,
         };
         publisher.publish_with_retry(&terminal?, patience).await
     }
@@ -105,12 +106,20 @@ pub async fn run(
     }
 }
 
-async fn connect_with_retry(url: &str, patience: Duration) -> Result<Publisher, PublishError> {
+/// Retries an unreachable NATS until `patience` runs out; refused credentials or TLS trust
+/// end it at once (retrying would not cure them).
+async fn connect_with_retry(
+    nats: &NatsSettings,
+    patience: Duration,
+) -> Result<Publisher, PublishError> {
     let deadline = Instant::now() + patience;
     loop {
-        match Publisher::connect(url).await {
+        match Publisher::connect(nats).await {
             Ok(publisher) => return Ok(publisher),
-            Err(e) if Instant::now() + Duration::from_millis(500) < deadline => {
+            Err(e)
+                if nats.refusal().is_none()
+                    && Instant::now() + Duration::from_millis(500) < deadline =>
+            {
                 tracing::debug!(error = %e, "NATS not reachable yet");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

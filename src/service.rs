@@ -64,8 +64,8 @@ const STOP_PATIENCE: Duration = Duration::from_millis(1_000);
 /// What `serve` runs with (the CLI builds it from flags, environment and file).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// One URL, or comma-separated seed URLs of one cluster.
-    pub nats_url: String,
+    /// Seed URLs, credentials and TLS towards NATS.
+    pub nats: crate::stream::NatsSettings,
     /// The stream, and its replicas when this service creates it.
     pub stream: StreamSpec,
     /// The read model: a plain file or a generation symlink.
@@ -137,7 +137,7 @@ pub async fn serve(
     generation::remove_leftovers(db_path)?;
     let (writer, built_with) = open_writer(db_path)?;
     let readers = Arc::new(CurrentReader::new(ReadPool::open(db_path)?));
-    let client = crate::stream::connect(&config.nats_url, "jobstats-serve", false).await?;
+    let client = crate::stream::connect(&config.nats, "jobstats-serve", false).await?;
     let freshness = readers.get().freshness().unwrap_or_default();
     status.last_published_at_ms.store(
         freshness.last_published_at_ms.unwrap_or(0),
@@ -166,7 +166,11 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
-    let state = state(readers, Some(client.clone()));
+    let link = api::NatsLink {
+        client: client.clone(),
+        settings: config.nats.clone(),
+    };
+    let state = state(readers, Some(link));
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
     let http_result = api::serve(listener, admin, state, &config.http, shutdown.wait()).await;
     // The projector commits the batch in hand before it returns. A task waiting on NATS

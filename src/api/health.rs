@@ -49,7 +49,10 @@ fn readiness(state: &AppState, detail: Detail) -> Response {
     let nats_connected = state
         .nats
         .as_ref()
-        .map(|c| c.connection_state() == async_nats::connection::State::Connected);
+        .map(|c| c.client.connection_state() == async_nats::connection::State::Connected);
+    // Why NATS turns us away (credentials, TLS trust), naming the variable to fix; it never
+    // holds the secret itself.
+    let nats_refusal = state.nats.as_ref().and_then(|c| c.settings.refusal());
     let caught_up = status.caught_up.load(Ordering::Relaxed);
     let rebuilding = status.rebuilding.load(Ordering::Relaxed);
     let projector_error = status.error();
@@ -60,6 +63,7 @@ fn readiness(state: &AppState, detail: Detail) -> Response {
     let mut body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "natsConnected": nats_connected,
+        "natsError": nats_refusal,
         "caughtUp": caught_up,
         "lastAppliedSequence": status.last_sequence.load(Ordering::Relaxed),
         "lagEvents": status.lag.load(Ordering::Relaxed),

@@ -36,7 +36,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub status: Arc<ProjectorStatus>,
     /// The NATS connection, when this process projects (absent for a read-only audit copy).
-    pub nats: Option<async_nats::Client>,
+    pub nats: Option<NatsLink>,
     /// Serialized stats answers, one per cached snapshot.
     pub bodies: body::BodyCache,
     /// `JOBSTATS_MAX_RUNTIME` in ms: when a job without its own `maxRuntimeMs` is stuck.
@@ -49,6 +49,14 @@ pub struct AppState {
     pub waiters: tokio::sync::Semaphore,
     /// Job-list orders frozen at their first page, for the pages after it.
     pub list_orders: jobs::FrozenOrders,
+}
+
+/// The projector's NATS connection as `/readyz` reports it: connected or not, and why the
+/// server refuses it when it does.
+#[derive(Clone)]
+pub struct NatsLink {
+    pub client: async_nats::Client,
+    pub settings: crate::stream::NatsSettings,
 }
 
 impl AppState {

@@ -17,6 +17,7 @@ use crate::events::TenantId;
 use crate::ingest::replay::RebuildUntil;
 use crate::projection::HealthState;
 use crate::scope::TenantScope;
+use crate::stream::{NatsAuth, NatsSettings, NatsTls, Secret};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +69,186 @@ pub struct CommonOptions {
     /// Log format (filter with RUST_LOG, e.g. `info,jobstats=debug`).
     #[arg(long, global = true, env = "JOBSTATS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub nats: NatsOptions,
+}
+
+/// Credentials and TLS towards NATS (every command that connects). Set at most one way of
+/// authenticating; each secret also has a `…_FILE` form (a Kubernetes secret mounted as a file).
+#[derive(Debug, Clone, Args)]
+pub struct NatsOptions {
+    /// NATS user (with JOBSTATS_NATS_PASSWORD).
+    #[arg(long, global = true, env = "JOBSTATS_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBSTATS_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    /// File holding the NATS password (trailing newline stripped).
+    #[arg(long, global = true, env = "JOBSTATS_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// NATS token.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBSTATS_NATS_TOKEN",
+        hide_env_values = true
+    )]
+    pub nats_token: Option<String>,
+    /// File holding the NATS token.
+    #[arg(long, global = true, env = "JOBSTATS_NATS_TOKEN_FILE")]
+    pub nats_token_file: Option<PathBuf>,
+    /// File holding an nkey seed (`SU…`).
+    #[arg(long, global = true, env = "JOBSTATS_NATS_NKEY_SEED_FILE")]
+    pub nats_nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT + nkey seed; decentralised auth).
+    #[arg(long, global = true, env = "JOBSTATS_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// PEM CA bundle the server's certificate must chain to (makes TLS required).
+    #[arg(long, global = true, env = "JOBSTATS_NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS (PEM; with JOBSTATS_NATS_TLS_KEY_FILE).
+    #[arg(long, global = true, env = "JOBSTATS_NATS_TLS_CERT_FILE")]
+    pub nats_tls_cert_file: Option<PathBuf>,
+    /// Client certificate's private key (PEM).
+    #[arg(long, global = true, env = "JOBSTATS_NATS_TLS_KEY_FILE")]
+    pub nats_tls_key_file: Option<PathBuf>,
+}
+
+/// A secret given directly (`var`) or as a file (`file_var`): at most one; the file's trailing
+/// newline is stripped. Also names the variable that supplied it.
+pub fn secret_from(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+    var: &'static str,
+    file_var: &'static str,
+) -> Result<Option<(Secret, &'static str)>, String> {
+    let value = value.filter(|v| !v.is_empty());
+    match (value, file) {
+        (Some(_), Some(_)) => Err(format!("set {var} or {file_var}, not both")),
+        (Some(value), None) => Ok(Some((Secret::new(value), var))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{file_var}: cannot read {}: {e}", path.display()))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            if text.is_empty() {
+                return Err(format!("{file_var}: {} is empty", path.display()));
+            }
+            Ok(Some((Secret::new(text), file_var)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl NatsOptions {
+    /// The credentials: at most one of user+password, token, nkey seed file, creds file.
+    fn auth(&self) -> Result<NatsAuth, String> {
+        let password = secret_from(
+            self.nats_password.as_deref(),
+            self.nats_password_file.as_deref(),
+            "JOBSTATS_NATS_PASSWORD",
+            "JOBSTATS_NATS_PASSWORD_FILE",
+        )?;
+        let token = secret_from(
+            self.nats_token.as_deref(),
+            self.nats_token_file.as_deref(),
+            "JOBSTATS_NATS_TOKEN",
+            "JOBSTATS_NATS_TOKEN_FILE",
+        )?;
+        let user = self.nats_user.clone().filter(|u| !u.is_empty());
+        let mut chosen = Vec::new();
+        match (user, password) {
+            (Some(user), Some((password, source))) => chosen.push(NatsAuth::UserPassword {
+                user,
+                password,
+                source,
+            }),
+            (Some(_), None) => {
+                return Err("JOBSTATS_NATS_USER is set without JOBSTATS_NATS_PASSWORD".into())
+            }
+            (None, Some((_, source))) => {
+                return Err(format!("{source} is set without JOBSTATS_NATS_USER"))
+            }
+            (None, None) => {}
+        }
+        if let Some((token, source)) = token {
+            chosen.push(NatsAuth::Token { token, source });
+        }
+        if let Some(path) = &self.nats_nkey_seed_file {
+            chosen.push(NatsAuth::NkeySeed {
+                seed: read_nkey_seed(path)?,
+            });
+        }
+        if let Some(path) = &self.nats_creds_file {
+            std::fs::metadata(path).map_err(|e| {
+                format!(
+                    "JOBSTATS_NATS_CREDS_FILE: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            chosen.push(NatsAuth::CredsFile { path: path.clone() });
+        }
+        match chosen.len() {
+            0 => Ok(NatsAuth::Anonymous),
+            1 => Ok(chosen.remove(0)),
+            _ => Err(format!(
+                "set one way of authenticating to NATS, not several: {}",
+                chosen
+                    .iter()
+                    .filter_map(NatsAuth::source)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    fn tls(&self) -> Result<NatsTls, String> {
+        let readable = |path: &PathBuf, var: &str| {
+            std::fs::metadata(path)
+                .map(|_| ())
+                .map_err(|e| format!("{var}: cannot read {}: {e}", path.display()))
+        };
+        if let Some(ca) = &self.nats_tls_ca_file {
+            readable(ca, "JOBSTATS_NATS_TLS_CA_FILE")?;
+        }
+        let client_cert = match (&self.nats_tls_cert_file, &self.nats_tls_key_file) {
+            (Some(cert), Some(key)) => {
+                readable(cert, "JOBSTATS_NATS_TLS_CERT_FILE")?;
+                readable(key, "JOBSTATS_NATS_TLS_KEY_FILE")?;
+                Some((cert.clone(), key.clone()))
+            }
+            (None, None) => None,
+            _ => {
+                return Err("JOBSTATS_NATS_TLS_CERT_FILE and JOBSTATS_NATS_TLS_KEY_FILE go together: set both or neither".into())
+            }
+        };
+        Ok(NatsTls {
+            ca_file: self.nats_tls_ca_file.clone(),
+            client_cert,
+        })
+    }
+}
+
+fn read_nkey_seed(path: &std::path::Path) -> Result<Secret, String> {
+    let var = "JOBSTATS_NATS_NKEY_SEED_FILE";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{var}: cannot read {}: {e}", path.display()))?;
+    // A seed file may hold the seed alone or among comment lines (as `nsc` writes them).
+    text.lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("SU") && line.len() > 50)
+        .map(Secret::new)
+        .ok_or_else(|| {
+            format!(
+                "{var}: {} holds no user nkey seed (a line starting SU)",
+                path.display()
+            )
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,6 +321,9 @@ pub struct JwtOptions {
     /// HS256 secret (at least 32 bytes); unset: HS256 tokens are refused.
     #[arg(long, env = "JOBSTATS_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
+    /// File holding the HS256 secret (trailing newline stripped).
+    #[arg(long, env = "JOBSTATS_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
     /// PEM file with one or more RS256/ES256 public keys.
     #[arg(long, env = "JOBSTATS_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
@@ -156,6 +340,12 @@ pub struct JwtOptions {
 }
 
 impl CommonOptions {
+    /// The NATS URLs, credentials and TLS, checked (files readable, one way of
+    /// authenticating, no secret given twice).
+    pub fn nats(&self) -> Result<NatsSettings, String> {
+        NatsSettings::new(&self.nats_url, self.nats.auth()?, self.nats.tls()?)
+    }
+
     pub fn stream_spec(&self) -> crate::stream::StreamSpec {
         crate::stream::StreamSpec {
             name: self.stream.clone(),
@@ -213,9 +403,12 @@ fn parse_tenants(value: &str) -> Result<TenantScope, String> {
 }
 
 impl JwtOptions {
-    pub fn settings(&self) -> AuthSettings {
-        AuthSettings {
-            hs256_secret: self.jwt_hs256_secret.clone().filter(|s| !s.is_empty()),
+    pub fn settings(&self) -> Result<AuthSettings, String> {
+        Ok(AuthSettings {
+            hs256_secret: hs256_secret(
+                self.jwt_hs256_secret.as_deref(),
+                self.jwt_hs256_secret_file.as_deref(),
+            )?,
             public_key_file: self.jwt_public_key_file.clone(),
             issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
             realms: self.jwt_realms.clone().map(|realms| {
@@ -226,8 +419,22 @@ impl JwtOptions {
                     .collect()
             }),
             audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
-        }
+        })
     }
+}
+
+/// `JOBSTATS_JWT_HS256_SECRET` or its `…_FILE` form.
+pub fn hs256_secret(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    let secret = secret_from(
+        value,
+        file,
+        "JOBSTATS_JWT_HS256_SECRET",
+        "JOBSTATS_JWT_HS256_SECRET_FILE",
+    )?;
+    Ok(secret.map(|(secret, _)| secret.expose().to_owned()))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -449,6 +656,9 @@ pub struct TokenOptions {
     /// HS256 secret to sign with.
     #[arg(long, env = "JOBSTATS_JWT_HS256_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// File holding the HS256 secret.
+    #[arg(long, env = "JOBSTATS_JWT_HS256_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
     /// Print a dashboard sign-in link (`<URL>/ui/#token=…`) instead of the bare token; the
     /// URL is the service's base (default `http://127.0.0.1:8080`).
     #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "http://127.0.0.1:8080")]
@@ -467,6 +677,9 @@ pub struct DemoRunnersOptions {
     /// The service's HS256 secret: when set, a demo token is printed.
     #[arg(long, env = "JOBSTATS_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
+    /// File holding the service's HS256 secret.
+    #[arg(long, env = "JOBSTATS_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
     /// Where users reach the API, for the printed commands.
     #[arg(
         long,
@@ -565,26 +778,17 @@ pub fn parse_layered(args: Vec<OsString>) -> Result<Cli, String> {
 
 /// The shared options a command does not read, hidden from its `--help` (still accepted, so
 /// one environment or config file serves every command).
+/// Commands that never connect to NATS: its options (`nats_*`) are hidden from their help.
+const WITHOUT_NATS: &[&str] = &["token", "openapi"];
+
 const UNUSED_SHARED_OPTIONS: &[(&str, &[&str])] = &[
     (
         "token",
-        &[
-            "nats_url",
-            "stream",
-            "stream_replicas",
-            "tenants",
-            "db_path",
-        ],
+        &["stream", "stream_replicas", "tenants", "db_path"],
     ),
     (
         "openapi",
-        &[
-            "nats_url",
-            "stream",
-            "stream_replicas",
-            "tenants",
-            "db_path",
-        ],
+        &["stream", "stream_replicas", "tenants", "db_path"],
     ),
     ("publish", &["tenants", "db_path"]),
     ("run", &["tenants", "db_path"]),
@@ -605,7 +809,9 @@ pub fn command() -> clap::Command {
         // follow).
         command = command.mut_subcommand(*name, |sub| {
             sub.mut_args(|arg| {
-                let unused_here = unused.contains(&arg.get_id().as_str());
+                let id = arg.get_id().as_str();
+                let unused_here = unused.contains(&id)
+                    || (WITHOUT_NATS.contains(name) && id.starts_with("nats_"));
                 arg.hide(unused_here)
             })
         });
@@ -822,5 +1028,35 @@ mod tests {
                 "hi"
             ]
         );
+    }
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_its_file_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-the-file\r\n").unwrap();
+        let (var, file_var) = ("JOBSTATS_NATS_TOKEN", "JOBSTATS_NATS_TOKEN_FILE");
+        let read = secret_from(None, Some(&file), var, file_var)
+            .unwrap()
+            .unwrap();
+        assert_eq!((read.0.expose(), read.1), ("from-the-file", file_var));
+        let given = secret_from(Some("direct"), None, var, file_var)
+            .unwrap()
+            .unwrap();
+        assert_eq!((given.0.expose(), given.1), ("direct", var));
+        let both = secret_from(Some("direct"), Some(&file), var, file_var).unwrap_err();
+        assert_eq!(
+            both,
+            "set JOBSTATS_NATS_TOKEN or JOBSTATS_NATS_TOKEN_FILE, not both"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let empty = secret_from(None, Some(&file), var, file_var).unwrap_err();
+        assert!(empty.contains("is empty"), "{empty}");
+        let missing = secret_from(None, Some(&dir.path().join("nope")), var, file_var).unwrap_err();
+        assert!(
+            missing.starts_with("JOBSTATS_NATS_TOKEN_FILE: cannot read"),
+            "{missing}"
+        );
+        assert!(secret_from(None, None, var, file_var).unwrap().is_none());
     }
 }

@@ -60,7 +60,7 @@ pub fn is_quiet(command: &Command) -> bool {
 async fn watch(common: &CommonOptions, options: &args::WatchOptions) -> anyhow::Result<()> {
     use crate::notify::watch::{follow, line, WatchFilter};
     use std::io::Write;
-    let client = crate::stream::connect(&common.nats_url, "jobstats-watch", true).await?;
+    let client = crate::stream::connect(&nats(common)?, "jobstats-watch", true).await?;
     let filter = WatchFilter {
         tenant: options.tenant,
         states: options.state.clone(),
@@ -83,13 +83,18 @@ async fn watch(common: &CommonOptions, options: &args::WatchOptions) -> anyhow::
     }
 }
 
+/// The NATS settings, or the start-up error naming the variable to fix.
+fn nats(common: &CommonOptions) -> anyhow::Result<crate::stream::NatsSettings> {
+    common.nats().map_err(anyhow::Error::msg)
+}
+
 fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Result<ServeConfig> {
     let webhooks = match &options.webhooks_file {
         Some(path) => crate::notify::webhooks::load(path).map_err(anyhow::Error::msg)?,
         None => Vec::new(),
     };
     Ok(ServeConfig {
-        nats_url: common.nats_url.clone(),
+        nats: nats(common)?,
         stream: common.stream_spec(),
         db_path: common.db_path.clone(),
         consumer: options.consumer_name(),
@@ -97,7 +102,7 @@ fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Resul
         read_only: options.read_only,
         default_max_runtime: options.max_runtime,
         admin_listen: options.admin_listen,
-        auth: options.jwt.settings(),
+        auth: options.jwt.settings().map_err(anyhow::Error::msg)?,
         http: options.http.limits(),
         webhooks,
     })
@@ -114,7 +119,7 @@ async fn serve(common: &CommonOptions, options: &ServeOptions) -> anyhow::Result
 
 async fn rebuild(common: &CommonOptions, options: &RebuildOptions) -> anyhow::Result<()> {
     use crate::ingest::replay;
-    let client = crate::stream::connect(&common.nats_url, "jobstats-rebuild", true).await?;
+    let client = crate::stream::connect(&nats(common)?, "jobstats-rebuild", true).await?;
     let mut progress = replay::HumanProgress::default();
     let report = match &options.output {
         Some(output) => {
@@ -155,7 +160,7 @@ async fn rebuild(common: &CommonOptions, options: &RebuildOptions) -> anyhow::Re
 
 async fn publish(common: &CommonOptions, options: &PublishOptions) -> anyhow::Result<()> {
     let event = event_from_flags(options)?;
-    let publisher = Publisher::connect(&common.nats_url).await?;
+    let publisher = Publisher::connect(&nats(common)?).await?;
     let receipt = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         publisher.publish(&event),
@@ -294,7 +299,7 @@ async fn run(common: &CommonOptions, options: &RunOptions) -> anyhow::Result<Exi
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let builder = EventBuilder::new(&options.tenant, &options.job)?.execution(&execution)?;
     let outcome = crate::runner::run(
-        &common.nats_url,
+        &nats(common)?,
         builder,
         &options.command,
         options.publish_timeout,
@@ -311,13 +316,12 @@ async fn run(common: &CommonOptions, options: &RunOptions) -> anyhow::Result<Exi
 }
 
 fn token(options: &TokenOptions) -> anyhow::Result<()> {
-    let secret = options
-        .secret
-        .as_deref()
-        .filter(|s| !s.is_empty())
+    let secret = args::hs256_secret(options.secret.as_deref(), options.secret_file.as_deref())
+        .map_err(anyhow::Error::msg)?
         .ok_or_else(|| {
-            anyhow!("JOBSTATS_JWT_HS256_SECRET (or --secret) is required to sign a token")
+            anyhow!("JOBSTATS_JWT_HS256_SECRET (or --secret, or JOBSTATS_JWT_HS256_SECRET_FILE) is required to sign a token")
         })?;
+    let secret = secret.as_str();
     if let Some(tenant) = &options.tenant {
         TenantId::parse(tenant)
             .map_err(|reason| anyhow!("invalid --tenant {tenant:?}: {reason}"))?;
@@ -343,20 +347,31 @@ fn token(options: &TokenOptions) -> anyhow::Result<()> {
 async fn demo(common: &CommonOptions, options: &DemoOptions) -> anyhow::Result<()> {
     let shutdown = Shutdown::new(service::termination_signal());
     let demo = crate::demo::DemoConfig {
-        nats_url: common.nats_url.clone(),
+        nats: nats(common)?,
         stream: common.stream.clone(),
         db_path: common.db_path.clone(),
         listen: options.listen,
-        secret: std::env::var("JOBSTATS_JWT_HS256_SECRET").ok(),
+        secret: args::hs256_secret(
+            std::env::var("JOBSTATS_JWT_HS256_SECRET").ok().as_deref(),
+            std::env::var_os("JOBSTATS_JWT_HS256_SECRET_FILE")
+                .map(std::path::PathBuf::from)
+                .as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?,
     };
     crate::demo::demo(&demo, shutdown).await
 }
 
 async fn demo_runners(common: &CommonOptions, options: &DemoRunnersOptions) -> anyhow::Result<()> {
-    let publisher = Publisher::connect(&common.nats_url).await?;
+    let publisher = Publisher::connect(&nats(common)?).await?;
+    let secret = args::hs256_secret(
+        options.jwt_hs256_secret.as_deref(),
+        options.jwt_hs256_secret_file.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     crate::demo::run_demo_runners(
         publisher,
-        options.jwt_hs256_secret.as_deref(),
+        secret.as_deref(),
         &options.api_url,
         service::termination_signal(),
     )

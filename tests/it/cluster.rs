@@ -51,9 +51,13 @@ async fn an_r3_stream_survives_losing_its_leader_and_another_node_without_losing
             ("JOBSTATS_CONSUMER", "jobstats-a"),
         ],
     );
-    let client = jobstats::stream::connect(&seeds, "cluster-test", true)
-        .await
-        .unwrap();
+    let client = jobstats::stream::connect(
+        &jobstats::stream::NatsSettings::from_url(&seeds).unwrap(),
+        "cluster-test",
+        true,
+    )
+    .await
+    .unwrap();
     let js = async_nats::jetstream::new(client.clone());
     // serve creates the stream once the cluster has a meta leader.
     let deadline = Instant::now() + Duration::from_secs(60);

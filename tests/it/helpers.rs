@@ -325,6 +325,17 @@ impl ServeProcess {
 
     /// [`ServeProcess::start`] with more settings in the environment.
     pub fn start_with_env(nats_url: &str, db_path: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_logging(nats_url, db_path, env, Stdio::inherit())
+    }
+
+    /// [`ServeProcess::start_with_env`] with its log (stderr) going to `log`, for tests that
+    /// read what it says.
+    pub fn start_logging(
+        nats_url: &str,
+        db_path: &Path,
+        env: &[(&str, &str)],
+        log: impl Into<Stdio>,
+    ) -> Self {
         let port = free_port();
         let mut command = Command::new(BIN);
         if !env.iter().any(|(name, _)| *name == "JOBSTATS_INSTANCE_ID") {
@@ -341,7 +352,7 @@ impl ServeProcess {
             // Last, so a test can override any of the above (a second replica's consumer).
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start jobstats serve");
         let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
@@ -472,7 +483,7 @@ fn serve_config(
     read_only: bool,
 ) -> ServeConfig {
     ServeConfig {
-        nats_url: nats_url.to_owned(),
+        nats: jobstats::stream::NatsSettings::from_url(nats_url).expect("a NATS URL"),
         stream: jobstats::stream::StreamSpec::single("JOB_EVENTS"),
         db_path: db_path.to_path_buf(),
         consumer: "jobstats-test".into(),

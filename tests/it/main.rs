@@ -19,3 +19,4 @@ mod percentiles;
 mod projector;
 mod replay;
 mod scale;
+mod secure_nats;

@@ -1,5 +1,10 @@
-//! The JetStream side shared by the projector, the rebuild and the publisher: connecting, and
-//! the stream definition (CONTRACT §1), created when missing and otherwise left alone.
+//! The JetStream side shared by the projector, the rebuild and the publisher: connecting
+//! ([`connect`]: URLs, credentials, TLS), and the stream definition, created when missing and
+//! otherwise left alone.
+
+mod connect;
+
+pub use connect::{connect, NatsAuth, NatsSettings, NatsTls, Secret};
 
 use std::time::Duration;
 
@@ -17,11 +22,9 @@ pub const SUBJECTS: &str = "jobs.events.>";
 /// commands report them and exit non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("cannot connect to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    /// `url` is shown without credentials; `reason` names the variable to fix.
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
     #[error("JetStream stream {stream}: {message}")]
     Stream { stream: String, message: String },
     #[error("JetStream consumer: {0}")]
@@ -49,16 +52,6 @@ impl StreamSpec {
     }
 }
 
-/// The seed URLs of `JOBSTATS_NATS_URL`: one URL, or a comma-separated list of servers of one
-/// cluster (the client learns the rest of the cluster from whichever it reaches).
-pub fn server_urls(url: &str) -> Vec<String> {
-    url.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The stream this service creates when none exists (mirrors `nats/stream-job-events.json`).
 pub fn stream_config(spec: &StreamSpec) -> Config {
     let name = &spec.name;
@@ -78,36 +71,6 @@ pub fn stream_config(spec: &StreamSpec) -> Config {
         allow_direct: true,
         ..Default::default()
     }
-}
-
-/// Connects to NATS. With `wait` false the connection is established in the background and
-/// retried forever (the server keeps answering from SQLite meanwhile).
-pub async fn connect(url: &str, name: &str, wait: bool) -> Result<async_nats::Client, NatsError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .max_reconnects(None)
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((100 * attempt as u64).clamp(100, 2_000))
-        })
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                other => tracing::debug!(event = %other, "NATS event"),
-            }
-        });
-    if !wait {
-        options = options.retry_on_initial_connect();
-    } else {
-        options = options.connection_timeout(Duration::from_secs(5));
-    }
-    options
-        .connect(server_urls(url))
-        .await
-        .map_err(|source| NatsError::Connect {
-            url: url.to_owned(),
-            source,
-        })
 }
 
 /// Gets the stream, creating it when missing. An existing stream's settings are never
