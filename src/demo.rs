@@ -407,6 +407,7 @@ fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
             audience: None,
         },
         http: Default::default(),
+        tls: None,
         webhooks: Vec::new(),
     }
 }

@@ -83,6 +83,8 @@ pub struct ServeConfig {
     pub admin_listen: Option<SocketAddr>,
     pub auth: AuthSettings,
     pub http: HttpLimits,
+    /// HTTPS on both listeners (`JOBSTATS_TLS_CERT_FILE` + `JOBSTATS_TLS_KEY_FILE`).
+    pub tls: Option<crate::api::tls::TlsFiles>,
     /// Receivers of health changes (`JOBSTATS_WEBHOOKS_FILE`).
     pub webhooks: Vec<crate::notify::webhooks::Webhook>,
 }
@@ -97,6 +99,15 @@ pub async fn serve(
     applied: watch::Sender<u64>,
 ) -> anyhow::Result<()> {
     let authenticator = Authenticator::new(config.auth.clone())?;
+    let tls = match &config.tls {
+        Some(files) => {
+            let cert = crate::api::tls::ReloadingCert::load(files)?;
+            let server_config = cert.server_config();
+            tokio::spawn(cert.watch());
+            Some(server_config)
+        }
+        None => None,
+    };
     let db_path = &config.db_path;
     let metrics = Arc::new(Metrics::default());
     let status = Arc::new(ProjectorStatus::default());
@@ -128,7 +139,7 @@ pub async fn serve(
         let readers = open_read_only(db_path, &status, !config.read_only)?;
         applied.send_replace(status.last_sequence.load(Ordering::Relaxed));
         let state = state(readers, None);
-        api::serve(listener, admin, state, &config.http, shutdown.wait()).await?;
+        api::serve(listener, admin, state, &config.http, tls, shutdown.wait()).await?;
         return Ok(());
     }
 
@@ -172,7 +183,7 @@ pub async fn serve(
     };
     let state = state(readers, Some(link));
     tracing::info!(listen = %listener.local_addr()?, db = %db_path.display(), "serving");
-    let http_result = api::serve(listener, admin, state, &config.http, shutdown.wait()).await;
+    let http_result = api::serve(listener, admin, state, &config.http, tls, shutdown.wait()).await;
     // The projector commits the batch in hand before it returns. A task waiting on NATS
     // while it is unreachable (an ack, a publish, a flush) would wait for as long as the
     // outage lasts; nothing it holds is lost by not waiting (the checkpoint is in SQLite and

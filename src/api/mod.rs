@@ -15,6 +15,7 @@ pub mod limits;
 pub mod params;
 mod query;
 pub mod stats;
+pub mod tls;
 mod ui;
 
 use std::sync::Arc;
@@ -278,18 +279,25 @@ pub fn admin_app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
 }
 
 /// Serves the API (and, given `admin`, the operations endpoints there instead) until
-/// `shutdown` resolves, then drains requests for up to 0.7 s.
+/// `shutdown` resolves, then drains requests for up to 0.7 s. With `tls`, both listeners
+/// speak HTTPS.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     admin: Option<tokio::net::TcpListener>,
     state: Arc<AppState>,
     limits: &limits::HttpLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use futures::FutureExt;
+    use poem::listener::AcceptorExt;
     let shutdown = shutdown.shared();
     let server = |listener| -> std::io::Result<_> {
         let acceptor = limits::LimitedAcceptor::new(TcpAcceptor::from_tokio(listener)?, limits);
+        let acceptor = match &tls {
+            Some(config) => tls::TlsAcceptor::new(acceptor, config.clone()).boxed(),
+            None => acceptor.boxed(),
+        };
         Ok(poem::Server::new_with_acceptor(acceptor)
             .idle_timeout(limits.idle_timeout)
             .http2_max_concurrent_streams(limits.http2_max_streams)

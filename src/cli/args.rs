@@ -402,6 +402,23 @@ fn parse_tenants(value: &str) -> Result<TenantScope, String> {
     TenantScope::parse(value).map_err(|e| format!("JOBSTATS_TENANTS: {e}"))
 }
 
+impl ServeOptions {
+    /// HTTPS's files: both or neither.
+    pub fn tls_files(&self) -> Result<Option<crate::api::tls::TlsFiles>, String> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Some(crate::api::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            _ => Err(
+                "JOBSTATS_TLS_CERT_FILE and JOBSTATS_TLS_KEY_FILE go together: set both or neither"
+                    .into(),
+            ),
+        }
+    }
+}
+
 impl JwtOptions {
     pub fn settings(&self) -> Result<AuthSettings, String> {
         Ok(AuthSettings {
@@ -439,6 +456,13 @@ pub fn hs256_secret(
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeOptions {
+    /// PEM certificate (chain) for HTTPS on the API and admin listeners; re-read when it
+    /// changes or on SIGHUP. With JOBSTATS_TLS_KEY_FILE.
+    #[arg(long, env = "JOBSTATS_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of JOBSTATS_TLS_CERT_FILE.
+    #[arg(long, env = "JOBSTATS_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
     /// Address the HTTP API listens on.
     #[arg(long, env = "JOBSTATS_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,

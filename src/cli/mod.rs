@@ -104,6 +104,7 @@ fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Resul
         admin_listen: options.admin_listen,
         auth: options.jwt.settings().map_err(anyhow::Error::msg)?,
         http: options.http.limits(),
+        tls: options.tls_files().map_err(anyhow::Error::msg)?,
         webhooks,
     })
 }

@@ -493,6 +493,7 @@ fn serve_config(
         admin_listen: None,
         auth,
         http: Default::default(),
+        tls: None,
         webhooks: Vec::new(),
     }
 }
@@ -656,4 +657,99 @@ pub fn assert_same_tables(db: &Path, expected: &Path) {
         only_in(&got, &want),
         only_in(&want, &got)
     );
+}
+
+/// A private CA with a server certificate for 127.0.0.1 and a client certificate, and a
+/// second, unrelated CA.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn make() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki { dir };
+        pki.authority("ca");
+        pki.authority("rogue-ca");
+        pki.leaf(
+            "server",
+            "ca",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        );
+        pki.leaf("client", "ca", "extendedKeyUsage=clientAuth\n");
+        pki
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("openssl (Debian's openssl package) makes the test certificates");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn authority(&self, name: &str) {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=jobstats test {name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+
+    /// A certificate for `name` signed by `ca`, with these openssl extensions.
+    pub fn leaf(&self, name: &str, ca: &str, extensions: &str) {
+        std::fs::write(self.dir.path().join(format!("{name}.ext")), extensions).unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN=jobstats test {name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
 }
