@@ -18,6 +18,7 @@ use poem_openapi::{
 };
 
 use super::errors::{ApiError, ErrorEnvelope};
+use super::export::{ExecutionsAnswer, ExportFormat};
 use super::params::{JobNameParam, TenantParam};
 use super::query::{fingerprint, invalid, Cursor, QueryParams};
 use super::stats::{
@@ -379,20 +380,40 @@ impl JobsApi {
         /// `nextCursor` of the previous page of the same query.
         #[oai(name = "cursor")]
         _cursor: Query<Option<String>>,
+        /// `json` (default): pages. `ndjson` or `csv`: every matching execution in one
+        /// streamed answer (no `limit`, no `cursor`), read from one snapshot; CSV has a header
+        /// row and RFC 4180 quoting.
+        #[oai(name = "format")]
+        _format: Query<Option<String>>,
         /// An `ETag` of an earlier answer (or several, comma-separated, or `*`): 304 while
         /// the data behind it is unchanged.
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
         auth: BearerAuth,
-    ) -> ExecutionsResponse {
+    ) -> ExecutionsAnswer<ExecutionsResponse> {
         let Some(state) = request.data::<Arc<AppState>>() else {
-            return ApiError::Internal("application state missing".into()).into();
+            return ExecutionsAnswer::Page(
+                ApiError::Internal("application state missing".into()).into(),
+            );
         };
-        match executions(state, request, tenant.0 .0, &job_name.0 .0, &auth) {
+        let format = QueryParams::of(request).and_then(|params| {
+            ExportFormat::parse(params.get("format")).map_err(|reason| invalid("format", &reason))
+        });
+        let page = match format {
+            Ok(Some(format)) => {
+                return match export(state, request, tenant.0 .0, job_name.0 .0, &auth, format) {
+                    Ok(response) => ExecutionsAnswer::Export(response),
+                    Err(error) => ExecutionsAnswer::Page(error.into()),
+                }
+            }
+            Ok(None) => executions(state, request, tenant.0 .0, &job_name.0 .0, &auth),
+            Err(error) => Err(error),
+        };
+        ExecutionsAnswer::Page(match page {
             Ok((_, etag)) if if_none_match(request, &etag) => ExecutionsResponse::NotModified(etag),
             Ok((body, etag)) => ExecutionsResponse::Ok(Json(body), etag),
             Err(error) => error.into(),
-        }
+        })
     }
 
     /// One job's finished executions per bucket of a trailing window, for charts: completed
@@ -1038,6 +1059,36 @@ fn executions_query(
         limit: limit + 1,
     };
     Ok((query, limit, query_id))
+}
+
+/// `?format=ndjson|csv`: the same checks and filters as a page, then the stream.
+fn export(
+    state: &AppState,
+    request: &Request,
+    tenant: TenantId,
+    job: JobName,
+    auth: &BearerAuth,
+    format: ExportFormat,
+) -> Result<poem::Response, ApiError> {
+    refuse_repeated_tenant(request)?;
+    let params = QueryParams::of(request)?;
+    for paging in ["limit", "cursor"] {
+        if params.get(paging).is_some() {
+            return Err(invalid(
+                paging,
+                "does not apply to format=ndjson or csv: the export holds every matching execution",
+            ));
+        }
+    }
+    let (query, _, _) = executions_query(&params, &tenant, &job)?;
+    state.check_served(&tenant)?;
+    auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
+    state
+        .readers
+        .get()
+        .cached_job_snapshot(&tenant, &job, 0)?
+        .ok_or(ApiError::JobNotFound)?;
+    super::export::stream(state, tenant, job, query, format)
 }
 
 fn executions(

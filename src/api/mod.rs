@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod errors;
+pub mod export;
 mod health;
 pub mod jobs;
 pub mod limits;

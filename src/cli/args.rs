@@ -285,8 +285,58 @@ pub enum Command {
     /// Print health changes as they are published, one line each (Ctrl-C stops):
     /// `asOf tenant job previous->state since=… reason`.
     Watch(WatchOptions),
+    /// Print one job's executions, newest first, as NDJSON (default) or CSV, read from the
+    /// database file (one consistent snapshot, constant memory): what
+    /// `GET …/executions?format=` answers.
+    Export(ExportOptions),
     /// Print the OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportOptions {
+    /// The job's tenant.
+    #[arg(long, env = "JOBSTATS_TENANT", value_parser = parse_tenant_id)]
+    pub tenant: TenantId,
+    /// The job's name.
+    #[arg(long)]
+    pub job: String,
+    #[arg(long, value_enum, default_value_t = ExportFormatArg::Ndjson)]
+    pub format: ExportFormatArg,
+    /// RFC 3339: executions that started (or were enqueued, if not started) at or after.
+    #[arg(long, value_parser = parse_instant)]
+    pub from: Option<i64>,
+    /// RFC 3339: … at or before.
+    #[arg(long, value_parser = parse_instant)]
+    pub to: Option<i64>,
+    /// Comma-separated: pending, processing, completed, failed.
+    #[arg(long, value_delimiter = ',', value_parser = parse_execution_state)]
+    pub status: Vec<crate::projection::ExecutionState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    Ndjson,
+    Csv,
+}
+
+fn parse_instant(value: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{value:?} is not an RFC 3339 time: {e}"))
+}
+
+fn parse_execution_state(value: &str) -> Result<crate::projection::ExecutionState, String> {
+    use crate::projection::ExecutionState;
+    [
+        ExecutionState::Pending,
+        ExecutionState::Processing,
+        ExecutionState::Completed,
+        ExecutionState::Failed,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == value.trim())
+    .ok_or_else(|| format!("{value:?} is not one of pending, processing, completed, failed"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -803,7 +853,7 @@ pub fn parse_layered(args: Vec<OsString>) -> Result<Cli, String> {
 /// The shared options a command does not read, hidden from its `--help` (still accepted, so
 /// one environment or config file serves every command).
 /// Commands that never connect to NATS: its options (`nats_*`) are hidden from their help.
-const WITHOUT_NATS: &[&str] = &["token", "openapi"];
+const WITHOUT_NATS: &[&str] = &["token", "openapi", "export"];
 
 const UNUSED_SHARED_OPTIONS: &[(&str, &[&str])] = &[
     (
@@ -821,6 +871,7 @@ const UNUSED_SHARED_OPTIONS: &[(&str, &[&str])] = &[
         &["stream", "stream_replicas", "tenants", "db_path"],
     ),
     ("demo-runners", &["tenants", "db_path"]),
+    ("export", &["stream", "stream_replicas", "tenants"]),
 ];
 
 /// The command line as clap builds it, with each command's `--help` listing what it uses.

@@ -40,6 +40,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(options) => demo(common, options).await?,
         Command::DemoRunners(options) => demo_runners(common, options).await?,
         Command::Watch(options) => watch(common, options).await?,
+        Command::Export(options) => export(common, options)?,
         Command::Openapi => println!("{}", crate::api::openapi_json()),
     }
     Ok(ExitCode::SUCCESS)
@@ -50,11 +51,65 @@ pub fn is_quiet(command: &Command) -> bool {
     matches!(
         command,
         Command::Publish(_)
+            | Command::Export(_)
             | Command::Run(_)
             | Command::Token(_)
             | Command::Watch(_)
             | Command::Openapi
     )
+}
+
+fn export(common: &CommonOptions, options: &args::ExportOptions) -> anyhow::Result<()> {
+    use crate::api::export::{export_chunks, ExportFormat};
+    use std::io::Write;
+    let job = events::JobName::parse(&options.job)
+        .map_err(|reason| anyhow!("invalid --job {:?}: {reason}", options.job))?;
+    if let (Some(from), Some(to)) = (options.from, options.to) {
+        anyhow::ensure!(from <= to, "--from must not be after --to");
+    }
+    let readers = crate::store::ReadPool::open(&common.db_path)
+        .with_context(|| format!("JOBSTATS_DB_PATH {}", common.db_path.display()))?;
+    let mut states = options.status.clone();
+    states.sort();
+    states.dedup();
+    let query = crate::store::ExecutionsQuery {
+        states,
+        from: options.from,
+        to: options.to,
+        ..Default::default()
+    };
+    let format = match options.format {
+        args::ExportFormatArg::Ndjson => ExportFormat::Ndjson,
+        args::ExportFormatArg::Csv => ExportFormat::Csv,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = None;
+    let exported =
+        export_chunks(
+            &readers,
+            &options.tenant,
+            &job,
+            &query,
+            format,
+            |chunk| match stdout.write_all(&chunk) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            },
+        )?;
+    match (exported, failed) {
+        (None, _) => Err(anyhow!(
+            "no job {:?} in tenant {}",
+            options.job,
+            options.tenant
+        )),
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        (_, Some(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        (_, Some(e)) => Err(e.into()),
+        (Some(_), None) => Ok(stdout.flush()?),
+    }
 }
 
 async fn watch(common: &CommonOptions, options: &args::WatchOptions) -> anyhow::Result<()> {

@@ -652,6 +652,48 @@ impl ReadPool {
         })
     }
 
+    /// Every execution of `query` (its `after`, `as_of` and `limit` ignored), newest first,
+    /// handed to `sink` one at a time from one snapshot of the file, so the whole export is
+    /// consistent and memory stays constant however many there are. `sink` returns false to
+    /// stop (the client went away). `None`: no such job.
+    pub fn export_executions(
+        &self,
+        tenant: &TenantId,
+        job: &JobName,
+        query: &ExecutionsQuery,
+        mut sink: impl FnMut(ExecutionSummary) -> bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut sql = format!(
+            "SELECT execution_id, {EXECUTION_COLUMNS} FROM executions WHERE job_id = ?1
+             AND (?2 IS NULL OR recency_key >= ?2) AND (?3 IS NULL OR recency_key <= ?3)"
+        );
+        if !query.states.is_empty() {
+            let codes: Vec<String> = query.states.iter().map(|s| s.code().to_string()).collect();
+            sql.push_str(&format!(" AND state IN ({})", codes.join(",")));
+        }
+        sql.push_str(" ORDER BY recency_key DESC, execution_id DESC");
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            let Some((job_id, _, _)) = read_job_stats(tx, &tenant, job.as_str())? else {
+                return Ok(None);
+            };
+            let mut stmt = tx.prepare(&sql)?;
+            let rows = stmt.query_map(params![job_id, query.from, query.to], |r| {
+                Ok((r.get::<_, String>(0)?, super::execution_columns(r, 1)?))
+            })?;
+            let mut sent = 0;
+            for row in rows {
+                let (execution_id, columns) = row?;
+                let row = super::execution_from_columns(columns)?;
+                if !sink(ExecutionSummary { execution_id, row }) {
+                    break;
+                }
+                sent += 1;
+            }
+            Ok(Some(sent))
+        })
+    }
+
     /// Every table's rows, in key order, as text: for comparing two builds of the read model.
     pub fn dump(&self) -> Result<Vec<String>, StoreError> {
         self.with_snapshot(|tx| {

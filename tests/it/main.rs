@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod contract;
 mod dashboard;
+mod export;
 mod fresh_machine;
 mod freshness;
 mod hardening;
