@@ -115,6 +115,7 @@ pub async fn serve(
         move_aside_if_damaged(db_path, &status)?;
     }
     let applied_sequence = applied.subscribe();
+    let flips = Arc::new(crate::notify::history::FlipHistory::default());
     let state = |readers, nats| {
         Arc::new(AppState {
             readers,
@@ -128,6 +129,7 @@ pub async fn serve(
             tenants: config.tenants.clone(),
             waiters: tokio::sync::Semaphore::new(config.http.max_waiters as usize),
             list_orders: Default::default(),
+            flips: flips.clone(),
         })
     };
     let admin = admin_listener(config.admin_listen).await?;
@@ -155,8 +157,9 @@ pub async fn serve(
         Ordering::Relaxed,
     );
     applied.send_replace(freshness.last_sequence);
-    let (touched, notifications) =
-        spawn_notifications(&client, config, &readers, &status, &metrics, &shutdown);
+    let (touched, notifications) = spawn_notifications(
+        &client, config, &readers, &status, &metrics, &flips, &shutdown,
+    );
     let handles = ProjectorHandles {
         status: status.clone(),
         metrics: metrics.clone(),
@@ -219,6 +222,7 @@ fn spawn_notifications(
     readers: &Arc<CurrentReader>,
     status: &Arc<ProjectorStatus>,
     metrics: &Arc<Metrics>,
+    flips: &Arc<crate::notify::history::FlipHistory>,
     shutdown: &Shutdown,
 ) -> (Arc<TouchedJobs>, Vec<tokio::task::JoinHandle<()>>) {
     let touched = Arc::new(TouchedJobs::default());
@@ -236,6 +240,11 @@ fn spawn_notifications(
         },
         shutdown.wait(),
     ))];
+    tasks.push(tokio::spawn(crate::notify::history::follow(
+        client.clone(),
+        flips.clone(),
+        shutdown.wait(),
+    )));
     if !config.webhooks.is_empty() {
         tasks.push(tokio::spawn(crate::notify::webhooks::run(
             client.clone(),

@@ -18,7 +18,8 @@ use poem_openapi::{
 
 use super::rfc3339_millis;
 use super::stats::{
-    health_stats, render, schedule_stats, JobStatsEnvelope, WindowStats, SUCCESS_MESSAGE,
+    health_stats, render, schedule_stats, JobStatsEnvelope, UptimeStats, WindowStats,
+    SUCCESS_MESSAGE,
 };
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
@@ -32,6 +33,7 @@ const NOW_MARK: &str = "\u{1}jobstats:now\u{1}";
 const SCHEDULE_MARK: &str = "\u{1}jobstats:schedule\u{1}";
 const HEALTH_MARK: &str = "\u{1}jobstats:health\u{1}";
 const WINDOW_MARK: &str = "\u{1}jobstats:window\u{1}";
+const UPTIME_MARK: &str = "\u{1}jobstats:uptime\u{1}";
 /// What precedes the window in the serialized data object (its last key: object keys are
 /// serialized in order). Dropped with the window when the request has none.
 const WINDOW_KEY: &str = ",\"window\":";
@@ -47,6 +49,8 @@ enum Part {
     Health,
     /// `,"window":{…}` when the request asks for a window, else nothing.
     Window,
+    /// The `uptime` object at the request time.
+    Uptime,
 }
 
 /// One snapshot's response body, minus the request-time values.
@@ -95,12 +99,22 @@ impl StatsBody {
         now: DateTime<Utc>,
         judgement: Judgement,
         default_max_runtime_ms: i64,
+        uptime: &UptimeStats,
         window: Option<&WindowStats>,
     ) -> Vec<u8> {
         let health = self.snapshot.judge(judgement, default_max_runtime_ms);
         let Some(parts) = &self.parts else {
-            return whole_body(&self.job, &self.snapshot, now, &health, window.cloned());
+            let uptime = uptime.clone();
+            return whole_body(
+                &self.job,
+                &self.snapshot,
+                now,
+                &health,
+                uptime,
+                window.cloned(),
+            );
         };
+        let uptime_json = to_json_text(uptime);
         let window_json = window.map_or_else(String::new, |w| {
             format!("{WINDOW_KEY}{}", to_json_text(&WindowJson::of(w)))
         });
@@ -121,6 +135,7 @@ impl StatsBody {
                 Part::Schedule => schedule_json.len(),
                 Part::Health => health_json.len(),
                 Part::Window => window_json.len(),
+                Part::Uptime => uptime_json.len(),
             })
             .sum();
         let mut body = Vec::with_capacity(size);
@@ -131,6 +146,7 @@ impl StatsBody {
                 Part::Schedule => schedule_json.as_bytes(),
                 Part::Health => health_json.as_bytes(),
                 Part::Window => window_json.as_bytes(),
+                Part::Uptime => uptime_json.as_bytes(),
             });
         }
         body
@@ -189,7 +205,7 @@ impl StatsBody {
                 .iter()
                 .map(|p| match p {
                     Part::Literal(text) => text.len(),
-                    Part::Now | Part::Schedule | Part::Health | Part::Window => 0,
+                    Part::Now | Part::Schedule | Part::Health | Part::Window | Part::Uptime => 0,
                 })
                 .sum::<usize>()
                 + parts.len() * std::mem::size_of::<Part>()
@@ -334,12 +350,13 @@ fn envelope(
     snapshot: &JobSnapshot,
     now: DateTime<Utc>,
     health: &Health,
+    uptime: UptimeStats,
     window: Option<WindowStats>,
 ) -> JobStatsEnvelope {
     JobStatsEnvelope {
         success: true,
         message: SUCCESS_MESSAGE.to_owned(),
-        data: render(job, snapshot, now, health, window),
+        data: render(job, snapshot, now, health, uptime, window),
         timestamp: rfc3339_millis(now.timestamp_millis()),
     }
 }
@@ -350,21 +367,25 @@ pub fn whole_body(
     snapshot: &JobSnapshot,
     now: DateTime<Utc>,
     health: &Health,
+    uptime: UptimeStats,
     window: Option<WindowStats>,
 ) -> Vec<u8> {
-    serde_json::to_vec(&envelope(job, snapshot, now, health, window).to_json()).unwrap_or_default()
+    serde_json::to_vec(&envelope(job, snapshot, now, health, uptime, window).to_json())
+        .unwrap_or_default()
 }
 
 /// Serializes the envelope with marks in place of the request-time values and splits it there.
 fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
     let now = Utc::now();
     let health = snapshot.judge(Judgement::At(now.timestamp_millis()), 0);
-    let mut marked = envelope(job, snapshot, now, &health, None).to_json()?;
+    let mut marked =
+        envelope(job, snapshot, now, &health, UptimeStats::default(), None).to_json()?;
     let data = marked.get_mut("data")?.as_object_mut()?;
     data.insert("generatedAt".into(), NOW_MARK.into());
     data.insert("schedule".into(), SCHEDULE_MARK.into());
     data.insert("health".into(), HEALTH_MARK.into());
     data.insert("window".into(), WINDOW_MARK.into());
+    data.insert("uptime".into(), UPTIME_MARK.into());
     marked
         .as_object_mut()?
         .insert("timestamp".into(), NOW_MARK.into());
@@ -373,10 +394,12 @@ fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
     let schedule_mark = json_string(SCHEDULE_MARK);
     let health_mark = json_string(HEALTH_MARK);
     let window_mark = format!("{WINDOW_KEY}{}", json_string(WINDOW_MARK));
+    let uptime_mark = json_string(UPTIME_MARK);
     if text.matches(&now_mark).count() != 2
         || text.matches(&schedule_mark).count() != 1
         || text.matches(&health_mark).count() != 1
         || text.matches(&window_mark).count() != 1
+        || text.matches(&uptime_mark).count() != 1
     {
         return None;
     }
@@ -388,6 +411,7 @@ fn template(job: &JobName, snapshot: &JobSnapshot) -> Option<Vec<Part>> {
             (&schedule_mark, Part::Schedule),
             (&health_mark, Part::Health),
             (&window_mark, Part::Window),
+            (&uptime_mark, Part::Uptime),
         ]
         .into_iter()
         .filter_map(|(mark, part)| rest.find(mark.as_str()).map(|at| (at, mark.len(), part)))
@@ -468,6 +492,16 @@ impl poem::IntoResponse for StatsJson {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Figures that show in the body, so a splice that dropped them would be seen.
+    fn test_uptime() -> UptimeStats {
+        crate::notify::history::UptimeFigures {
+            last24h: Some(75.0),
+            last7d: Some(99.95),
+            last30d: None,
+        }
+        .into()
+    }
     use crate::projection::{Execution, ExecutionState, JobStats};
     use crate::store::{ExecutionSummary, Freshness};
     use chrono::TimeZone;
@@ -571,20 +605,41 @@ mod tests {
                 ] {
                     let health = snapshot.judge(judgement, 3_600_000);
                     assert_eq!(
-                        String::from_utf8(body.at(at(now), judgement, 3_600_000, None)).unwrap(),
-                        String::from_utf8(whole_body(&job, &snapshot, at(now), &health, None))
-                            .unwrap(),
-                        "cron {cron:?} at {now}, {judgement:?}"
-                    );
-                    let window = window();
-                    assert_eq!(
-                        String::from_utf8(body.at(at(now), judgement, 3_600_000, Some(&window)))
-                            .unwrap(),
+                        String::from_utf8(body.at(
+                            at(now),
+                            judgement,
+                            3_600_000,
+                            &test_uptime(),
+                            None
+                        ))
+                        .unwrap(),
                         String::from_utf8(whole_body(
                             &job,
                             &snapshot,
                             at(now),
                             &health,
+                            test_uptime(),
+                            None
+                        ))
+                        .unwrap(),
+                        "cron {cron:?} at {now}, {judgement:?}"
+                    );
+                    let window = window();
+                    assert_eq!(
+                        String::from_utf8(body.at(
+                            at(now),
+                            judgement,
+                            3_600_000,
+                            &test_uptime(),
+                            Some(&window)
+                        ))
+                        .unwrap(),
+                        String::from_utf8(whole_body(
+                            &job,
+                            &snapshot,
+                            at(now),
+                            &health,
+                            test_uptime(),
                             Some(window.clone())
                         ))
                         .unwrap(),
@@ -602,9 +657,12 @@ mod tests {
         let body = StatsBody::new(&job, snapshot.clone());
         let last = || body.judged.lock().unwrap().clone().unwrap();
         let answer = |now: i64, judgement: Judgement| {
-            let made = body.at(at(now), judgement, 3_600_000, None);
+            let made = body.at(at(now), judgement, 3_600_000, &test_uptime(), None);
             let health = snapshot.judge(judgement, 3_600_000);
-            assert_eq!(made, whole_body(&job, &snapshot, at(now), &health, None));
+            assert_eq!(
+                made,
+                whole_body(&job, &snapshot, at(now), &health, test_uptime(), None)
+            );
             made
         };
         let first = answer(1_700_000_000_123, Judgement::At(1_700_000_000_123));
@@ -634,8 +692,11 @@ mod tests {
             let now = at(1_700_000_000_500);
             let judgement = Judgement::At(now.timestamp_millis());
             let health = snapshot.judge(judgement, 1_000);
-            let answer = body.at(now, judgement, 1_000, None);
-            assert_eq!(answer, whole_body(&job, &snapshot, now, &health, None));
+            let answer = body.at(now, judgement, 1_000, &test_uptime(), None);
+            assert_eq!(
+                answer,
+                whole_body(&job, &snapshot, now, &health, test_uptime(), None)
+            );
             let value: serde_json::Value = serde_json::from_slice(&answer).unwrap();
             assert_eq!(value["data"]["recentExecutions"][0]["error"], error);
             assert_eq!(value["timestamp"], "2023-11-14T22:13:20.500Z");

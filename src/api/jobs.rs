@@ -24,6 +24,7 @@ use super::query::{fingerprint, invalid, Cursor, QueryParams};
 use super::stats::{
     extraction_error, health_stats, if_none_match, judgement, recent_execution,
     refuse_repeated_tenant, BearerAuth, HealthStats, HealthSummary, QueueStats, RecentExecution,
+    UptimeStats,
 };
 use super::{rfc3339_millis, AppState};
 use crate::cache::{byte_bounded, ByteBounded};
@@ -48,6 +49,8 @@ pub struct JobListEntry {
     pub status: String,
     /// As in the stats answer: the state and its figures, the stuck executions and why.
     pub health: HealthStats,
+    /// As in the stats answer.
+    pub uptime: UptimeStats,
     pub queue: QueueStats,
     /// completed / (completed + failed), one decimal, rounded down; null before any finished.
     #[oai(nullable)]
@@ -139,6 +142,12 @@ impl poem_openapi::types::Example for JobListEnvelope {
                         )
                     },
                 },
+                uptime: crate::notify::history::UptimeFigures {
+                    last24h: Some(87.5),
+                    last7d: Some(98.2),
+                    last30d: Some(99.6),
+                }
+                .into(),
                 queue: QueueStats {
                     pending: 0,
                     processing: 0,
@@ -286,6 +295,12 @@ envelope_response!(
     series_bad_request
 );
 envelope_response!(
+    FlipsResponse,
+    super::flips::FlipsEnvelope,
+    "One page of the job's health changes, newest first.",
+    flips_bad_request
+);
+envelope_response!(
     ExecutionsResponse,
     ExecutionsEnvelope,
     "One page of the job's executions.",
@@ -315,9 +330,9 @@ impl JobsApi {
         /// Job-name prefix.
         #[oai(name = "q")]
         _q: Query<Option<String>>,
-        /// `name` (default), `lastRun`, `successRate` or `health` (unknown, stuck, missed,
-        /// failing, healthy, new: worst first when ascending). Jobs without a value come last;
-        /// ties by name.
+        /// `name` (default), `lastRun`, `successRate`, `health` (unknown, stuck, missed,
+        /// failing, healthy, new: worst first when ascending), `uptime24h`, `uptime7d` or
+        /// `uptime30d`. Jobs without a value come last; ties by name.
         #[oai(name = "sort")]
         _sort: Query<Option<String>>,
         /// `asc` (default) or `desc`.
@@ -414,6 +429,54 @@ impl JobsApi {
             Ok((body, etag)) => ExecutionsResponse::Ok(Json(body), etag),
             Err(error) => error.into(),
         })
+    }
+
+    /// One job's health changes (flips), newest first: when each state began, from which,
+    /// and why; page with a cursor. The same on every replica, after restarts and rebuilds
+    /// (they come from `JOB_HEALTH`, which keeps the last 1,000 per job).
+    #[oai(
+        path = "/admin/jobs/:jobName/flips",
+        method = "get",
+        operation_id = "listJobFlips"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn list_flips(
+        &self,
+        request: &Request,
+        /// The tenant: a hyphenated UUID.
+        #[oai(name = "x-tenantid")]
+        tenant: Header<TenantParam>,
+        /// The job's name.
+        #[oai(name = "jobName")]
+        job_name: Path<JobNameParam>,
+        /// The authentication realm; the token must come from it.
+        #[oai(name = "realmname")]
+        _realm: Header<Option<String>>,
+        /// RFC 3339: changes whose state began at or after.
+        #[oai(name = "from")]
+        _from: Query<Option<String>>,
+        /// RFC 3339: … at or before.
+        #[oai(name = "to")]
+        _to: Query<Option<String>>,
+        /// Page size, 1–500 (default 50).
+        #[oai(name = "limit")]
+        _limit: Query<Option<String>>,
+        /// `nextCursor` of the previous page of the same query.
+        #[oai(name = "cursor")]
+        _cursor: Query<Option<String>>,
+        /// An `ETag` of an earlier answer: 304 while the data behind it is unchanged.
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
+        auth: BearerAuth,
+    ) -> FlipsResponse {
+        let Some(state) = request.data::<Arc<AppState>>() else {
+            return ApiError::Internal("application state missing".into()).into();
+        };
+        match super::flips::flips(state, request, tenant.0 .0, &job_name.0 .0, &auth) {
+            Ok((_, etag)) if if_none_match(request, &etag) => FlipsResponse::NotModified(etag),
+            Ok((body, etag)) => FlipsResponse::Ok(Json(body), etag),
+            Err(error) => error.into(),
+        }
     }
 
     /// One job's finished executions per bucket of a trailing window, for charts: completed
@@ -585,6 +648,9 @@ enum SortBy {
     LastRun,
     SuccessRate,
     Health,
+    Uptime24h,
+    Uptime7d,
+    Uptime30d,
 }
 
 /// One job with what the list shows and sorts by.
@@ -592,6 +658,7 @@ struct Listed {
     name: String,
     snapshot: Arc<JobSnapshot>,
     health: Health,
+    uptime: crate::notify::history::UptimeFigures,
 }
 
 impl Listed {
@@ -603,6 +670,9 @@ impl Listed {
             SortBy::LastRun => stats.last_started_at.map(|t| t as f64),
             SortBy::SuccessRate => stats.success_rate_percent(),
             SortBy::Health => Some(self.health.state as u8 as f64),
+            SortBy::Uptime24h => self.uptime.last24h,
+            SortBy::Uptime7d => self.uptime.last7d,
+            SortBy::Uptime30d => self.uptime.last30d,
         }
     }
 }
@@ -664,10 +734,21 @@ impl ListQuery {
         }
         let sort = match params.choice(
             "sort",
-            &["name", "lastRun", "successRate", "health"],
+            &[
+                "name",
+                "lastRun",
+                "successRate",
+                "health",
+                "uptime24h",
+                "uptime7d",
+                "uptime30d",
+            ],
             "name",
         )? {
             "lastRun" => SortBy::LastRun,
+            "uptime24h" => SortBy::Uptime24h,
+            "uptime7d" => SortBy::Uptime7d,
+            "uptime30d" => SortBy::Uptime30d,
             "successRate" => SortBy::SuccessRate,
             "health" => SortBy::Health,
             _ => SortBy::Name,
@@ -782,6 +863,7 @@ fn list_page(
 ) -> Result<(JobListEnvelope, String), ApiError> {
     let readers = state.readers.get();
     let now = Utc::now();
+    let tenant_text = tenant.to_string();
     let listed = |name: String| -> Result<Option<Listed>, ApiError> {
         let job = JobName::parse(&name).map_err(ApiError::Internal)?;
         let Some(snapshot) = readers.cached_job_snapshot(&tenant, &job, 0)? else {
@@ -791,10 +873,14 @@ fn list_page(
             judgement(state, &snapshot, now),
             state.default_max_runtime_ms,
         );
+        let uptime = state
+            .flips
+            .uptime(&tenant_text, &name, now.timestamp_millis());
         Ok(Some(Listed {
             name,
             snapshot,
             health,
+            uptime,
         }))
     };
     let (limit, sort) = (query.limit as usize, query.sort);
@@ -966,9 +1052,7 @@ fn sorted_page(
 fn cursor_key(cursor: &Cursor, sort: SortBy) -> Result<Option<f64>, ApiError> {
     match (&cursor.key, sort) {
         (serde_json::Value::Null, _) => Ok(None),
-        (serde_json::Value::Number(n), SortBy::LastRun | SortBy::SuccessRate | SortBy::Health) => {
-            Ok(n.as_f64())
-        }
+        (serde_json::Value::Number(n), sort) if sort != SortBy::Name => Ok(n.as_f64()),
         _ => Err(invalid("cursor", "is not a cursor this service issued")),
     }
 }
@@ -980,6 +1064,7 @@ fn entry(job: &Listed, now: chrono::DateTime<Utc>) -> JobListEntry {
         job_name: job.name.clone(),
         status: stats.status().to_owned(),
         health: health_stats(&job.health, stats),
+        uptime: job.uptime.into(),
         queue: QueueStats {
             pending: stats.pending,
             processing: stats.processing,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 pub mod export;
+pub mod flips;
 mod health;
 pub mod jobs;
 pub mod limits;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub waiters: tokio::sync::Semaphore,
     /// Job-list orders frozen at their first page, for the pages after it.
     pub list_orders: jobs::FrozenOrders,
+    /// Every job's announced health changes, from `JOB_HEALTH` (empty without NATS).
+    pub flips: Arc<crate::notify::history::FlipHistory>,
 }
 
 /// The projector's NATS connection as `/readyz` reports it: connected or not, and why the

@@ -211,6 +211,41 @@ pub struct HealthSummary {
     pub missed_runs: MissedRuns,
 }
 
+/// Uptime percentages (one decimal, as `successRate`) with their numeric twins; null when
+/// nothing of the window counts.
+#[derive(Debug, Clone, Default, PartialEq, Object, serde::Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+// Fields in key order: the stats body splices this object, serialized from the struct, into
+// a template whose keys are sorted.
+pub struct UptimeStats {
+    #[oai(nullable)]
+    pub last24h: Option<String>,
+    #[oai(nullable)]
+    pub last24h_percent: Option<f64>,
+    #[oai(nullable)]
+    pub last30d: Option<String>,
+    #[oai(nullable)]
+    pub last30d_percent: Option<f64>,
+    #[oai(nullable)]
+    pub last7d: Option<String>,
+    #[oai(nullable)]
+    pub last7d_percent: Option<f64>,
+}
+
+impl From<crate::notify::history::UptimeFigures> for UptimeStats {
+    fn from(figures: crate::notify::history::UptimeFigures) -> Self {
+        UptimeStats {
+            last24h: figures.last24h.map(human_percent),
+            last7d: figures.last7d.map(human_percent),
+            last30d: figures.last30d.map(human_percent),
+            last24h_percent: figures.last24h.map(percent_one_decimal),
+            last7d_percent: figures.last7d.map(percent_one_decimal),
+            last30d_percent: figures.last30d.map(percent_one_decimal),
+        }
+    }
+}
+
 /// A job's health (CONTRACT §5).
 #[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase")]
@@ -271,6 +306,10 @@ pub struct JobStatsData {
     pub generated_at: String,
     pub freshness: Freshness,
     pub health: HealthStats,
+    /// The share of the last 24 hours, 7 and 30 days the job spent outside `stuck`,
+    /// `missed` and `failing`, from its announced health changes (time in `unknown`, before
+    /// the first change, or silenced counts on neither side).
+    pub uptime: UptimeStats,
     /// Present when `?window=` is given.
     #[oai(skip_serializing_if_is_none)]
     pub window: Option<WindowStats>,
@@ -363,6 +402,14 @@ impl poem_openapi::types::Example for JobStatsEnvelope {
                     reason: "The last finished execution completed (at 2025-07-10T14:40:00.000Z) \
                              and no run is missed or stuck."
                         .into(),
+                },
+                uptime: UptimeStats {
+                    last24h: Some("100.0%".into()),
+                    last7d: Some("99.4%".into()),
+                    last30d: Some("99.8%".into()),
+                    last24h_percent: Some(100.0),
+                    last7d_percent: Some(99.4),
+                    last30d_percent: Some(99.8),
                 },
                 window: Some(WindowStats {
                     name: "24h".into(),
@@ -636,11 +683,16 @@ async fn answer(
         .as_ref()
         .map(|(window, range, merged)| window_stats(*window, *range, judgement.as_of(), &merged.1));
     let body = state.bodies.body(&tenant, job, recent, snapshot.clone());
+    let uptime = state
+        .flips
+        .uptime(&tenant.to_string(), job.as_str(), judgement.as_of())
+        .into();
     Ok(Answer::Body(
         body.at(
             now,
             judgement,
             state.default_max_runtime_ms,
+            &uptime,
             window_stats.as_ref(),
         ),
         etag,
@@ -810,6 +862,7 @@ pub fn render(
     snapshot: &JobSnapshot,
     now: DateTime<Utc>,
     health: &Health,
+    uptime: UptimeStats,
     window: Option<WindowStats>,
 ) -> JobStatsData {
     let stats = &snapshot.stats;
@@ -857,6 +910,7 @@ pub fn render(
             last_event_at: snapshot.freshness.last_published_at_ms.map(rfc3339_millis),
         },
         health: health_stats(health, &snapshot.stats),
+        uptime,
         window,
     }
 }

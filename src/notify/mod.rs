@@ -10,6 +10,7 @@
 //! `Nats-Msg-Id` (tenant/job/state/since) makes the same change from two replicas one message.
 
 pub mod evaluator;
+pub mod history;
 pub mod watch;
 pub mod webhooks;
 

@@ -15,6 +15,7 @@ pub mod health;
 mod job_stats;
 pub mod rollup;
 pub mod sketch;
+pub mod uptime;
 
 pub use execution::{transition, Execution, ExecutionEvent, ExecutionState};
 #[cfg(test)]

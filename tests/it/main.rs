@@ -9,6 +9,7 @@ mod cluster;
 mod contract;
 mod dashboard;
 mod export;
+mod flips;
 mod fresh_machine;
 mod freshness;
 mod hardening;
