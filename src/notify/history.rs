@@ -175,7 +175,13 @@ pub async fn follow(
             _ = &mut shutdown => return,
             result = read(&js, &history, &mut supervisor) => result,
         };
-        let pause = supervisor.failed(&error, "following JOB_HEALTH");
+        // At a first start the evaluator has not made JOB_HEALTH yet: not worth a warning.
+        let not_made = matches!(&error, NatsError::Stream { message, .. } if message.contains("stream not found"));
+        let pause = if not_made && supervisor.failures() == 0 {
+            std::time::Duration::from_millis(250)
+        } else {
+            supervisor.failed(&error, "following JOB_HEALTH")
+        };
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(pause) => {}

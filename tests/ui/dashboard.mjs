@@ -361,6 +361,16 @@ await check('the failing job shows its failure message, counts and percentiles',
   assert(!/\d{4}-\d{2}-\d{2}T\d{2}:\d{2}/.test(reasonText), `the reason shows a raw ISO instant: ${reasonText}`);
   await main.waitForFunction((msg) => [...document.querySelectorAll('#exec-body [data-col="error"]')].some((td) => td.textContent.includes(msg)), expect.failureMessage)
     .catch(() => fail(`"${expect.failureMessage}" is not in the executions table`));
+  // The health-change timeline names the failing state it is in, newest first, and the
+  // uptime figures are percentages (the job has been failing: below 100%).
+  await main.waitForSelector('#flips li.flip')
+    .catch(() => fail('the job page shows no health change'));
+  const newestFlip = await main.getAttribute('#flips li.flip', 'data-state');
+  assert(newestFlip === 'failing', `newest health change ${newestFlip}, expected failing`);
+  await main.waitForFunction(() => /%$/.test(document.querySelector('[data-testid="uptime-24h"] .value')?.textContent.trim() || ''))
+    .catch(() => fail('the job page shows no uptime figure'));
+  const uptime = await statValue(main, 'uptime-24h');
+  assert(/^\d+(\.\d)?%$/.test(uptime.text) && Number(uptime.raw) < 100, `uptime 24 h reads "${uptime.text}" (${uptime.raw})`);
   const failedRow = await main.$eval('#exec-body tr[data-status="failed"]', (tr) => tr.querySelector('[data-col="status"]').textContent.trim());
   assert(/failed/i.test(failedRow), 'a failed execution does not say "failed" in text');
   const errors = [];

@@ -8,6 +8,7 @@ const API_BASE = new URL('../api/v1/admin/', document.baseURI);
 const POLL_MS = 5000;
 const JOBS_PAGE = 100;
 const EXEC_PAGE = 20;
+const FLIPS_SHOWN = 20;
 const DL_PAGE = 20;
 const SPARK_RUNS = 20;
 const WINDOWS = ['1h', '24h', '7d', '30d'];
@@ -872,7 +873,7 @@ const job = {
   stack: [],
   nextCursor: null,
   seq: 0,
-  rendered: { stats: null, series: null, exec: null },
+  rendered: { stats: null, series: null, exec: null, flips: null },
   chart: null,
   resize: null,
 };
@@ -883,7 +884,7 @@ function openJob(name) {
   job.status = '';
   job.cursor = null;
   job.stack = [];
-  job.rendered = { stats: null, series: null, exec: null };
+  job.rendered = { stats: null, series: null, exec: null, flips: null };
   $('exec-status').value = '';
   $('job-title').textContent = name;
   $('job-status').replaceChildren();
@@ -903,6 +904,7 @@ async function loadJob({ poll = false, only = null } = {}) {
     stats: want('stats') ? api(`${base}/stats${qs({ window: job.window })}`, { conditional: true }) : null,
     series: want('series') ? api(`${base}/series${qs({ window: job.window })}`, { conditional: true }) : null,
     exec: want('exec') ? api(`${base}/executions${qs({ status: job.status, limit: EXEC_PAGE, cursor: job.cursor })}`, { conditional: true }) : null,
+    flips: want('flips') ? api(`${base}/flips${qs({ limit: FLIPS_SHOWN })}`, { conditional: true }) : null,
   };
   const results = {};
   let firstError = null;
@@ -919,9 +921,9 @@ async function loadJob({ poll = false, only = null } = {}) {
     reportError(firstError);
     if (firstError.status >= 400 && firstError.status < 500 && !results.stats) {
       $('job-content').hidden = true;
-      job.rendered = { stats: null, series: null, exec: null };
+      job.rendered = { stats: null, series: null, exec: null, flips: null };
     }
-    if (!results.stats && !results.series && !results.exec) return;
+    if (!results.stats && !results.series && !results.exec && !results.flips) return;
   } else clearError();
   let changed = false;
   if (results.stats && (results.stats.changed || job.rendered.stats !== results.stats.key)) {
@@ -937,6 +939,11 @@ async function loadJob({ poll = false, only = null } = {}) {
   if (results.exec && (results.exec.changed || job.rendered.exec !== results.exec.key)) {
     renderExecutions(results.exec.data);
     job.rendered.exec = results.exec.key;
+    changed = true;
+  }
+  if (results.flips && (results.flips.changed || job.rendered.flips !== results.flips.key)) {
+    renderFlips(results.flips.data);
+    job.rendered.flips = results.flips.key;
     changed = true;
   }
   if (results.stats) $('job-content').hidden = false;
@@ -992,6 +999,8 @@ function renderJobStats(d) {
   setStat('schedule-expected', s.expectedAt ?? null, timeEl(s.expectedAt));
   setStat('schedule-grace', s.graceMs ?? null, fmtDuration(s.graceMs));
   setStat('schedule-maxruntime', s.maxRuntimeMs ?? null, fmtDuration(s.maxRuntimeMs));
+  const up = d.uptime || {};
+  for (const k of ['24h', '7d', '30d']) setStat(`uptime-${k}`, up[`last${k}Percent`] ?? null, up[`last${k}`] || '—');
   const mr = hl.missedRuns || {};
   setStat('schedule-missed', mr, `${fmtNumber(mr.last24h ?? 0)} in 24 h · ${fmtNumber(mr.last7d ?? 0)} in 7 d`);
 }
@@ -1200,6 +1209,17 @@ function renderExecutions(d) {
   $('exec-prev').disabled = job.stack.length === 0;
   $('exec-page').textContent = `Page ${job.stack.length + 1}`;
   $('exec-pager').hidden = !(job.stack.length || job.nextCursor);
+}
+
+/** The latest health changes, newest first: a timeline of state badges and why. */
+function renderFlips(d) {
+  const list = d.flips || [];
+  replaceRows($('flips'), list.map((f) => h('li', { class: 'flip', 'data-state': f.state },
+    badge(f.state),
+    h('span', { class: 'flip-when' }, 'from ', badge(f.previousState), ' ', timeEl(f.at), ' · ', timeEl(f.at, { relative: true })),
+    f.silenced ? h('span', { class: 'muted' }, ' (silenced)') : '',
+    h('div', { class: 'flip-reason' }, fmtReason(f.reason)))));
+  $('flips-empty').hidden = list.length > 0;
 }
 
 function errorText(text) {
