@@ -16,6 +16,7 @@
 //! | [`notify`] | health notifications: the evaluator that publishes each job's state changes to `JOB_HEALTH`, and webhook delivery from it | write SQLite |
 //! | [`publish`] | the publisher used by `jobstats publish`/`run`, the demo and Rust runners | read SQLite |
 //! | [`service`] | wires the pieces into `serve` (projector + API, start-up rebuild) | hold business rules |
+//! | [`shutdown`] | the stop signal every task of `serve` waits on | |
 //! | [`retry`] | supervised retries: exponential back-off with jitter, a repeated failure logged once | do I/O |
 //! | [`runner`] | `jobstats run`: wraps a command as one execution | |
 //! | [`demo`] | `jobstats demo`: NATS + serve + demo job runners | |
@@ -38,5 +39,6 @@ pub mod runner;
 pub mod schedule;
 pub mod scope;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod stream;

@@ -2,7 +2,6 @@
 //! database was built by another projection version. Every long-running piece gets its
 //! connections and a shutdown future from here.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -23,28 +22,7 @@ use crate::scope::TenantScope;
 use crate::store::{self, generation, CurrentReader, ReadPool, Writer, PROJECTION_VERSION};
 use crate::stream::StreamSpec;
 
-/// A shutdown signal that many tasks can wait on.
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    /// Resolves `signal` once and fans it out.
-    pub fn new(signal: impl Future<Output = ()> + Send + 'static) -> Self {
-        let (sender, receiver) = watch::channel(false);
-        tokio::spawn(async move {
-            signal.await;
-            let _ = sender.send(true);
-        });
-        Shutdown(receiver)
-    }
-
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut receiver = self.0.clone();
-        async move {
-            let _ = receiver.wait_for(|stopped| *stopped).await;
-        }
-    }
-}
+pub use crate::shutdown::Shutdown;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn termination_signal() {

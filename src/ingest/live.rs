@@ -69,7 +69,7 @@ pub struct ProjectorHandles {
     /// The checkpoint after each commit (read-your-writes waits on it).
     pub applied: watch::Sender<u64>,
     /// Where the jobs each commit changed go, for the health evaluator.
-    pub touched: Option<Arc<crate::notify::evaluator::TouchedJobs>>,
+    pub touched: Option<Arc<super::touched::TouchedJobs>>,
 }
 
 /// What waiting for a delivery gave.

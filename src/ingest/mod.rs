@@ -10,6 +10,7 @@
 
 pub mod live;
 pub mod replay;
+pub mod touched;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

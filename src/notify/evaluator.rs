@@ -15,12 +15,11 @@
 //! per job subject), so it survives restarts and is shared by every replica.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use futures::StreamExt;
-use tokio::sync::Notify;
 
 use super::{change, next_clock_change, HealthChange, HEALTH_STREAM, HEALTH_SUBJECTS};
 use crate::events::TenantId;
@@ -31,7 +30,7 @@ use crate::store::{CurrentReader, ReadPool};
 use crate::stream::NatsError;
 
 /// A job: tenant and name.
-pub type JobKey = (TenantId, String);
+pub use crate::ingest::touched::JobKey;
 
 /// How long after a clock-driven instant the job is judged, so that an event published just
 /// before it (a run starting at the last moment of its grace) has been applied.
@@ -39,30 +38,7 @@ const SETTLE_MS: i64 = 500;
 /// How often conditions (caught up, reachable) are looked at while nothing else happens.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-/// Jobs changed by commits and not yet judged: the projector adds, the evaluator takes. A set,
-/// so a job changed by many commits is judged once; bounded by the number of jobs.
-#[derive(Default)]
-pub struct TouchedJobs {
-    jobs: Mutex<HashSet<JobKey>>,
-    added: Notify,
-}
-
-impl TouchedJobs {
-    pub fn add(&self, jobs: &[JobKey]) {
-        if jobs.is_empty() {
-            return;
-        }
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(jobs.iter().cloned());
-        self.added.notify_one();
-    }
-
-    fn take(&self) -> HashSet<JobKey> {
-        std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
+pub use crate::ingest::touched::TouchedJobs;
 
 /// What the evaluator runs with.
 #[derive(Clone)]
@@ -286,7 +262,7 @@ impl Evaluator {
                     }
                     continue;
                 }
-                _ = touched.added.notified() => {}
+                _ = touched.added() => {}
                 _ = tokio::time::sleep(wake) => {}
             }
             if loaded && self.may_judge() {

@@ -16,9 +16,9 @@ pub mod webhooks;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::rfc3339_millis;
 use crate::events::TenantId;
 use crate::projection::format::human_duration;
+use crate::projection::format::rfc3339_millis;
 use crate::projection::health::Fires;
 use crate::projection::{EpochMillis, Health, HealthState, JobStats};
 

@@ -251,7 +251,7 @@ pub async fn run(
     webhooks: Vec<Webhook>,
     stream_replicas: usize,
     metrics: std::sync::Arc<Metrics>,
-    shutdown: crate::service::Shutdown,
+    shutdown: crate::shutdown::Shutdown,
 ) {
     let http = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -291,7 +291,7 @@ struct Delivery {
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
 impl Delivery {
-    async fn run(self, shutdown: crate::service::Shutdown) {
+    async fn run(self, shutdown: crate::shutdown::Shutdown) {
         self.metrics.set_webhook_lag(&self.webhook.name, None, 0);
         let mut supervisor = crate::retry::Supervisor::new("webhook delivery");
         loop {
