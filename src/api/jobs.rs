@@ -20,7 +20,7 @@ use poem_openapi::{
 use super::errors::{ApiError, ErrorEnvelope};
 use super::export::{ExecutionsAnswer, ExportFormat};
 use super::params::{JobNameParam, TenantParam};
-use super::query::{fingerprint, invalid, Cursor, QueryParams};
+use super::query::{fingerprint, invalid, Cursor, QueryParams, StableHasher};
 use super::stats::{
     extraction_error, health_stats, if_none_match, judgement, recent_execution,
     refuse_repeated_tenant, BearerAuth, HealthStats, HealthSummary, QueueStats, RecentExecution,
@@ -999,7 +999,7 @@ fn list_etag(
     jobs: &[JobListEntry],
     extent: (u64, &Option<String>, &String, usize),
 ) -> String {
-    let mut version = std::collections::hash_map::DefaultHasher::new();
+    let mut version = StableHasher::default();
     for (job, shown) in page.iter().zip(jobs) {
         job.name.hash(&mut version);
         job.snapshot.job_sequence.hash(&mut version);
@@ -1008,6 +1008,13 @@ fn list_etag(
         (health.missed_runs.last_24h, health.missed_runs.last_7d).hash(&mut version);
         (&shown.health.stuck_execution_ids, &shown.health.reason).hash(&mut version);
         shown.next_run.hash(&mut version);
+        // Uptime moves with the clock, as health does.
+        (
+            &shown.uptime.last24h,
+            &shown.uptime.last7d,
+            &shown.uptime.last30d,
+        )
+            .hash(&mut version);
     }
     extent.hash(&mut version);
     format!(
@@ -1214,7 +1221,7 @@ fn executions(
         .encode()
     });
     let rows: Vec<ExecutionSummary> = keyed.into_iter().map(|(row, _)| row).collect();
-    let mut shape = std::collections::hash_map::DefaultHasher::new();
+    let mut shape = StableHasher::default();
     (&query_id, limit, params.get("cursor")).hash(&mut shape);
     let etag = format!(
         "W/\"{}-{}-{:016x}\"",

@@ -156,17 +156,38 @@ impl Cursor {
     }
 }
 
-/// A stable fingerprint of a query's parts (FNV-1a, 64 bits): the same on every replica and
-/// across restarts, which a `std` hasher does not promise.
-pub fn fingerprint(parts: &[&str]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.bytes().chain(std::iter::once(0xff)) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+/// FNV-1a, 64 bits: the same on every replica, build and restart, which `std`'s
+/// `DefaultHasher` does not promise (ETags and cursors must match across replicas).
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        StableHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    format!("{hash:016x}")
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A stable fingerprint of a query's parts (see [`StableHasher`]).
+pub fn fingerprint(parts: &[&str]) -> String {
+    use std::hash::Hasher;
+    let mut hash = StableHasher::default();
+    for part in parts {
+        hash.write(part.as_bytes());
+        hash.write(&[0xff]);
+    }
+    format!("{:016x}", hash.finish())
 }
 
 #[cfg(test)]
