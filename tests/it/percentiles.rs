@@ -365,6 +365,28 @@ async fn two_replicas_on_one_stream_give_byte_identical_answers() {
     );
     a.wait_applied(head).await;
     b.wait_applied(head).await;
+    // The answer's uptime comes from the job's announced health changes (JOB_HEALTH), which
+    // each replica reads on its own: identical once both have read the job's change.
+    let flips_of = |serve: &ServeProcess| {
+        serve
+            .http
+            .get(serve.url("/api/v1/admin/jobs/replicated/flips"))
+            .bearer_auth(admin_token())
+            .header("x-tenantid", TENANT)
+            .send()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (fa, fb) = (flips_of(&a).await.unwrap(), flips_of(&b).await.unwrap());
+        let fa: serde_json::Value = fa.json().await.unwrap();
+        let fb: serde_json::Value = fb.json().await.unwrap();
+        let read = |f: &serde_json::Value| f["data"]["flips"].as_array().map_or(0, Vec::len);
+        if read(&fa) > 0 && fa["data"] == fb["data"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{fa} / {fb}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let fetch = |serve: &ServeProcess, query: &str| {
         serve
