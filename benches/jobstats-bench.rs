@@ -576,6 +576,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
             issuer: None,
             realms: None,
             audience: None,
+            jwks_url: None,
         })
         .unwrap();
     let state = Arc::new(jobstats::api::AppState {

@@ -402,6 +402,7 @@ fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
             issuer: None,
             realms: None,
             audience: None,
+            jwks_url: None,
         },
         http: Default::default(),
         webhooks: Vec::new(),

@@ -96,9 +96,14 @@ pub async fn serve(
     shutdown: Shutdown,
     applied: watch::Sender<u64>,
 ) -> anyhow::Result<()> {
-    let authenticator = Authenticator::new(config.auth.clone())?;
-    let db_path = &config.db_path;
     let metrics = Arc::new(Metrics::default());
+    let authenticator = Authenticator::with_metrics(config.auth.clone(), metrics.jwks.clone())?;
+    if let Some(key_sets) = authenticator.key_sets() {
+        // Fetched in the background: an identity provider that is down at start-up delays
+        // nothing but the tokens only its keys verify (CONTRACT §9).
+        tokio::spawn(key_sets.keep_fresh(shutdown.wait()));
+    }
+    let db_path = &config.db_path;
     let status = Arc::new(ProjectorStatus::default());
     if !config.read_only {
         move_aside_if_damaged(db_path, &status)?;

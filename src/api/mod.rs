@@ -11,6 +11,7 @@ pub mod body;
 pub mod errors;
 mod health;
 pub mod jobs;
+pub mod jwks;
 pub mod limits;
 pub mod params;
 mod query;
@@ -197,7 +198,11 @@ async fn edge<E: Endpoint>(
         );
     let result = async {
         if guarded {
-            match state.authenticator.authenticate_headers(request.headers()) {
+            match state
+                .authenticator
+                .authenticate_headers(request.headers())
+                .await
+            {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
                 }

@@ -153,6 +153,11 @@ pub struct JwtOptions {
     /// Expected audience. Unset: `aud` is not checked.
     #[arg(long, env = "JOBSTATS_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// The identity provider's JSON Web Key Set: `https://` (or `http://` to a loopback
+    /// address); may contain `{realm}`, then JOBSTATS_JWT_REALMS lists the realms fetched
+    /// (Keycloak: `https://kc.example/realms/{realm}/protocol/openid-connect/certs`).
+    #[arg(long, env = "JOBSTATS_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
 }
 
 impl CommonOptions {
@@ -226,6 +231,7 @@ impl JwtOptions {
                     .collect()
             }),
             audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+            jwks_url: self.jwt_jwks_url.clone().filter(|s| !s.trim().is_empty()),
         }
     }
 }

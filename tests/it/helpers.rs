@@ -131,6 +131,7 @@ pub fn jwt_options() -> AuthSettings {
         issuer: None,
         realms: None,
         audience: None,
+        jwks_url: None,
     }
 }
 
