@@ -240,6 +240,18 @@ fn signing_key(jwk: &Jwk) -> Option<SigningKey> {
     })
 }
 
+/// An error and its causes in one line ("error sending request: … connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// What a request for a fetch came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refresh {
@@ -260,6 +272,12 @@ struct RealmKeys {
     /// When the set was last asked for, held during a fetch: callers that need a fetch while
     /// one runs wait here and then share its result.
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl RealmKeys {
+    fn realm_name(&self) -> &str {
+        self.realm.as_deref().unwrap_or("-")
+    }
 }
 
 /// Every configured realm's key set.
@@ -376,7 +394,7 @@ impl JwksKeys {
         *last_attempt = Some(Instant::now());
         match self.fetch(&keys.url).await {
             Ok(set) => {
-                tracing::debug!(realm = ?keys.realm, keys = set.len(), "JWKS fetched");
+                tracing::debug!(realm = keys.realm_name(), keys = set.len(), "JWKS fetched");
                 *keys.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
                 self.count_keys();
                 self.count_fetch("ok");
@@ -384,7 +402,7 @@ impl JwksKeys {
             }
             Err(error) => {
                 tracing::warn!(
-                    realm = ?keys.realm,
+                    realm = keys.realm_name(),
                     url = %keys.url,
                     %error,
                     "JWKS fetch failed; the keys fetched before stay in use, next try in 30 s at the earliest"
@@ -414,7 +432,7 @@ impl JwksKeys {
     }
 
     async fn fetch(&self, url: &str) -> Result<KeySet, JwksFetchError> {
-        let request = |e: reqwest::Error| JwksFetchError::Request(e.without_url().to_string());
+        let request = |e: reqwest::Error| JwksFetchError::Request(error_chain(&e.without_url()));
         let mut response = self
             .http
             .get(url)

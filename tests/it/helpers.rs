@@ -326,7 +326,12 @@ impl ServeProcess {
 
     /// [`ServeProcess::start`] with more settings in the environment.
     pub fn start_with_env(nats_url: &str, db_path: &Path, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), nats_url, db_path, env)
+    }
+
+    /// [`ServeProcess::start_with_env`] on a port the test chose (one it had to tell others
+    /// first, such as an identity provider's redirect address).
+    pub fn start_on(port: u16, nats_url: &str, db_path: &Path, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         if !env.iter().any(|(name, _)| *name == "JOBSTATS_INSTANCE_ID") {
             // An instance id names the consumer only without an explicit one.

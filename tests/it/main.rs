@@ -13,6 +13,7 @@ mod freshness;
 mod hardening;
 mod health;
 mod helpers;
+mod idp;
 mod jobs;
 mod notify;
 mod percentiles;
