@@ -406,6 +406,7 @@ fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
         },
         http: Default::default(),
         webhooks: Vec::new(),
+        ui: Default::default(),
     }
 }
 

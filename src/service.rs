@@ -85,6 +85,8 @@ pub struct ServeConfig {
     pub http: HttpLimits,
     /// Receivers of health changes (`JOBSTATS_WEBHOOKS_FILE`).
     pub webhooks: Vec<crate::notify::webhooks::Webhook>,
+    /// The dashboard's sign-in with an OpenID provider.
+    pub ui: crate::api::ui::UiSettings,
 }
 
 /// Runs `jobstats serve` on an already bound listener until `shutdown`. `applied` receives
@@ -122,6 +124,7 @@ pub async fn serve(
             tenants: config.tenants.clone(),
             waiters: tokio::sync::Semaphore::new(config.http.max_waiters as usize),
             list_orders: Default::default(),
+            ui: config.ui.clone(),
         })
     };
     let admin = admin_listener(config.admin_listen).await?;

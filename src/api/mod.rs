@@ -16,7 +16,7 @@ pub mod limits;
 pub mod params;
 mod query;
 pub mod stats;
-mod ui;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,8 @@ pub struct AppState {
     pub waiters: tokio::sync::Semaphore,
     /// Job-list orders frozen at their first page, for the pages after it.
     pub list_orders: jobs::FrozenOrders,
+    /// The dashboard's sign-in (`JOBSTATS_UI_OIDC_*`).
+    pub ui: ui::UiSettings,
 }
 
 impl AppState {
@@ -135,7 +137,7 @@ pub fn app(state: Arc<AppState>, operations: Operations) -> impl Endpoint<Output
             }),
         )
         .nest("/api/v1", api)
-        .nest("/ui", ui::assets())
+        .nest("/ui", ui::assets(&state.ui))
         .at("/healthz", poem::get(health::healthz));
     let routes = match operations {
         // The API port may face the internet: what it serves unauthenticated names no

@@ -100,6 +100,7 @@ fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Resul
         auth: options.jwt.settings(),
         http: options.http.limits(),
         webhooks,
+        ui: options.ui.settings()?,
     })
 }
 

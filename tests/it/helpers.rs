@@ -489,6 +489,7 @@ fn serve_config(
         auth,
         http: Default::default(),
         webhooks: Vec::new(),
+        ui: Default::default(),
     }
 }
 

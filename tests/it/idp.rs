@@ -360,3 +360,179 @@ async fn serve_starts_while_the_provider_is_down_and_takes_its_keys_once_it_is_u
     println!("provider's token accepted {took:?} after its first use");
     assert_eq!(fetches(&serve).await.0, 1);
 }
+
+/// Two jobs of [`TENANT`], one of [`OTHER_TENANT`]; returns the last stream sequence.
+async fn seed(nats: &NatsServer) -> u64 {
+    let publisher = nats.publisher().await;
+    let now = chrono::Utc::now();
+    let mut events = Vec::new();
+    for (i, job) in ["nightly-report", "payments.reconcile"].iter().enumerate() {
+        let start = now - chrono::Duration::minutes(30 + i as i64);
+        events.extend(execution_events(job, &format!("e{i}"), start, 1_000, true));
+    }
+    let other = jobstats::publish::EventBuilder::new(OTHER_TENANT, "secret-job")
+        .and_then(|job| job.execution("s0"))
+        .expect("valid job");
+    events.push(
+        other
+            .at(now - chrono::Duration::minutes(5))
+            .started()
+            .expect("started"),
+    );
+    publish_all(&publisher, &events).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_signs_in_with_the_provider_renews_its_token_and_signs_out_in_a_real_browser()
+{
+    let (chromium, ui) = crate::dashboard::browser_tools();
+    // The serve's address first: the provider's client redirects there.
+    let serve_port = free_port();
+    let dashboard = format!("http://127.0.0.1:{serve_port}/ui/");
+    // Short-lived access tokens, so the page has to renew one while the test watches.
+    let provider = Provider::start(&dashboard, Duration::from_secs(20));
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let last = seed(&nats).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut env = provider.jwks_env();
+    env.extend([
+        (
+            "JOBSTATS_JWT_ISSUER",
+            format!("http://127.0.0.1:{}/realms/{{realm}}", provider.port),
+        ),
+        ("JOBSTATS_UI_OIDC_ISSUER", provider.issuer.clone()),
+        ("JOBSTATS_UI_OIDC_CLIENT_ID", "jobstats-dashboard".into()),
+        ("JOBSTATS_UI_OIDC_SCOPES", "openid jobstats".into()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let serve = ServeProcess::start_on(serve_port, &nats.url(), &dir.path().join("db"), &env);
+    serve.wait_applied(last).await;
+
+    let config = serve
+        .http
+        .get(serve.url("/ui/config.json"))
+        .send()
+        .await
+        .expect("config.json");
+    assert_eq!(config.status(), 200);
+    let page = serve
+        .http
+        .get(serve.url("/ui/"))
+        .send()
+        .await
+        .expect("page");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains(&format!(
+            "connect-src 'self' http://127.0.0.1:{};",
+            provider.port
+        )),
+        "{csp}"
+    );
+    let config: Value = config.json().await.expect("json");
+    assert_eq!(
+        config,
+        serde_json::json!({"oidc": {"issuer": provider.issuer, "clientId": "jobstats-dashboard",
+                                    "scopes": ["openid", "jobstats"]}})
+    );
+
+    let mut paste = jobstats::api::auth::DevClaims::new(
+        "paster",
+        &["system_admin"],
+        Some(TENANT),
+        Duration::from_secs(600),
+    );
+    paste.iss = Some(provider.issuer.clone());
+    let paste = jobstats::api::auth::mint_hs256(SECRET, &paste).expect("token");
+    let shots = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+    let output = Command::new("node")
+        .arg(ui.join("signin.mjs"))
+        .env("JOBSTATS_URL", format!("http://{}", serve.address))
+        .env("ISSUER", &provider.issuer)
+        .env("TENANT_A", TENANT)
+        .env("JOBS_A", r#"["nightly-report","payments.reconcile"]"#)
+        .env(
+            "TENANTS",
+            serde_json::json!([TENANT, OTHER_TENANT]).to_string(),
+        )
+        .env("TOKEN_PASTE", paste)
+        .env("SCREENSHOT_DIR", &shots)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or("");
+    assert!(
+        output.status.success() && summary.ends_with(" 0 failed"),
+        "browser sign-in checks failed:\n{stdout}\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn without_sign_in_settings_config_json_says_so() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let serve = ServeProcess::start(&nats.url(), &dir.path().join("db"));
+    let response = serve
+        .http
+        .get(serve.url("/ui/config.json"))
+        .send()
+        .await
+        .expect("config.json");
+    assert_eq!(response.status(), 200);
+    let config: Value = response.json().await.expect("json");
+    assert_eq!(config, serde_json::json!({"oidc": null}));
+}
+
+#[test]
+fn bad_key_set_and_sign_in_settings_stop_start_up_naming_the_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("JOBSTATS_JWT_JWKS_URL", "http://kc.example/certs")],
+            "JOBSTATS_JWT_JWKS_URL",
+        ),
+        (
+            &[(
+                "JOBSTATS_JWT_JWKS_URL",
+                "https://kc.example/realms/{realm}/certs",
+            )],
+            "JOBSTATS_JWT_REALMS",
+        ),
+        (
+            &[("JOBSTATS_UI_OIDC_ISSUER", "https://kc.example/realms/acme")],
+            "JOBSTATS_UI_OIDC_CLIENT_ID",
+        ),
+        (
+            &[
+                ("JOBSTATS_UI_OIDC_ISSUER", "http://kc.example/realms/acme"),
+                ("JOBSTATS_UI_OIDC_CLIENT_ID", "jobstats"),
+            ],
+            "JOBSTATS_UI_OIDC_ISSUER",
+        ),
+    ];
+    for (env, variable) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let output = Command::new(BIN)
+            .arg("serve")
+            .env("JOBSTATS_NATS_URL", "nats://127.0.0.1:1")
+            .env("JOBSTATS_DB_PATH", dir.path().join("db"))
+            .env("JOBSTATS_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("JOBSTATS_JWT_HS256_SECRET", SECRET)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run serve");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?} started");
+        assert!(stderr.contains(variable), "{env:?}: {stderr}");
+    }
+}
