@@ -580,6 +580,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
             issuer: None,
             realms: None,
             audience: None,
+            jwks_url: None,
         })
         .unwrap();
     let state = Arc::new(jobstats::api::AppState {
@@ -595,6 +596,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
         waiters: tokio::sync::Semaphore::new(1024),
         list_orders: Default::default(),
         flips: Default::default(),
+        ui: Default::default(),
     });
     let app = jobstats::api::app(state, jobstats::api::Operations::WithApi);
     let token = bench_token("system_admin", Some(tenant));

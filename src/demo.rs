@@ -405,10 +405,12 @@ fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
             issuer: None,
             realms: None,
             audience: None,
+            jwks_url: None,
         },
         http: Default::default(),
         tls: None,
         webhooks: Vec::new(),
+        ui: Default::default(),
     }
 }
 

@@ -39,6 +39,21 @@ pub struct WebhookName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok` or `error`.
+    pub outcome: String,
+}
+
+/// The identity provider's key sets (`JOBSTATS_JWT_JWKS_URL`): fetches by outcome and the keys
+/// held, all realms together (realms are configured, but a realm label is not worth a series
+/// per realm here).
+#[derive(Clone, Debug, Default)]
+pub struct JwksMetrics {
+    pub fetches: Family<OutcomeLabel, Counter>,
+    pub keys: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,
     pub status: u16,
@@ -57,6 +72,7 @@ pub struct Metrics {
     pub batches_committed: Counter,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_latency_seconds: Family<RequestLabels, Histogram>,
+    pub jwks: JwksMetrics,
     pub rebuild_in_progress: Gauge,
     /// Read-your-writes requests waiting now (capped by `JOBSTATS_HTTP_MAX_WAITERS`).
     pub read_your_writes_waiting: Gauge,
@@ -93,6 +109,7 @@ impl Default for Metrics {
             http_latency_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_25, 2.0, 14))
             }),
+            jwks: JwksMetrics::default(),
             rebuild_in_progress: Gauge::default(),
             read_your_writes_waiting: Gauge::default(),
             rebuild_events_done: Gauge::default(),
@@ -171,6 +188,16 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency, by route and status",
             self.http_latency_seconds.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "Fetches of the identity provider's key sets (JOBSTATS_JWT_JWKS_URL), by outcome",
+            self.jwks.fetches.clone(),
+        );
+        registry.register(
+            "jwks_keys",
+            "Signing keys held from the identity provider's key sets, all realms",
+            self.jwks.keys.clone(),
         );
         registry.register(
             "read_your_writes_waiting",

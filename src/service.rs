@@ -65,6 +65,8 @@ pub struct ServeConfig {
     pub tls: Option<crate::api::tls::TlsFiles>,
     /// Receivers of health changes (`JOBSTATS_WEBHOOKS_FILE`).
     pub webhooks: Vec<crate::notify::webhooks::Webhook>,
+    /// The dashboard's sign-in with an OpenID provider.
+    pub ui: crate::api::ui::UiSettings,
 }
 
 /// Runs `jobstats serve` on an already bound listener until `shutdown`. `applied` receives
@@ -76,7 +78,6 @@ pub async fn serve(
     shutdown: Shutdown,
     applied: watch::Sender<u64>,
 ) -> anyhow::Result<()> {
-    let authenticator = Authenticator::new(config.auth.clone())?;
     let tls = match &config.tls {
         Some(files) => {
             let cert = crate::api::tls::ReloadingCert::load(files)?;
@@ -86,8 +87,14 @@ pub async fn serve(
         }
         None => None,
     };
-    let db_path = &config.db_path;
     let metrics = Arc::new(Metrics::default());
+    let authenticator = Authenticator::with_metrics(config.auth.clone(), metrics.jwks.clone())?;
+    if let Some(key_sets) = authenticator.key_sets() {
+        // Fetched in the background: an identity provider that is down at start-up delays
+        // nothing but the tokens only its keys verify (CONTRACT §9).
+        tokio::spawn(key_sets.keep_fresh(shutdown.wait()));
+    }
+    let db_path = &config.db_path;
     let status = Arc::new(ProjectorStatus::default());
     if !config.read_only {
         move_aside_if_damaged(db_path, &status)?;
@@ -108,6 +115,7 @@ pub async fn serve(
             waiters: tokio::sync::Semaphore::new(config.http.max_waiters as usize),
             list_orders: Default::default(),
             flips: flips.clone(),
+            ui: config.ui.clone(),
         })
     };
     let admin = admin_listener(config.admin_listen).await?;

@@ -1,15 +1,20 @@
-//! Bearer-token authentication (CONTRACT §3). Keys come only from configuration — never from a
+//! Bearer-token authentication (CONTRACT §3, §9). Keys come only from configuration — a
+//! secret, PEM files, or the key sets at the configured JWKS URL ([`super::jwks`]), never from a
 //! URL found in a request or a token — and the accepted algorithms follow from those keys, so
 //! `none` and HMAC-with-a-public-key can never verify.
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
+use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::jwks::{JwksKeys, JwksUrl, JwksUrlError, Refresh};
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::TenantId;
+use crate::metrics::JwksMetrics;
 
 /// Longest token accepted before any decoding (Keycloak tokens are 1–3 KiB).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -28,12 +33,14 @@ pub struct AuthSettings {
     /// Allowed realm names; `None` allows any well-formed name.
     pub realms: Option<Vec<String>>,
     pub audience: Option<String>,
+    /// Where the identity provider publishes its signing keys; may contain `{realm}`.
+    pub jwks_url: Option<String>,
 }
 
 /// Why the authenticator could not be built (start-up error naming the variable).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("no token key configured: set JOBSTATS_JWT_HS256_SECRET and/or JOBSTATS_JWT_PUBLIC_KEY_FILE")]
+    #[error("no token key configured: set JOBSTATS_JWT_HS256_SECRET, JOBSTATS_JWT_PUBLIC_KEY_FILE and/or JOBSTATS_JWT_JWKS_URL")]
     NoKeys,
     #[error("JOBSTATS_JWT_HS256_SECRET must be at least 32 bytes")]
     WeakSecret,
@@ -45,6 +52,8 @@ pub enum AuthConfigError {
     Realm(String),
     #[error("the JWT crypto provider is not available: {0}")]
     Crypto(String),
+    #[error(transparent)]
+    Jwks(#[from] JwksUrlError),
 }
 
 /// Why a token was refused. Every variant is a 401; the text is safe to return.
@@ -70,6 +79,10 @@ pub enum AuthError {
     WrongIssuer,
     #[error("Authentication failed: the token is not meant for this service")]
     WrongAudience,
+    /// The token names a key (`kid`) that no configured key set holds, even after the set was
+    /// fetched again (or could not be, so soon after the last fetch).
+    #[error("Authentication failed: the token's signing key is not known")]
+    UnknownKey,
     #[error("Authentication failed: the token is invalid")]
     Invalid,
 }
@@ -134,6 +147,8 @@ struct VerificationKey {
 /// Verifies bearer tokens against the configured keys.
 pub struct Authenticator {
     keys: Vec<VerificationKey>,
+    /// The identity provider's key sets, when `JOBSTATS_JWT_JWKS_URL` is set.
+    jwks: Option<Arc<JwksKeys>>,
     settings: AuthSettings,
     /// Tokens already verified, by (token, realm header), with the unix time they expire at:
     /// a dashboard polling with one token pays for the signature check once.
@@ -159,6 +174,7 @@ impl std::fmt::Debug for Authenticator {
             .field("issuer", &self.settings.issuer)
             .field("realms", &self.settings.realms)
             .field("audience", &self.settings.audience)
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -171,8 +187,31 @@ pub fn valid_realm_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// The signature algorithms a key set may verify: never HMAC, never `none`.
+const JWKS_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
 impl Authenticator {
+    /// An authenticator whose key-set metrics go nowhere (tests, tools).
     pub fn new(settings: AuthSettings) -> Result<Self, AuthConfigError> {
+        Self::with_metrics(settings, JwksMetrics::default())
+    }
+
+    /// An authenticator that counts its key-set fetches in `metrics`. Key sets are fetched by
+    /// the task [`Authenticator::key_sets`] hands out, and on demand.
+    pub fn with_metrics(
+        settings: AuthSettings,
+        metrics: JwksMetrics,
+    ) -> Result<Self, AuthConfigError> {
         jsonwebtoken::crypto::CryptoProvider::try_get_default()
             .ok_or_else(|| AuthConfigError::Crypto("no provider compiled in".into()))?;
         let mut keys = Vec::new();
@@ -189,57 +228,82 @@ impl Authenticator {
         if let Some(path) = &settings.public_key_file {
             keys.extend(load_public_keys(path)?);
         }
-        if keys.is_empty() {
-            return Err(AuthConfigError::NoKeys);
-        }
         if let Some(realms) = &settings.realms {
             if let Some(bad) = realms.iter().find(|r| !valid_realm_name(r)) {
                 return Err(AuthConfigError::Realm(bad.clone()));
             }
         }
+        let jwks = match &settings.jwks_url {
+            Some(url) => Some(Arc::new(JwksKeys::new(
+                &JwksUrl::parse(url)?,
+                settings.realms.as_deref(),
+                metrics,
+            )?)),
+            None => None,
+        };
+        if keys.is_empty() && jwks.is_none() {
+            return Err(AuthConfigError::NoKeys);
+        }
         Ok(Authenticator {
             keys,
+            jwks,
             settings,
             verified: byte_bounded(VERIFIED_TOKEN_CACHE_BYTES, 1_024, verified_token_bytes),
         })
     }
 
+    /// The identity provider's key sets, for the task that keeps them fresh
+    /// ([`JwksKeys::keep_fresh`]); `None` without `JOBSTATS_JWT_JWKS_URL`.
+    pub fn key_sets(&self) -> Option<Arc<JwksKeys>> {
+        self.jwks.clone()
+    }
+
     /// The algorithms a token may be signed with.
     pub fn algorithms(&self) -> Vec<Algorithm> {
         let mut algorithms: Vec<Algorithm> = Vec::new();
-        for key in &self.keys {
-            if !algorithms.contains(&key.algorithm) {
-                algorithms.push(key.algorithm);
+        let from_jwks = self.jwks.as_ref().map_or(&[][..], |_| &JWKS_ALGORITHMS[..]);
+        for algorithm in self.keys.iter().map(|k| &k.algorithm).chain(from_jwks) {
+            if !algorithms.contains(algorithm) {
+                algorithms.push(*algorithm);
             }
         }
         algorithms
     }
 
-    /// Reads the `Authorization` and `realmname` headers and verifies the token.
-    pub fn authenticate_headers(
+    /// Reads the `Authorization` and `realmname` headers and verifies the token, fetching the
+    /// identity provider's keys again when the token names one they lack.
+    pub async fn authenticate_headers(
         &self,
         headers: &poem::http::HeaderMap,
     ) -> Result<Principal, AuthError> {
-        let mut values = headers.get_all(poem::http::header::AUTHORIZATION).iter();
-        let value = values.next().ok_or(AuthError::Missing)?;
-        if values.next().is_some() {
-            return Err(AuthError::RepeatedHeader);
+        let (token, realm) = bearer_and_realm(headers)?;
+        self.authenticate_fetching(token, realm).await
+    }
+
+    /// [`Authenticator::authenticate`], and when the token names a key (`kid`) that its realm's
+    /// key set lacks, that set fetched again (at most once per 30 s; callers meanwhile wait for
+    /// the running fetch) and the token verified once more.
+    pub async fn authenticate_fetching(
+        &self,
+        token: &str,
+        realm: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        match self.authenticate(token, realm) {
+            Err(AuthError::UnknownKey) => {
+                let Some(jwks) = &self.jwks else {
+                    return Err(AuthError::UnknownKey);
+                };
+                let kid = jsonwebtoken::decode_header(token)
+                    .map_err(|_| AuthError::Invalid)?
+                    .kid;
+                let key_realm = self.key_realm(token, realm);
+                match jwks.refresh(key_realm.as_deref(), kid.as_deref()).await {
+                    Refresh::Fetched => self.authenticate(token, realm),
+                    Refresh::TooSoon | Refresh::Failed => Err(AuthError::UnknownKey),
+                }
+            }
+            other => other,
         }
-        if value.len() > MAX_TOKEN_BYTES + 7 {
-            return Err(AuthError::TooLarge);
-        }
-        let value = value.to_str().map_err(|_| AuthError::Malformed)?;
-        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::Malformed);
-        }
-        let mut realms = headers.get_all("realmname").iter();
-        let realm = match (realms.next(), realms.next()) {
-            (None, _) => None,
-            (Some(realm), None) => Some(realm.to_str().map_err(|_| AuthError::UnknownRealm)?),
-            (Some(_), Some(_)) => return Err(AuthError::UnknownRealm),
-        };
-        self.authenticate(token.trim(), realm)
     }
 
     /// Verifies a token; `realm` is the `realmname` header, when sent.
@@ -276,15 +340,54 @@ impl Authenticator {
     fn verify(&self, token: &str, realm: Option<&str>) -> Result<(Principal, i64), AuthError> {
         // `alg: none` and unknown algorithms fail here: jsonwebtoken has no such variant.
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
-        let candidates: Vec<&VerificationKey> = self
+        let mut candidates: Vec<DecodingKey> = self
             .keys
             .iter()
             .filter(|k| k.algorithm == header.alg)
+            .map(|k| k.key.clone())
             .collect();
+        let mut key_unknown = false;
+        if let Some(jwks) = self
+            .jwks
+            .as_ref()
+            .filter(|_| JWKS_ALGORITHMS.contains(&header.alg))
+        {
+            // A realm that is not configured has no set: only the static keys may verify.
+            let set = jwks.set_of(self.key_realm(token, realm).as_deref());
+            key_unknown = match (&set, &header.kid) {
+                (None, _) => true,
+                (Some(set), Some(kid)) => !set.has_kid(kid),
+                (Some(set), None) => set.is_empty(),
+            };
+            if let Some(set) = set {
+                candidates.extend(
+                    set.candidates(header.kid.as_deref(), header.alg)
+                        .into_iter()
+                        .map(|k| k.key),
+                );
+            }
+        }
+        match self.verify_with(token, realm, header.alg, &candidates) {
+            // A static key may not verify it, but the set fetched again may.
+            Err(AuthError::AlgorithmNotAllowed | AuthError::Invalid) if key_unknown => {
+                Err(AuthError::UnknownKey)
+            }
+            other => other,
+        }
+    }
+
+    /// Checks the signature against each candidate key, then the claims.
+    fn verify_with(
+        &self,
+        token: &str,
+        realm: Option<&str>,
+        algorithm: Algorithm,
+        candidates: &[DecodingKey],
+    ) -> Result<(Principal, i64), AuthError> {
         if candidates.is_empty() {
             return Err(AuthError::AlgorithmNotAllowed);
         }
-        let mut validation = Validation::new(header.alg);
+        let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
@@ -296,7 +399,7 @@ impl Authenticator {
         }
         let mut last_error = AuthError::Invalid;
         for candidate in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &candidate.key, &validation) {
+            match jsonwebtoken::decode::<Claims>(token, candidate, &validation) {
                 Ok(data) => {
                     let expires_at = data.claims.exp + LEEWAY_SECONDS as i64;
                     return Ok((self.principal(data.claims, realm)?, expires_at));
@@ -338,7 +441,19 @@ impl Authenticator {
     /// `…/realms/<realm>`. Without `realmname`, a token whose issuer names a realm must name an
     /// allowed one.
     fn check_issuer(&self, issuer: Option<&str>, realm: Option<&str>) -> Result<(), AuthError> {
-        let issuer_realm = match &self.settings.issuer {
+        let issuer_realm = self.issuer_realm(issuer)?;
+        match (realm, issuer_realm) {
+            // The realm named must be the realm that issued the token.
+            (Some(named), Some(issued)) if named == issued => Ok(()),
+            (Some(_), _) => Err(AuthError::WrongIssuer),
+            (None, Some(issued)) if !self.realm_allowed(issued) => Err(AuthError::WrongIssuer),
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// The realm an issuer names, once it matches the issuer setting (`Err` when it does not).
+    fn issuer_realm<'a>(&self, issuer: Option<&'a str>) -> Result<Option<&'a str>, AuthError> {
+        Ok(match &self.settings.issuer {
             None => issuer.and_then(keycloak_realm),
             Some(template) => {
                 let issuer = issuer.ok_or(AuthError::WrongIssuer)?;
@@ -354,14 +469,22 @@ impl Authenticator {
                     ),
                 }
             }
-        };
-        match (realm, issuer_realm) {
-            // The realm named must be the realm that issued the token.
-            (Some(named), Some(issued)) if named == issued => Ok(()),
-            (Some(_), _) => Err(AuthError::WrongIssuer),
-            (None, Some(issued)) if !self.realm_allowed(issued) => Err(AuthError::WrongIssuer),
-            (None, _) => Ok(()),
+        })
+    }
+
+    /// The realm whose key set may verify `token`: the `realmname` header (already checked
+    /// against the allow-list), else the realm its issuer names. The issuer is read before
+    /// the signature is checked, which is safe: it only chooses among the configured realms'
+    /// sets, and the verified issuer is checked again afterwards.
+    fn key_realm(&self, token: &str, named: Option<&str>) -> Option<String> {
+        if let Some(named) = named {
+            return Some(named.to_owned());
         }
+        let issuer = unverified_issuer(token)?;
+        self.issuer_realm(Some(&issuer))
+            .ok()
+            .flatten()
+            .map(str::to_owned)
     }
 
     fn realm_allowed(&self, realm: &str) -> bool {
@@ -370,6 +493,43 @@ impl Authenticator {
             None => valid_realm_name(realm),
         }
     }
+}
+
+/// The bearer token and the `realmname` header, read strictly (CONTRACT §3).
+fn bearer_and_realm(headers: &poem::http::HeaderMap) -> Result<(&str, Option<&str>), AuthError> {
+    let mut values = headers.get_all(poem::http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthError::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthError::RepeatedHeader);
+    }
+    if value.len() > MAX_TOKEN_BYTES + 7 {
+        return Err(AuthError::TooLarge);
+    }
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed);
+    }
+    let mut realms = headers.get_all("realmname").iter();
+    let realm = match (realms.next(), realms.next()) {
+        (None, _) => None,
+        (Some(realm), None) => Some(realm.to_str().map_err(|_| AuthError::UnknownRealm)?),
+        (Some(_), Some(_)) => return Err(AuthError::UnknownRealm),
+    };
+    Ok((token.trim(), realm))
+}
+
+/// The `iss` claim of a token whose signature is not checked yet.
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Issuer {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Issuer>(&bytes).ok()?.iss
 }
 
 /// The realm a Keycloak issuer (`https://host/realms/<realm>`) names.
@@ -482,6 +642,7 @@ mod tests {
             issuer: issuer.map(str::to_owned),
             realms: realms.map(|r| r.iter().map(|s| s.to_string()).collect()),
             audience: None,
+            jwks_url: None,
         })
         .unwrap()
     }

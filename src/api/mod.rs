@@ -13,12 +13,13 @@ pub mod export;
 pub mod flips;
 mod health;
 pub mod jobs;
+pub mod jwks;
 pub mod limits;
 pub mod params;
 mod query;
 pub mod stats;
 pub mod tls;
-mod ui;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,8 @@ pub struct AppState {
     pub list_orders: jobs::FrozenOrders,
     /// Every job's announced health changes, from `JOB_HEALTH` (empty without NATS).
     pub flips: Arc<crate::notify::history::FlipHistory>,
+    /// The dashboard's sign-in (`JOBSTATS_UI_OIDC_*`).
+    pub ui: ui::UiSettings,
 }
 
 /// The projector's NATS connection as `/readyz` reports it: connected or not, and why the
@@ -147,7 +150,7 @@ pub fn app(state: Arc<AppState>, operations: Operations) -> impl Endpoint<Output
             }),
         )
         .nest("/api/v1", api)
-        .nest("/ui", ui::assets())
+        .nest("/ui", ui::assets(&state.ui))
         .at("/healthz", poem::get(health::healthz));
     let routes = match operations {
         // The API port may face the internet: what it serves unauthenticated names no
@@ -210,7 +213,11 @@ async fn edge<E: Endpoint>(
         );
     let result = async {
         if guarded {
-            match state.authenticator.authenticate_headers(request.headers()) {
+            match state
+                .authenticator
+                .authenticate_headers(request.headers())
+                .await
+            {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
                 }

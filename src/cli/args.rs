@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::api::auth::AuthSettings;
 use crate::api::limits::HttpLimits;
+use crate::api::ui::{UiConfigError, UiSettings};
 use crate::events::TenantId;
 use crate::ingest::replay::RebuildUntil;
 use crate::projection::HealthState;
@@ -260,7 +261,8 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the projector and the HTTP API in one process.
-    Serve(ServeOptions),
+    // Boxed: its options are many times the size of any other command's.
+    Serve(Box<ServeOptions>),
     /// Replay the whole stream into a new SQLite file and swap it in atomically (a running
     /// `serve` switches to it without failing a request); or, with --output, build a
     /// point-in-time copy without swapping.
@@ -387,6 +389,11 @@ pub struct JwtOptions {
     /// Expected audience. Unset: `aud` is not checked.
     #[arg(long, env = "JOBSTATS_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// The identity provider's JSON Web Key Set: `https://` (or `http://` to a loopback
+    /// address); may contain `{realm}`, then JOBSTATS_JWT_REALMS lists the realms fetched
+    /// (Keycloak: `https://kc.example/realms/{realm}/protocol/openid-connect/certs`).
+    #[arg(long, env = "JOBSTATS_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
 }
 
 impl CommonOptions {
@@ -486,6 +493,7 @@ impl JwtOptions {
                     .collect()
             }),
             audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+            jwks_url: self.jwt_jwks_url.clone().filter(|s| !s.trim().is_empty()),
         })
     }
 }
@@ -542,6 +550,33 @@ pub struct ServeOptions {
     pub jwt: JwtOptions,
     #[command(flatten)]
     pub http: HttpLimitArgs,
+    #[command(flatten)]
+    pub ui: UiSignInArgs,
+}
+
+/// The dashboard's sign-in with an OpenID provider (CONTRACT §9).
+#[derive(Debug, Clone, Args)]
+pub struct UiSignInArgs {
+    /// The OpenID provider the dashboard offers to sign in with: its issuer, as its tokens name
+    /// it (Keycloak: `https://kc.example/realms/acme`). Unset: tokens are pasted.
+    #[arg(long, env = "JOBSTATS_UI_OIDC_ISSUER")]
+    pub ui_oidc_issuer: Option<String>,
+    /// The dashboard's client id at that provider: a public client (no secret) with PKCE.
+    #[arg(long, env = "JOBSTATS_UI_OIDC_CLIENT_ID")]
+    pub ui_oidc_client_id: Option<String>,
+    /// Scopes the dashboard asks for, space- or comma-separated; must include `openid`.
+    #[arg(long, env = "JOBSTATS_UI_OIDC_SCOPES", default_value = "openid")]
+    pub ui_oidc_scopes: String,
+}
+
+impl UiSignInArgs {
+    pub fn settings(&self) -> Result<UiSettings, UiConfigError> {
+        UiSettings::new(
+            self.ui_oidc_issuer.as_deref(),
+            self.ui_oidc_client_id.as_deref(),
+            &self.ui_oidc_scopes,
+        )
+    }
 }
 
 /// Limits that keep an exposed HTTP server from being exhausted by its clients.

@@ -161,6 +161,7 @@ fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Resul
         http: options.http.limits(),
         tls: options.tls_files().map_err(anyhow::Error::msg)?,
         webhooks,
+        ui: options.ui.settings()?,
     })
 }
 

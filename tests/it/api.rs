@@ -425,6 +425,7 @@ async fn rs256_issuer_realm_and_audience_rules() {
         issuer: Some("https://sso.example.com/realms/{realm}".into()),
         realms: Some(vec!["acme".into(), "globex".into()]),
         audience: Some("jobstats".into()),
+        jwks_url: None,
     })
     .await;
     let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();

@@ -20,10 +20,13 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// One installer at a time.
+static INSTALL: Mutex<()> = Mutex::new(());
+
 /// Chromium and the test's node packages, installed when missing (CI's .ci/run installs
-/// them first; a developer's `cargo test` gets them here). One installer at a time.
-fn browser_tools() -> (PathBuf, PathBuf) {
-    static INSTALL: Mutex<()> = Mutex::new(());
+/// them first; a developer's `cargo test` gets them here).
+pub(crate) fn browser_tools() -> (PathBuf, PathBuf) {
+    let ui = node_packages();
     let _one = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let chromium = PathBuf::from(std::env::var("CHROMIUM").unwrap_or("/usr/bin/chromium".into()));
     if !chromium.exists() && running_as_root() {
@@ -40,18 +43,29 @@ fn browser_tools() -> (PathBuf, PathBuf) {
         chromium.exists(),
         "the dashboard test needs Chromium: `apt-get install chromium` (or set CHROMIUM)"
     );
+    (chromium, ui)
+}
+
+/// `tests/ui` with its node packages (playwright-core, axe-core, oidc-provider), installed by
+/// `npm ci` when one is missing.
+pub(crate) fn node_packages() -> PathBuf {
+    let _one = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let ui = root().join("tests/ui");
-    if !ui.join("node_modules/playwright-core").exists() {
+    let missing = ["playwright-core", "axe-core", "oidc-provider"]
+        .iter()
+        .any(|package| !ui.join("node_modules").join(package).exists());
+    if missing {
         let installed = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--prefix"])
             .arg(&ui)
             .status();
         assert!(
             installed.is_ok_and(|s| s.success()),
-            "`npm ci --prefix tests/ui` failed (the dashboard test needs Node.js and npm)"
+            "`npm ci --prefix tests/ui` failed: the browser and identity-provider tests need \
+             Node.js 20+ and npm, and the packages of tests/ui/package-lock.json"
         );
     }
-    (chromium, ui)
+    ui
 }
 
 fn run(

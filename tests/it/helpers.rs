@@ -131,6 +131,7 @@ pub fn jwt_options() -> AuthSettings {
         issuer: None,
         realms: None,
         audience: None,
+        jwks_url: None,
     }
 }
 
@@ -325,7 +326,13 @@ impl ServeProcess {
 
     /// [`ServeProcess::start`] with more settings in the environment.
     pub fn start_with_env(nats_url: &str, db_path: &Path, env: &[(&str, &str)]) -> Self {
-        Self::start_logging(nats_url, db_path, env, Stdio::inherit())
+        Self::start_on(free_port(), nats_url, db_path, env)
+    }
+
+    /// [`ServeProcess::start_with_env`] on a port the test chose (one it had to tell others
+    /// first, such as an identity provider's redirect address).
+    pub fn start_on(port: u16, nats_url: &str, db_path: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on_logging(port, nats_url, db_path, env, Stdio::inherit())
     }
 
     /// [`ServeProcess::start_with_env`] with its log (stderr) going to `log`, for tests that
@@ -336,7 +343,16 @@ impl ServeProcess {
         env: &[(&str, &str)],
         log: impl Into<Stdio>,
     ) -> Self {
-        let port = free_port();
+        Self::start_on_logging(free_port(), nats_url, db_path, env, log)
+    }
+
+    fn start_on_logging(
+        port: u16,
+        nats_url: &str,
+        db_path: &Path,
+        env: &[(&str, &str)],
+        log: impl Into<Stdio>,
+    ) -> Self {
         let mut command = Command::new(BIN);
         if !env.iter().any(|(name, _)| *name == "JOBSTATS_INSTANCE_ID") {
             // An instance id names the consumer only without an explicit one.
@@ -495,6 +511,7 @@ fn serve_config(
         http: Default::default(),
         tls: None,
         webhooks: Vec::new(),
+        ui: Default::default(),
     }
 }
 

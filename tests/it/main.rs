@@ -16,6 +16,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod https;
+mod idp;
 mod jobs;
 mod notify;
 mod percentiles;

@@ -3,6 +3,12 @@
 
 const TOKEN_KEY = 'jobstats.token';
 const TENANT_KEY = 'jobstats.tenant';
+/** The signed-in provider session: {refreshToken, idToken}. */
+const OIDC_KEY = 'jobstats.oidc';
+/** A sign-in on its way through the provider: {state, nonce, verifier, returnTo}. */
+const OIDC_PENDING_KEY = 'jobstats.oidc.pending';
+/** Set before the provider's sign-out page, so the page it sends back to can say so. */
+const SIGNED_OUT_KEY = 'jobstats.signedOut';
 const WINDOW_KEY = 'jobstats.window';
 const API_BASE = new URL('../api/v1/admin/', document.baseURI);
 const POLL_MS = 5000;
@@ -280,8 +286,11 @@ function isSuper() {
   return session.roles.has('super_admin');
 }
 
-/** Validates and stores a token; returns an error sentence or null. */
-function acceptToken(raw) {
+/**
+ * Validates and stores a token; returns an error sentence or null. A renewal keeps the chosen
+ * tenant and the provider session; anything else (a pasted token, a new sign-in) starts afresh.
+ */
+function acceptToken(raw, { renewal = false } = {}) {
   const token = String(raw || '').trim().replace(/^Bearer\s+/i, '');
   if (!token) return 'Paste a token first.';
   let claims;
@@ -294,7 +303,10 @@ function acceptToken(raw) {
     clearSession();
     return `This token expired ${fmtRelative(new Date(claims.exp * 1000).toISOString())} (at ${fmtLocal(new Date(claims.exp * 1000))}). Sign in with a fresh one.`;
   }
-  if (sessionStorage.getItem(TOKEN_KEY) !== token) sessionStorage.removeItem(TENANT_KEY);
+  if (!renewal) {
+    sessionStorage.removeItem(OIDC_KEY);
+    if (sessionStorage.getItem(TOKEN_KEY) !== token) sessionStorage.removeItem(TENANT_KEY);
+  }
   sessionStorage.setItem(TOKEN_KEY, token);
   loadSession();
   return null;
@@ -321,12 +333,15 @@ function loadSession() {
       session.expiryTimer = setTimeout(() => signOut('Your token expired. Sign in again.'), Math.max(0, left));
     }
   }
+  scheduleRenewal();
   return true;
 }
 
 function clearSession() {
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(TENANT_KEY);
+  sessionStorage.removeItem(OIDC_KEY);
+  clearTimeout(oidc.renewTimer);
   session.token = null;
   session.claims = null;
   session.roles = new Set();
@@ -1391,6 +1406,244 @@ function resetViews() {
   $('projection-content').hidden = true;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Sign-in with the identity provider (GET ./config.json says which): OpenID Connect's
+// authorization code flow with PKCE (S256), run by this page. The state and nonce tie the answer
+// to this tab's request; the access token is renewed with the refresh token before it expires.
+
+const oidc = { config: null, discovery: null, renewTimer: null };
+
+async function loadUiConfig() {
+  try {
+    const res = await fetch(new URL('./config.json', document.baseURI), { cache: 'no-store', credentials: 'omit' });
+    const body = res.ok ? await res.json() : null;
+    oidc.config = body && body.oidc && typeof body.oidc.issuer === 'string' ? body.oidc : null;
+  } catch {
+    oidc.config = null;
+  }
+  if (oidc.config) {
+    $('oidc-issuer-host').textContent = issuerHost();
+    $('oidc-signin').hidden = false;
+  }
+}
+
+function issuerHost() {
+  try {
+    return new URL(oidc.config.issuer).host;
+  } catch {
+    return 'your identity provider';
+  }
+}
+
+function showSigninMessage(text) {
+  signinMessage = text;
+  const msg = $('signin-message');
+  msg.textContent = text;
+  msg.hidden = !text;
+}
+
+/** The provider's metadata, checked: it must name the configured issuer and offer S256. */
+async function discover() {
+  if (oidc.discovery) return oidc.discovery;
+  const issuer = oidc.config.issuer;
+  let res;
+  try {
+    res = await fetch(`${issuer.replace(/\/+$/, '')}/.well-known/openid-configuration`, { cache: 'no-store', credentials: 'omit', redirect: 'error' });
+  } catch {
+    throw new Error('the provider cannot be reached');
+  }
+  const meta = res.ok ? await res.json().catch(() => null) : null;
+  if (!meta) throw new Error(`the provider answered ${res.status} for its configuration`);
+  if (meta.issuer !== issuer) throw new Error(`the provider calls itself ${meta.issuer}, not ${issuer}`);
+  if (typeof meta.authorization_endpoint !== 'string' || typeof meta.token_endpoint !== 'string') {
+    throw new Error('the provider names no authorization or token endpoint');
+  }
+  const methods = meta.code_challenge_methods_supported;
+  if (Array.isArray(methods) && !methods.includes('S256')) throw new Error('the provider does not offer PKCE with S256');
+  oidc.discovery = meta;
+  return meta;
+}
+
+function base64url(bytes) {
+  let bin = '';
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+function randomString(bytes = 32) {
+  return base64url(crypto.getRandomValues(new Uint8Array(bytes)));
+}
+
+/** This page's address without query or fragment: the client's redirect URI (`…/ui/`). */
+function redirectUri() {
+  return new URL('./', document.baseURI).href;
+}
+
+async function beginSignIn() {
+  const meta = await discover();
+  const pending = {
+    state: randomString(),
+    nonce: randomString(),
+    verifier: randomString(48),
+    returnTo: location.hash.startsWith('#/') ? location.hash : '#/jobs',
+  };
+  const challenge = base64url(new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(pending.verifier))));
+  sessionStorage.setItem(OIDC_PENDING_KEY, JSON.stringify(pending));
+  const url = new URL(meta.authorization_endpoint);
+  const params = {
+    response_type: 'code',
+    client_id: oidc.config.clientId,
+    redirect_uri: redirectUri(),
+    scope: oidc.config.scopes.join(' '),
+    state: pending.state,
+    nonce: pending.nonce,
+    code_challenge: challenge,
+    code_challenge_method: 'S256',
+  };
+  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+  location.assign(url.href);
+}
+
+/**
+ * Back from the provider (`?code=…&state=…` or `?error=…`): checks the state, trades the code
+ * for tokens, checks the ID token's nonce, issuer and audience. Returns an error sentence, or
+ * null (signed in, or nothing to complete).
+ */
+async function completeSignIn() {
+  const params = new URLSearchParams(location.search);
+  if (!params.has('code') && !params.has('error')) return null;
+  let pending = null;
+  try {
+    pending = JSON.parse(sessionStorage.getItem(OIDC_PENDING_KEY) || 'null');
+  } catch {
+    pending = null;
+  }
+  sessionStorage.removeItem(OIDC_PENDING_KEY);
+  // The code leaves the address bar (and the history) at once.
+  history.replaceState(null, '', `${location.pathname}${(pending && pending.returnTo) || '#/jobs'}`);
+  if (!oidc.config) return 'Sign-in is not configured on this server.';
+  if (!pending || params.get('state') !== pending.state) {
+    return 'Sign-in failed: the answer does not belong to a sign-in started in this tab. Try again.';
+  }
+  if (params.has('error')) return `Sign-in failed: ${params.get('error_description') || params.get('error')}`;
+  if (params.has('iss') && params.get('iss') !== oidc.config.issuer) return 'Sign-in failed: the answer comes from another issuer.';
+  try {
+    const meta = await discover();
+    const tokens = await tokenRequest(meta, {
+      grant_type: 'authorization_code',
+      code: params.get('code'),
+      redirect_uri: redirectUri(),
+      client_id: oidc.config.clientId,
+      code_verifier: pending.verifier,
+    });
+    checkIdToken(tokens.id_token, pending.nonce);
+    return storeTokens(tokens, null);
+  } catch (e) {
+    return `Sign-in failed: ${e.message}`;
+  }
+}
+
+/** The ID token came straight from the token endpoint; its claims must answer our request. */
+function checkIdToken(idToken, nonce) {
+  if (typeof idToken !== 'string') throw new Error('the provider sent no ID token (is "openid" among the scopes?)');
+  const claims = decodeJwt(idToken);
+  const audience = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+  if (claims.nonce !== nonce) throw new Error('the ID token does not answer this sign-in (nonce)');
+  if (claims.iss !== oidc.config.issuer) throw new Error('the ID token comes from another issuer');
+  if (!audience.includes(oidc.config.clientId)) throw new Error('the ID token is meant for another client');
+}
+
+async function tokenRequest(meta, form) {
+  let res;
+  try {
+    res = await fetch(meta.token_endpoint, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded', Accept: 'application/json' },
+      body: new URLSearchParams(form),
+      cache: 'no-store',
+      credentials: 'omit',
+      redirect: 'error',
+    });
+  } catch {
+    throw new Error('the provider cannot be reached');
+  }
+  const body = await res.json().catch(() => null);
+  if (!res.ok || !body || typeof body.access_token !== 'string') {
+    throw new Error((body && (body.error_description || body.error)) || `the provider answered ${res.status}`);
+  }
+  return body;
+}
+
+/** Keeps the access token like a pasted one, and what renewing and signing out need. */
+function storeTokens(tokens, previous) {
+  const err = acceptToken(tokens.access_token, { renewal: previous != null });
+  if (err) return err;
+  sessionStorage.setItem(OIDC_KEY, JSON.stringify({
+    refreshToken: tokens.refresh_token || (previous && previous.refreshToken) || null,
+    idToken: tokens.id_token || (previous && previous.idToken) || null,
+  }));
+  scheduleRenewal();
+  return null;
+}
+
+function providerSession() {
+  try {
+    return JSON.parse(sessionStorage.getItem(OIDC_KEY) || 'null');
+  } catch {
+    return null;
+  }
+}
+
+/** Renews a quarter of the token's lifetime before it expires (at most a minute before). */
+function scheduleRenewal() {
+  clearTimeout(oidc.renewTimer);
+  const stored = providerSession();
+  if (!oidc.config || !stored || !stored.refreshToken || !session.claims || typeof session.claims.exp !== 'number') return;
+  const expires = session.claims.exp * 1000;
+  const issued = typeof session.claims.iat === 'number' ? session.claims.iat * 1000 : Date.now();
+  const lead = Math.min(60000, Math.max(2000, (expires - issued) / 4));
+  oidc.renewTimer = setTimeout(renew, Math.max(0, expires - lead - Date.now()));
+}
+
+async function renew() {
+  const stored = providerSession();
+  if (!stored || !stored.refreshToken) return;
+  try {
+    const meta = await discover();
+    const tokens = await tokenRequest(meta, {
+      grant_type: 'refresh_token',
+      refresh_token: stored.refreshToken,
+      client_id: oidc.config.clientId,
+    });
+    const err = storeTokens(tokens, stored);
+    if (err) throw new Error(err);
+  } catch (e) {
+    // The current token still works until it expires (then the page signs out): try again
+    // while there is time.
+    const left = session.claims ? session.claims.exp * 1000 - Date.now() : 0;
+    console.warn(`token renewal failed: ${e.message}`);
+    if (left > 3000) oidc.renewTimer = setTimeout(renew, Math.min(10000, left / 2));
+  }
+}
+
+/** Signs out here and, when the provider offers it, ends the session there too. */
+function signOutEverywhere() {
+  const stored = providerSession();
+  signOut('You signed out.');
+  if (!stored || !oidc.config) return;
+  discover().then((meta) => {
+    if (!meta.end_session_endpoint) return;
+    const url = new URL(meta.end_session_endpoint);
+    url.searchParams.set('client_id', oidc.config.clientId);
+    url.searchParams.set('post_logout_redirect_uri', redirectUri());
+    if (stored.idToken) url.searchParams.set('id_token_hint', stored.idToken);
+    sessionStorage.setItem(SIGNED_OUT_KEY, '1');
+    location.assign(url.href);
+  }, () => {
+    // Signed out here; the provider's session stays (it could not be reached).
+  });
+}
+
 /** `/ui/#token=<jwt>`: take the token once and remove it from the address bar at once. */
 function consumeFragmentToken() {
   const hash = location.hash.replace(/^#/, '');
@@ -1422,7 +1675,10 @@ function bindSignin() {
     if (!location.hash.startsWith('#/')) history.replaceState(null, '', `${location.pathname}${location.search}#/jobs`);
     route();
   });
-  $('signout').addEventListener('click', () => signOut('You signed out.'));
+  $('signout').addEventListener('click', () => signOutEverywhere());
+  $('oidc-signin-button').addEventListener('click', () => {
+    beginSignIn().catch((e) => showSigninMessage(`Sign-in with ${issuerHost()} is not available: ${e.message}`));
+  });
   $('tenant-select').addEventListener('change', () => {
     chooseTenant($('tenant-select').value);
     route();
@@ -1440,13 +1696,20 @@ function bindSignin() {
   });
 }
 
-function boot() {
+async function boot() {
+  await loadUiConfig();
   bindSignin();
   bindJobs();
   bindJob();
   bindProjection();
   renderChips();
   $(`window-${job.window}`).checked = true;
+  if (sessionStorage.getItem(SIGNED_OUT_KEY)) {
+    sessionStorage.removeItem(SIGNED_OUT_KEY);
+    signinMessage = 'You signed out.';
+  }
+  const signinError = await completeSignIn();
+  if (signinError) signinMessage = signinError;
   consumeFragmentToken();
   if (!signinMessage) loadSession();
   window.addEventListener('hashchange', () => {
