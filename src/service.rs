@@ -81,6 +81,8 @@ pub struct ServeConfig {
     pub default_max_runtime: Duration,
     /// Where `/readyz` and `/metrics` go instead of the API address, when set.
     pub admin_listen: Option<SocketAddr>,
+    /// `JOBSTATS_JOB_METRICS_MAX`: the jobs with per-job series on the admin `/metrics`.
+    pub job_metrics_max: usize,
     pub auth: AuthSettings,
     pub http: HttpLimits,
     /// HTTPS on both listeners (`JOBSTATS_TLS_CERT_FILE` + `JOBSTATS_TLS_KEY_FILE`).
@@ -115,6 +117,7 @@ pub async fn serve(
         move_aside_if_damaged(db_path, &status)?;
     }
     let applied_sequence = applied.subscribe();
+    let job_health = Arc::new(crate::job_metrics::JobHealthBoard::default());
     let state = |readers, nats| {
         Arc::new(AppState {
             readers,
@@ -128,6 +131,8 @@ pub async fn serve(
             tenants: config.tenants.clone(),
             waiters: tokio::sync::Semaphore::new(config.http.max_waiters as usize),
             list_orders: Default::default(),
+            job_health: job_health.clone(),
+            job_metrics_max: config.job_metrics_max,
         })
     };
     let admin = admin_listener(config.admin_listen).await?;
@@ -155,8 +160,15 @@ pub async fn serve(
         Ordering::Relaxed,
     );
     applied.send_replace(freshness.last_sequence);
-    let (touched, notifications) =
-        spawn_notifications(&client, config, &readers, &status, &metrics, &shutdown);
+    let (touched, notifications) = spawn_notifications(
+        &client,
+        config,
+        &readers,
+        &status,
+        &metrics,
+        &shutdown,
+        &job_health,
+    );
     let handles = ProjectorHandles {
         status: status.clone(),
         metrics: metrics.clone(),
@@ -220,6 +232,7 @@ fn spawn_notifications(
     status: &Arc<ProjectorStatus>,
     metrics: &Arc<Metrics>,
     shutdown: &Shutdown,
+    job_health: &Arc<crate::job_metrics::JobHealthBoard>,
 ) -> (Arc<TouchedJobs>, Vec<tokio::task::JoinHandle<()>>) {
     let touched = Arc::new(TouchedJobs::default());
     let mut tasks = vec![tokio::spawn(evaluator::run(
@@ -233,6 +246,7 @@ fn spawn_notifications(
             status: status.clone(),
             metrics: metrics.clone(),
             touched: touched.clone(),
+            job_health: job_health.clone(),
         },
         shutdown.wait(),
     ))];

@@ -50,6 +50,10 @@ pub struct AppState {
     pub waiters: tokio::sync::Semaphore,
     /// Job-list orders frozen at their first page, for the pages after it.
     pub list_orders: jobs::FrozenOrders,
+    /// The health state last announced per job, for the per-job metrics.
+    pub job_health: Arc<crate::job_metrics::JobHealthBoard>,
+    /// `JOBSTATS_JOB_METRICS_MAX`: the jobs the admin `/metrics` exports.
+    pub job_metrics_max: usize,
 }
 
 /// The projector's NATS connection as `/readyz` reports it: connected or not, and why the
