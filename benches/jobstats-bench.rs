@@ -597,6 +597,8 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
         list_orders: Default::default(),
         flips: Default::default(),
         ui: Default::default(),
+        job_health: Default::default(),
+        job_metrics_max: jobstats::job_metrics::DEFAULT_MAX_JOBS,
     });
     let app = jobstats::api::app(state, jobstats::api::Operations::WithApi);
     let token = bench_token("system_admin", Some(tenant));

@@ -399,6 +399,7 @@ fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
         read_only: false,
         default_max_runtime: Duration::from_secs(3600),
         admin_listen: None,
+        job_metrics_max: crate::job_metrics::DEFAULT_MAX_JOBS,
         auth: AuthSettings {
             hs256_secret: Some(secret.to_owned()),
             public_key_file: None,

@@ -284,6 +284,12 @@ impl Metrics {
     /// The Prometheus text exposition: the service-level series, and with `labelled` also
     /// those that name tenants and webhooks (the admin listener's).
     pub fn render(&self, labelled: bool) -> String {
+        self.render_with(labelled, |_| {})
+    }
+
+    /// [`Metrics::render`], with `more` appending further families (the per-job series)
+    /// before the closing `# EOF`.
+    pub fn render_with(&self, labelled: bool, more: impl FnOnce(&mut String)) -> String {
         use prometheus_client::encoding::text::{encode_eof, encode_registry};
         if labelled {
             self.refresh_webhook_ages();
@@ -293,6 +299,7 @@ impl Metrics {
         if labelled {
             encode_registry(&mut text, &self.labelled).expect("writing to a String cannot fail");
         }
+        more(&mut text);
         encode_eof(&mut text).expect("writing to a String cannot fail");
         text
     }

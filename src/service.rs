@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub default_max_runtime: Duration,
     /// Where `/readyz` and `/metrics` go instead of the API address, when set.
     pub admin_listen: Option<SocketAddr>,
+    /// `JOBSTATS_JOB_METRICS_MAX`: the jobs with per-job series on the admin `/metrics`.
+    pub job_metrics_max: usize,
     pub auth: AuthSettings,
     pub http: HttpLimits,
     /// HTTPS on both listeners (`JOBSTATS_TLS_CERT_FILE` + `JOBSTATS_TLS_KEY_FILE`).
@@ -101,6 +103,7 @@ pub async fn serve(
     }
     let applied_sequence = applied.subscribe();
     let flips = Arc::new(crate::notify::history::FlipHistory::default());
+    let job_health = Arc::new(crate::job_metrics::JobHealthBoard::default());
     let state = |readers, nats| {
         Arc::new(AppState {
             readers,
@@ -116,6 +119,8 @@ pub async fn serve(
             list_orders: Default::default(),
             flips: flips.clone(),
             ui: config.ui.clone(),
+            job_health: job_health.clone(),
+            job_metrics_max: config.job_metrics_max,
         })
     };
     let admin = admin_listener(config.admin_listen).await?;
@@ -144,7 +149,16 @@ pub async fn serve(
     );
     applied.send_replace(freshness.last_sequence);
     let (touched, notifications) = spawn_notifications(
-        &client, config, &readers, &status, &metrics, &flips, &shutdown,
+        &client,
+        config,
+        &readers,
+        &status,
+        &metrics,
+        AnnouncedHealth {
+            flips: &flips,
+            job_health: &job_health,
+        },
+        &shutdown,
     );
     let handles = ProjectorHandles {
         status: status.clone(),
@@ -200,6 +214,13 @@ async fn stop_tasks(
     }
 }
 
+/// Where the announced health changes are kept for reading: each job's flips (flips endpoint,
+/// uptime) and its current state (per-job metrics).
+struct AnnouncedHealth<'a> {
+    flips: &'a Arc<crate::notify::history::FlipHistory>,
+    job_health: &'a Arc<crate::job_metrics::JobHealthBoard>,
+}
+
 /// Starts the health evaluator and, when webhooks are configured, their delivery; returns
 /// where the projector reports the jobs each commit touched, and the tasks.
 fn spawn_notifications(
@@ -208,7 +229,7 @@ fn spawn_notifications(
     readers: &Arc<CurrentReader>,
     status: &Arc<ProjectorStatus>,
     metrics: &Arc<Metrics>,
-    flips: &Arc<crate::notify::history::FlipHistory>,
+    announced: AnnouncedHealth<'_>,
     shutdown: &Shutdown,
 ) -> (Arc<TouchedJobs>, Vec<tokio::task::JoinHandle<()>>) {
     let touched = Arc::new(TouchedJobs::default());
@@ -223,12 +244,13 @@ fn spawn_notifications(
             status: status.clone(),
             metrics: metrics.clone(),
             touched: touched.clone(),
+            job_health: announced.job_health.clone(),
         },
         shutdown.wait(),
     ))];
     tasks.push(tokio::spawn(crate::notify::history::follow(
         client.clone(),
-        flips.clone(),
+        announced.flips.clone(),
         shutdown.wait(),
     )));
     if !config.webhooks.is_empty() {

@@ -140,7 +140,35 @@ pub async fn metrics(state: Data<&Arc<AppState>>) -> Response {
             }
         }
     }
-    openmetrics(state.metrics.render(true))
+    // The per-job series: one pass over `job_stats`, off the async workers too.
+    let reading = state.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        reading.readers.get().job_metrics(reading.job_metrics_max)
+    })
+    .await;
+    let rows = match rows {
+        Ok(Ok(rows)) => Some(rows),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "reading the per-job metrics failed");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "reading the per-job metrics panicked");
+            None
+        }
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    // Past §5's patience without the stream, nothing time-based is judged: `unknown`.
+    let unknown = matches!(
+        state.status.position().judgement(now),
+        crate::projection::Judgement::Unknown { .. }
+    );
+    openmetrics(state.metrics.render_with(true, |text| {
+        if let Some((rows, total)) = rows {
+            let omitted = total.saturating_sub(rows.len() as u64);
+            crate::job_metrics::render(text, &rows, &state.job_health, unknown, omitted, now);
+        }
+    }))
 }
 
 /// The API port's metrics: service-level series only, nothing counted per request.

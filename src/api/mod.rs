@@ -57,6 +57,10 @@ pub struct AppState {
     pub flips: Arc<crate::notify::history::FlipHistory>,
     /// The dashboard's sign-in (`JOBSTATS_UI_OIDC_*`).
     pub ui: ui::UiSettings,
+    /// The health state last announced per job, for the per-job metrics.
+    pub job_health: Arc<crate::job_metrics::JobHealthBoard>,
+    /// `JOBSTATS_JOB_METRICS_MAX`: the jobs the admin `/metrics` exports.
+    pub job_metrics_max: usize,
 }
 
 /// The projector's NATS connection as `/readyz` reports it: connected or not, and why the

@@ -542,6 +542,11 @@ pub struct ServeOptions {
     /// address no longer serves the first two, so it can face the internet.
     #[arg(long, env = "JOBSTATS_ADMIN_LISTEN", value_parser = parse_listen)]
     pub admin_listen: Option<SocketAddr>,
+    /// Most jobs with per-job series on the admin listener's `/metrics` (the first seen
+    /// first); the rest are left out and counted in `jobstats_job_metrics_omitted`. 0: none.
+    #[arg(long, env = "JOBSTATS_JOB_METRICS_MAX", default_value_t = crate::job_metrics::DEFAULT_MAX_JOBS as u32,
+          value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub job_metrics_max: u32,
     /// A TOML file of `[[webhooks]]` (url, secret, optional tenants, states) that receive
     /// every health change, signed (see the README).
     #[arg(long, env = "JOBSTATS_WEBHOOKS_FILE")]

@@ -157,6 +157,7 @@ fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Resul
         read_only: options.read_only,
         default_max_runtime: options.max_runtime,
         admin_listen: options.admin_listen,
+        job_metrics_max: options.job_metrics_max as usize,
         auth: options.jwt.settings().map_err(anyhow::Error::msg)?,
         http: options.http.limits(),
         tls: options.tls_files().map_err(anyhow::Error::msg)?,

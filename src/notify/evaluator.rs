@@ -56,6 +56,8 @@ pub struct EvaluatorHandles {
     pub status: Arc<ProjectorStatus>,
     pub metrics: Arc<Metrics>,
     pub touched: Arc<TouchedJobs>,
+    /// Where the announced states are shown to the per-job metrics.
+    pub job_health: Arc<crate::job_metrics::JobHealthBoard>,
 }
 
 /// One job judged: what to announce, and when the clock may next change it.
@@ -241,6 +243,9 @@ impl Evaluator {
             .await
             .map_err(|e| NatsError::Consumer(e.to_string()))?;
         let mut loaded = consumer.cached_info().num_pending == 0;
+        if loaded {
+            self.handles.job_health.mark_loaded();
+        }
         let mut announcements = consumer
             .messages()
             .await
@@ -259,6 +264,7 @@ impl Evaluator {
                     let position = Position::of(&message)?;
                     if position.pending == 0 {
                         loaded = true;
+                        self.handles.job_health.mark_loaded();
                     }
                     continue;
                 }
@@ -283,6 +289,9 @@ impl Evaluator {
         ) else {
             return;
         };
+        self.handles
+            .job_health
+            .set(&tenant.to_string(), &change.job_name, state);
         self.announced.insert((tenant, change.job_name), state);
     }
 
@@ -370,6 +379,11 @@ impl Evaluator {
                     return Err(error);
                 }
                 published = true;
+                self.handles.job_health.set(
+                    &judgement.job.0.to_string(),
+                    &judgement.job.1,
+                    judgement.state,
+                );
                 self.announced
                     .insert(judgement.job.clone(), judgement.state);
                 self.count(change, judgement.since);

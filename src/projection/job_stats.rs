@@ -322,6 +322,20 @@ impl JobStats {
         stats
     }
 
+    /// The finish time of the latest completed execution, read from what the aggregates
+    /// keep anyway: the last finished one when it completed, else the boundary of the run of
+    /// failures (the latest execution of the other outcome).
+    pub fn last_success_at(&self) -> Option<EpochMillis> {
+        last_success_at(
+            self.last_finished
+                .as_ref()
+                .map(|l| (l.finished_at, l.failed)),
+            self.outcome_run
+                .as_ref()
+                .map(|r| (r.failed, r.boundary.as_ref().map(|b| b.0))),
+        )
+    }
+
     /// `running` while any execution is processing.
     pub fn status(&self) -> &'static str {
         if self.processing > 0 {
@@ -349,5 +363,19 @@ impl JobStats {
     pub fn success_rate_percent(&self) -> Option<f64> {
         let finished = self.completed + self.failed;
         (finished > 0).then(|| self.completed as f64 * 100.0 / finished as f64)
+    }
+}
+
+/// [`JobStats::last_success_at`] from the stored columns alone: the last finished execution
+/// (finish time, failed) and the outcome run (failed, boundary's finish time). The metrics
+/// scrape reads these straight from `job_stats` without building a [`JobStats`].
+pub fn last_success_at(
+    last_finished: Option<(EpochMillis, bool)>,
+    outcome_run: Option<(bool, Option<EpochMillis>)>,
+) -> Option<EpochMillis> {
+    match (last_finished, outcome_run) {
+        (Some((at, false)), _) => Some(at),
+        (Some((_, true)), Some((true, boundary))) => boundary,
+        _ => None,
     }
 }

@@ -22,7 +22,9 @@ pub use execution::{transition, Execution, ExecutionEvent, ExecutionState};
 pub(crate) use fold::MemoryJob;
 pub use fold::{apply, Change};
 pub use health::{Health, HealthInput, HealthState, Judgement};
-pub use job_stats::{FinishKey, JobStats, LastFinished, OutcomeRun, QueueWait, ScheduleRecord};
+pub use job_stats::{
+    last_success_at, FinishKey, JobStats, LastFinished, OutcomeRun, QueueWait, ScheduleRecord,
+};
 
 /// Milliseconds since the Unix epoch, UTC: the unit of every time in the read model.
 pub type EpochMillis = i64;

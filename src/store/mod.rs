@@ -51,7 +51,7 @@ impl rusqlite::types::FromSql for WideInt {
 
 pub use reader::{
     CurrentReader, DeadLetter, ExecutionSummary, ExecutionsPage, ExecutionsQuery, Freshness,
-    HealthData, JobSnapshot, ReadPool,
+    HealthData, JobMetricsRow, JobSnapshot, ReadPool, JOB_METRICS_QUANTILES,
 };
 pub use writer::{BatchOutcome, IncomingMessage, Writer};
 

@@ -92,6 +92,29 @@ pub struct HealthData {
 /// Most start times read for one job's health: 8 days of a once-a-minute job four times over.
 const MAX_STARTS: u32 = 50_000;
 
+/// The run-time quantiles the per-job metrics export.
+pub const JOB_METRICS_QUANTILES: [f64; 4] = [0.5, 0.9, 0.95, 0.99];
+
+/// What the per-job metrics say of one job, straight from its `job_stats` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobMetricsRow {
+    pub tenant: String,
+    pub job: String,
+    pub completed: i64,
+    pub failed: i64,
+    pub processing: i64,
+    pub last_finished_at: Option<i64>,
+    /// Run time of the finished execution with the latest finish time.
+    pub last_duration_ms: Option<i64>,
+    pub last_success_at: Option<i64>,
+    pub cron: Option<String>,
+    /// Sum and count of the completed executions' run times.
+    pub duration_sum_ms: i128,
+    pub duration_count: i64,
+    /// At [`JOB_METRICS_QUANTILES`], in ms; `None` before a completed run with both times.
+    pub duration_quantiles: [Option<i64>; 4],
+}
+
 /// Read-only connections to one database file.
 pub struct ReadPool {
     path: PathBuf,
@@ -540,6 +563,60 @@ impl ReadPool {
                 |r| r.get(0),
             )?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// The per-job metrics' figures of the first `limit` jobs by job id (the order jobs were
+    /// first seen in the stream: the same on every replica, and a job keeps its place), and
+    /// how many jobs there are in all: one pass over `job_stats`, nothing from the history.
+    pub fn job_metrics(&self, limit: usize) -> Result<(Vec<JobMetricsRow>, u64), StoreError> {
+        self.with_snapshot(|tx| {
+            let total: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM job_stats")?
+                .query_row([], |r| r.get(0))?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT tenant_id, job_name, completed, failed, processing, last_finished_at,
+                        last_finished_failed, last_finished_duration_ms, run_failed,
+                        run_boundary_at, schedule_cron, duration_sum_ms, duration_count,
+                        duration_sketch
+                 FROM job_stats ORDER BY job_id LIMIT ?1",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map([limit], |r| {
+                let last_finished = match r.get::<_, Option<i64>>(5)? {
+                    Some(at) => Some((at, r.get::<_, Option<bool>>(6)?.unwrap_or(false))),
+                    None => None,
+                };
+                let run = match r.get::<_, Option<bool>>(8)? {
+                    Some(failed) => Some((failed, r.get::<_, Option<i64>>(9)?)),
+                    None => None,
+                };
+                let sketch = r.get_ref(13)?.as_blob_or_null()?;
+                let durations = crate::projection::sketch::DurationSketch::decode_optional(sketch)
+                    .map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            13,
+                            rusqlite::types::Type::Blob,
+                            Box::new(e),
+                        )
+                    })?;
+                Ok(JobMetricsRow {
+                    tenant: r.get(0)?,
+                    job: r.get(1)?,
+                    completed: r.get(2)?,
+                    failed: r.get(3)?,
+                    processing: r.get(4)?,
+                    last_finished_at: last_finished.map(|(at, _)| at),
+                    last_duration_ms: r.get(7)?,
+                    last_success_at: crate::projection::last_success_at(last_finished, run),
+                    cron: r.get(10)?,
+                    duration_sum_ms: r.get::<_, super::WideInt>(11)?.0,
+                    duration_count: r.get(12)?,
+                    duration_quantiles: durations.quantiles(JOB_METRICS_QUANTILES),
+                })
+            })?;
+            let rows = rows.collect::<Result<Vec<_>, _>>()?;
+            Ok((rows, total.max(0) as u64))
         })
     }
 

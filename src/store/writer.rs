@@ -1076,7 +1076,15 @@ mod tests {
             let rows = stored_rows(&writer.conn, 1);
             let recomputed =
                 JobStats::recompute(rows.iter().map(|(id, row)| (id.as_str(), row)), None);
-            prop_assert_eq!(stored, recomputed);
+            prop_assert_eq!(&stored, &recomputed);
+            // The last success the scrape reads from the stored columns is the latest
+            // completed row's finish, also after late finishes split the outcome run.
+            let latest_success = rows
+                .iter()
+                .filter(|(_, row)| row.state == crate::projection::ExecutionState::Completed)
+                .filter_map(|(_, row)| row.finished_at)
+                .max();
+            prop_assert_eq!(stored.last_success_at(), latest_success);
             // The rollups hold exactly the finished rows, bucket by bucket, at every width.
             let mut expected = std::collections::BTreeMap::new();
             for (_, row) in &rows {

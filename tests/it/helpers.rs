@@ -507,6 +507,7 @@ fn serve_config(
         read_only,
         default_max_runtime: Duration::from_secs(3600),
         admin_listen: None,
+        job_metrics_max: jobstats::job_metrics::DEFAULT_MAX_JOBS,
         auth,
         http: Default::default(),
         tls: None,

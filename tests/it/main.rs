@@ -21,6 +21,7 @@ mod jobs;
 mod notify;
 mod percentiles;
 mod projector;
+mod prometheus;
 mod replay;
 mod scale;
 mod secure_nats;
