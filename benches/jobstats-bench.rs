@@ -570,36 +570,7 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
     let db = dir.join("job-list.db");
     let tenant = "00000000-0000-4000-8000-000000000001";
     job_list_db(&db, tenant, jobs);
-    let readers = Arc::new(jobstats::store::CurrentReader::new(
-        ReadPool::open(&db).unwrap(),
-    ));
-    let authenticator =
-        jobstats::api::auth::Authenticator::new(jobstats::api::auth::AuthSettings {
-            hs256_secret: Some(BENCH_SECRET.into()),
-            public_key_file: None,
-            issuer: None,
-            realms: None,
-            audience: None,
-            jwks_url: None,
-        })
-        .unwrap();
-    let state = Arc::new(jobstats::api::AppState {
-        readers,
-        authenticator,
-        metrics: Default::default(),
-        status: Default::default(),
-        nats: None,
-        bodies: Default::default(),
-        default_max_runtime_ms: 3_600_000,
-        applied: tokio::sync::watch::channel(0).1,
-        tenants: jobstats::scope::TenantScope::all(),
-        waiters: tokio::sync::Semaphore::new(1024),
-        list_orders: Default::default(),
-        flips: Default::default(),
-        ui: Default::default(),
-        job_health: Default::default(),
-        job_metrics_max: jobstats::job_metrics::DEFAULT_MAX_JOBS,
-    });
+    let state = bench_state(&db, jobstats::job_metrics::DEFAULT_MAX_JOBS);
     let app = jobstats::api::app(state, jobstats::api::Operations::WithApi);
     let token = bench_token("system_admin", Some(tenant));
     let mut figures = [(0.0, 0.0); 2];
@@ -637,6 +608,124 @@ async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
         );
     }
     figures
+}
+
+/// An in-process serve's state over the read model in `db` (no NATS), exporting per-job
+/// metrics for up to `job_metrics_max` jobs.
+fn bench_state(db: &Path, job_metrics_max: usize) -> Arc<jobstats::api::AppState> {
+    let readers = Arc::new(jobstats::store::CurrentReader::new(
+        ReadPool::open(db).unwrap(),
+    ));
+    let authenticator =
+        jobstats::api::auth::Authenticator::new(jobstats::api::auth::AuthSettings {
+            hs256_secret: Some(BENCH_SECRET.into()),
+            public_key_file: None,
+            issuer: None,
+            realms: None,
+            audience: None,
+            jwks_url: None,
+        })
+        .unwrap();
+    Arc::new(jobstats::api::AppState {
+        readers,
+        authenticator,
+        metrics: Default::default(),
+        status: Default::default(),
+        nats: None,
+        bodies: Default::default(),
+        default_max_runtime_ms: 3_600_000,
+        applied: tokio::sync::watch::channel(0).1,
+        tenants: jobstats::scope::TenantScope::all(),
+        waiters: tokio::sync::Semaphore::new(1024),
+        list_orders: Default::default(),
+        flips: Default::default(),
+        ui: Default::default(),
+        job_health: Default::default(),
+        job_metrics_max,
+        ingest: Default::default(),
+    })
+}
+/// (13): p50 of an admin `/metrics` scrape over `jobs` jobs with every job's series, and of
+/// the same scrape with the per-job series off (`JOBSTATS_JOB_METRICS_MAX=0`: the
+/// service-level metrics alone), and the resident memory the per-job series add.
+async fn scrape_latencies(dir: &Path, jobs: u64) -> ScrapeFigures {
+    use poem::Endpoint;
+    let db = dir.join("scrape.db");
+    let tenant = "00000000-0000-4000-8000-000000000001";
+    job_list_db(&db, tenant, jobs);
+    let mut p50 = [0.0; 2];
+    let mut bytes = [0usize; 2];
+    let mut rss_growth_kb = 0;
+    // The service-level scrape first, so the RSS growth below is what the series add.
+    for (slot, max) in [(1, 0), (0, jobs as usize)] {
+        let state = bench_state(&db, max);
+        let rss_before = rss_kb();
+        for j in 0..jobs {
+            let health = if j % 10 == 0 {
+                jobstats::projection::HealthState::Failing
+            } else {
+                jobstats::projection::HealthState::Healthy
+            };
+            state.job_health.set(tenant, &format!("job-{j:05}"), health);
+        }
+        state.job_health.mark_loaded();
+        let app = jobstats::api::admin_app(state);
+        let mut samples = Vec::new();
+        for round in 0..120 {
+            let request = poem::Request::builder()
+                .uri("/metrics".parse().unwrap())
+                .finish();
+            let started = Instant::now();
+            let response = app.call(request).await.unwrap();
+            let body = response.into_body().into_vec().await.unwrap();
+            let elapsed = started.elapsed().as_secs_f64() * 1e3;
+            let series = body
+                .split(|b| *b == b'\n')
+                .filter(|line| line.starts_with(b"jobstats_job_executions_total{"))
+                .count();
+            assert_eq!(series, 2 * max, "per-job series in the scrape");
+            bytes[slot] = body.len();
+            // The first rounds fill the caches (and count jobs by health), as a running
+            // server's would be.
+            if round >= 20 {
+                samples.push(elapsed);
+            }
+        }
+        samples.sort_by(f64::total_cmp);
+        p50[slot] = samples[samples.len() / 2];
+        if slot == 0 {
+            rss_growth_kb = rss_kb().saturating_sub(rss_before);
+        }
+        drop(app);
+    }
+    ScrapeFigures {
+        per_job_p50_ms: p50[0],
+        service_p50_ms: p50[1],
+        per_job_bytes: bytes[0],
+        service_bytes: bytes[1],
+        rss_growth_kb,
+    }
+}
+
+struct ScrapeFigures {
+    per_job_p50_ms: f64,
+    service_p50_ms: f64,
+    per_job_bytes: usize,
+    service_bytes: usize,
+    rss_growth_kb: u64,
+}
+
+/// This process's resident set (kB), 0 where /proc is not there.
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// wrk's requests per second and its p50 and p99 latencies.
@@ -699,6 +788,9 @@ struct BenchArgs {
     /// Only figures (7) and (8), health reads and the job list.
     #[arg(long)]
     health_only: bool,
+    /// Only figure (13), a scrape of 10,000 jobs' metrics against the service-level scrape.
+    #[arg(long)]
+    scrape_only: bool,
     /// Only figure (9), the 30-day window reads (BENCH_WINDOW_READS sets how many).
     #[arg(long)]
     window_only: bool,
@@ -752,6 +844,14 @@ async fn main() {
         bench.health_only().await;
         return;
     }
+    if bench.args.scrape_only {
+        bench.scrape().await;
+        for row in &bench.table.rows {
+            println!("| {} | {} | {} |", row.figure, row.value, row.note);
+        }
+        bench.fail_on_failed_figures();
+        return;
+    }
     if bench.args.window_only {
         let sizes = [1_000, 1_000_000];
         for (executions, (plain, windowed, reusing)) in sizes
@@ -786,6 +886,7 @@ async fn main() {
     bench.shard(head).await;
     bench.rebuild(head).await;
     bench.reads().await;
+    bench.scrape().await;
     if !bench.args.smoke && !bench.args.no_http {
         bench.http(&live).await;
     }
@@ -1239,6 +1340,44 @@ impl Bench {
             "(8) job list p50, health-filtered / by name",
             format!("{:.2}", filtered_p50 / named_p50),
             &goal_only(filtered_p50 / named_p50, 2.0, AtMost, "", 34),
+        );
+    }
+
+    /// (13): a scrape of every job's series against the service-level metrics alone.
+    async fn scrape(&mut self) {
+        let jobs = if self.args.smoke { 500 } else { 10_000 };
+        let figures = scrape_latencies(self.dir.path(), jobs).await;
+        let table = &mut self.table;
+        table.row(
+            &format!("(13) admin /metrics scrape, {jobs} jobs' series, p50 (ms)"),
+            format!("{:.2}", figures.per_job_p50_ms),
+            &format!(
+                "{:.1} MB of text; {}",
+                figures.per_job_bytes as f64 / 1e6,
+                goal_only(figures.per_job_p50_ms, 50.0, AtMost, " ms", 32)
+            ),
+        );
+        table.row(
+            "(13) admin /metrics scrape, service-level only, p50 (ms)",
+            format!("{:.3}", figures.service_p50_ms),
+            &format!(
+                "JOBSTATS_JOB_METRICS_MAX=0, {} bytes of text; {JUDGED_BELOW}",
+                figures.service_bytes
+            ),
+        );
+        let ratio = figures.per_job_p50_ms / figures.service_p50_ms;
+        table.row(
+            "(13) scrape p50, per-job / service-level",
+            format!("{ratio:.1}"),
+            &goal_only(ratio, 3.0, AtMost, "", 32),
+        );
+        table.row(
+            &format!("(13) RSS growth for {jobs} jobs' series (MB)"),
+            format!("{:.1}", figures.rss_growth_kb as f64 / 1024.0),
+            &format!(
+                "this process, health board filled and 120 scrapes; {}",
+                stated(32)
+            ),
         );
     }
 

@@ -400,6 +400,7 @@ fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
         default_max_runtime: Duration::from_secs(3600),
         admin_listen: None,
         job_metrics_max: crate::job_metrics::DEFAULT_MAX_JOBS,
+        ingest_limits: Default::default(),
         auth: AuthSettings {
             hs256_secret: Some(secret.to_owned()),
             public_key_file: None,

@@ -33,6 +33,20 @@ pub const SUBJECT_PREFIX: &str = "jobs.events";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(Uuid);
 
+/// As its lowercase hyphenated text.
+impl serde::Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TenantId::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl TenantId {
     /// Parses a hyphenated UUID in any letter case (the `x-tenantid` header, the body).
     pub fn parse(text: &str) -> Result<Self, String> {

@@ -14,6 +14,7 @@
 //! | [`ingest`] | the one path stream → decode → batches → writer; [`ingest::live`] (durable consumer, ack after commit) and [`ingest::replay`] (rebuilds, the swap) are policies over it | answer HTTP |
 //! | [`api`] | HTTP: routes, auth, errors, health, metrics | write SQLite |
 //! | [`job_metrics`] | the per-job Prometheus series: rendered from `job_stats` rows and the announced health states | read history |
+//! | [`keys`] | ingest keys: made, hashed, kept in the `JOBSTATS_KEYS` bucket, followed into each replica's key ring | touch SQLite |
 //! | [`notify`] | health notifications: the evaluator that publishes each job's state changes to `JOB_HEALTH`, and webhook delivery from it | write SQLite |
 //! | [`publish`] | the publisher used by `jobstats publish`/`run`, the demo and Rust runners | read SQLite |
 //! | [`service`] | wires the pieces into `serve` (projector + API, start-up rebuild) | hold business rules |
@@ -31,6 +32,7 @@ pub mod demo;
 pub mod events;
 pub mod ingest;
 pub mod job_metrics;
+pub mod keys;
 pub mod metrics;
 pub mod nats_server;
 pub mod notify;

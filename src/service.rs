@@ -69,6 +69,8 @@ pub struct ServeConfig {
     pub webhooks: Vec<crate::notify::webhooks::Webhook>,
     /// The dashboard's sign-in with an OpenID provider.
     pub ui: crate::api::ui::UiSettings,
+    /// `JOBSTATS_INGEST_RATE`: each ingest key's request rate.
+    pub ingest_limits: crate::api::ingest::IngestLimits,
 }
 
 /// Runs `jobstats serve` on an already bound listener until `shutdown`. `applied` receives
@@ -104,6 +106,7 @@ pub async fn serve(
     let applied_sequence = applied.subscribe();
     let flips = Arc::new(crate::notify::history::FlipHistory::default());
     let job_health = Arc::new(crate::job_metrics::JobHealthBoard::default());
+    let keys = Arc::new(crate::keys::KeyRing::default());
     let state = |readers, nats| {
         Arc::new(AppState {
             readers,
@@ -121,6 +124,7 @@ pub async fn serve(
             ui: config.ui.clone(),
             job_health: job_health.clone(),
             job_metrics_max: config.job_metrics_max,
+            ingest: crate::api::ingest::IngestState::new(keys.clone(), config.ingest_limits),
         })
     };
     let admin = admin_listener(config.admin_listen).await?;
@@ -180,6 +184,12 @@ pub async fn serve(
         shutdown.clone(),
     ));
 
+    let key_follower = tokio::spawn(crate::keys::follow(
+        client.clone(),
+        config.stream.replicas,
+        keys.clone(),
+        shutdown.wait(),
+    ));
     let link = api::NatsLink {
         client: client.clone(),
         settings: config.nats.clone(),
@@ -191,7 +201,11 @@ pub async fn serve(
     // while it is unreachable (an ack, a publish, a flush) would wait for as long as the
     // outage lasts; nothing it holds is lost by not waiting (the checkpoint is in SQLite and
     // unacknowledged messages are redelivered), so stopping is bounded instead.
-    stop_tasks(std::iter::once(projector).chain(notifications), &client).await;
+    stop_tasks(
+        [projector, key_follower].into_iter().chain(notifications),
+        &client,
+    )
+    .await;
     http_result?;
     Ok(())
 }

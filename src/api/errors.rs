@@ -62,9 +62,34 @@ pub enum ApiError {
     /// 421 TENANT_NOT_SERVED: this replica's `JOBSTATS_TENANTS` does not hold the tenant.
     #[error("This replica does not serve tenant {0}; send the request to a replica that does")]
     TenantNotServed(String),
+    /// 404 KEY_NOT_FOUND: no ingest key has this id (or it was revoked).
+    #[error("No ingest key with this id exists")]
+    KeyNotFound,
+    /// 413 PAYLOAD_TOO_LARGE: the body is over the endpoint's limit.
+    #[error("The request body is over the {0}-byte limit")]
+    PayloadTooLarge(usize),
+    /// 422 INVALID_EVENTS: nothing was published; `error.events` says what each bad event
+    /// broke, by its index in the request.
+    #[error("{} of the request's events break the event contract; nothing was published", .0.len())]
+    InvalidEvents(Vec<EventProblem>),
+    /// 429 RATE_LIMITED, with `Retry-After` (whole seconds, at least 1).
+    #[error("Too many requests for this ingest key; retry in {0} s")]
+    RateLimited(u64),
+    /// 503 STREAM_UNAVAILABLE: JetStream did not acknowledge every event; a retry of the
+    /// same request publishes nothing twice.
+    #[error("The event stream acknowledged {acknowledged} of {total} events; retry the request (it publishes nothing twice)")]
+    StreamUnavailable { acknowledged: usize, total: usize },
     /// 500 INTERNAL_ERROR; the cause is logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// One bad event of an ingestion request: its index, the dead-letter code and the reason.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EventProblem {
+    pub index: usize,
+    pub code: &'static str,
+    pub reason: String,
 }
 
 impl From<StoreError> for ApiError {
@@ -87,7 +112,13 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::ProjectionBehind { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ProjectionBehind { .. } | ApiError::StreamUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::KeyNotFound => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InvalidEvents(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TenantNotServed(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,6 +135,11 @@ impl ApiError {
             ApiError::RouteNotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::ProjectionBehind { .. } => "PROJECTION_BEHIND",
+            ApiError::KeyNotFound => "KEY_NOT_FOUND",
+            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::InvalidEvents(_) => "INVALID_EVENTS",
+            ApiError::RateLimited(_) => "RATE_LIMITED",
+            ApiError::StreamUnavailable { .. } => "STREAM_UNAVAILABLE",
             ApiError::TenantNotServed(_) => "TENANT_NOT_SERVED",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
@@ -140,18 +176,28 @@ impl ApiError {
         if matches!(self, ApiError::MethodNotAllowed) {
             response = response.header(header::ALLOW, "GET, HEAD");
         }
-        if matches!(self, ApiError::ProjectionBehind { .. }) {
+        if matches!(
+            self,
+            ApiError::ProjectionBehind { .. } | ApiError::StreamUnavailable { .. }
+        ) {
             response = response.header(header::RETRY_AFTER, RETRY_AFTER_SECONDS);
+        }
+        if let ApiError::RateLimited(seconds) = &self {
+            response = response.header(header::RETRY_AFTER, seconds.to_string());
         }
         response.body(body)
     }
 
     fn envelope_json(&self) -> serde_json::Value {
         let envelope = self.envelope();
+        let mut error = serde_json::json!({ "code": envelope.error.code });
+        if let ApiError::InvalidEvents(problems) = self {
+            error["events"] = serde_json::json!(problems);
+        }
         serde_json::json!({
             "success": envelope.success,
             "message": envelope.message,
-            "error": { "code": envelope.error.code },
+            "error": error,
             "timestamp": envelope.timestamp,
         })
     }

@@ -12,6 +12,7 @@ pub mod errors;
 pub mod export;
 pub mod flips;
 mod health;
+pub mod ingest;
 pub mod jobs;
 pub mod jwks;
 pub mod limits;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub job_health: Arc<crate::job_metrics::JobHealthBoard>,
     /// `JOBSTATS_JOB_METRICS_MAX`: the jobs the admin `/metrics` exports.
     pub job_metrics_max: usize,
+    /// Ingest keys, request rates and ping pairing (CONTRACT §10).
+    pub ingest: ingest::IngestState,
 }
 
 /// The projector's NATS connection as `/readyz` reports it: connected or not, and why the
@@ -153,6 +156,43 @@ pub fn app(state: Arc<AppState>, operations: Operations) -> impl Endpoint<Output
                     .body(spec.clone())
             }),
         )
+        .at("/api/v1/events", poem::post(ingest::events::post_events))
+        .at(
+            "/api/v1/admin/keys",
+            poem::get(ingest::keys::list_keys).post(ingest::keys::create_key),
+        )
+        .at(
+            "/api/v1/admin/keys/:id",
+            poem::delete(ingest::keys::revoke_key),
+        )
+        .at(
+            "/ping/:key/:job",
+            poem::get(ingest::ping::ping_job)
+                .post(ingest::ping::ping_job)
+                .head(ingest::ping::ping_job),
+        )
+        .at(
+            "/ping/:key/:job/:action",
+            poem::get(ingest::ping::ping_job_action)
+                .post(ingest::ping::ping_job_action)
+                .head(ingest::ping::ping_job_action),
+        )
+        .at(
+            "/api/:project/envelope",
+            poem::post(ingest::sentry::post_envelope),
+        )
+        .at(
+            "/api/:project/envelope/",
+            poem::post(ingest::sentry::post_envelope),
+        )
+        .at(
+            "/api/:project/cron/:slug/:key",
+            poem::get(ingest::sentry::cron_url).post(ingest::sentry::cron_url),
+        )
+        .at(
+            "/api/:project/cron/:slug/:key/",
+            poem::get(ingest::sentry::cron_url).post(ingest::sentry::cron_url),
+        )
         .nest("/api/v1", api)
         .nest("/ui", ui::assets(&state.ui))
         .at("/healthz", poem::get(health::healthz));
@@ -187,6 +227,15 @@ fn route_label(path: &str) -> &'static str {
             "/api/v1/admin/jobs/{jobName}/series"
         }
         "/api/v1/admin/tenants" => "/api/v1/admin/tenants",
+        "/api/v1/events" => "/api/v1/events",
+        p if p.starts_with("/api/v1/admin/keys") => "/api/v1/admin/keys",
+        p if p.starts_with("/ping/") => "/ping",
+        p if !p.starts_with("/api/v1/") && p.starts_with("/api/") && p.contains("/envelope") => {
+            "/api/{projectId}/envelope/"
+        }
+        p if !p.starts_with("/api/v1/") && p.starts_with("/api/") && p.contains("/cron/") => {
+            "/api/{projectId}/cron/{monitorSlug}/{key}/"
+        }
         "/api/v1/admin/projection" => "/api/v1/admin/projection",
         "/api/v1/admin/dead-letters" => "/api/v1/admin/dead-letters",
         p if p == "/ui" || p.starts_with("/ui/") => "/ui",

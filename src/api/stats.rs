@@ -485,7 +485,13 @@ impl From<ApiError> for StatsResponse {
                 StatsResponse::ProjectionBehind(body, super::errors::RETRY_AFTER_SECONDS.into())
             }
             ApiError::TenantNotServed(_) => StatsResponse::NotServed(body),
-            ApiError::Internal(_) => StatsResponse::Internal(body),
+            // The ingestion endpoints' errors; none arises answering stats.
+            ApiError::KeyNotFound
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::InvalidEvents(_)
+            | ApiError::RateLimited(_)
+            | ApiError::StreamUnavailable { .. }
+            | ApiError::Internal(_) => StatsResponse::Internal(body),
         }
     }
 }

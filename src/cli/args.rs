@@ -291,8 +291,41 @@ pub enum Command {
     /// database file (one consistent snapshot, constant memory): what
     /// `GET …/executions?format=` answers.
     Export(ExportOptions),
+    /// Ingest keys for `POST /api/v1/events`, ping URLs and Sentry check-ins: `create` prints
+    /// a new key once, `list` shows them (never the key), `revoke` ends one everywhere.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key for one tenant and print it (only this once).
+    Create {
+        /// The tenant the key reports for.
+        #[arg(long, value_parser = parse_tenant_id)]
+        tenant: TenantId,
+        /// A name people read in `keys list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Pings and check-ins for a job never seen create the job (as `?create=1`).
+        #[arg(long)]
+        auto_create: bool,
+        /// Print the key's record as JSON (with the key) instead of the key alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys (of one tenant): id, name, tenant, created, last 4 characters.
+    List {
+        #[arg(long, value_parser = parse_tenant_id)]
+        tenant: Option<TenantId>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id: every replica refuses it within seconds.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -551,6 +584,12 @@ pub struct ServeOptions {
     /// every health change, signed (see the README).
     #[arg(long, env = "JOBSTATS_WEBHOOKS_FILE")]
     pub webhooks_file: Option<PathBuf>,
+    /// Requests per second each ingest key (or job_runner token) may make to the ingestion
+    /// endpoints, with bursts of ten seconds' worth (at least 100); over it: 429 with
+    /// Retry-After.
+    #[arg(long, env = "JOBSTATS_INGEST_RATE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub ingest_rate: u32,
     #[command(flatten)]
     pub jwt: JwtOptions,
     #[command(flatten)]

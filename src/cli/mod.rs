@@ -41,6 +41,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DemoRunners(options) => demo_runners(common, options).await?,
         Command::Watch(options) => watch(common, options).await?,
         Command::Export(options) => export(common, options)?,
+        Command::Keys(command) => keys(common, command).await?,
         Command::Openapi => println!("{}", crate::api::openapi_json()),
     }
     Ok(ExitCode::SUCCESS)
@@ -55,6 +56,7 @@ pub fn is_quiet(command: &Command) -> bool {
             | Command::Run(_)
             | Command::Token(_)
             | Command::Watch(_)
+            | Command::Keys(_)
             | Command::Openapi
     )
 }
@@ -112,6 +114,68 @@ fn export(common: &CommonOptions, options: &args::ExportOptions) -> anyhow::Resu
     }
 }
 
+async fn keys(common: &CommonOptions, command: &args::KeysCommand) -> anyhow::Result<()> {
+    use crate::keys::{generate, KeyStore};
+    let client = crate::stream::connect(&nats(common)?, "jobstats-keys", true).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let store = KeyStore::open(&js, common.stream_spec().replicas).await?;
+    match command {
+        args::KeysCommand::Create {
+            tenant,
+            name,
+            auto_create,
+            json,
+        } => {
+            let made = generate(*tenant, name.as_deref(), *auto_create, chrono::Utc::now())?;
+            store.insert(&made.record).await?;
+            if *json {
+                let mut record = crate::api::ingest::keys::listed(&made.record);
+                record["key"] = made.secret.clone().into();
+                println!("{record}");
+            } else {
+                eprintln!(
+                    "ingest key {} for tenant {} (shown only now; store it as a secret):",
+                    made.record.id, made.record.tenant_id
+                );
+                println!("{}", made.secret);
+            }
+        }
+        args::KeysCommand::List { tenant, json } => {
+            let keys = store.list(tenant.as_ref()).await?;
+            if *json {
+                for key in &keys {
+                    println!("{}", crate::api::ingest::keys::listed(key));
+                }
+            } else {
+                println!(
+                    "{:<20} {:<36} {:<24} {:<6} {:<5} NAME",
+                    "ID", "TENANT", "CREATED", "LAST4", "AUTO"
+                );
+                for key in &keys {
+                    println!(
+                        "{:<20} {:<36} {:<24} {:<6} {:<5} {}",
+                        key.id,
+                        key.tenant_id,
+                        key.created_at,
+                        key.last4,
+                        if key.auto_create { "yes" } else { "no" },
+                        key.name.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        args::KeysCommand::Revoke { id } => {
+            let record = store.revoke(id).await?;
+            eprintln!(
+                "revoked {} (tenant {}, ...{})",
+                record.id, record.tenant_id, record.last4
+            );
+        }
+    }
+    client.flush().await.ok();
+    Ok(())
+}
+
 async fn watch(common: &CommonOptions, options: &args::WatchOptions) -> anyhow::Result<()> {
     use crate::notify::watch::{follow, line, WatchFilter};
     use std::io::Write;
@@ -163,6 +227,7 @@ fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Resul
         tls: options.tls_files().map_err(anyhow::Error::msg)?,
         webhooks,
         ui: options.ui.settings()?,
+        ingest_limits: crate::api::ingest::IngestLimits::per_second(options.ingest_rate),
     })
 }
 

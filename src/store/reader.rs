@@ -620,6 +620,61 @@ impl ReadPool {
         })
     }
 
+    /// Has any event been seen for this job? (A ping for a job never seen is refused.)
+    pub fn job_exists(&self, tenant: &TenantId, job: &str) -> Result<bool, StoreError> {
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            Ok(tx
+                .prepare_cached("SELECT 1 FROM job_stats WHERE tenant_id = ?1 AND job_name = ?2")?
+                .exists(rusqlite::params![tenant, job])?)
+        })
+    }
+
+    /// Has a start been applied for this execution?
+    pub fn execution_started(
+        &self,
+        tenant: &TenantId,
+        job: &str,
+        execution_id: &str,
+    ) -> Result<bool, StoreError> {
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "SELECT 1 FROM executions e JOIN job_stats j ON j.job_id = e.job_id
+                     WHERE j.tenant_id = ?1 AND j.job_name = ?2 AND e.execution_id = ?3
+                       AND e.started_at IS NOT NULL",
+                )?
+                .exists(rusqlite::params![tenant, job, execution_id])?)
+        })
+    }
+
+    /// The id of the job's most recently started execution that is still processing and
+    /// started at or after `since_ms`: what a ping without `rid` ends (CONTRACT §10).
+    pub fn latest_unfinished_start(
+        &self,
+        tenant: &TenantId,
+        job: &str,
+        since_ms: i64,
+    ) -> Result<Option<(String, i64)>, StoreError> {
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            use rusqlite::OptionalExtension;
+            Ok(tx
+                .prepare_cached(
+                    "SELECT e.execution_id, e.started_at FROM executions e
+                     JOIN job_stats j ON j.job_id = e.job_id
+                     WHERE j.tenant_id = ?1 AND j.job_name = ?2 AND e.state = 1
+                       AND e.started_at >= ?3
+                     ORDER BY e.started_at DESC, e.execution_id DESC LIMIT 1",
+                )?
+                .query_row(rusqlite::params![tenant, job, since_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?)
+        })
+    }
+
     /// Every job of every tenant (for counts across the whole read model: O(jobs)).
     pub fn all_jobs(&self) -> Result<Vec<(TenantId, JobName)>, StoreError> {
         self.with_snapshot(|tx| {

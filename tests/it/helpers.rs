@@ -513,6 +513,7 @@ fn serve_config(
         tls: None,
         webhooks: Vec::new(),
         ui: Default::default(),
+        ingest_limits: Default::default(),
     }
 }
 

@@ -17,6 +17,7 @@ mod health;
 mod helpers;
 mod https;
 mod idp;
+mod ingest;
 mod jobs;
 mod notify;
 mod percentiles;
