@@ -465,3 +465,144 @@ curl -fsS -m 10 --retry 5 -o /dev/null "$URL/fail" || exit 96
         .unwrap();
     assert!(retry_after >= 1);
 }
+
+/// A Python venv under `target/` with `packages` installed (made once, reused by later
+/// runs); panics saying what failed when pip cannot install them.
+pub fn python_venv(name: &str, packages: &[&str]) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-venvs")
+        .join(name);
+    let python = dir.join("bin/python");
+    let marker = dir.join(".installed");
+    if marker.exists() {
+        return python;
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .status()
+        .expect("python3 runs");
+    assert!(made.success(), "python3 -m venv {} failed", dir.display());
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(packages)
+        .status()
+        .expect("pip runs");
+    assert!(
+        installed.success(),
+        "pip could not install {packages:?} into {} (is PyPI reachable?)",
+        dir.display()
+    );
+    std::fs::write(&marker, packages.join("\n")).unwrap();
+    python
+}
+
+const SENTRY_SCRIPT: &str = r#"
+import sys, time
+import sentry_sdk
+from sentry_sdk.crons import monitor, capture_checkin
+from sentry_sdk.crons.consts import MonitorStatus
+
+sentry_sdk.init(dsn=sys.argv[1], environment="production", default_integrations=False)
+config = {
+    "schedule": {"type": "crontab", "value": "30 2 * * *"},
+    "timezone": "Europe/Berlin",
+    "checkin_margin": 5,
+    "max_runtime": 30,
+}
+
+@monitor(monitor_slug="nightly-report", monitor_config=config)
+def report():
+    time.sleep(0.2)
+
+@monitor(monitor_slug="nightly-report", monitor_config=config)
+def broken():
+    raise RuntimeError("boom")
+
+report()
+try:
+    broken()
+except RuntimeError:
+    pass
+interval = {"schedule": {"type": "interval", "value": 15, "unit": "minute"}}
+check_in = capture_checkin(monitor_slug="sync", status=MonitorStatus.IN_PROGRESS, monitor_config=interval)
+capture_checkin(monitor_slug="sync", check_in_id=check_in, status=MonitorStatus.OK, duration=1.5)
+sentry_sdk.flush(timeout=10)
+"#;
+
+#[tokio::test]
+async fn the_sentry_sdk_reports_check_ins_unchanged() {
+    let python = python_venv("sentry", &["sentry-sdk>=2,<3"]);
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::start(&nats.url(), &dir.path().join("sentry.db"));
+    let key = new_key(&nats.url(), &[]);
+    // The key must be known to the serve before the SDK sends (it does not retry).
+    let probe = serve.url(&format!("/api/1/cron/probe/{key}/?status=ok"));
+    eventually(Duration::from_secs(10), "the serve knows the key", || {
+        let request = serve.http.get(&probe).send();
+        async { request.await.unwrap().status() != 401 }
+    })
+    .await;
+    let dsn = format!("http://{key}@{}/1", serve.address);
+    let script = dir.path().join("sentry_crons.py");
+    std::fs::write(&script, SENTRY_SCRIPT).unwrap();
+    let status = Command::new(&python)
+        .arg(&script)
+        .arg(&dsn)
+        .status()
+        .expect("run the sentry-sdk script");
+    assert!(status.success(), "the sentry-sdk script ran");
+    // What the SDK sent: 1 scheduled + 2 × (started, completed|failed) for nightly-report;
+    // 1 scheduled + started + completed for sync.
+    let wanted = 8;
+    let started = Instant::now();
+    while stream_head(&nats).await < wanted {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "every check-in published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serve.wait_applied(stream_head(&nats).await).await;
+    let report = serve.stats("nightly-report").await;
+    assert_eq!(report["data"]["queue"]["completed"], 1, "{report}");
+    assert_eq!(report["data"]["queue"]["failed"], 1, "{report}");
+    assert_eq!(report["data"]["queue"]["processing"], 0, "{report}");
+    assert_eq!(report["data"]["schedule"]["cron"], "30 2 * * *", "{report}");
+    // checkin_margin 5 (minutes) is the grace.
+    assert_eq!(report["data"]["schedule"]["graceMs"], 300_000, "{report}");
+    let sync = serve.stats("sync").await;
+    assert_eq!(sync["data"]["queue"]["completed"], 1, "{sync}");
+    assert_eq!(sync["data"]["schedule"]["cron"], "*/15 * * * *", "{sync}");
+    // The same config sent with every check-in was published once per job, not each time.
+    assert_eq!(stream_head(&nats).await, wanted);
+
+    // The curl form, gzip envelopes and a bad request.
+    let curl = Command::new("curl")
+        .args(["-fsS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(serve.url(&format!("/api/1/cron/sync/{key}/?status=error")))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "202");
+    let unknown_status = serve
+        .http
+        .get(serve.url(&format!("/api/1/cron/sync/{key}/?status=later")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_status.status(), 400);
+    let refused = serve
+        .http
+        .post(serve.url("/api/1/envelope/"))
+        .header(
+            "x-sentry-auth",
+            "Sentry sentry_key=jsk_unknown, sentry_version=7",
+        )
+        .body("{}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+}
