@@ -707,6 +707,68 @@ async fn scrape_latencies(dir: &Path, jobs: u64) -> ScrapeFigures {
     }
 }
 
+/// The same series for `jobs` jobs kept in prometheus-client families (what a hand-written
+/// exporter holds in memory) and encoded: p50 of the encoding alone (ms) and its bytes.
+fn prometheus_client_p50(jobs: u64) -> (f64, usize) {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+    type Labels = Vec<(&'static str, String)>;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let executions = Family::<Labels, Counter>::default();
+    let health = Family::<Labels, Gauge>::default();
+    let gauges: Vec<Family<Labels, Gauge>> = (0..5).map(|_| Family::default()).collect();
+    let quantiles = Family::<Labels, Gauge>::default();
+    let states = ["new", "healthy", "failing", "stuck", "missed", "unknown"];
+    for j in 0..jobs {
+        let base: Labels = vec![
+            ("tenant", "00000000-0000-4000-8000-000000000001".to_owned()),
+            ("job", format!("job-{j:05}")),
+        ];
+        let with = |name: &'static str, value: &str| {
+            let mut labels = base.clone();
+            labels.push((name, value.to_owned()));
+            labels
+        };
+        executions
+            .get_or_create(&with("outcome", "completed"))
+            .inc_by(9);
+        executions
+            .get_or_create(&with("outcome", "failed"))
+            .inc_by(1);
+        for state in states {
+            health
+                .get_or_create(&with("state", state))
+                .set(i64::from(state == "healthy"));
+        }
+        for gauge in &gauges {
+            gauge.get_or_create(&base).set(1_765_000_000);
+        }
+        for q in ["0.5", "0.9", "0.95", "0.99"] {
+            quantiles.get_or_create(&with("quantile", q)).set(1);
+        }
+    }
+    registry.register("jobstats_job_executions", "Executions", executions);
+    registry.register("jobstats_job_health", "Health", health);
+    for (i, gauge) in gauges.into_iter().enumerate() {
+        registry.register(format!("jobstats_job_gauge_{i}"), "A per-job gauge", gauge);
+    }
+    registry.register("jobstats_job_duration_seconds", "Durations", quantiles);
+    let mut samples = Vec::new();
+    let mut bytes = 0;
+    for round in 0..60 {
+        let started = Instant::now();
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let elapsed = started.elapsed().as_secs_f64() * 1e3;
+        bytes = text.len();
+        if round >= 10 {
+            samples.push(elapsed);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    (samples[samples.len() / 2], bytes)
+}
+
 struct ScrapeFigures {
     per_job_p50_ms: f64,
     service_p50_ms: f64,
@@ -788,6 +850,9 @@ struct BenchArgs {
     /// Only figures (7) and (8), health reads and the job list.
     #[arg(long)]
     health_only: bool,
+    /// Only figure (14), HTTP ingestion against publishing to NATS directly.
+    #[arg(long)]
+    ingest_only: bool,
     /// Only figure (13), a scrape of 10,000 jobs' metrics against the service-level scrape.
     #[arg(long)]
     scrape_only: bool,
@@ -842,6 +907,14 @@ async fn main() {
     let mut bench = Bench::start(args).await;
     if bench.args.health_only {
         bench.health_only().await;
+        return;
+    }
+    if bench.args.ingest_only {
+        bench.ingest().await;
+        for row in &bench.table.rows {
+            println!("| {} | {} | {} |", row.figure, row.value, row.note);
+        }
+        bench.fail_on_failed_figures();
         return;
     }
     if bench.args.scrape_only {
@@ -1343,6 +1416,238 @@ impl Bench {
         );
     }
 
+    /// (14): HTTP ingestion (`POST /api/v1/events`, ping URLs) through a real `serve`
+    /// against publishing the same events to NATS directly, in one run.
+    async fn ingest(&mut self) {
+        const CLIENTS: usize = 16;
+        let smoke = self.args.smoke;
+        let tenant = "00000000-0000-4000-8000-0000000000aa";
+        let per_client = if smoke { 50 } else { 1_000 };
+        let batches = if smoke { 4 } else { 100 };
+        let serve = Serve::start(
+            &self.nats.url(),
+            &self.dir.path().join("ingest.db"),
+            "jobstats-ingest-bench",
+            &[("JOBSTATS_INGEST_RATE", "1000000")],
+        );
+        let base = format!("http://127.0.0.1:{}", serve.port);
+        let store = jobstats::keys::KeyStore::open(&self.js, 1).await.unwrap();
+        let made = jobstats::keys::generate(
+            jobstats::events::TenantId::parse(tenant).unwrap(),
+            None,
+            true,
+            Utc::now(),
+        )
+        .unwrap();
+        store.insert(&made.record).await.unwrap();
+        let key = made.secret;
+        let http = reqwest::Client::new();
+        let events = |from: usize, n: usize| -> Vec<jobstats::events::Event> {
+            (from..from + n)
+                .map(|i| {
+                    EventBuilder::new(tenant, &format!("job-{}", i % 100))
+                        .unwrap()
+                        .execution(&format!("x{i}"))
+                        .unwrap()
+                        .started()
+                        .unwrap()
+                })
+                .collect()
+        };
+        // Wait until the serve knows the key (it follows JOBSTATS_KEYS).
+        let probe = serde_json::to_vec(&events(usize::MAX / 2, 1)[0].to_json()).unwrap();
+        let started = Instant::now();
+        loop {
+            let status = http
+                .post(format!("{base}/api/v1/events"))
+                .bearer_auth(&key)
+                .body(probe.clone())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            if status == 202 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "serve took the key: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // (a) one event per request, CLIENTS at once, vs CLIENTS publishers each awaiting
+        // every ack (what `jobstats publish` does per event).
+        let publisher = jobstats::publish::Publisher::new(self.client.clone());
+        let direct = {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..CLIENTS)
+                .map(|c| {
+                    let publisher = publisher.clone();
+                    let batch = events(1_000_000 + c * per_client, per_client);
+                    tokio::spawn(async move {
+                        for event in &batch {
+                            publisher.publish(event).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            (CLIENTS * per_client) as f64 / started.elapsed().as_secs_f64()
+        };
+        let over_http = {
+            let bodies: Vec<Vec<Vec<u8>>> = (0..CLIENTS)
+                .map(|c| {
+                    events(2_000_000 + c * per_client, per_client)
+                        .iter()
+                        .map(|e| serde_json::to_vec(&e.to_json()).unwrap())
+                        .collect()
+                })
+                .collect();
+            let started = Instant::now();
+            let tasks: Vec<_> = bodies
+                .into_iter()
+                .map(|bodies| {
+                    let (http, url, key) =
+                        (http.clone(), format!("{base}/api/v1/events"), key.clone());
+                    tokio::spawn(async move {
+                        for body in bodies {
+                            let response = http
+                                .post(&url)
+                                .bearer_auth(&key)
+                                .body(body)
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(response.status(), 202);
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            (CLIENTS * per_client) as f64 / started.elapsed().as_secs_f64()
+        };
+        let table = &mut self.table;
+        table.row(
+            &format!("(14) publish and await each ack, {CLIENTS} publishers (events/s)"),
+            format!("{direct:.0}"),
+            "what `jobstats publish` does per event; verdict: the ratio below",
+        );
+        table.row(
+            &format!("(14) POST /api/v1/events, 1 event per request, {CLIENTS} clients (events/s)"),
+            format!("{over_http:.0}"),
+            "ingest key, HTTP/1.1 keep-alive; verdict: the ratio below",
+        );
+        table.row(
+            "(14) 1-event HTTP ingestion / publish-and-ack",
+            format!("{:.2}", over_http / direct),
+            &goal_only(over_http / direct, 0.5, AtLeast, "", 30),
+        );
+
+        // (b) 1 000 events per request vs the raw async publish of the same number.
+        let total = batches * 1_000;
+        let raw = {
+            let batch = events(3_000_000, total);
+            let started = Instant::now();
+            publish(&self.js, &batch).await;
+            total as f64 / started.elapsed().as_secs_f64()
+        };
+        let batched = {
+            let bodies: Vec<Vec<u8>> = events(4_000_000, total)
+                .chunks(1_000)
+                .map(|chunk| {
+                    serde_json::to_vec(&chunk.iter().map(|e| e.to_json()).collect::<Vec<_>>())
+                        .unwrap()
+                })
+                .collect();
+            let started = Instant::now();
+            let mut bodies = bodies.into_iter();
+            // Two requests in flight, as a batching runner with a small pool would have.
+            let url = format!("{base}/api/v1/events");
+            loop {
+                let pair: Vec<Vec<u8>> = bodies.by_ref().take(2).collect();
+                if pair.is_empty() {
+                    break;
+                }
+                let sends = pair
+                    .into_iter()
+                    .map(|body| http.post(&url).bearer_auth(&key).body(body).send());
+                for response in futures::future::join_all(sends).await {
+                    assert_eq!(response.unwrap().status(), 202);
+                }
+            }
+            total as f64 / started.elapsed().as_secs_f64()
+        };
+        let table = &mut self.table;
+        table.row(
+            "(14) raw async publish, acks awaited per 2 000 (events/s)",
+            format!("{raw:.0}"),
+            "no Nats-Msg-Id; verdict: the ratio below",
+        );
+        table.row(
+            "(14) POST /api/v1/events, 1 000 events per request (events/s)",
+            format!("{batched:.0}"),
+            "two requests in flight, each event validated, Nats-Msg-Id set; verdict: the ratio below",
+        );
+        table.row(
+            "(14) batched HTTP ingestion / raw async publish",
+            format!("{:.2}", batched / raw),
+            &goal_only(batched / raw, 0.8, AtLeast, "", 30),
+        );
+
+        // (c) a ping's latency while ~10k events/s are ingested beside it.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (stop, js) = (stop.clone(), self.js.clone());
+            let batch = events(5_000_000, 200_000);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut sent = 0usize;
+                for chunk in batch.chunks(100) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    publish(&js, chunk).await;
+                    sent += chunk.len();
+                    // 10k/s: 100 events every 10 ms.
+                    let due = Duration::from_millis((sent as u64) / 10);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                sent as f64 / started.elapsed().as_secs_f64()
+            })
+        };
+        let pings = if smoke { 200 } else { 3_000 };
+        let mut samples = Vec::with_capacity(pings);
+        for i in 0..pings {
+            let url = format!("{base}/ping/{key}/pinged/0?rid=p{i}");
+            let started = Instant::now();
+            let response = http.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap();
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let load_rate = load.await.unwrap();
+        samples.sort_by(f64::total_cmp);
+        let p50 = samples[samples.len() / 2];
+        let p99 = samples[samples.len() * 99 / 100];
+        self.table.row(
+            "(14) ping p99 while ingesting ~10k events/s (ms)",
+            format!("{p99:.2}"),
+            &format!(
+                "p50 {p50:.2} ms, {pings} pings one after another, {load_rate:.0} events/s published meanwhile; {}",
+                goal_only(p99, 5.0, AtMost, " ms", 30)
+            ),
+        );
+        drop(serve);
+    }
+
     /// (13): a scrape of every job's series against the service-level metrics alone.
     async fn scrape(&mut self) {
         let jobs = if self.args.smoke { 500 } else { 10_000 };
@@ -1369,7 +1674,25 @@ impl Bench {
         table.row(
             "(13) scrape p50, per-job / service-level",
             format!("{ratio:.1}"),
-            &goal_only(ratio, 3.0, AtMost, "", 32),
+            &format!(
+                "{:.0}x the text; {}",
+                figures.per_job_bytes as f64 / figures.service_bytes.max(1) as f64,
+                goal_only(ratio, 3.0, AtMost, "", 32)
+            ),
+        );
+        let (client_p50, client_bytes) = prometheus_client_p50(jobs);
+        table.row(
+            &format!("(13) prometheus-client encoding the same {jobs} jobs' series from memory, p50 (ms)"),
+            format!("{client_p50:.2}"),
+            &format!(
+                "{:.1} MB of text; a hand-written exporter's cost, no read at all; verdict: the ratio below",
+                client_bytes as f64 / 1e6
+            ),
+        );
+        table.row(
+            "(13) scrape p50, ours (read + render) / prometheus-client encode only",
+            format!("{:.2}", figures.per_job_p50_ms / client_p50),
+            &stated(32),
         );
         table.row(
             &format!("(13) RSS growth for {jobs} jobs' series (MB)"),

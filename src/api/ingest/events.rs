@@ -5,15 +5,13 @@
 
 use std::sync::Arc;
 
-use poem::http::StatusCode;
-use poem::{handler, web::Data, Body, Request, Response};
-use serde_json::Value;
-
 use super::{publish_all, Ingester, Outgoing, ROLE_JOB_RUNNER};
 use crate::api::auth::ROLE_SUPER_ADMIN;
 use crate::api::errors::{ApiError, EventProblem};
 use crate::api::AppState;
 use crate::events::{decode, subject_for, EventType, TenantId};
+use poem::http::StatusCode;
+use poem::{handler, web::Data, Body, Request, Response};
 
 /// The largest request body.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -118,8 +116,9 @@ pub async fn ingester(request: &Request, state: &AppState) -> Result<Ingester, A
     ))
 }
 
-/// The request's events as JSON values, or the reason each unreadable one is not.
-fn elements(body: &[u8], ndjson: bool) -> Result<Vec<Value>, ApiError> {
+/// The request's events, each as the bytes it came in (published as they are), or the
+/// reason each unreadable one is not.
+fn elements(body: &[u8], ndjson: bool) -> Result<Vec<&[u8]>, ApiError> {
     if ndjson {
         let mut values = Vec::new();
         let mut problems = Vec::new();
@@ -131,8 +130,8 @@ fn elements(body: &[u8], ndjson: bool) -> Result<Vec<Value>, ApiError> {
             if index >= MAX_EVENTS {
                 return Err(too_many());
             }
-            match serde_json::from_slice::<Value>(line) {
-                Ok(value) => values.push(value),
+            match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                Ok(_) => values.push(line),
                 Err(error) => problems.push(unreadable(index, line, &error)),
             }
         }
@@ -146,13 +145,19 @@ fn elements(body: &[u8], ndjson: bool) -> Result<Vec<Value>, ApiError> {
         }
         return Ok(values);
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(values)) if values.len() > MAX_EVENTS => Err(too_many()),
-        Ok(Value::Array(values)) if values.is_empty() => Err(ApiError::InvalidParameter(
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'[') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Ok(vec![body]),
+            Err(error) => Err(ApiError::InvalidEvents(vec![unreadable(0, body, &error)])),
+        };
+    }
+    match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(body) {
+        Ok(values) if values.len() > MAX_EVENTS => Err(too_many()),
+        Ok(values) if values.is_empty() => Err(ApiError::InvalidParameter(
             "The request holds no events".into(),
         )),
-        Ok(Value::Array(values)) => Ok(values),
-        Ok(value) => Ok(vec![value]),
+        Ok(values) => Ok(values.into_iter().map(|v| v.get().as_bytes()).collect()),
         Err(error) => Err(ApiError::InvalidEvents(vec![unreadable(0, body, &error)])),
     }
 }
@@ -178,11 +183,11 @@ fn unreadable(index: usize, bytes: &[u8], error: &serde_json::Error) -> EventPro
 
 /// Checks every event as the projector would, on the subject it would arrive on; the
 /// caller's tenant, when it has one, must be each event's.
-fn validate(values: Vec<Value>, tenant: Option<TenantId>) -> Result<Vec<Outgoing>, ApiError> {
-    let mut outgoing = Vec::with_capacity(values.len());
+fn validate(events: Vec<&[u8]>, tenant: Option<TenantId>) -> Result<Vec<Outgoing>, ApiError> {
+    let mut outgoing = Vec::with_capacity(events.len());
     let mut problems = Vec::new();
-    for (index, value) in values.into_iter().enumerate() {
-        match check(&value, tenant) {
+    for (index, payload) in events.into_iter().enumerate() {
+        match check(payload, tenant) {
             Ok(event) => outgoing.push(event),
             Err((code, reason)) => problems.push(EventProblem {
                 index,
@@ -198,36 +203,46 @@ fn validate(values: Vec<Value>, tenant: Option<TenantId>) -> Result<Vec<Outgoing
     }
 }
 
-fn check(value: &Value, tenant: Option<TenantId>) -> Result<Outgoing, (&'static str, String)> {
-    let body_tenant = value
-        .get("tenantId")
-        .and_then(Value::as_str)
+/// The two fields that say where an event goes, read without building the rest.
+#[derive(serde::Deserialize)]
+struct Route<'a> {
+    #[serde(rename = "type", borrow, default)]
+    event_type: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "tenantId", borrow, default)]
+    tenant_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn check(payload: &[u8], tenant: Option<TenantId>) -> Result<Outgoing, (&'static str, String)> {
+    // Where the event would be published: the caller's tenant (decode then refuses a body
+    // naming another), else the body's. What the body lacks or mistypes is left for decode
+    // to name, on a subject that gets it that far.
+    let route = serde_json::from_slice::<Route>(payload).ok();
+    let body_tenant = route
+        .as_ref()
+        .and_then(|r| r.tenant_id.as_deref())
         .and_then(|text| TenantId::parse(text).ok());
-    if let (Some(allowed), Some(claimed)) = (tenant, body_tenant) {
-        if allowed != claimed {
-            return Err((
-                "tenant_mismatch",
-                format!("tenantId {claimed} is not the tenant this key or token may post for ({allowed})"),
-            ));
-        }
-    }
-    // The subject the event would be published on; what the body lacks is left for decode
-    // to name (a missing or unknown `type`, a missing `tenantId`).
     let subject_tenant = tenant
         .or(body_tenant)
         .unwrap_or_else(|| TenantId::new(uuid::Uuid::nil()));
-    let subject = match value.get("type").and_then(Value::as_str) {
+    let subject = match route.as_ref().and_then(|r| r.event_type.as_deref()) {
         Some(name) => match EventType::parse(name) {
             Some(event_type) => subject_for(&subject_tenant, event_type),
             None => format!("jobs.events.{subject_tenant}.unknown"),
         },
         None => subject_for(&subject_tenant, EventType::Completed),
     };
-    let payload = serde_json::to_vec(value).expect("a JSON value serializes");
-    let event = decode(&subject, &payload).map_err(|error| (error.code(), error.to_string()))?;
+    let event = decode(&subject, payload).map_err(|error| match error {
+        crate::events::DecodeError::TenantMismatch { body, .. } => (
+            "tenant_mismatch",
+            format!(
+                "tenantId {body} is not the tenant this key or token may post for ({subject_tenant})"
+            ),
+        ),
+        other => (other.code(), other.to_string()),
+    })?;
     Ok(Outgoing {
-        subject: event.subject(),
-        payload,
+        subject,
+        payload: payload.to_vec(),
         event_id: event.event_id.hyphenated().to_string(),
     })
 }
@@ -291,9 +306,10 @@ mod tests {
 
     #[test]
     fn good_events_keep_their_ids_and_subjects() {
-        let values = vec![event("started", serde_json::json!({"futureField": 1}))];
-        let id = values[0]["eventId"].as_str().unwrap().to_owned();
-        let out = validate(values, None).unwrap();
+        let value = event("started", serde_json::json!({"futureField": 1}));
+        let id = value["eventId"].as_str().unwrap().to_owned();
+        let bytes = serde_json::to_vec(&value).unwrap();
+        let out = validate(vec![&bytes], None).unwrap();
         assert_eq!(out[0].event_id, id);
         assert_eq!(out[0].subject, format!("jobs.events.{TENANT}.started"));
         // Unknown fields travel on: the projector ignores them, a newer one may not.
