@@ -9,6 +9,7 @@
 //! last. It survives restarts and rebuilds, every replica reads the same one, and the
 //! `Nats-Msg-Id` (tenant/job/state/since) makes the same change from two replicas one message.
 
+pub mod channels;
 pub mod evaluator;
 pub mod history;
 pub mod watch;

@@ -511,7 +511,7 @@ fn serve_config(
         auth,
         http: Default::default(),
         tls: None,
-        webhooks: Vec::new(),
+        channels: Vec::new(),
         ui: Default::default(),
         ingest_limits: Default::default(),
     }

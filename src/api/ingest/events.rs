@@ -250,6 +250,7 @@ fn check(payload: &[u8], tenant: Option<TenantId>) -> Result<Outgoing, (&'static
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     const TENANT: &str = "6f1c1a52-4b47-4b8e-9d3f-0a6a1f3b2c11";
 
@@ -281,7 +282,7 @@ mod tests {
     #[test]
     fn each_bad_event_is_named_by_index_with_the_dead_letter_code() {
         let tenant = TenantId::parse(TENANT).ok();
-        let values = vec![
+        let values = [
             event("started", serde_json::json!({})),
             event("exploded", serde_json::json!({})),
             event(
@@ -292,8 +293,12 @@ mod tests {
             serde_json::json!([1]),
             serde_json::json!({"type": "started"}),
         ];
+        let bytes: Vec<Vec<u8>> = values
+            .iter()
+            .map(|v| serde_json::to_vec(v).unwrap())
+            .collect();
         assert_eq!(
-            problems(validate(values, tenant)),
+            problems(validate(bytes.iter().map(Vec::as_slice).collect(), tenant)),
             vec![
                 (1, "unknown_type"),
                 (2, "tenant_mismatch"),
