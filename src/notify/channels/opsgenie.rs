@@ -20,7 +20,7 @@ pub fn render(
 ) -> Option<(reqwest::Url, serde_json::Value)> {
     let change = message.change;
     let alias = super::dedup_key(change);
-    if change.state == "healthy" {
+    if change.state == "healthy" && super::is_trouble(&change.previous_state) {
         let mut url = alerts_url.clone();
         url.path_segments_mut()
             .expect("an http URL has path segments")
@@ -34,6 +34,7 @@ pub fn render(
         ));
     }
     if !super::is_trouble(&change.state) {
+        // To healthy from new (nothing was opened), or to new.
         return None;
     }
     let since = change.since.as_deref().unwrap_or(&change.as_of);

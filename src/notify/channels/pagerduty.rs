@@ -21,7 +21,7 @@ pub fn render(
 ) -> Option<serde_json::Value> {
     let change = message.change;
     let dedup_key = super::dedup_key(change);
-    if change.state == "healthy" {
+    if change.state == "healthy" && super::is_trouble(&change.previous_state) {
         return Some(json!({
             "routing_key": routing_key,
             "event_action": "resolve",
@@ -29,6 +29,7 @@ pub fn render(
         }));
     }
     if !super::is_trouble(&change.state) {
+        // To healthy from new (nothing was opened), or to new.
         return None;
     }
     let details =
