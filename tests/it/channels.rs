@@ -952,3 +952,127 @@ async fn email_arrives_once_over_starttls_and_over_implicit_tls_with_subject_bot
         "a message arrived twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_repeats_the_change_once_across_two_replicas_while_the_job_stays_failing() {
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Arc::new(like_the_services)).await;
+    let channels = dir.path().join("channels.toml");
+    std::fs::write(
+        &channels,
+        format!(
+            "[[channels]]\nkind = \"slack\"\nname = \"slack\"\nurl = \"{}\"\nstates = [\"failing\"]\nrepeat_ms = 60000\n",
+            receiver.url("/slack/services/T0/B0/XXXX")
+        ),
+    )
+    .unwrap();
+    let _a = serve_with_channels(
+        &nats,
+        &dir.path().join("a.db"),
+        &channels,
+        &[("JOBSTATS_INSTANCE_ID", "a")],
+    );
+    let _b = serve_with_channels(
+        &nats,
+        &dir.path().join("b.db"),
+        &channels,
+        &[("JOBSTATS_INSTANCE_ID", "b")],
+    );
+    let start = Utc::now() - chrono::Duration::minutes(5);
+    publish(&nats, execution_events("flaky", "f1", start, 100, false)).await;
+    let changes = wait_for_changes(&nats, "flaky", 1, Duration::from_secs(15)).await;
+    assert_eq!(state_of(&changes[0]), ("new", "failing"));
+    let first = receiver
+        .wait_for("/slack", 1, Duration::from_secs(15))
+        .await;
+
+    // One reminder a minute after the change was announced (not a minute after `since`,
+    // five minutes ago), from one of the two replicas.
+    let reminded = receiver
+        .wait_for("/slack", 2, Duration::from_secs(75))
+        .await;
+    let after = reminded[1].at_ms - first[0].at_ms;
+    eprintln!("reminder {after} ms after the first delivery");
+    assert!(
+        (59_000..=65_000).contains(&after),
+        "reminder after {after} ms"
+    );
+    assert_eq!(
+        reminded[1].body, first[0].body,
+        "the reminder re-sends the change"
+    );
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            receiver.under("/slack").len(),
+            2,
+            "a second replica reminded too"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_test_sends_one_message_prints_the_answer_and_fails_on_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(Arc::new(|request: &Request| {
+        if request.path.contains("GONE") {
+            (404, "no_service".to_owned())
+        } else {
+            (200, "ok".to_owned())
+        }
+    }))
+    .await;
+    let channels = dir.path().join("channels.toml");
+    std::fs::write(
+        &channels,
+        format!(
+            "[[channels]]\nkind = \"slack\"\nname = \"ok\"\nurl = \"{}\"\n\n[[channels]]\nkind = \"slack\"\nname = \"gone\"\nurl = \"{}\"\n",
+            receiver.url("/slack/services/T0/B0/OK"),
+            receiver.url("/slack/services/T0/B0/GONE")
+        ),
+    )
+    .unwrap();
+    let run = |name: &str| {
+        Command::new(BIN)
+            .args(["channels", "test", name])
+            .env("JOBSTATS_CHANNELS_FILE", &channels)
+            .env("JOBSTATS_PUBLIC_URL", PUBLIC_URL)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let ok = run("ok");
+    assert!(ok.status.success(), "{ok:?}");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("HTTP 200: ok"), "{stdout}");
+    let sent = receiver.under("/slack/services/T0/B0/OK");
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].body["text"]
+        .as_str()
+        .unwrap()
+        .contains("jobstats-test"));
+    assert_eq!(
+        sent[0].body["blocks"][3]["elements"][0]["url"],
+        job_page("jobstats-test").replace(TENANT, "00000000-0000-0000-0000-000000000000")
+    );
+
+    let gone = run("gone");
+    assert!(!gone.status.success(), "{gone:?}");
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        stderr.contains("404") && stderr.contains("no_service"),
+        "{stderr}"
+    );
+    assert_eq!(
+        receiver.under("/slack/services/T0/B0/GONE").len(),
+        1,
+        "one attempt"
+    );
+
+    let missing = run("nope");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("ok, gone"));
+}

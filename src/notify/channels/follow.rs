@@ -8,7 +8,7 @@
 //!   job leave trouble, the follower posts the resolution too, so its own last word on the
 //!   job is never a stale firing.
 //! - reminders (`repeat_ms`): while a job stays in the same trouble state, the `n`-th
-//!   reminder is due at since + n × repeat. One replica sends it: each due reminder is claimed
+//!   reminder is due at n × repeat after the change was stored on `JOB_HEALTH`. One replica sends it: each due reminder is claimed
 //!   in the `JOBSTATS_REMINDERS` bucket (`create` succeeds once); a replica that dies between
 //!   the claim and the send loses that one reminder, never duplicates it.
 
@@ -31,6 +31,9 @@ struct Tracked {
     change: HealthChange,
     raw: Vec<u8>,
     labels: std::collections::BTreeMap<String, String>,
+    /// When the change was stored on `JOB_HEALTH`: reminders count from there (the same
+    /// instant for every replica; `since` may lie long before the change was announced).
+    published_ms: i64,
     /// The last reminder this replica sent or saw claimed.
     reminded: u64,
 }
@@ -140,7 +143,11 @@ impl Follower {
                         .ok_or_else(|| format!("following {HEALTH_STREAM}: ended"))?
                         .map_err(|e| format!("following {HEALTH_STREAM}: {e}"))?;
                     let pending = message.info().map(|i| i.pending).unwrap_or(0);
-                    self.track(&mut jobs, &message.subject, &message.payload).await;
+                    let published_ms = crate::ingest::Position::of(&message)
+                        .map(|p| p.published_at_ms)
+                        .unwrap_or_else(|_| chrono::Utc::now().timestamp_millis());
+                    self.track(&mut jobs, &message.subject, &message.payload, published_ms)
+                        .await;
                     if pending == 0 && !caught_up {
                         // Rebuilt from the stream: post what fires now, not a resend later.
                         caught_up = true;
@@ -181,7 +188,13 @@ impl Follower {
 
     /// Records a job's last change; for Alertmanager, a job leaving trouble is resolved here
     /// too (see the module's doc).
-    async fn track(&self, jobs: &mut HashMap<String, Tracked>, subject: &str, raw: &[u8]) {
+    async fn track(
+        &self,
+        jobs: &mut HashMap<String, Tracked>,
+        subject: &str,
+        raw: &[u8],
+        published_ms: i64,
+    ) {
         let Ok(change) = serde_json::from_slice::<HealthChange>(raw) else {
             return;
         };
@@ -190,6 +203,7 @@ impl Follower {
             change,
             raw: raw.to_vec(),
             labels,
+            published_ms,
             reminded: 0,
         };
         let was_firing = jobs
@@ -260,16 +274,7 @@ impl Follower {
                 continue;
             }
             let wanted = self.channel.filters.wants(&tracked.change, &tracked.labels);
-            let Some(since) = tracked
-                .change
-                .since
-                .as_deref()
-                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                .map(|s| s.timestamp_millis())
-            else {
-                continue;
-            };
-            let due = ((now - since).max(0) as u64) / repeat.as_millis() as u64;
+            let due = ((now - tracked.published_ms).max(0) as u64) / repeat.as_millis() as u64;
             if !wanted || due == 0 || due <= tracked.reminded {
                 continue;
             }
