@@ -159,8 +159,13 @@ impl Kind {
     /// token there).
     pub fn shown_target(&self) -> String {
         let url = match self {
+            // An incoming webhook's path is its secret (`/services/T…/B…/<token>`).
+            Kind::Slack { url } => {
+                let mut shown = url.clone();
+                shown.set_path("/...");
+                return shown_url(&shown);
+            }
             Kind::Webhook { url, .. }
-            | Kind::Slack { url }
             | Kind::PagerDuty { url, .. }
             | Kind::Opsgenie { url, .. }
             | Kind::Teams { url }
@@ -868,6 +873,14 @@ mod tests {
             "absent labels are no labels"
         );
         assert!(Filters::default().wants(&change, &BTreeMap::new()));
+    }
+
+    #[test]
+    fn a_slack_url_is_shown_without_its_token_path() {
+        let kind = Kind::Slack {
+            url: reqwest::Url::parse("https://hooks.slack.com/services/T0/B0/SECRET").unwrap(),
+        };
+        assert_eq!(kind.shown_target(), "https://hooks.slack.com/...");
     }
 
     #[test]
