@@ -37,7 +37,7 @@ pub struct WebhookLabels {
 pub struct ChannelLabels {
     pub channel: String,
     pub kind: String,
-    /// `delivered`, `failed_attempt`, `dead_lettered`, `refused`, `filtered`,
+    /// `delivered`, `failed_attempt`, `dead_lettered`, `refused`, `filtered`, `silenced`,
     /// `nothing_to_send`, `resent`, `resend_failed`, `reminded`, `reminder_failed`.
     pub outcome: String,
 }
@@ -280,7 +280,7 @@ impl Metrics {
         labelled.register(
             "channel_deliveries",
             "Alert channel deliveries by channel, kind and outcome (delivered, failed_attempt, \
-             dead_lettered, refused, filtered, nothing_to_send, resent, resend_failed, reminded, \
+             dead_lettered, refused, filtered, silenced, nothing_to_send, resent, resend_failed, reminded, \
              reminder_failed)",
             self.channel_deliveries.clone(),
         );

@@ -931,6 +931,10 @@ async fn email_arrives_once_over_starttls_and_over_implicit_tls_with_subject_bot
         let left = deadline.saturating_duration_since(Instant::now());
         got.push(lines.recv_timeout(left).expect("two messages within 15 s"));
     }
+    eprintln!(
+        "failing judged → both messages in aiosmtpd: {} ms",
+        Utc::now().timestamp_millis() - ms_of(&failing["asOf"])
+    );
     got.sort_by_key(|m| m["mode"].as_str().unwrap().to_owned());
     let modes: Vec<&str> = got.iter().map(|m| m["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["implicit", "starttls"]);

@@ -144,6 +144,10 @@ impl Delivery {
             self.count("filtered");
             return ack(AckKind::Ack).await;
         }
+        if super::is_silenced_trouble(&change, &message.payload) {
+            self.count("silenced");
+            return ack(AckKind::Ack).await;
+        }
         let published_at_ms = Position::of(&message).map(|p| p.published_at_ms).ok();
         let link = self.channel.link(&change);
         let outgoing = Message {

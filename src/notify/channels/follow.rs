@@ -48,12 +48,9 @@ impl Tracked {
         }
     }
 
-    /// A silenced job gets no reminders (issue 31's silences set `silenced` on the change).
+    /// A silenced job in trouble gets no re-posts and no reminders.
     fn silenced(&self) -> bool {
-        serde_json::from_slice::<serde_json::Value>(&self.raw)
-            .ok()
-            .and_then(|v| v.get("silenced").and_then(|s| s.as_bool()))
-            .unwrap_or(false)
+        super::is_silenced_trouble(&self.change, &self.raw)
     }
 }
 
@@ -239,7 +236,7 @@ impl Follower {
         };
         let links: Vec<(&Tracked, Option<String>)> = jobs
             .values()
-            .filter(|t| super::is_trouble(&t.change.state) && self.wanted(t))
+            .filter(|t| super::is_trouble(&t.change.state) && !t.silenced() && self.wanted(t))
             .map(|t| (t, self.channel.link(&t.change)))
             .collect();
         if links.is_empty() {

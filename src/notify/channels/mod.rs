@@ -260,6 +260,25 @@ pub fn labels_of(raw: &[u8]) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Whether the change opens (or keeps open) trouble for a silenced job: channels send no
+/// openings and no reminders for those, but do send recoveries and the one `silenceEnded`
+/// message (CONTRACT §11; the evaluator sets `silenced` / `silenceEnded` on the change).
+pub fn is_silenced_trouble(change: &HealthChange, raw: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Silence {
+        #[serde(default)]
+        silenced: bool,
+        #[serde(default)]
+        silence_ended: bool,
+    }
+    let silence = serde_json::from_slice::<Silence>(raw).unwrap_or(Silence {
+        silenced: false,
+        silence_ended: false,
+    });
+    silence.silenced && !silence.silence_ended && is_trouble(&change.state)
+}
+
 /// One change to send, with what every kind renders from it.
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
@@ -729,21 +748,23 @@ pub async fn run(
 pub async fn test(channel: &Channel) -> Result<String, String> {
     let http = http_client()?;
     let now = crate::projection::format::rfc3339_millis(chrono::Utc::now().timestamp_millis());
-    let change = HealthChange {
-        spec_version: 1,
-        tenant_id: "00000000-0000-0000-0000-000000000000".into(),
-        job_name: "jobstats-test".into(),
-        state: "failing".into(),
-        previous_state: "healthy".into(),
-        since: Some(now.clone()),
-        as_of: now,
-        reason: format!(
+    // Built from JSON so that fields the change gains later take their defaults here.
+    let change: HealthChange = serde_json::from_value(serde_json::json!({
+        "specVersion": 1,
+        "tenantId": "00000000-0000-0000-0000-000000000000",
+        "jobName": "jobstats-test",
+        "state": "failing",
+        "previousState": "healthy",
+        "since": now,
+        "asOf": now,
+        "reason": format!(
             "A test message from `jobstats channels test {}`: nothing is wrong.",
             channel.name
         ),
-        consecutive_failures: 1,
-        execution_id: None,
-    };
+        "consecutiveFailures": 1,
+        "executionId": null,
+    }))
+    .map_err(|e| format!("the test change: {e}"))?;
     let raw = change.to_bytes();
     let labels = BTreeMap::new();
     let link = channel.link(&change);
@@ -873,6 +894,12 @@ mod tests {
             "absent labels are no labels"
         );
         assert!(Filters::default().wants(&change, &BTreeMap::new()));
+        assert!(is_silenced_trouble(&change, br#"{"silenced": true}"#));
+        assert!(!is_silenced_trouble(
+            &change,
+            br#"{"silenced": true, "silenceEnded": true}"#
+        ));
+        assert!(!is_silenced_trouble(&change, b"{}"));
     }
 
     #[test]
