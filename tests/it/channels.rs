@@ -1085,3 +1085,98 @@ async fn channels_test_sends_one_message_prints_the_answer_and_fails_on_a_refusa
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("ok, gone"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_errors_a_throttle_is_retried_and_an_invalid_event_is_a_dead_letter_at_once() {
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    // PagerDuty throttles the first trigger (429) and takes the retry (202); it refuses every
+    // event of the second routing key as invalid (400). Opsgenie refuses a bad key (422).
+    let throttled = Arc::new(Mutex::new(false));
+    let receiver = Receiver::start(Arc::new(move |request: &Request| {
+        if request.path.starts_with("/og") {
+            return (
+                422,
+                json!({"message": "Key format is not valid!", "took": 0.0, "requestId": "r"})
+                    .to_string(),
+            );
+        }
+        if request.body["routing_key"] == "invalid" {
+            return (
+                400,
+                json!({"status": "invalid event", "message": "Event object is invalid", "errors": ["Length of 'routing_key' is incorrect (should be 32 characters)"]})
+                    .to_string(),
+            );
+        }
+        let mut once = throttled.lock().unwrap();
+        if !*once {
+            *once = true;
+            return (429, String::new());
+        }
+        like_the_services(request)
+    }))
+    .await;
+    let channels = dir.path().join("channels.toml");
+    std::fs::write(
+        &channels,
+        format!(
+            r#"
+[[channels]]
+kind = "pagerduty"
+name = "pd-ok"
+url = "{pd}"
+routing_key = "R0UT1NGKEY0123456789abcdef012345"
+retry_initial_ms = 50
+
+[[channels]]
+kind = "pagerduty"
+name = "pd-invalid"
+url = "{pd_invalid}"
+routing_key = "invalid"
+retry_initial_ms = 50
+
+[[channels]]
+kind = "opsgenie"
+name = "og-bad-key"
+url = "{og}"
+api_key = "not-a-key"
+retry_initial_ms = 50
+"#,
+            pd = receiver.url("/pd-ok/v2/enqueue"),
+            pd_invalid = receiver.url("/pd-invalid/v2/enqueue"),
+            og = receiver.url("/og/v2/alerts"),
+        ),
+    )
+    .unwrap();
+    let _serve = serve_with_channels(&nats, &dir.path().join("db"), &channels, &[]);
+    let start = Utc::now() - chrono::Duration::minutes(5);
+    publish(&nats, execution_events("pay", "p1", start, 100, false)).await;
+    wait_for_changes(&nats, "pay", 1, Duration::from_secs(15)).await;
+
+    let ok = receiver
+        .wait_for("/pd-ok", 2, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        ok[0].body, ok[1].body,
+        "the throttled trigger is sent again"
+    );
+    let invalid = dead_letter(&nats, "pd-invalid").await;
+    let headers = invalid.headers.clone().unwrap();
+    assert_eq!(headers.get("Jobstats-Attempts").unwrap().as_str(), "1");
+    assert!(headers
+        .get("Jobstats-Last-Error")
+        .unwrap()
+        .as_str()
+        .contains("invalid event"));
+    let og = dead_letter(&nats, "og-bad-key").await;
+    let headers = og.headers.clone().unwrap();
+    assert_eq!(headers.get("Jobstats-Attempts").unwrap().as_str(), "1");
+    assert!(headers
+        .get("Jobstats-Last-Error")
+        .unwrap()
+        .as_str()
+        .contains("422"));
+    assert_eq!(receiver.under("/pd-invalid").len(), 1);
+    assert_eq!(receiver.under("/og").len(), 1);
+}
