@@ -411,7 +411,7 @@ fn demo_serve_config(config: &DemoConfig, secret: &str) -> ServeConfig {
         },
         http: Default::default(),
         tls: None,
-        webhooks: Vec::new(),
+        channels: Vec::new(),
         ui: Default::default(),
     }
 }

@@ -15,7 +15,7 @@
 //! | [`api`] | HTTP: routes, auth, errors, health, metrics | write SQLite |
 //! | [`job_metrics`] | the per-job Prometheus series: rendered from `job_stats` rows and the announced health states | read history |
 //! | [`keys`] | ingest keys: made, hashed, kept in the `JOBSTATS_KEYS` bucket, followed into each replica's key ring | touch SQLite |
-//! | [`notify`] | health notifications: the evaluator that publishes each job's state changes to `JOB_HEALTH`, and webhook delivery from it | write SQLite |
+//! | [`notify`] | health notifications: the evaluator that publishes each job's state changes to `JOB_HEALTH`, and alert channel delivery from it (webhooks, Slack, PagerDuty, Opsgenie, Teams, e-mail, Alertmanager) | write SQLite |
 //! | [`publish`] | the publisher used by `jobstats publish`/`run`, the demo and Rust runners | read SQLite |
 //! | [`service`] | wires the pieces into `serve` (projector + API, start-up rebuild) | hold business rules |
 //! | [`shutdown`] | the stop signal every task of `serve` waits on | |

@@ -34,6 +34,21 @@ pub struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
+    pub kind: String,
+    /// `delivered`, `failed_attempt`, `dead_lettered`, `refused`, `filtered`, `silenced`,
+    /// `nothing_to_send`, `resent`, `resend_failed`, `reminded`, `reminder_failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelName {
+    pub channel: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookName {
     pub webhook: String,
 }
@@ -85,6 +100,9 @@ pub struct Metrics {
     pub health_change_delay_seconds: Histogram,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
     pub webhook_delivery_seconds: Histogram,
+    /// Alert channels (webhooks included), by channel, kind and outcome.
+    pub channel_deliveries: Family<ChannelLabels, Counter>,
+    pub channel_delivery_seconds: Family<ChannelName, Histogram>,
     /// Where each webhook's delivery stands, set by the delivery and read by the scrape and
     /// the admin `/readyz`.
     pub webhook_lag: std::sync::Mutex<std::collections::BTreeMap<String, WebhookLag>>,
@@ -121,6 +139,10 @@ impl Default for Metrics {
             health_change_delay_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             webhook_deliveries: Family::default(),
             webhook_delivery_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 18)),
+            channel_deliveries: Family::default(),
+            channel_delivery_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 18))
+            }),
             webhook_lag: Default::default(),
             webhook_backlog: Family::default(),
             webhook_oldest_age_seconds: Family::default(),
@@ -256,6 +278,19 @@ impl Metrics {
             self.webhook_delivery_seconds.clone(),
         );
         labelled.register(
+            "channel_deliveries",
+            "Alert channel deliveries by channel, kind and outcome (delivered, failed_attempt, \
+             dead_lettered, refused, filtered, silenced, nothing_to_send, resent, resend_failed, reminded, \
+             reminder_failed)",
+            self.channel_deliveries.clone(),
+        );
+        labelled.register(
+            "channel_delivery_seconds",
+            "Per alert channel, from a change's publication on JOB_HEALTH to its receiver \
+             taking it",
+            self.channel_delivery_seconds.clone(),
+        );
+        labelled.register(
             "webhook_oldest_undelivered_age_seconds",
             "Per webhook, the age of the oldest health change not yet delivered (0: none)",
             self.webhook_oldest_age_seconds.clone(),
@@ -265,6 +300,38 @@ impl Metrics {
             "Per webhook, health changes on JOB_HEALTH not yet handed to its delivery",
             self.webhook_backlog.clone(),
         );
+    }
+
+    /// Counts one outcome of an alert channel (a webhook's also under `webhook_deliveries`).
+    pub fn count_channel(&self, channel: &str, kind: &str, outcome: &str) {
+        self.channel_deliveries
+            .get_or_create(&ChannelLabels {
+                channel: channel.to_owned(),
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if kind == "webhook" {
+            self.webhook_deliveries
+                .get_or_create(&WebhookLabels {
+                    webhook: channel.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Records how long a change took from its publication to the channel's receiver.
+    pub fn observe_channel_latency(&self, channel: &str, kind: &str, seconds: f64) {
+        self.channel_delivery_seconds
+            .get_or_create(&ChannelName {
+                channel: channel.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .observe(seconds);
+        if kind == "webhook" {
+            self.webhook_delivery_seconds.observe(seconds);
+        }
     }
 
     /// Replaces the jobs-by-health gauges with `counts` (tenant label, state, jobs); states

@@ -65,8 +65,8 @@ pub struct ServeConfig {
     pub http: HttpLimits,
     /// HTTPS on both listeners (`JOBSTATS_TLS_CERT_FILE` + `JOBSTATS_TLS_KEY_FILE`).
     pub tls: Option<crate::api::tls::TlsFiles>,
-    /// Receivers of health changes (`JOBSTATS_WEBHOOKS_FILE`).
-    pub webhooks: Vec<crate::notify::webhooks::Webhook>,
+    /// Receivers of health changes (`JOBSTATS_WEBHOOKS_FILE` and `JOBSTATS_CHANNELS_FILE`).
+    pub channels: Vec<crate::notify::channels::Channel>,
     /// The dashboard's sign-in with an OpenID provider.
     pub ui: crate::api::ui::UiSettings,
     /// `JOBSTATS_INGEST_RATE`: each ingest key's request rate.
@@ -235,7 +235,7 @@ struct AnnouncedHealth<'a> {
     job_health: &'a Arc<crate::job_metrics::JobHealthBoard>,
 }
 
-/// Starts the health evaluator and, when webhooks are configured, their delivery; returns
+/// Starts the health evaluator and, when channels are configured, their delivery; returns
 /// where the projector reports the jobs each commit touched, and the tasks.
 fn spawn_notifications(
     client: &async_nats::Client,
@@ -267,10 +267,10 @@ fn spawn_notifications(
         announced.flips.clone(),
         shutdown.wait(),
     )));
-    if !config.webhooks.is_empty() {
-        tasks.push(tokio::spawn(crate::notify::webhooks::run(
+    if !config.channels.is_empty() {
+        tasks.push(tokio::spawn(crate::notify::channels::run(
             client.clone(),
-            config.webhooks.clone(),
+            config.channels.clone(),
             config.stream.replicas,
             metrics.clone(),
             shutdown.clone(),

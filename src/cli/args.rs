@@ -295,8 +295,66 @@ pub enum Command {
     /// a new key once, `list` shows them (never the key), `revoke` ends one everywhere.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Alert channels (`JOBSTATS_CHANNELS_FILE`, `JOBSTATS_WEBHOOKS_FILE`): `test NAME` sends
+    /// one test message and prints the receiver's answer (exit 1 when it fails).
+    #[command(subcommand)]
+    Channels(ChannelsCommand),
     /// Print the OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ChannelsCommand {
+    /// Send a test message (a `failing` change of the job `jobstats-test`) to one channel,
+    /// read from the files exactly as `serve` reads them.
+    Test {
+        /// The channel's `name`.
+        name: String,
+        #[command(flatten)]
+        files: ChannelFileArgs,
+    },
+}
+
+/// Where alert channels are configured (shared by `serve` and `channels test`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChannelFileArgs {
+    /// A TOML file of `[[webhooks]]` (url, secret, optional tenants, states) that receive
+    /// every health change, signed (see the README).
+    #[arg(long, env = "JOBSTATS_WEBHOOKS_FILE")]
+    pub webhooks_file: Option<PathBuf>,
+    /// A TOML file of `[[channels]]`: webhook, slack, pagerduty, opsgenie, teams, email,
+    /// alertmanager (see the README's "Alert channels").
+    #[arg(long, env = "JOBSTATS_CHANNELS_FILE")]
+    pub channels_file: Option<PathBuf>,
+    /// The dashboard's address as users reach it (e.g. `https://jobs.example.com`): every
+    /// alert links to the job's page under it.
+    #[arg(long, env = "JOBSTATS_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<reqwest::Url>,
+}
+
+impl ChannelFileArgs {
+    /// Every channel of both files, validated.
+    pub fn channels(&self) -> Result<Vec<crate::notify::channels::Channel>, String> {
+        use crate::notify::{channels, webhooks};
+        let public = self.public_url.as_ref();
+        let hooks = match &self.webhooks_file {
+            Some(path) => webhooks::load(path, public)?,
+            None => Vec::new(),
+        };
+        let more = match &self.channels_file {
+            Some(path) => channels::load(path, public)?,
+            None => Vec::new(),
+        };
+        channels::combine(hooks, more)
+    }
+}
+
+fn parse_public_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("an http or https URL with a host".into());
+    }
+    Ok(url)
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -580,10 +638,8 @@ pub struct ServeOptions {
     #[arg(long, env = "JOBSTATS_JOB_METRICS_MAX", default_value_t = crate::job_metrics::DEFAULT_MAX_JOBS as u32,
           value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
     pub job_metrics_max: u32,
-    /// A TOML file of `[[webhooks]]` (url, secret, optional tenants, states) that receive
-    /// every health change, signed (see the README).
-    #[arg(long, env = "JOBSTATS_WEBHOOKS_FILE")]
-    pub webhooks_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub channel_files: ChannelFileArgs,
     /// Requests per second each ingest key (or job_runner token) may make to the ingestion
     /// endpoints, with bursts of ten seconds' worth (at least 100); over it: 429 with
     /// Retry-After.

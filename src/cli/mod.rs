@@ -42,6 +42,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(options) => watch(common, options).await?,
         Command::Export(options) => export(common, options)?,
         Command::Keys(command) => keys(common, command).await?,
+        Command::Channels(command) => return channels(command).await,
         Command::Openapi => println!("{}", crate::api::openapi_json()),
     }
     Ok(ExitCode::SUCCESS)
@@ -57,8 +58,43 @@ pub fn is_quiet(command: &Command) -> bool {
             | Command::Token(_)
             | Command::Watch(_)
             | Command::Keys(_)
+            | Command::Channels(_)
             | Command::Openapi
     )
+}
+
+/// `jobstats channels test NAME`: the receiver's answer on stdout, or why it failed on
+/// stderr and exit code 1.
+async fn channels(command: &args::ChannelsCommand) -> anyhow::Result<ExitCode> {
+    let args::ChannelsCommand::Test { name, files } = command;
+    let channels = files.channels().map_err(anyhow::Error::msg)?;
+    let Some(channel) = channels.iter().find(|c| &c.name == name) else {
+        let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+        anyhow::bail!(
+            "no channel named {name:?} (configured: {})",
+            names.join(", ")
+        );
+    };
+    match crate::notify::channels::test(channel).await {
+        Ok(answer) => {
+            println!(
+                "{} {} ({}): {answer}",
+                channel.kind.as_str(),
+                channel.name,
+                channel.kind.shown_target()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            eprintln!(
+                "{} {} ({}): {failure}",
+                channel.kind.as_str(),
+                channel.name,
+                channel.kind.shown_target()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn export(common: &CommonOptions, options: &args::ExportOptions) -> anyhow::Result<()> {
@@ -208,10 +244,10 @@ fn nats(common: &CommonOptions) -> anyhow::Result<crate::stream::NatsSettings> {
 }
 
 fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Result<ServeConfig> {
-    let webhooks = match &options.webhooks_file {
-        Some(path) => crate::notify::webhooks::load(path).map_err(anyhow::Error::msg)?,
-        None => Vec::new(),
-    };
+    let channels = options
+        .channel_files
+        .channels()
+        .map_err(anyhow::Error::msg)?;
     Ok(ServeConfig {
         nats: nats(common)?,
         stream: common.stream_spec(),
@@ -225,7 +261,7 @@ fn serve_config(common: &CommonOptions, options: &ServeOptions) -> anyhow::Resul
         auth: options.jwt.settings().map_err(anyhow::Error::msg)?,
         http: options.http.limits(),
         tls: options.tls_files().map_err(anyhow::Error::msg)?,
-        webhooks,
+        channels,
         ui: options.ui.settings()?,
         ingest_limits: crate::api::ingest::IngestLimits::per_second(options.ingest_rate),
     })

@@ -1,14 +1,16 @@
-//! Health notifications (CONTRACT §8): every change of a job's `health.state` becomes one
-//! message on the `JOB_HEALTH` stream, and from there a signed POST to each matching webhook.
+//! Health notifications (CONTRACT §8, §11): every change of a job's `health.state` becomes
+//! one message on the `JOB_HEALTH` stream, and from there a message on each matching alert
+//! channel (signed webhooks, Slack, PagerDuty, Opsgenie, Teams, e-mail, Alertmanager).
 //!
 //! This file is the pure part: what a change looks like, its subject and dedupe id, and when
 //! the clock alone can next change a job's state. [`evaluator`] follows the projection and
-//! publishes; [`webhooks`] delivers from the stream. Neither writes the read model.
+//! publishes; [`channels`] delivers from the stream ([`webhooks`] reads §8's file). Neither writes the read model.
 //!
 //! Why the stream is the memory: the last message per job subject says what was announced
 //! last. It survives restarts and rebuilds, every replica reads the same one, and the
 //! `Nats-Msg-Id` (tenant/job/state/since) makes the same change from two replicas one message.
 
+pub mod channels;
 pub mod evaluator;
 pub mod history;
 pub mod watch;

@@ -511,7 +511,7 @@ fn serve_config(
         auth,
         http: Default::default(),
         tls: None,
-        webhooks: Vec::new(),
+        channels: Vec::new(),
         ui: Default::default(),
         ingest_limits: Default::default(),
     }
@@ -771,4 +771,35 @@ impl Pki {
             &format!("{name}.pem"),
         ]);
     }
+}
+
+/// A Python venv under `target/` with `packages` installed (made once, reused by later
+/// runs); panics saying what failed when pip cannot install them.
+pub fn python_venv(name: &str, packages: &[&str]) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-venvs")
+        .join(name);
+    let python = dir.join("bin/python");
+    let marker = dir.join(".installed");
+    if marker.exists() {
+        return python;
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .status()
+        .expect("python3 runs");
+    assert!(made.success(), "python3 -m venv {} failed", dir.display());
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(packages)
+        .status()
+        .expect("pip runs");
+    assert!(
+        installed.success(),
+        "pip could not install {packages:?} into {} (is PyPI reachable?)",
+        dir.display()
+    );
+    std::fs::write(&marker, packages.join("\n")).unwrap();
+    python
 }

@@ -4,6 +4,7 @@
 mod api;
 mod availability;
 mod bench;
+mod channels;
 mod cli;
 mod cluster;
 mod contract;
