@@ -24,6 +24,8 @@ pub const MAX_GRACE_MS: u64 = 86_400_000;
 /// `maxRuntimeMs` bounds (1 s … 30 days).
 pub const MIN_MAX_RUNTIME_MS: u64 = 1_000;
 pub const MAX_MAX_RUNTIME_MS: u64 = 2_592_000_000;
+/// Largest accepted `output` (the tail of a run's output), in bytes of UTF-8.
+pub const MAX_OUTPUT_BYTES: usize = 16 * 1024;
 /// The event format versions this build understands.
 pub const SUPPORTED_SPEC_VERSIONS: &[i64] = &[1];
 /// Subject prefix of every event (`jobs.events.<tenantId>.<type>`).
@@ -212,7 +214,8 @@ pub struct Event {
 /// What happened, with the fields that belong to that type only.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
-    /// Sets (or, with `None`, removes) the job's cron schedule.
+    /// Sets (or, with `None`, removes) the job's cron schedule, with the zone it is
+    /// evaluated in (`timezone`, CONTRACT §10) inside the [`CronSchedule`].
     Scheduled {
         cron: Option<CronSchedule>,
         /// How late a run may start and still count for its fire (CONTRACT §5).
@@ -229,12 +232,31 @@ pub enum EventKind {
     Completed {
         execution_id: ExecutionId,
         items_processed: Option<u64>,
+        /// The command's exit code (0–255).
+        exit_code: Option<u8>,
+        /// The tail of the run's output (at most [`MAX_OUTPUT_BYTES`]).
+        output: Option<String>,
     },
     Failed {
         execution_id: ExecutionId,
         items_processed: Option<u64>,
         error: Option<String>,
+        exit_code: Option<u8>,
+        output: Option<String>,
     },
+}
+
+/// The last [`MAX_OUTPUT_BYTES`] of `text`, starting on a character boundary: what an
+/// `output` field keeps of a longer run's output.
+pub fn tail_output(text: &str) -> &str {
+    if text.len() <= MAX_OUTPUT_BYTES {
+        return text;
+    }
+    let mut start = text.len() - MAX_OUTPUT_BYTES;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 impl Event {
@@ -285,6 +307,13 @@ impl Event {
                 grace_ms,
                 max_runtime_ms,
             } => {
+                if let Some(zone) = cron
+                    .as_ref()
+                    .map(|c| c.timezone())
+                    .filter(|z| *z != crate::schedule::DEFAULT_TIMEZONE)
+                {
+                    object.insert("timezone".into(), zone.into());
+                }
                 let cron = cron.as_ref().map(|c| Value::from(c.expression()));
                 object.insert("cron".into(), cron.unwrap_or(Value::Null));
                 if let Some(grace) = grace_ms {
@@ -295,15 +324,21 @@ impl Event {
                 }
             }
             EventKind::Completed {
-                items_processed, ..
+                items_processed,
+                exit_code,
+                output,
+                ..
             } => {
                 if let Some(items) = items_processed {
                     object.insert("itemsProcessed".into(), (*items).into());
                 }
+                insert_run_result(object, *exit_code, output.as_deref());
             }
             EventKind::Failed {
                 items_processed,
                 error,
+                exit_code,
+                output,
                 ..
             } => {
                 if let Some(items) = items_processed {
@@ -312,6 +347,7 @@ impl Event {
                 if let Some(error) = error {
                     object.insert("error".into(), error.as_str().into());
                 }
+                insert_run_result(object, *exit_code, output.as_deref());
             }
             EventKind::Enqueued { .. } | EventKind::Started { .. } => {}
         }
@@ -320,6 +356,19 @@ impl Event {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.to_json()).expect("a serde_json::Value always serializes")
+    }
+}
+
+fn insert_run_result(
+    object: &mut serde_json::Map<String, Value>,
+    exit_code: Option<u8>,
+    output: Option<&str>,
+) {
+    if let Some(code) = exit_code {
+        object.insert("exitCode".into(), code.into());
+    }
+    if let Some(output) = output {
+        object.insert("output".into(), output.into());
     }
 }
 
@@ -444,6 +493,12 @@ struct RawEvent<'a> {
     grace_ms: Option<Field<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
     max_runtime_ms: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    timezone: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    exit_code: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    output: Option<Field<'a>>,
 }
 
 /// One JSON value, reduced to what validation needs.
@@ -618,13 +673,64 @@ fn not_allowed(
     }
 }
 
-/// `graceMs` and `maxRuntimeMs` travel with the schedule only.
+/// `graceMs`, `maxRuntimeMs` and `timezone` travel with the schedule only.
 fn not_allowed_schedule_settings(
     raw: &RawEvent<'_>,
     event_type: EventType,
 ) -> Result<(), DecodeError> {
     not_allowed(&raw.grace_ms, "graceMs", event_type)?;
-    not_allowed(&raw.max_runtime_ms, "maxRuntimeMs", event_type)
+    not_allowed(&raw.max_runtime_ms, "maxRuntimeMs", event_type)?;
+    not_allowed(&raw.timezone, "timezone", event_type)
+}
+
+/// `exitCode` and `output` belong to finished runs only.
+fn not_allowed_run_result(raw: &RawEvent<'_>, event_type: EventType) -> Result<(), DecodeError> {
+    not_allowed(&raw.exit_code, "exitCode", event_type)?;
+    not_allowed(&raw.output, "output", event_type)
+}
+
+/// A finished run's `exitCode` (0–255) and `output` (at most [`MAX_OUTPUT_BYTES`]); null
+/// counts as absent.
+fn run_result(raw: &RawEvent<'_>) -> Result<(Option<u8>, Option<String>), DecodeError> {
+    let exit_code = optional_integer(&raw.exit_code, "exitCode", 0, 255)?.map(|c| c as u8);
+    let output = match &raw.output {
+        None | Some(Field::Null) => None,
+        Some(Field::Str(s)) if s.len() > MAX_OUTPUT_BYTES => {
+            return Err(DecodeError::InvalidField {
+                field: "output",
+                reason: format!(
+                    "must be at most {MAX_OUTPUT_BYTES} bytes of UTF-8 (send the tail of the output)"
+                ),
+            })
+        }
+        Some(Field::Str(s)) => Some(s.to_string()),
+        Some(_) => {
+            return Err(DecodeError::WrongType {
+                field: "output",
+                expected: "a string or null",
+            })
+        }
+    };
+    Ok((exit_code, output))
+}
+
+/// A `scheduled` event's zone: an IANA name, or none (null counts as absent: UTC).
+fn optional_timezone(raw: &RawEvent<'_>) -> Result<Option<chrono_tz::Tz>, DecodeError> {
+    match &raw.timezone {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Str(name)) => {
+            crate::schedule::parse_timezone(name)
+                .map(Some)
+                .map_err(|reason| DecodeError::InvalidField {
+                    field: "timezone",
+                    reason,
+                })
+        }
+        Some(_) => Err(DecodeError::WrongType {
+            field: "timezone",
+            expected: "a string or null",
+        }),
+    }
 }
 
 /// The message's JSON object, its fields borrowed from `text`.
@@ -666,6 +772,7 @@ fn scheduled_kind(raw: &RawEvent<'_>) -> Result<EventKind, DecodeError> {
     not_allowed(&raw.execution_id, "executionId", EventType::Scheduled)?;
     not_allowed(&raw.items_processed, "itemsProcessed", EventType::Scheduled)?;
     not_allowed(&raw.error, "error", EventType::Scheduled)?;
+    not_allowed_run_result(raw, EventType::Scheduled)?;
     let cron = match &raw.cron {
         None => return Err(DecodeError::MissingField("cron")),
         Some(Field::Null) => None,
@@ -681,6 +788,11 @@ fn scheduled_kind(raw: &RawEvent<'_>) -> Result<EventKind, DecodeError> {
                 expected: "a string or null",
             })
         }
+    };
+    let zone = optional_timezone(raw)?;
+    let cron = match (cron, zone) {
+        (Some(cron), Some(zone)) => Some(cron.in_zone(zone)),
+        (cron, _) => cron,
     };
     let grace_ms = optional_integer(&raw.grace_ms, "graceMs", MIN_GRACE_MS, MAX_GRACE_MS)?;
     let max_runtime_ms = optional_integer(
@@ -715,6 +827,7 @@ fn event_kind(raw: &RawEvent<'_>, event_type: EventType) -> Result<EventKind, De
             not_allowed(&raw.error, "error", event_type)?;
             not_allowed(&raw.cron, "cron", event_type)?;
             not_allowed_schedule_settings(raw, event_type)?;
+            not_allowed_run_result(raw, event_type)?;
             if event_type == EventType::Enqueued {
                 EventKind::Enqueued { execution_id }
             } else {
@@ -727,9 +840,12 @@ fn event_kind(raw: &RawEvent<'_>, event_type: EventType) -> Result<EventKind, De
             not_allowed(&raw.error, "error", event_type)?;
             not_allowed(&raw.cron, "cron", event_type)?;
             not_allowed_schedule_settings(raw, event_type)?;
+            let (exit_code, output) = run_result(raw)?;
             EventKind::Completed {
                 execution_id,
                 items_processed,
+                exit_code,
+                output,
             }
         }
         EventType::Failed => {
@@ -738,10 +854,13 @@ fn event_kind(raw: &RawEvent<'_>, event_type: EventType) -> Result<EventKind, De
             let error = optional_error(&raw.error)?;
             not_allowed(&raw.cron, "cron", event_type)?;
             not_allowed_schedule_settings(raw, event_type)?;
+            let (exit_code, output) = run_result(raw)?;
             EventKind::Failed {
                 execution_id,
                 items_processed,
                 error,
+                exit_code,
+                output,
             }
         }
     })
@@ -861,7 +980,9 @@ mod tests {
             event.kind,
             EventKind::Completed {
                 execution_id: ExecutionId::parse("exec-001").unwrap(),
-                items_processed: Some(150)
+                items_processed: Some(150),
+                exit_code: None,
+                output: None,
             }
         );
         let again = decode(&event.subject(), &event.to_bytes()).unwrap();
@@ -1050,5 +1171,93 @@ mod tests {
             decode(&subject("paused"), &body).unwrap_err().code(),
             "unknown_type"
         );
+    }
+
+    #[test]
+    fn a_schedule_names_its_zone_and_an_unknown_zone_is_a_dead_letter() {
+        let base = json!({"eventId": Uuid::new_v4(), "type": "scheduled", "tenantId": TENANT,
+            "jobName": "nightly", "occurredAt": "2026-03-01T12:00:00Z", "cron": "30 2 * * *",
+            "timezone": "Europe/Berlin"});
+        let event = decode_value("scheduled", &base).unwrap();
+        let EventKind::Scheduled {
+            cron: Some(cron), ..
+        } = &event.kind
+        else {
+            panic!("a scheduled event with a cron: {event:?}");
+        };
+        assert_eq!(cron.timezone(), "Europe/Berlin");
+        assert_eq!(event.to_json()["timezone"], "Europe/Berlin");
+        assert_eq!(decode(&event.subject(), &event.to_bytes()).unwrap(), event);
+        for (value, code) in [
+            (json!("Mars/Olympus"), "invalid_field"),
+            (json!("europe/berlin"), "invalid_field"),
+            (json!(""), "invalid_field"),
+            (json!(1), "wrong_type"),
+        ] {
+            let mut bad = base.clone();
+            bad["timezone"] = value.clone();
+            let error = decode_value("scheduled", &bad).unwrap_err();
+            assert_eq!(error.code(), code, "{value}");
+        }
+        let mut null = base.clone();
+        null["timezone"] = Value::Null;
+        assert!(decode_value("scheduled", &null).is_ok());
+        let mut on_completed = completed();
+        on_completed["timezone"] = json!("Europe/Berlin");
+        assert_eq!(
+            decode_value("completed", &on_completed).unwrap_err().code(),
+            "field_not_allowed"
+        );
+    }
+
+    #[test]
+    fn exit_codes_and_output_are_bounded_and_belong_to_finished_runs() {
+        let mut failed = completed();
+        failed["type"] = json!("failed");
+        failed["exitCode"] = json!(137);
+        failed["output"] = json!("é".repeat(MAX_OUTPUT_BYTES / 2));
+        let event = decode_value("failed", &failed).unwrap();
+        assert!(matches!(
+            &event.kind,
+            EventKind::Failed { exit_code: Some(137), output: Some(o), .. } if o.len() == MAX_OUTPUT_BYTES
+        ));
+        assert_eq!(decode(&event.subject(), &event.to_bytes()).unwrap(), event);
+        for (field, value, code) in [
+            ("exitCode", json!(256), "invalid_field"),
+            ("exitCode", json!(-1), "invalid_field"),
+            ("exitCode", json!("3"), "wrong_type"),
+            ("exitCode", json!(1.5), "wrong_type"),
+            (
+                "output",
+                json!("x".repeat(MAX_OUTPUT_BYTES + 1)),
+                "invalid_field",
+            ),
+            ("output", json!(["x"]), "wrong_type"),
+        ] {
+            let mut bad = failed.clone();
+            bad[field] = value;
+            assert_eq!(
+                decode_value("failed", &bad).unwrap_err().code(),
+                code,
+                "{field}"
+            );
+        }
+        let mut started = completed();
+        started["type"] = json!("started");
+        started.as_object_mut().unwrap().remove("itemsProcessed");
+        started["exitCode"] = json!(0);
+        assert_eq!(
+            decode_value("started", &started).unwrap_err().code(),
+            "field_not_allowed"
+        );
+    }
+
+    #[test]
+    fn the_output_tail_keeps_the_last_16_kib_on_a_character_boundary() {
+        assert_eq!(tail_output("short"), "short");
+        let long = format!("{}{}", "a".repeat(100), "€".repeat(MAX_OUTPUT_BYTES));
+        let tail = tail_output(&long);
+        assert!(tail.len() <= MAX_OUTPUT_BYTES && tail.len() > MAX_OUTPUT_BYTES - 3);
+        assert!(long.ends_with(tail) && tail.starts_with('€'));
     }
 }

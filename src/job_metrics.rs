@@ -164,7 +164,7 @@ pub fn render(
         sample(out, "jobstats_job_running", labels, "", row.processing);
     }
 
-    let mut next_runs: HashMap<&str, Option<i64>> = HashMap::new();
+    let mut next_runs: HashMap<(&str, Option<&str>), Option<i64>> = HashMap::new();
     let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_else(chrono::Utc::now);
     gauge_of(
         out,
@@ -173,9 +173,10 @@ pub fn render(
         jobs(),
         |row| {
             let cron = row.cron.as_deref()?;
+            let zone = row.timezone.as_deref();
             // Jobs share crons: each distinct one is parsed and stepped once per scrape.
-            *next_runs.entry(cron).or_insert_with(|| {
-                crate::schedule::CronSchedule::parse(cron)
+            *next_runs.entry((cron, zone)).or_insert_with(|| {
+                crate::schedule::CronSchedule::parse_in(cron, zone)
                     .ok()?
                     .next_after(now)
                     .map(|t| t.timestamp_millis())
@@ -287,6 +288,7 @@ mod tests {
             last_duration_ms: Some(1_500),
             last_success_at: Some(1_699_999_999_000),
             cron: Some("*/5 * * * *".into()),
+            timezone: None,
             duration_sum_ms: 4_500,
             duration_count: 3,
             duration_quantiles: [Some(1_000), Some(2_000), Some(2_000), Some(2_000)],

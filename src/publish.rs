@@ -151,6 +151,11 @@ pub struct EventBuilder {
     job: JobName,
     execution: Option<ExecutionId>,
     occurred_at: Option<DateTime<Utc>>,
+    /// The zone `scheduled` events evaluate their cron in (`None`: UTC).
+    timezone: Option<chrono_tz::Tz>,
+    /// Put on `completed` and `failed` events.
+    exit_code: Option<u8>,
+    output: Option<String>,
 }
 
 impl EventBuilder {
@@ -166,7 +171,35 @@ impl EventBuilder {
             })?,
             execution: None,
             occurred_at: None,
+            timezone: None,
+            exit_code: None,
+            output: None,
         })
+    }
+
+    /// The IANA zone `scheduled` events evaluate their cron in (CONTRACT §10; default UTC).
+    pub fn timezone(mut self, zone: &str) -> Result<Self, PublishError> {
+        self.timezone = Some(crate::schedule::parse_timezone(zone).map_err(|reason| {
+            PublishError::InvalidArgument {
+                field: "timezone",
+                reason,
+            }
+        })?);
+        Ok(self)
+    }
+
+    /// The command's exit code, put on `completed` and `failed` events.
+    pub fn exit_code(mut self, code: u8) -> Self {
+        self.exit_code = Some(code);
+        self
+    }
+
+    /// The run's output, put on `completed` and `failed` events: its last 16 KiB
+    /// ([`crate::events::tail_output`]), less when JSON escaping would make the event larger
+    /// than the 64 KiB a body may have (output full of control characters).
+    pub fn output(mut self, output: &str) -> Self {
+        self.output = Some(crate::events::tail_output(output).to_owned());
+        self
     }
 
     /// For events about one execution.
@@ -193,6 +226,26 @@ impl EventBuilder {
             job_name: self.job.clone(),
             occurred_at: self.occurred_at.unwrap_or_else(Utc::now),
             kind,
+        }
+    }
+
+    /// A finish event with this builder's exit code and output, the output shortened from
+    /// its start until the body fits [`crate::events::MAX_EVENT_BYTES`].
+    fn finish_event(&self, kind: impl Fn(Option<u8>, Option<String>) -> EventKind) -> Event {
+        let mut output = self.output.clone();
+        loop {
+            let event = self.event(kind(self.exit_code, output.clone()));
+            let Some(text) = output
+                .as_deref()
+                .filter(|_| event.to_bytes().len() > crate::events::MAX_EVENT_BYTES)
+            else {
+                return event;
+            };
+            let mut cut = text.len() / 4;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            output = Some(text[cut..].to_owned());
         }
     }
 
@@ -247,6 +300,10 @@ impl EventBuilder {
                 })
             })
             .transpose()?;
+        let cron = match (cron, self.timezone) {
+            (Some(cron), Some(zone)) => Some(cron.in_zone(zone)),
+            (cron, _) => cron,
+        };
         Ok(self.event(EventKind::Scheduled {
             cron,
             grace_ms,
@@ -267,9 +324,12 @@ impl EventBuilder {
     }
 
     pub fn completed(&self, items_processed: Option<u64>) -> Result<Event, PublishError> {
-        Ok(self.event(EventKind::Completed {
-            execution_id: self.execution_id()?,
+        let execution_id = self.execution_id()?;
+        Ok(self.finish_event(|exit_code, output| EventKind::Completed {
+            execution_id: execution_id.clone(),
             items_processed,
+            exit_code,
+            output,
         }))
     }
 
@@ -289,10 +349,13 @@ impl EventBuilder {
                 });
             }
         }
-        Ok(self.event(EventKind::Failed {
-            execution_id: self.execution_id()?,
+        let execution_id = self.execution_id()?;
+        Ok(self.finish_event(|exit_code, output| EventKind::Failed {
+            execution_id: execution_id.clone(),
             items_processed,
             error: error.map(str::to_owned),
+            exit_code,
+            output,
         }))
     }
 

@@ -2,9 +2,17 @@
 //! lost to a publishing problem: it starts at once (publishing `enqueued`/`started` in the
 //! background), its output passes through untouched, its exit code is ours, and publishes are
 //! retried; if NATS stays unreachable the failure is reported on stderr.
+//!
+//! The finish event carries the exit code (a signal n gives 128 + n, as shells report it) and
+//! the last 16 KiB of the command's stdout and stderr together, in the order they arrived
+//! (CONTRACT §10). To see them the command writes into pipes, which this process copies to
+//! its own stdout and stderr byte for byte as they come, keeping only the tail in memory.
 
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::publish::{EventBuilder, PublishError, Publisher};
 use crate::stream::NatsSettings;
@@ -26,6 +34,50 @@ fn describe(status: &ExitStatus) -> (i32, Option<String>) {
         (Some(code), _) => (code, Some(format!("exit status {code}"))),
         (None, Some(signal)) => (128 + signal, Some(format!("killed by signal {signal}"))),
         (None, None) => (1, Some("ended abnormally".into())),
+    }
+}
+
+/// The last bytes of the output, whatever its length (a little over the kept 16 KiB, so the
+/// tail can start on a character boundary).
+#[derive(Default)]
+struct OutputTail(std::collections::VecDeque<u8>);
+
+impl OutputTail {
+    const KEEP: usize = crate::events::MAX_OUTPUT_BYTES + 8;
+
+    fn push(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[bytes.len().saturating_sub(Self::KEEP)..];
+        let over = (self.0.len() + bytes.len()).saturating_sub(Self::KEEP);
+        self.0.drain(..over);
+        self.0.extend(bytes);
+    }
+
+    fn text(&self) -> String {
+        let bytes: Vec<u8> = self.0.iter().copied().collect();
+        let text = String::from_utf8_lossy(&bytes);
+        crate::events::tail_output(&text).to_owned()
+    }
+}
+
+/// Copies `from` to `to` as it comes, adding each chunk to `tail`.
+async fn pass_through(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    tail: Arc<Mutex<OutputTail>>,
+) {
+    let mut buffer = vec![0u8; 8192];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        tail.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(&buffer[..read]);
+        // A closed stdout of ours must not stop the command: keep draining its pipe.
+        if to.write_all(&buffer[..read]).await.is_ok() {
+            let _ = to.flush().await;
+        }
     }
 }
 
@@ -56,15 +108,36 @@ pub async fn run(
     let started = Instant::now();
     let spawned = tokio::process::Command::new(&command[0])
         .args(&command[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(false)
         .spawn();
+    let tail = Arc::new(Mutex::new(OutputTail::default()));
     let (exit_code, failure) = match spawned {
-        Ok(mut child) => match child.wait().await {
-            Ok(status) => describe(&status),
-            Err(e) => (1, Some(format!("waiting for the command failed: {e}"))),
-        },
+        Ok(mut child) => {
+            let copies =
+                (
+                    child.stdout.take().map(|out| {
+                        tokio::spawn(pass_through(out, tokio::io::stdout(), tail.clone()))
+                    }),
+                    child.stderr.take().map(|err| {
+                        tokio::spawn(pass_through(err, tokio::io::stderr(), tail.clone()))
+                    }),
+                );
+            let status = child.wait().await;
+            // The pipes end when the command (and whatever it left running with them) closes
+            // them: all of its output is copied before the outcome is published.
+            for copy in [copies.0, copies.1].into_iter().flatten() {
+                let _ = copy.await;
+            }
+            match status {
+                Ok(status) => describe(&status),
+                Err(e) => (1, Some(format!("waiting for the command failed: {e}"))),
+            }
+        }
         Err(e) => (127, Some(format!("could not start {:?}: {e}", command[0]))),
     };
+    let output = tail.lock().unwrap_or_else(|p| p.into_inner()).text();
     tracing::debug!(elapsed = ?started.elapsed(), exit_code, "command finished");
 
     let publisher = match opening.await {
@@ -78,8 +151,12 @@ pub async fn run(
             None
         }
     };
-    let finished =
-        builder.at(now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default());
+    let mut finished = builder
+        .at(now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default())
+        .exit_code(exit_code.clamp(0, 255) as u8);
+    if !output.is_empty() {
+        finished = finished.output(&output);
+    }
     let terminal = match &failure {
         None => finished.completed(None),
         Some(reason) => finished.failed(None, Some(reason)),

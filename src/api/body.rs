@@ -237,6 +237,7 @@ struct ScheduleJson<'a> {
     last_run: &'a Option<String>,
     max_runtime_ms: i64,
     next_run: &'a Option<String>,
+    timezone: &'a str,
 }
 
 impl<'a> ScheduleJson<'a> {
@@ -249,6 +250,7 @@ impl<'a> ScheduleJson<'a> {
             last_run: &schedule.last_run,
             max_runtime_ms: schedule.max_runtime_ms,
             next_run: &schedule.next_run,
+            timezone: &schedule.timezone,
         }
     }
 }
@@ -517,7 +519,14 @@ mod tests {
             last_started_at: Some(1_700_000_000_000),
             ..JobStats::default()
         };
-        stats.apply_schedule(cron, None, None, 1_600_000_000_000, uuid::Uuid::new_v4());
+        stats.apply_schedule(
+            cron,
+            None,
+            None,
+            None,
+            1_600_000_000_000,
+            uuid::Uuid::new_v4(),
+        );
         let parsed = cron.map(|c| crate::schedule::CronSchedule::parse(c).unwrap());
         Arc::new(JobSnapshot {
             job_id: 1,
@@ -545,6 +554,8 @@ mod tests {
                     finished_at: Some(1_700_000_012_345),
                     items_processed: Some(12),
                     error: error.map(str::to_owned),
+                    exit_code: Some(3),
+                    output: None,
                 },
             }],
             freshness: Freshness {

@@ -9,7 +9,7 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, Object)]
 pub struct ErrorDetail {
     /// Machine-readable code: INVALID_TENANT_ID, INVALID_JOB_NAME, INVALID_PARAMETER,
-    /// UNAUTHORIZED, FORBIDDEN, JOB_NOT_FOUND, NOT_FOUND, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
+    /// UNAUTHORIZED, FORBIDDEN, JOB_NOT_FOUND, EXECUTION_NOT_FOUND, NOT_FOUND, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
     pub code: String,
 }
 
@@ -47,6 +47,9 @@ pub enum ApiError {
     /// 404 JOB_NOT_FOUND: no event was ever seen for this job in this tenant.
     #[error("No job with this name exists for this tenant")]
     JobNotFound,
+    /// 404 EXECUTION_NOT_FOUND: the job has no execution with this id.
+    #[error("The job has no execution with this id")]
+    ExecutionNotFound,
     /// 404 NOT_FOUND: no such route.
     #[error("No such resource")]
     RouteNotFound,
@@ -110,7 +113,9 @@ impl ApiError {
             | ApiError::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::JobNotFound | ApiError::ExecutionNotFound | ApiError::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ProjectionBehind { .. } | ApiError::StreamUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -132,6 +137,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::JobNotFound => "JOB_NOT_FOUND",
+            ApiError::ExecutionNotFound => "EXECUTION_NOT_FOUND",
             ApiError::RouteNotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::ProjectionBehind { .. } => "PROJECTION_BEHIND",

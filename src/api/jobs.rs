@@ -1,5 +1,7 @@
 //! `GET /api/v1/admin/jobs` (the tenant's jobs with their health, filtered, sorted and paged)
-//! and `GET /api/v1/admin/jobs/{jobName}/executions` (one job's execution history), CONTRACT §5.
+//! and `GET /api/v1/admin/jobs/{jobName}/executions` (one job's execution history), CONTRACT §5,
+//! and `GET /api/v1/admin/jobs/{jobName}/executions/{executionId}` (one execution with its
+//! output, §10).
 //!
 //! Same check order as the stats endpoint: authentication → `x-tenantid` → job name and
 //! parameters → authorization → lookup. Pages are keyset pages with opaque cursors bound to
@@ -37,6 +39,7 @@ use crate::store::{ExecutionSummary, ExecutionsQuery, JobSnapshot};
 
 pub const JOBS_MESSAGE: &str = "Jobs retrieved successfully";
 pub const EXECUTIONS_MESSAGE: &str = "Executions retrieved successfully";
+pub const EXECUTION_MESSAGE: &str = "Execution retrieved successfully";
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 
@@ -110,6 +113,51 @@ pub struct ExecutionsEnvelope {
     pub message: String,
     pub data: ExecutionsData,
     pub timestamp: String,
+}
+
+/// One execution as the list shows it, with its output.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ExecutionDetail {
+    #[oai(flatten)]
+    pub execution: RecentExecution,
+    /// The tail of the run's output (at most 16 KiB), when its finish event carried one.
+    #[oai(nullable)]
+    pub output: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase", example)]
+pub struct ExecutionEnvelope {
+    pub success: bool,
+    pub message: String,
+    pub data: ExecutionDetail,
+    pub timestamp: String,
+}
+
+impl poem_openapi::types::Example for ExecutionEnvelope {
+    /// A failed run of `jobstats run`.
+    fn example() -> Self {
+        ExecutionEnvelope {
+            success: true,
+            message: EXECUTION_MESSAGE.into(),
+            data: ExecutionDetail {
+                execution: RecentExecution {
+                    id: "exec-20261202-1320".into(),
+                    status: "failed".into(),
+                    started_at: Some("2026-12-02T13:20:00.000Z".into()),
+                    completed_at: Some("2026-12-02T13:20:31.950Z".into()),
+                    items_processed: None,
+                    enqueued_at: None,
+                    duration_ms: Some(31_950),
+                    error: Some("exit status 3".into()),
+                    exit_code: Some(3),
+                },
+                output: Some("loading batch 17…\nerror: upstream timed out after 30s\n".into()),
+            },
+            timestamp: "2026-12-02T14:05:00.000Z".into(),
+        }
+    }
 }
 
 impl poem_openapi::types::Example for JobListEnvelope {
@@ -197,6 +245,7 @@ impl poem_openapi::types::Example for ExecutionsEnvelope {
             enqueued_at: Some(started.into()),
             duration_ms: Some(duration_ms),
             error: Some("upstream timed out after 30s".into()),
+            exit_code: Some(1),
         };
         ExecutionsEnvelope {
             success: true,
@@ -299,6 +348,12 @@ envelope_response!(
     super::flips::FlipsEnvelope,
     "One page of the job's health changes, newest first.",
     flips_bad_request
+);
+envelope_response!(
+    ExecutionResponse,
+    ExecutionEnvelope,
+    "The execution, with its output.",
+    execution_bad_request
 );
 envelope_response!(
     ExecutionsResponse,
@@ -429,6 +484,51 @@ impl JobsApi {
             Ok((body, etag)) => ExecutionsResponse::Ok(Json(body), etag),
             Err(error) => error.into(),
         })
+    }
+
+    /// One execution of a job, as the executions list shows it, with the tail of its output.
+    /// 404 EXECUTION_NOT_FOUND when the job has no execution with this id.
+    #[oai(
+        path = "/admin/jobs/:jobName/executions/:executionId",
+        method = "get",
+        operation_id = "getJobExecution"
+    )]
+    async fn get_execution(
+        &self,
+        request: &Request,
+        /// The tenant: a hyphenated UUID.
+        #[oai(name = "x-tenantid")]
+        tenant: Header<TenantParam>,
+        /// The job's name.
+        #[oai(name = "jobName")]
+        job_name: Path<JobNameParam>,
+        /// The executionId: 1–128 printable characters.
+        #[oai(name = "executionId")]
+        execution_id: Path<String>,
+        /// The authentication realm; the token must come from it.
+        #[oai(name = "realmname")]
+        _realm: Header<Option<String>>,
+        /// An `ETag` of an earlier answer (or several, comma-separated, or `*`): 304 while
+        /// the data behind it is unchanged.
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
+        auth: BearerAuth,
+    ) -> ExecutionResponse {
+        let Some(state) = request.data::<Arc<AppState>>() else {
+            return ApiError::Internal("application state missing".into()).into();
+        };
+        match execution(
+            state,
+            request,
+            tenant.0 .0,
+            &job_name.0 .0,
+            &execution_id.0,
+            &auth,
+        ) {
+            Ok((_, etag)) if if_none_match(request, &etag) => ExecutionResponse::NotModified(etag),
+            Ok((body, etag)) => ExecutionResponse::Ok(Json(body), etag),
+            Err(error) => error.into(),
+        }
     }
 
     /// One job's health changes (flips), newest first: when each state began, from which,
@@ -1181,6 +1281,51 @@ fn export(
         .cached_job_snapshot(&tenant, &job, 0)?
         .ok_or(ApiError::JobNotFound)?;
     super::export::stream(state, tenant, job, query, format)
+}
+
+fn execution(
+    state: &AppState,
+    request: &Request,
+    tenant: TenantId,
+    job: &JobName,
+    execution_id: &str,
+    auth: &BearerAuth,
+) -> Result<(ExecutionEnvelope, String), ApiError> {
+    refuse_repeated_tenant(request)?;
+    let execution_id = crate::events::ExecutionId::parse(execution_id)
+        .map_err(|reason| invalid("executionId", &reason))?;
+    QueryParams::of(request)?;
+    state.check_served(&tenant)?;
+    auth.0.authorize(&tenant).map_err(ApiError::Forbidden)?;
+    let (job_exists, found) = state
+        .readers
+        .get()
+        .execution(&tenant, job, execution_id.as_str())?;
+    let (summary, job_sequence) = match found {
+        Some(found) => found,
+        None if job_exists => return Err(ApiError::ExecutionNotFound),
+        None => return Err(ApiError::JobNotFound),
+    };
+    let mut shape = StableHasher::default();
+    execution_id.as_str().hash(&mut shape);
+    let etag = format!(
+        "W/\"{}-{}-{:016x}\"",
+        crate::store::PROJECTION_VERSION,
+        job_sequence,
+        shape.finish()
+    );
+    Ok((
+        ExecutionEnvelope {
+            success: true,
+            message: EXECUTION_MESSAGE.to_owned(),
+            data: ExecutionDetail {
+                execution: recent_execution(&summary),
+                output: summary.row.output.clone(),
+            },
+            timestamp: rfc3339_millis(Utc::now().timestamp_millis()),
+        },
+        etag,
+    ))
 }
 
 fn executions(

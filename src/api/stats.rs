@@ -155,9 +155,12 @@ pub struct WindowStats {
 #[derive(Debug, Clone, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ScheduleStats {
-    /// The latest `scheduled` event's 5-field cron expression (UTC), or null.
+    /// The latest `scheduled` event's 5-field cron expression (evaluated in `timezone`), or
+    /// null.
     #[oai(nullable)]
     pub cron: Option<String>,
+    /// The IANA time zone the cron is evaluated in (`UTC` unless the schedule names one).
+    pub timezone: String,
     /// The next fire time after the request time.
     #[oai(nullable)]
     pub next_run: Option<String>,
@@ -279,6 +282,9 @@ pub struct RecentExecution {
     /// The failure message of a failed execution.
     #[oai(nullable)]
     pub error: Option<String>,
+    /// The command's exit code (0–255), when its finish event carried one.
+    #[oai(nullable)]
+    pub exit_code: Option<u8>,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -365,6 +371,7 @@ impl poem_openapi::types::Example for JobStatsEnvelope {
                 },
                 schedule: ScheduleStats {
                     cron: at("0 */6 * * *"),
+                    timezone: "UTC".into(),
                     next_run: at("2025-07-10T18:00:00.000Z"),
                     last_run: at("2025-07-10T12:00:00.000Z"),
                     expected_at: at("2025-07-10T12:00:00.000Z"),
@@ -381,6 +388,7 @@ impl poem_openapi::types::Example for JobStatsEnvelope {
                     enqueued_at: at("2025-07-10T11:59:59.790Z"),
                     duration_ms: Some(38_000),
                     error: None,
+                    exit_code: Some(0),
                 }],
                 generated_at: "2025-07-10T14:50:00.000Z".into(),
                 freshness: Freshness {
@@ -479,7 +487,9 @@ impl From<ApiError> for StatsResponse {
             | ApiError::InvalidParameter(_) => StatsResponse::BadRequest(body),
             ApiError::Unauthorized(_) => StatsResponse::Unauthorized(body, "Bearer".into()),
             ApiError::Forbidden(_) => StatsResponse::Forbidden(body),
-            ApiError::JobNotFound | ApiError::RouteNotFound => StatsResponse::NotFound(body),
+            ApiError::JobNotFound | ApiError::ExecutionNotFound | ApiError::RouteNotFound => {
+                StatsResponse::NotFound(body)
+            }
             ApiError::MethodNotAllowed => StatsResponse::MethodNotAllowed(body, "GET, HEAD".into()),
             ApiError::ProjectionBehind { .. } => {
                 StatsResponse::ProjectionBehind(body, super::errors::RETRY_AFTER_SECONDS.into())
@@ -829,6 +839,11 @@ pub fn schedule_stats(
     let stats = &snapshot.stats;
     ScheduleStats {
         cron: stats.schedule.as_ref().and_then(|s| s.cron.clone()),
+        timezone: stats
+            .schedule
+            .as_ref()
+            .map_or(crate::schedule::DEFAULT_TIMEZONE, |s| s.timezone_name())
+            .to_owned(),
         next_run,
         last_run: stats.last_started_at.map(rfc3339_millis),
         expected_at: health.expected_at.map(rfc3339_millis),
@@ -954,5 +969,6 @@ pub fn recent_execution(summary: &ExecutionSummary) -> RecentExecution {
         enqueued_at: row.enqueued_at.map(rfc3339_millis),
         duration_ms: row.duration_ms(),
         error: row.error.clone(),
+        exit_code: row.exit_code,
     }
 }

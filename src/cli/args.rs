@@ -806,6 +806,15 @@ pub struct PublishOptions {
     /// 5-field cron expression (scheduled); `none` removes the schedule.
     #[arg(long)]
     pub cron: Option<String>,
+    /// IANA time zone the cron is evaluated in, e.g. `Europe/Berlin` (scheduled; default UTC).
+    #[arg(long)]
+    pub timezone: Option<String>,
+    /// The command's exit code, 0–255 (completed, failed).
+    #[arg(long)]
+    pub exit_code: Option<u8>,
+    /// The run's output (completed, failed): its last 16 KiB are sent.
+    #[arg(long)]
+    pub output: Option<String>,
     /// How late a run may start and still count for its fire, e.g. `5m` (scheduled; 1s–1d;
     /// default: 10% of the cron period, clamped to 1m–1h).
     #[arg(long, value_parser = parse_duration)]

@@ -388,6 +388,15 @@ fn event_from_flags(options: &PublishOptions) -> anyhow::Result<Event> {
                 .as_deref()
                 .map(|c| if c == "none" { Value::Null } else { c.into() }),
         ),
+        ("timezone", options.timezone.clone().map(Value::from)),
+        ("exitCode", options.exit_code.map(Value::from)),
+        (
+            "output",
+            options
+                .output
+                .as_deref()
+                .map(|o| events::tail_output(o).into()),
+        ),
         ("graceMs", options.grace.map(millis).map(Value::from)),
         (
             "maxRuntimeMs",
@@ -411,6 +420,9 @@ fn in_flag_terms(error: &DecodeError) -> String {
         "itemsProcessed" => "--items",
         "error" => "--error",
         "cron" => "--cron",
+        "timezone" => "--timezone",
+        "exitCode" => "--exit-code",
+        "output" => "--output",
         "graceMs" => "--grace",
         "maxRuntimeMs" => "--max-runtime",
         "jobName" => "--job",

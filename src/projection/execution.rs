@@ -57,6 +57,13 @@ pub struct Execution {
     pub finished_at: Option<EpochMillis>,
     pub items_processed: Option<u64>,
     pub error: Option<String>,
+    /// The finish event's exit code.
+    pub exit_code: Option<u8>,
+    /// The finish event's output tail. The store keeps it apart from the row (it is read by
+    /// the one-execution query only), so rows read for lists and for the writer carry `None`
+    /// here; a row is never written with `None` over a stored output, because an output is
+    /// set only by the first terminal event and a terminal row never changes it.
+    pub output: Option<String>,
 }
 
 impl Execution {
@@ -90,12 +97,21 @@ pub enum ExecutionEvent {
     Completed {
         at: EpochMillis,
         items_processed: Option<u64>,
+        result: RunResult,
     },
     Failed {
         at: EpochMillis,
         items_processed: Option<u64>,
         error: Option<String>,
+        result: RunResult,
     },
+}
+
+/// What a finish event says of the command: its exit code and output tail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunResult {
+    pub exit_code: Option<u8>,
+    pub output: Option<String>,
 }
 
 impl ExecutionEvent {
@@ -107,19 +123,32 @@ impl ExecutionEvent {
             EventKind::Enqueued { .. } => ExecutionEvent::Enqueued { at },
             EventKind::Started { .. } => ExecutionEvent::Started { at },
             EventKind::Completed {
-                items_processed, ..
+                items_processed,
+                exit_code,
+                output,
+                ..
             } => ExecutionEvent::Completed {
                 at,
                 items_processed: *items_processed,
+                result: RunResult {
+                    exit_code: *exit_code,
+                    output: output.clone(),
+                },
             },
             EventKind::Failed {
                 items_processed,
                 error,
+                exit_code,
+                output,
                 ..
             } => ExecutionEvent::Failed {
                 at,
                 items_processed: *items_processed,
                 error: error.clone(),
+                result: RunResult {
+                    exit_code: *exit_code,
+                    output: output.clone(),
+                },
             },
         })
     }
@@ -136,6 +165,8 @@ pub fn transition(current: Option<&Execution>, event: &ExecutionEvent) -> Option
         finished_at: None,
         items_processed: None,
         error: None,
+        exit_code: None,
+        output: None,
     });
     match event {
         ExecutionEvent::Enqueued { at } => {
@@ -148,23 +179,29 @@ pub fn transition(current: Option<&Execution>, event: &ExecutionEvent) -> Option
         ExecutionEvent::Completed {
             at,
             items_processed,
+            result,
         } => {
             if !next.state.is_terminal() {
                 next.state = ExecutionState::Completed;
                 next.finished_at = Some(*at);
                 next.items_processed = *items_processed;
+                next.exit_code = result.exit_code;
+                next.output = result.output.clone();
             }
         }
         ExecutionEvent::Failed {
             at,
             items_processed,
             error,
+            result,
         } => {
             if !next.state.is_terminal() {
                 next.state = ExecutionState::Failed;
                 next.finished_at = Some(*at);
                 next.items_processed = *items_processed;
                 next.error = error.clone();
+                next.exit_code = result.exit_code;
+                next.output = result.output.clone();
             }
         }
     }

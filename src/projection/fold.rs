@@ -33,6 +33,9 @@ pub fn apply(job: &mut JobStats, execution: Option<&Execution>, event: &Event) -
     {
         job.apply_schedule(
             cron.as_ref().map(|c| c.expression()),
+            cron.as_ref()
+                .map(|c| c.timezone())
+                .filter(|z| *z != crate::schedule::DEFAULT_TIMEZONE),
             *grace_ms,
             *max_runtime_ms,
             event.occurred_at.timestamp_millis(),
@@ -110,23 +113,29 @@ pub(crate) fn event_for(id: &str, step: &ExecutionEvent) -> Event {
         ExecutionEvent::Completed {
             at,
             items_processed,
+            result,
         } => (
             at,
             EventKind::Completed {
                 execution_id,
                 items_processed,
+                exit_code: result.exit_code,
+                output: result.output,
             },
         ),
         ExecutionEvent::Failed {
             at,
             items_processed,
             error,
+            result,
         } => (
             at,
             EventKind::Failed {
                 execution_id,
                 items_processed,
                 error,
+                exit_code: result.exit_code,
+                output: result.output,
             },
         ),
     };

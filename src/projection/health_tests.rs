@@ -44,12 +44,14 @@ impl Job {
                     ExecutionEvent::Completed {
                         at,
                         items_processed: None,
+                        result: Default::default(),
                     }
                 } else {
                     ExecutionEvent::Failed {
                         at,
                         items_processed: None,
                         error: None,
+                        result: Default::default(),
                     }
                 },
             );
@@ -58,7 +60,7 @@ impl Job {
 
     fn schedule(&mut self, cron: &str, at: i64, grace: Option<i64>, max_runtime: Option<i64>) {
         self.stats
-            .apply_schedule(Some(cron), grace, max_runtime, at, Uuid::new_v4());
+            .apply_schedule(Some(cron), None, grace, max_runtime, at, Uuid::new_v4());
     }
 
     /// Health as the API computes it: inputs read the way the store reads them.
@@ -444,9 +446,9 @@ proptest! {
             if let Some(d) = duration {
                 let at = T0 - 12 * HOUR + start + d;
                 events.push((id, if *ok {
-                    ExecutionEvent::Completed { at, items_processed: None }
+                    ExecutionEvent::Completed { at, items_processed: None, result: Default::default() }
                 } else {
-                    ExecutionEvent::Failed { at, items_processed: None, error: None }
+                    ExecutionEvent::Failed { at, items_processed: None, error: None, result: Default::default() }
                 }));
             }
         }

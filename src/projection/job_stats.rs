@@ -39,6 +39,8 @@ pub struct OutcomeRun {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleRecord {
     pub cron: Option<String>,
+    /// The IANA zone the cron is evaluated in; `None`: UTC.
+    pub timezone: Option<String>,
     pub occurred_at: EpochMillis,
     pub event_id: Uuid,
     pub grace_ms: Option<i64>,
@@ -47,6 +49,21 @@ pub struct ScheduleRecord {
     /// event repeating the same cron keeps it, so re-announcing a schedule at every deploy
     /// does not restart the judgement of missed runs.
     pub since: EpochMillis,
+}
+
+impl ScheduleRecord {
+    /// The cron, parsed, in its zone; `None` without one (or one this build cannot read).
+    pub fn cron_schedule(&self) -> Option<crate::schedule::CronSchedule> {
+        crate::schedule::CronSchedule::parse_in(self.cron.as_deref()?, self.timezone.as_deref())
+            .ok()
+    }
+
+    /// The zone's IANA name (`UTC` when the schedule names none).
+    pub fn timezone_name(&self) -> &str {
+        self.timezone
+            .as_deref()
+            .unwrap_or(crate::schedule::DEFAULT_TIMEZONE)
+    }
 }
 
 /// Everything the stats endpoint needs about one job, apart from the recent executions list.
@@ -233,6 +250,7 @@ impl JobStats {
     pub fn apply_schedule(
         &mut self,
         cron: Option<&str>,
+        timezone: Option<&str>,
         grace_ms: Option<i64>,
         max_runtime_ms: Option<i64>,
         occurred_at: EpochMillis,
@@ -242,11 +260,17 @@ impl JobStats {
             Some(current) if (occurred_at, event_id) <= (current.occurred_at, current.event_id) => {
                 return
             }
-            Some(current) if current.cron.as_deref() == cron => current.since,
+            // The same cron in another zone fires at other instants: a new schedule.
+            Some(current)
+                if current.cron.as_deref() == cron && current.timezone.as_deref() == timezone =>
+            {
+                current.since
+            }
             _ => occurred_at,
         };
         self.schedule = Some(ScheduleRecord {
             cron: cron.map(str::to_owned),
+            timezone: timezone.map(str::to_owned),
             occurred_at,
             event_id,
             grace_ms,

@@ -17,7 +17,7 @@ pub mod rollup;
 pub mod sketch;
 pub mod uptime;
 
-pub use execution::{transition, Execution, ExecutionEvent, ExecutionState};
+pub use execution::{transition, Execution, ExecutionEvent, ExecutionState, RunResult};
 #[cfg(test)]
 pub(crate) use fold::MemoryJob;
 pub use fold::{apply, Change};

@@ -314,6 +314,8 @@ mod tests {
             finished_at: Some(finished),
             items_processed: None,
             error: None,
+            exit_code: None,
+            output: None,
         }
     }
 
@@ -326,6 +328,8 @@ mod tests {
             finished_at: None,
             items_processed: None,
             error: None,
+            exit_code: None,
+            output: None,
         };
         assert!(deltas(None, &pending).is_empty());
         let done = finished(ExecutionState::Completed, None, 5_000);

@@ -21,12 +21,14 @@ fn run(id: &str, start: i64, duration: i64, ok: bool) -> Vec<(String, ExecutionE
         ExecutionEvent::Completed {
             at: start + duration,
             items_processed: Some(7),
+            result: Default::default(),
         }
     } else {
         ExecutionEvent::Failed {
             at: start + duration,
             items_processed: None,
             error: Some("boom".into()),
+            result: Default::default(),
         }
     };
     vec![
@@ -82,6 +84,7 @@ fn the_first_terminal_event_wins_and_repeats_change_nothing() {
             at: 9_000,
             items_processed: None,
             error: None,
+            result: Default::default(),
         },
     ));
     events.extend(run("e1", 1_000, 2_000, true));
@@ -116,11 +119,11 @@ fn the_latest_schedule_by_runner_time_wins_in_any_order() {
     let a = Uuid::from_u128(1);
     let b = Uuid::from_u128(2);
     let mut forward = JobStats::default();
-    forward.apply_schedule(Some("0 * * * *"), None, None, 10, a);
-    forward.apply_schedule(None, None, None, 20, b);
+    forward.apply_schedule(Some("0 * * * *"), None, None, None, 10, a);
+    forward.apply_schedule(None, None, None, None, 20, b);
     let mut backward = JobStats::default();
-    backward.apply_schedule(None, None, None, 20, b);
-    backward.apply_schedule(Some("0 * * * *"), None, None, 10, a);
+    backward.apply_schedule(None, None, None, None, 20, b);
+    backward.apply_schedule(Some("0 * * * *"), None, None, None, 10, a);
     assert_eq!(forward, backward);
     assert_eq!(forward.schedule.unwrap().cron, None);
 }
@@ -128,9 +131,10 @@ fn the_latest_schedule_by_runner_time_wins_in_any_order() {
 #[test]
 fn repeating_the_same_cron_keeps_when_it_took_effect() {
     let mut stats = JobStats::default();
-    stats.apply_schedule(Some("0 * * * *"), None, None, 10, Uuid::from_u128(1));
+    stats.apply_schedule(Some("0 * * * *"), None, None, None, 10, Uuid::from_u128(1));
     stats.apply_schedule(
         Some("0 * * * *"),
+        None,
         Some(60_000),
         None,
         20,
@@ -138,10 +142,17 @@ fn repeating_the_same_cron_keeps_when_it_took_effect() {
     );
     let schedule = stats.schedule.clone().unwrap();
     assert_eq!((schedule.since, schedule.grace_ms), (10, Some(60_000)));
-    stats.apply_schedule(Some("*/5 * * * *"), None, None, 30, Uuid::from_u128(3));
+    stats.apply_schedule(
+        Some("*/5 * * * *"),
+        None,
+        None,
+        None,
+        30,
+        Uuid::from_u128(3),
+    );
     assert_eq!(stats.schedule.clone().unwrap().since, 30);
     // An older event changes nothing.
-    stats.apply_schedule(Some("1 * * * *"), None, None, 25, Uuid::from_u128(4));
+    stats.apply_schedule(Some("1 * * * *"), None, None, None, 25, Uuid::from_u128(4));
     assert_eq!(stats.schedule.unwrap().cron.as_deref(), Some("*/5 * * * *"));
 }
 

@@ -57,7 +57,10 @@ pub use writer::{BatchOutcome, IncomingMessage, Writer};
 
 /// The version of the projection logic that builds the read model. Bump it when `apply`
 /// changes meaning: `serve` then rebuilds the read model from the stream (blue-green).
-pub const PROJECTION_VERSION: i64 = 3;
+///
+/// 4: `timezone`, `exitCode` and `output` (CONTRACT §10), which earlier builds ignored as
+/// unknown fields although HTTP ingestion already sent them.
+pub const PROJECTION_VERSION: i64 = 4;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -69,6 +72,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_dead_letters_by_reason.sql"),
     include_str!("migrations/0007_late_rollup_writes.sql"),
     include_str!("migrations/0008_time_sequences.sql"),
+    include_str!("migrations/0009_time_zones_exit_codes_output.sql"),
 ];
 
 /// How many bytes of a dead letter's payload are kept.
@@ -126,10 +130,10 @@ pub(crate) fn execution_state(code: i64) -> Result<crate::projection::ExecutionS
 
 /// An execution's stored columns, in the order every reader of `executions` selects them.
 pub(crate) const EXECUTION_COLUMNS: &str =
-    "state, enqueued_at, started_at, finished_at, items_processed, error";
+    "state, enqueued_at, started_at, finished_at, items_processed, error, exit_code";
 
 /// How many columns [`EXECUTION_COLUMNS`] names.
-pub(crate) const EXECUTION_COLUMN_COUNT: usize = 6;
+pub(crate) const EXECUTION_COLUMN_COUNT: usize = 7;
 
 /// The stream sequences that set an execution's times: bookkeeping of the store (not of the
 /// projection, whose rows do not depend on the order events arrive in), so that a page of
@@ -232,6 +236,7 @@ pub(crate) type ExecutionColumns = (
     Option<i64>,
     Option<i64>,
     Option<String>,
+    Option<i64>,
 );
 
 /// Reads [`EXECUTION_COLUMNS`] starting at column `first`.
@@ -246,11 +251,12 @@ pub(crate) fn execution_columns(
         r.get(first + 3)?,
         r.get(first + 4)?,
         r.get(first + 5)?,
+        r.get(first + 6)?,
     ))
 }
 
 pub(crate) fn execution_from_columns(
-    (state, enqueued_at, started_at, finished_at, items, error): ExecutionColumns,
+    (state, enqueued_at, started_at, finished_at, items, error, exit_code): ExecutionColumns,
 ) -> Result<crate::projection::Execution, StoreError> {
     Ok(crate::projection::Execution {
         state: execution_state(state)?,
@@ -259,6 +265,9 @@ pub(crate) fn execution_from_columns(
         finished_at,
         items_processed: items.map(|n| n.max(0) as u64),
         error,
+        exit_code: exit_code.and_then(|c| u8::try_from(c).ok()),
+        // Kept apart (the `execution_outputs` table): see [`crate::projection::Execution`].
+        output: None,
     })
 }
 
@@ -313,10 +322,10 @@ const JOB_STATS_COLUMNS: &str = "pending, processing, completed, failed, duratio
      last_finished_failed, schedule_grace_ms, schedule_max_runtime_ms, schedule_since, \
      run_failed, run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id, \
      duration_sketch, queue_wait_sum_ms, queue_wait_count, queue_wait_sketch, items_total, \
-     items_count";
+     items_count, schedule_timezone";
 
 /// How many columns [`JOB_STATS_COLUMNS`] names: a query's further columns start here.
-const JOB_STATS_COLUMN_COUNT: usize = 29;
+const JOB_STATS_COLUMN_COUNT: usize = 30;
 
 /// The `rollups` columns [`rollup_from_row`] reads.
 pub(crate) const ROLLUP_COLUMNS: &str =
@@ -363,6 +372,7 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
     ) {
         (Some(occurred_at), Some(event_id)) => Some(ScheduleRecord {
             cron: r.get(10)?,
+            timezone: r.get(29)?,
             occurred_at,
             event_id: uuid::Uuid::try_parse(&event_id).unwrap_or_default(),
             grace_ms: r.get(14)?,

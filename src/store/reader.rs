@@ -108,6 +108,8 @@ pub struct JobMetricsRow {
     pub last_duration_ms: Option<i64>,
     pub last_success_at: Option<i64>,
     pub cron: Option<String>,
+    /// The zone the cron is evaluated in (`None`: UTC).
+    pub timezone: Option<String>,
     /// Sum and count of the completed executions' run times.
     pub duration_sum_ms: i128,
     pub duration_count: i64,
@@ -209,7 +211,8 @@ impl FiresCache {
     ) -> health::Fires {
         const DAY: i64 = 86_400_000;
         let (from, until) = health::Fires::judging_span(earliest_as_of, latest_as_of);
-        if let Some(fires) = self.lists.get(cron.expression()) {
+        // By expression and zone: the same cron in two zones fires at different instants.
+        if let Some(fires) = self.lists.get(&cron.key()) {
             if fires.covers(from, until) {
                 return fires;
             }
@@ -217,8 +220,7 @@ impl FiresCache {
         let from = (from - DAY).div_euclid(DAY) * DAY;
         let until = (until + DAY).div_euclid(DAY) * DAY + DAY;
         let fires = health::Fires::new(cron.clone(), from, until);
-        self.lists
-            .insert(cron.expression().to_owned(), fires.clone());
+        self.lists.insert(cron.key(), fires.clone());
         fires
     }
 }
@@ -406,11 +408,7 @@ impl ReadPool {
             let executions = rows
                 .map(|row| row.map_err(StoreError::from).and_then(summary_from_row))
                 .collect::<Result<Vec<_>, _>>()?;
-            let cron = stats
-                .schedule
-                .as_ref()
-                .and_then(|s| s.cron.as_deref())
-                .and_then(|c| crate::schedule::CronSchedule::parse(c).ok());
+            let cron = stats.schedule.as_ref().and_then(|s| s.cron_schedule());
             let freshness = read_freshness(tx)?;
             let health =
                 read_health_data(tx, job_id, &stats, cron.as_ref(), &freshness, &self.fires)?;
@@ -578,7 +576,7 @@ impl ReadPool {
                 "SELECT tenant_id, job_name, completed, failed, processing, last_finished_at,
                         last_finished_failed, last_finished_duration_ms, run_failed,
                         run_boundary_at, schedule_cron, duration_sum_ms, duration_count,
-                        duration_sketch
+                        duration_sketch, schedule_timezone
                  FROM job_stats ORDER BY job_id LIMIT ?1",
             )?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -610,6 +608,7 @@ impl ReadPool {
                     last_duration_ms: r.get(7)?,
                     last_success_at: crate::projection::last_success_at(last_finished, run),
                     cron: r.get(10)?,
+                    timezone: r.get(14)?,
                     duration_sum_ms: r.get::<_, super::WideInt>(11)?.0,
                     duration_count: r.get(12)?,
                     duration_quantiles: durations.quantiles(JOB_METRICS_QUANTILES),
@@ -784,6 +783,51 @@ impl ReadPool {
         })
     }
 
+    /// One execution of a job with its output, and the job's version (the last sequence that
+    /// changed it); `None` when the job or the execution is unknown (told apart by the
+    /// `bool`: whether the job exists).
+    pub fn execution(
+        &self,
+        tenant: &TenantId,
+        job: &JobName,
+        execution_id: &str,
+    ) -> Result<(bool, Option<(ExecutionSummary, u64)>), StoreError> {
+        let tenant = tenant.to_string();
+        self.with_snapshot(|tx| {
+            let Some((job_id, _, job_sequence)) = read_job_stats(tx, &tenant, job.as_str())? else {
+                return Ok((false, None));
+            };
+            let columns = tx
+                .prepare_cached(&format!(
+                    "SELECT {EXECUTION_COLUMNS}, o.output FROM executions e
+                     LEFT JOIN execution_outputs o USING (job_id, execution_id)
+                     WHERE e.job_id = ?1 AND e.execution_id = ?2"
+                ))?
+                .query_row(params![job_id, execution_id], |r| {
+                    Ok((
+                        super::execution_columns(r, 0)?,
+                        r.get::<_, Option<String>>(super::EXECUTION_COLUMN_COUNT)?,
+                    ))
+                })
+                .optional()?;
+            let Some((columns, output)) = columns else {
+                return Ok((true, None));
+            };
+            let mut row = super::execution_from_columns(columns)?;
+            row.output = output;
+            Ok((
+                true,
+                Some((
+                    ExecutionSummary {
+                        execution_id: execution_id.to_owned(),
+                        row,
+                    },
+                    job_sequence,
+                )),
+            ))
+        })
+    }
+
     /// Every execution of `query` (its `after`, `as_of` and `limit` ignored), newest first,
     /// handed to `sink` one at a time from one snapshot of the file, so the whole export is
     /// consistent and memory stays constant however many there are. `sink` returns false to
@@ -839,9 +883,16 @@ impl ReadPool {
                 (
                     "executions",
                     "SELECT j.tenant_id, j.job_name, e.execution_id, e.state, e.enqueued_at,
-                            e.started_at, e.finished_at, e.items_processed, e.error, e.recency_key
+                            e.started_at, e.finished_at, e.items_processed, e.error, e.recency_key,
+                            e.exit_code
                      FROM executions e JOIN job_stats j USING (job_id)
                      ORDER BY j.tenant_id, j.job_name, e.execution_id",
+                ),
+                (
+                    "execution_outputs",
+                    "SELECT j.tenant_id, j.job_name, o.execution_id, o.output
+                     FROM execution_outputs o JOIN job_stats j USING (job_id)
+                     ORDER BY j.tenant_id, j.job_name, o.execution_id",
                 ),
                 (
                     "dead_letters",

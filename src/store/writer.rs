@@ -579,8 +579,12 @@ impl<'w> BatchState<'w> {
             "INSERT OR REPLACE INTO executions
                  (job_id, execution_id, state, enqueued_at, started_at, finished_at,
                   items_processed, error, recency_key, started, enqueued_seq, started_seq,
-                  finished_seq, recency_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                  finished_seq, recency_seq, exit_code)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?;
+        let mut insert_output = tx.prepare_cached(
+            "INSERT OR REPLACE INTO execution_outputs (job_id, execution_id, output)
+             VALUES (?1, ?2, ?3)",
         )?;
         let executions = std::mem::take(&mut self.executions);
         type Changed<'a> = (&'a (i64, String), &'a Execution, &'a super::TimeSequences);
@@ -611,8 +615,14 @@ impl<'w> BatchState<'w> {
                 sequences.enqueued.map(|s| s as i64),
                 sequences.started.map(|s| s as i64),
                 sequences.finished.map(|s| s as i64),
-                sequences.of_recency_key(row) as i64
+                sequences.of_recency_key(row) as i64,
+                row.exit_code
             ])?;
+            // Only the first terminal event sets an output (a row read back carries none),
+            // so a row without one never has a stored one to keep.
+            if let Some(output) = &row.output {
+                insert_output.execute(params![job_id, execution_id, output])?;
+            }
         }
         Ok(())
     }
@@ -700,10 +710,11 @@ impl<'w> BatchState<'w> {
                   schedule_grace_ms, schedule_max_runtime_ms, schedule_since, run_failed,
                   run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id,
                   finish_lead_ms, duration_sketch, queue_wait_sum_ms, queue_wait_count,
-                  queue_wait_sketch, items_total, items_count, late_write_sequence)
+                  queue_wait_sketch, items_total, items_count, late_write_sequence,
+                  schedule_timezone)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
-                     ?33, ?34, ?35, ?36)",
+                     ?33, ?34, ?35, ?36, ?37)",
         )?;
         let mut jobs: Vec<(i64, JobRow)> = std::mem::take(&mut self.jobs)
             .into_iter()
@@ -755,7 +766,8 @@ impl<'w> BatchState<'w> {
                 (!s.queue_wait.sketch.is_empty()).then(|| s.queue_wait.sketch.encode()),
                 super::WideInt(s.items_total),
                 s.items_count,
-                row.late_write_sequence as i64
+                row.late_write_sequence as i64,
+                schedule.and_then(|c| c.timezone.as_deref())
             ])?;
             row.stored_last_finish = s.last_finished.as_ref().map(|l| l.finished_at);
             row.touched = false;
@@ -768,7 +780,7 @@ impl<'w> BatchState<'w> {
 /// Selects [`super::EXECUTION_COLUMNS`] of one execution (a literal: this runs once per
 /// execution a batch touches, and `format!` would allocate each time).
 const LOAD_EXECUTION_SQL: &str = "SELECT state, enqueued_at, started_at, finished_at, \
-     items_processed, error, enqueued_seq, started_seq, finished_seq FROM executions \
+     items_processed, error, exit_code, enqueued_seq, started_seq, finished_seq FROM executions \
      WHERE job_id = ?1 AND execution_id = ?2";
 
 /// One execution's row and the sequences that set its times (none when it is new).
