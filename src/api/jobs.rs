@@ -493,6 +493,7 @@ impl JobsApi {
         method = "get",
         operation_id = "getJobExecution"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn get_execution(
         &self,
         request: &Request,
