@@ -428,6 +428,47 @@ curl -fsS -m 10 --retry 5 -o /dev/null "$URL/fail" || exit 96
         "every start was paired with its end: {stats}"
     );
     assert_eq!(head, 6, "the repeated rid ping was dropped by the stream");
+    // The POSTed log is the failed run's output, with its exit status, in the one-execution
+    // answer; the list shows the exit code and no output.
+    let list: Value = http
+        .get(serve.url("/api/v1/admin/jobs/backup/executions"))
+        .bearer_auth(admin_token())
+        .header("x-tenantid", TENANT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failed_run = list["data"]["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["exitCode"] == 3)
+        .unwrap_or_else(|| panic!("a run with exit code 3: {list}"))
+        .clone();
+    assert!(failed_run.get("output").is_none(), "no output in the list");
+    assert!(
+        failed_run["durationMs"].as_i64().is_some(),
+        "paired with its start: {failed_run}"
+    );
+    let detail: Value = http
+        .get(serve.url(&format!(
+            "/api/v1/admin/jobs/backup/executions/{}",
+            failed_run["id"].as_str().unwrap()
+        )))
+        .bearer_auth(admin_token())
+        .header("x-tenantid", TENANT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        detail["data"]["output"], "copying files\ndisk full\n",
+        "{detail}"
+    );
 
     // Bad input: plain-text 400s, 401 for a token where a key belongs.
     let bad_status = http.get(format!("{base}/backup/256")).send().await.unwrap();
@@ -542,6 +583,10 @@ async fn the_sentry_sdk_reports_check_ins_unchanged() {
     assert_eq!(report["data"]["schedule"]["cron"], "30 2 * * *", "{report}");
     // checkin_margin 5 (minutes) is the grace.
     assert_eq!(report["data"]["schedule"]["graceMs"], 300_000, "{report}");
+    assert_eq!(
+        report["data"]["schedule"]["timezone"], "Europe/Berlin",
+        "{report}"
+    );
     let sync = serve.stats("sync").await;
     assert_eq!(sync["data"]["queue"]["completed"], 1, "{sync}");
     assert_eq!(sync["data"]["schedule"]["cron"], "*/15 * * * *", "{sync}");
