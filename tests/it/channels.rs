@@ -926,10 +926,14 @@ async fn email_arrives_once_over_starttls_and_over_implicit_tls_with_subject_bot
     let link = job_page("billing");
 
     let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(45);
     while got.len() < 2 {
         let left = deadline.saturating_duration_since(Instant::now());
-        got.push(lines.recv_timeout(left).expect("two messages within 15 s"));
+        got.push(
+            lines
+                .recv_timeout(left)
+                .expect("two messages within 45 s (a shared 2-core machine under the whole suite)"),
+        );
     }
     eprintln!(
         "failing judged → both messages in aiosmtpd: {} ms",

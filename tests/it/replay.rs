@@ -397,6 +397,9 @@ async fn a_point_in_time_copy_holds_the_first_n_events_and_is_served_read_only()
          ALTER TABLE executions DROP COLUMN started_seq;
          ALTER TABLE executions DROP COLUMN finished_seq;
          ALTER TABLE executions DROP COLUMN recency_seq;
+         ALTER TABLE job_stats DROP COLUMN schedule_timezone;
+         ALTER TABLE executions DROP COLUMN exit_code;
+         DROP TABLE execution_outputs;
          PRAGMA user_version = 6;",
     )
     .unwrap();
