@@ -493,6 +493,7 @@ impl JobsApi {
         method = "get",
         operation_id = "getJobExecution"
     )]
+    // One argument per documented parameter: poem-openapi builds the document from them.
     #[allow(clippy::too_many_arguments)]
     async fn get_execution(
         &self,

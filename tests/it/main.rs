@@ -25,5 +25,6 @@ mod percentiles;
 mod projector;
 mod prometheus;
 mod replay;
+mod runs;
 mod scale;
 mod secure_nats;
