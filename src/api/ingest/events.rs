@@ -31,7 +31,7 @@ async fn accept(request: &Request, body: Body, state: &AppState) -> Result<Respo
     state
         .ingest
         .admit(&ingester.rate_key())
-        .map_err(|wait| ApiError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64))?;
+        .map_err(ApiError::RateLimited)?;
     let body = body
         .into_bytes_limit(MAX_BODY_BYTES)
         .await

@@ -89,8 +89,9 @@ impl IngestState {
         }
     }
 
-    /// `Err(wait)` when `caller` is over its rate: answer 429 with `Retry-After`.
-    pub fn admit(&self, caller: &str) -> Result<(), Duration> {
+    /// `Err(seconds)` when `caller` is over its rate: answer 429 with `Retry-After` of that
+    /// many whole seconds (at least 1).
+    pub fn admit(&self, caller: &str) -> Result<(), u64> {
         // The limiter keeps a cell per caller; without pruning, callers that went away
         // would stay forever.
         if self.limiter.len() > 100_000 {
@@ -99,9 +100,10 @@ impl IngestState {
         self.limiter
             .check_key(&caller.to_owned())
             .map_err(|not_until| {
-                not_until.wait_time_from(governor::clock::Clock::now(
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
                     &governor::clock::DefaultClock::default(),
-                ))
+                ));
+                wait.as_secs_f64().ceil().max(1.0) as u64
             })
     }
 

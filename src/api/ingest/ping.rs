@@ -100,12 +100,11 @@ async fn answer(
     let Some(key) = state.ingest.keys.lookup(key) else {
         return text(StatusCode::UNAUTHORIZED, "unknown or revoked ingest key");
     };
-    if let Err(wait) = state.ingest.admit(&key.id) {
+    if let Err(seconds) = state.ingest.admit(&key.id) {
         let mut response = text(
             StatusCode::TOO_MANY_REQUESTS,
             "rate limited: too many requests for this key",
         );
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
         if let Ok(value) = seconds.to_string().parse() {
             response
                 .headers_mut()

@@ -401,9 +401,8 @@ fn authorized(state: &AppState, key: Option<String>) -> Result<KeyRecord, Respon
             "unknown or revoked ingest key",
         ));
     };
-    if let Err(wait) = state.ingest.admit(&key.id) {
+    if let Err(seconds) = state.ingest.admit(&key.id) {
         let mut response = refusal(StatusCode::TOO_MANY_REQUESTS, "rate limited");
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
         if let Ok(value) = seconds.to_string().parse() {
             response
                 .headers_mut()
