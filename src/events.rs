@@ -28,6 +28,16 @@ pub const MAX_MAX_RUNTIME_MS: u64 = 2_592_000_000;
 pub const MAX_OUTPUT_BYTES: usize = 16 * 1024;
 /// The event format versions this build understands.
 pub const SUPPORTED_SPEC_VERSIONS: &[i64] = &[1];
+/// Largest `reason` of a silence, in characters.
+pub const MAX_SILENCE_REASON_CHARS: usize = 512;
+/// Largest `by` of a silence (the token's `sub`), in characters.
+pub const MAX_SILENCE_BY_CHARS: usize = 256;
+/// `failureThreshold` / `recoveryThreshold` bounds.
+pub const MAX_THRESHOLD: u64 = 100;
+/// At most this many job labels; keys `[a-z0-9_]{1,32}`, values at most 128 characters.
+pub const MAX_LABELS: usize = 16;
+pub const MAX_LABEL_KEY_CHARS: usize = 32;
+pub const MAX_LABEL_VALUE_CHARS: usize = 128;
 /// Subject prefix of every event (`jobs.events.<tenantId>.<type>`).
 pub const SUBJECT_PREFIX: &str = "jobs.events";
 
@@ -161,7 +171,7 @@ impl fmt::Display for ExecutionId {
     }
 }
 
-/// The five lifecycle event types, named as on the wire.
+/// The event types, named as on the wire: five of a job's lifecycle and `silenced`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     Scheduled,
@@ -169,15 +179,17 @@ pub enum EventType {
     Started,
     Completed,
     Failed,
+    Silenced,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::Scheduled,
         EventType::Enqueued,
         EventType::Started,
         EventType::Completed,
         EventType::Failed,
+        EventType::Silenced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -187,6 +199,7 @@ impl EventType {
             EventType::Started => "started",
             EventType::Completed => "completed",
             EventType::Failed => "failed",
+            EventType::Silenced => "silenced",
         }
     }
 
@@ -222,6 +235,20 @@ pub enum EventKind {
         grace_ms: Option<i64>,
         /// How long a run may process before it is stuck (CONTRACT §5).
         max_runtime_ms: Option<i64>,
+        /// The job's labels (CONTRACT §11): routing and grouping; empty when none.
+        labels: Labels,
+        /// Failures in a row before the job is `failing` (CONTRACT §11; `None`: 1).
+        failure_threshold: Option<u8>,
+        /// Completions in a row before a failing job is `healthy` again (`None`: 1).
+        recovery_threshold: Option<u8>,
+    },
+    /// Quiets the job's alerts until `until` (`None`, or an instant already past: lifts the
+    /// silence). The job is judged as always (CONTRACT §11).
+    Silenced {
+        until: Option<DateTime<Utc>>,
+        reason: Option<String>,
+        /// Who silenced it: the token's `sub` when it came through the API.
+        by: Option<String>,
     },
     Enqueued {
         execution_id: ExecutionId,
@@ -246,6 +273,9 @@ pub enum EventKind {
     },
 }
 
+/// A job's labels, in key order.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
 /// The last [`MAX_OUTPUT_BYTES`] of `text`, starting on a character boundary: what an
 /// `output` field keeps of a longer run's output.
 pub fn tail_output(text: &str) -> &str {
@@ -267,12 +297,13 @@ impl Event {
             EventKind::Started { .. } => EventType::Started,
             EventKind::Completed { .. } => EventType::Completed,
             EventKind::Failed { .. } => EventType::Failed,
+            EventKind::Silenced { .. } => EventType::Silenced,
         }
     }
 
     pub fn execution_id(&self) -> Option<&ExecutionId> {
         match &self.kind {
-            EventKind::Scheduled { .. } => None,
+            EventKind::Scheduled { .. } | EventKind::Silenced { .. } => None,
             EventKind::Enqueued { execution_id }
             | EventKind::Started { execution_id }
             | EventKind::Completed { execution_id, .. }
@@ -306,7 +337,19 @@ impl Event {
                 cron,
                 grace_ms,
                 max_runtime_ms,
+                labels,
+                failure_threshold,
+                recovery_threshold,
             } => {
+                if !labels.is_empty() {
+                    object.insert("labels".into(), serde_json::json!(labels));
+                }
+                if let Some(threshold) = failure_threshold {
+                    object.insert("failureThreshold".into(), (*threshold).into());
+                }
+                if let Some(threshold) = recovery_threshold {
+                    object.insert("recoveryThreshold".into(), (*threshold).into());
+                }
                 if let Some(zone) = cron
                     .as_ref()
                     .map(|c| c.timezone())
@@ -348,6 +391,17 @@ impl Event {
                     object.insert("error".into(), error.as_str().into());
                 }
                 insert_run_result(object, *exit_code, output.as_deref());
+            }
+            EventKind::Silenced { until, reason, by } => {
+                let until =
+                    until.map(|u| Value::from(u.to_rfc3339_opts(SecondsFormat::Millis, true)));
+                object.insert("until".into(), until.unwrap_or(Value::Null));
+                if let Some(reason) = reason {
+                    object.insert("reason".into(), reason.as_str().into());
+                }
+                if let Some(by) = by {
+                    object.insert("by".into(), by.as_str().into());
+                }
             }
             EventKind::Enqueued { .. } | EventKind::Started { .. } => {}
         }
@@ -499,6 +553,20 @@ struct RawEvent<'a> {
     exit_code: Option<Field<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
     output: Option<Field<'a>>,
+    /// Kept whole: its pairs are validated one by one.
+    #[serde(default, deserialize_with = "present_value")]
+    labels: Option<Value>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    failure_threshold: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    recovery_threshold: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    until: Option<Field<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    reason: Option<Field<'a>>,
+    /// Read on `silenced` only (elsewhere an unknown field, ignored).
+    #[serde(default, borrow, deserialize_with = "present")]
+    by: Option<Field<'a>>,
 }
 
 /// One JSON value, reduced to what validation needs.
@@ -575,6 +643,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
 /// Keeps an explicit `null` (`Some(Field::Null)`) apart from a missing field (`None`).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Field<'de>>, D::Error> {
     Field::deserialize(d).map(Some)
+}
+
+/// As [`present`], for a field kept as a whole JSON value.
+fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 fn required_str<'v>(
@@ -680,7 +753,118 @@ fn not_allowed_schedule_settings(
 ) -> Result<(), DecodeError> {
     not_allowed(&raw.grace_ms, "graceMs", event_type)?;
     not_allowed(&raw.max_runtime_ms, "maxRuntimeMs", event_type)?;
-    not_allowed(&raw.timezone, "timezone", event_type)
+    not_allowed(&raw.timezone, "timezone", event_type)?;
+    if raw.labels.is_some() {
+        return Err(DecodeError::FieldNotAllowed {
+            field: "labels",
+            event_type,
+        });
+    }
+    not_allowed(&raw.failure_threshold, "failureThreshold", event_type)?;
+    not_allowed(&raw.recovery_threshold, "recoveryThreshold", event_type)?;
+    not_allowed(&raw.until, "until", event_type)?;
+    not_allowed(&raw.reason, "reason", event_type)
+}
+
+/// A `scheduled` event's `labels`: an object of at most [`MAX_LABELS`] string values, keys
+/// `[a-z0-9_]{1,32}` (null counts as absent).
+fn labels(raw: &RawEvent<'_>) -> Result<Labels, DecodeError> {
+    let invalid = |reason: String| DecodeError::InvalidField {
+        field: "labels",
+        reason,
+    };
+    let object = match &raw.labels {
+        None | Some(Value::Null) => return Ok(Labels::new()),
+        Some(Value::Object(object)) => object,
+        Some(_) => {
+            return Err(DecodeError::WrongType {
+                field: "labels",
+                expected: "an object of strings",
+            })
+        }
+    };
+    if object.len() > MAX_LABELS {
+        return Err(invalid(format!("must have at most {MAX_LABELS} labels")));
+    }
+    let mut labels = Labels::new();
+    for (key, value) in object {
+        let key_ok = (1..=MAX_LABEL_KEY_CHARS).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !key_ok {
+            return Err(invalid(format!(
+                "key {:?} must be 1-{MAX_LABEL_KEY_CHARS} characters of a-z 0-9 _",
+                key.chars().take(64).collect::<String>()
+            )));
+        }
+        let Value::String(value) = value else {
+            return Err(invalid(format!("the value of {key:?} must be a string")));
+        };
+        if value.chars().count() > MAX_LABEL_VALUE_CHARS {
+            return Err(invalid(format!(
+                "the value of {key:?} must be at most {MAX_LABEL_VALUE_CHARS} characters"
+            )));
+        }
+        labels.insert(key.clone(), value.clone());
+    }
+    Ok(labels)
+}
+
+/// A `silenced` event's fields: `until` (required, RFC 3339 or null), `reason`, `by`.
+fn silenced_kind(raw: &RawEvent<'_>) -> Result<EventKind, DecodeError> {
+    let event_type = EventType::Silenced;
+    not_allowed(&raw.execution_id, "executionId", event_type)?;
+    not_allowed(&raw.items_processed, "itemsProcessed", event_type)?;
+    not_allowed(&raw.error, "error", event_type)?;
+    not_allowed(&raw.cron, "cron", event_type)?;
+    not_allowed(&raw.grace_ms, "graceMs", event_type)?;
+    not_allowed(&raw.max_runtime_ms, "maxRuntimeMs", event_type)?;
+    not_allowed(&raw.timezone, "timezone", event_type)?;
+    not_allowed(&raw.failure_threshold, "failureThreshold", event_type)?;
+    not_allowed(&raw.recovery_threshold, "recoveryThreshold", event_type)?;
+    if raw.labels.is_some() {
+        return Err(DecodeError::FieldNotAllowed {
+            field: "labels",
+            event_type,
+        });
+    }
+    not_allowed_run_result(raw, event_type)?;
+    let until = match &raw.until {
+        None => return Err(DecodeError::MissingField("until")),
+        Some(Field::Null) => None,
+        Some(Field::Str(text)) => Some(
+            DateTime::parse_from_rfc3339(text)
+                .map_err(|e| DecodeError::InvalidField {
+                    field: "until",
+                    reason: format!("must be an RFC 3339 timestamp or null ({e})"),
+                })?
+                .with_timezone(&Utc),
+        ),
+        Some(_) => {
+            return Err(DecodeError::WrongType {
+                field: "until",
+                expected: "an RFC 3339 string or null",
+            })
+        }
+    };
+    let text = |value: &Option<Field<'_>>, field: &'static str, max: usize| match value {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Str(s)) if s.chars().count() > max => Err(DecodeError::InvalidField {
+            field,
+            reason: format!("must be at most {max} characters"),
+        }),
+        Some(Field::Str(s)) => Ok(Some(s.to_string())),
+        Some(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string or null",
+        }),
+    };
+    Ok(EventKind::Silenced {
+        until,
+        reason: text(&raw.reason, "reason", MAX_SILENCE_REASON_CHARS)?,
+        by: text(&raw.by, "by", MAX_SILENCE_BY_CHARS)?,
+    })
 }
 
 /// `exitCode` and `output` belong to finished runs only.
@@ -773,6 +957,8 @@ fn scheduled_kind(raw: &RawEvent<'_>) -> Result<EventKind, DecodeError> {
     not_allowed(&raw.items_processed, "itemsProcessed", EventType::Scheduled)?;
     not_allowed(&raw.error, "error", EventType::Scheduled)?;
     not_allowed_run_result(raw, EventType::Scheduled)?;
+    not_allowed(&raw.until, "until", EventType::Scheduled)?;
+    not_allowed(&raw.reason, "reason", EventType::Scheduled)?;
     let cron = match &raw.cron {
         None => return Err(DecodeError::MissingField("cron")),
         Some(Field::Null) => None,
@@ -801,10 +987,15 @@ fn scheduled_kind(raw: &RawEvent<'_>) -> Result<EventKind, DecodeError> {
         MIN_MAX_RUNTIME_MS,
         MAX_MAX_RUNTIME_MS,
     )?;
+    let threshold =
+        |value, field| optional_integer(value, field, 1, MAX_THRESHOLD).map(|t| t.map(|t| t as u8));
     Ok(EventKind::Scheduled {
         cron,
         grace_ms: grace_ms.map(|g| g as i64),
         max_runtime_ms: max_runtime_ms.map(|m| m as i64),
+        labels: labels(raw)?,
+        failure_threshold: threshold(&raw.failure_threshold, "failureThreshold")?,
+        recovery_threshold: threshold(&raw.recovery_threshold, "recoveryThreshold")?,
     })
 }
 
@@ -821,6 +1012,7 @@ fn event_kind(raw: &RawEvent<'_>, event_type: EventType) -> Result<EventKind, De
 
     Ok(match event_type {
         EventType::Scheduled => scheduled_kind(raw)?,
+        EventType::Silenced => silenced_kind(raw)?,
         EventType::Enqueued | EventType::Started => {
             let execution_id = execution_id(raw)?;
             not_allowed(&raw.items_processed, "itemsProcessed", event_type)?;
@@ -1079,7 +1271,10 @@ mod tests {
             EventKind::Scheduled {
                 cron: None,
                 grace_ms: None,
-                max_runtime_ms: None
+                max_runtime_ms: None,
+                labels: Labels::new(),
+                failure_threshold: None,
+                recovery_threshold: None,
             }
         );
         let mut bad = base;
@@ -1088,6 +1283,102 @@ mod tests {
             decode_value("scheduled", &bad).unwrap_err().code(),
             "invalid_cron"
         );
+    }
+
+    #[test]
+    fn labels_and_thresholds_ride_on_scheduled_events_within_their_bounds() {
+        let base = json!({"eventId": Uuid::new_v4(), "type": "scheduled", "tenantId": TENANT,
+            "jobName": "nightly", "occurredAt": "2025-07-10T12:00:00Z", "cron": "0 2 * * *",
+            "labels": {"team": "payments", "tier": "1"}, "failureThreshold": 3,
+            "recoveryThreshold": 2});
+        let event = decode_value("scheduled", &base).unwrap();
+        let EventKind::Scheduled {
+            labels,
+            failure_threshold,
+            recovery_threshold,
+            ..
+        } = &event.kind
+        else {
+            panic!("a scheduled event");
+        };
+        assert_eq!(labels.get("team").map(String::as_str), Some("payments"));
+        assert_eq!(
+            (*failure_threshold, *recovery_threshold),
+            (Some(3), Some(2))
+        );
+        assert_eq!(decode_value("scheduled", &event.to_json()).unwrap(), event);
+        let too_many: serde_json::Map<String, Value> =
+            (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+        for (field, value, code) in [
+            ("labels", json!({"Team": "x"}), "invalid_field"),
+            ("labels", json!({"team": 3}), "invalid_field"),
+            ("labels", json!({"team": "x".repeat(129)}), "invalid_field"),
+            ("labels", Value::Object(too_many), "invalid_field"),
+            ("labels", json!(["team"]), "wrong_type"),
+            ("failureThreshold", json!(0), "invalid_field"),
+            ("failureThreshold", json!(101), "invalid_field"),
+            ("recoveryThreshold", json!("2"), "wrong_type"),
+        ] {
+            let mut bad = base.clone();
+            bad[field] = value.clone();
+            assert_eq!(
+                decode_value("scheduled", &bad).unwrap_err().code(),
+                code,
+                "{field} = {value}"
+            );
+        }
+        let mut started = json!({"eventId": Uuid::new_v4(), "type": "started", "tenantId": TENANT,
+            "jobName": "nightly", "occurredAt": "2025-07-10T12:00:00Z", "executionId": "r1"});
+        started["labels"] = json!({"team": "payments"});
+        assert_eq!(
+            decode_value("started", &started).unwrap_err().code(),
+            "field_not_allowed"
+        );
+    }
+
+    #[test]
+    fn a_silenced_event_needs_until_and_bounds_its_reason() {
+        let base = json!({"eventId": Uuid::new_v4(), "type": "silenced", "tenantId": TENANT,
+            "jobName": "nightly", "occurredAt": "2025-07-10T12:00:00Z",
+            "until": "2025-07-10T13:00:00Z", "reason": "planned maintenance", "by": "ops-1"});
+        let event = decode_value("silenced", &base).unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::Silenced {
+                until: Some("2025-07-10T13:00:00Z".parse().unwrap()),
+                reason: Some("planned maintenance".into()),
+                by: Some("ops-1".into()),
+            }
+        );
+        assert_eq!(event.execution_id(), None);
+        assert_eq!(decode_value("silenced", &event.to_json()).unwrap(), event);
+        let mut lift = base.clone();
+        lift["until"] = Value::Null;
+        assert!(matches!(
+            decode_value("silenced", &lift).unwrap().kind,
+            EventKind::Silenced { until: None, .. }
+        ));
+        let mut missing = base.clone();
+        missing.as_object_mut().unwrap().remove("until");
+        assert_eq!(
+            decode_value("silenced", &missing),
+            Err(DecodeError::MissingField("until"))
+        );
+        for (field, value, code) in [
+            ("until", json!("tomorrow"), "invalid_field"),
+            ("until", json!(12), "wrong_type"),
+            ("reason", json!("x".repeat(513)), "invalid_field"),
+            ("executionId", json!("r1"), "field_not_allowed"),
+            ("cron", json!("0 2 * * *"), "field_not_allowed"),
+        ] {
+            let mut bad = base.clone();
+            bad[field] = value.clone();
+            assert_eq!(
+                decode_value("silenced", &bad).unwrap_err().code(),
+                code,
+                "{field} = {value}"
+            );
+        }
     }
 
     #[test]

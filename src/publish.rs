@@ -156,6 +156,10 @@ pub struct EventBuilder {
     /// Put on `completed` and `failed` events.
     exit_code: Option<u8>,
     output: Option<String>,
+    /// Put on `scheduled` events (CONTRACT §11).
+    labels: crate::events::Labels,
+    failure_threshold: Option<u8>,
+    recovery_threshold: Option<u8>,
 }
 
 impl EventBuilder {
@@ -174,7 +178,43 @@ impl EventBuilder {
             timezone: None,
             exit_code: None,
             output: None,
+            labels: crate::events::Labels::new(),
+            failure_threshold: None,
+            recovery_threshold: None,
         })
+    }
+
+    /// The job's labels and thresholds, put on `scheduled` events (CONTRACT §11). Checked
+    /// as the decoder checks them.
+    pub fn schedule_options(
+        mut self,
+        labels: &[(String, String)],
+        failure_threshold: Option<u64>,
+        recovery_threshold: Option<u64>,
+    ) -> Result<Self, PublishError> {
+        let bounded = |value: Option<u64>, field: &'static str| match value {
+            Some(v) if !(1..=crate::events::MAX_THRESHOLD).contains(&v) => {
+                Err(PublishError::InvalidArgument {
+                    field,
+                    reason: format!("must be between 1 and {}", crate::events::MAX_THRESHOLD),
+                })
+            }
+            v => Ok(v.map(|v| v as u8)),
+        };
+        self.failure_threshold = bounded(failure_threshold, "failure-threshold")?;
+        self.recovery_threshold = bounded(recovery_threshold, "recovery-threshold")?;
+        self.labels = labels.iter().cloned().collect();
+        Ok(self)
+    }
+
+    /// A `silenced` event: quiet until `until` (`None` lifts the silence).
+    pub fn silenced(
+        &self,
+        until: Option<DateTime<Utc>>,
+        reason: Option<String>,
+        by: Option<String>,
+    ) -> Event {
+        self.event(EventKind::Silenced { until, reason, by })
     }
 
     /// The IANA zone `scheduled` events evaluate their cron in (CONTRACT §10; default UTC).
@@ -308,6 +348,9 @@ impl EventBuilder {
             cron,
             grace_ms,
             max_runtime_ms,
+            labels: self.labels.clone(),
+            failure_threshold: self.failure_threshold,
+            recovery_threshold: self.recovery_threshold,
         }))
     }
 

@@ -232,11 +232,14 @@ fn to_json_text(value: &impl serde::Serialize) -> String {
 struct ScheduleJson<'a> {
     cron: &'a Option<String>,
     expected_at: &'a Option<String>,
+    failure_threshold: i64,
     grace_ms: Option<i64>,
+    labels: &'a std::collections::BTreeMap<String, String>,
     last_outcome: &'a Option<String>,
     last_run: &'a Option<String>,
     max_runtime_ms: i64,
     next_run: &'a Option<String>,
+    recovery_threshold: i64,
     timezone: &'a str,
 }
 
@@ -245,7 +248,10 @@ impl<'a> ScheduleJson<'a> {
         ScheduleJson {
             cron: &schedule.cron,
             expected_at: &schedule.expected_at,
+            failure_threshold: schedule.failure_threshold,
             grace_ms: schedule.grace_ms,
+            labels: &schedule.labels,
+            recovery_threshold: schedule.recovery_threshold,
             last_outcome: &schedule.last_outcome,
             last_run: &schedule.last_run,
             max_runtime_ms: schedule.max_runtime_ms,
@@ -262,6 +268,9 @@ struct HealthJson<'a> {
     consecutive_failures: i64,
     missed_runs: MissedRunsJson,
     reason: &'a str,
+    silence_reason: &'a Option<String>,
+    silenced_by: &'a Option<String>,
+    silenced_until: &'a Option<String>,
     since: &'a Option<String>,
     state: &'a str,
     stuck_execution_ids: &'a [String],
@@ -286,6 +295,9 @@ impl<'a> HealthJson<'a> {
                 last_7d: summary.missed_runs.last_7d,
             },
             reason: &health.reason,
+            silence_reason: &summary.silence_reason,
+            silenced_by: &summary.silenced_by,
+            silenced_until: &summary.silenced_until,
             since: &summary.since,
             state: &summary.state,
             stuck_execution_ids: &health.stuck_execution_ids,
@@ -520,10 +532,10 @@ mod tests {
             ..JobStats::default()
         };
         stats.apply_schedule(
-            cron,
-            None,
-            None,
-            None,
+            crate::projection::ScheduleSettings {
+                cron: cron.map(str::to_owned),
+                ..Default::default()
+            },
             1_600_000_000_000,
             uuid::Uuid::new_v4(),
         );

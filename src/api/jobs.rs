@@ -177,6 +177,9 @@ impl poem_openapi::types::Example for JobListEnvelope {
                             last_24h: missed,
                             last_7d: missed,
                         },
+                        silenced_until: None,
+                        silence_reason: None,
+                        silenced_by: None,
                     },
                     stuck_execution_ids: Vec::new(),
                     reason: if state == "missed" {

@@ -18,6 +18,7 @@ pub mod jwks;
 pub mod limits;
 pub mod params;
 mod query;
+pub mod silence;
 pub mod stats;
 pub mod tls;
 pub mod ui;
@@ -96,9 +97,22 @@ pub fn now_rfc3339() -> String {
 }
 
 /// The OpenAPI service (also used to print the committed `openapi.json`).
-pub fn openapi_service() -> OpenApiService<(stats::StatsApi, jobs::JobsApi, admin::AdminApi), ()> {
+pub fn openapi_service() -> OpenApiService<
+    (
+        stats::StatsApi,
+        jobs::JobsApi,
+        silence::SilenceApi,
+        admin::AdminApi,
+    ),
+    (),
+> {
     OpenApiService::new(
-        (stats::StatsApi, jobs::JobsApi, admin::AdminApi),
+        (
+            stats::StatsApi,
+            jobs::JobsApi,
+            silence::SilenceApi,
+            admin::AdminApi,
+        ),
         "jobstats",
         env!("CARGO_PKG_VERSION"),
     )
@@ -226,6 +240,9 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/api/v1/admin/jobs/") && p.ends_with("/series") => {
             "/api/v1/admin/jobs/{jobName}/series"
         }
+        p if p.starts_with("/api/v1/admin/jobs/") && p.ends_with("/silence") => {
+            "/api/v1/admin/jobs/{jobName}/silence"
+        }
         "/api/v1/admin/tenants" => "/api/v1/admin/tenants",
         "/api/v1/events" => "/api/v1/events",
         p if p.starts_with("/api/v1/admin/keys") => "/api/v1/admin/keys",
@@ -259,11 +276,15 @@ async fn edge<E: Endpoint>(
     // poem's router rejects undecodable path segments (e.g. `%FF`) before any handler; on the
     // jobs path the only path segment a client controls is the job name.
     let on_jobs_path = path.starts_with("/api/v1/admin/jobs/");
+    // Reads, and the one write the OpenAPI document holds (a silence); the keys routes
+    // authenticate themselves.
     let guarded = path.starts_with("/api/v1/admin/")
-        && matches!(
+        && (matches!(
             *request.method(),
             poem::http::Method::GET | poem::http::Method::HEAD
-        );
+        ) || (on_jobs_path
+            && request.method() == poem::http::Method::POST
+            && path.ends_with("/silence")));
     let result = async {
         if guarded {
             match state

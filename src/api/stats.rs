@@ -180,6 +180,12 @@ pub struct ScheduleStats {
     /// `completed` or `failed`: the outcome of the last finished execution (by finish time).
     #[oai(nullable)]
     pub last_outcome: Option<String>,
+    /// The job's labels, from its `scheduled` event (CONTRACT §11).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Failed executions in a row before the job is `failing` (default 1).
+    pub failure_threshold: i64,
+    /// Completed executions in a row before a failing job is `healthy` again (default 1).
+    pub recovery_threshold: i64,
 }
 
 /// Fires that no execution start was matched to.
@@ -212,6 +218,16 @@ pub struct HealthSummary {
     /// Failed executions since the last completed one, by finish time.
     pub consecutive_failures: i64,
     pub missed_runs: MissedRuns,
+    /// Until when the job's alerts are silenced (CONTRACT §11); null when not silenced. A
+    /// silenced job is judged as always.
+    #[oai(nullable)]
+    pub silenced_until: Option<String>,
+    /// Why, as given with the silence.
+    #[oai(nullable)]
+    pub silence_reason: Option<String>,
+    /// Who silenced it (the token's `sub`).
+    #[oai(nullable)]
+    pub silenced_by: Option<String>,
 }
 
 /// Uptime percentages (one decimal, as `successRate`) with their numeric twins; null when
@@ -378,6 +394,9 @@ impl poem_openapi::types::Example for JobStatsEnvelope {
                     grace_ms: Some(2_160_000),
                     max_runtime_ms: 3_600_000,
                     last_outcome: at("completed"),
+                    labels: [("team".to_owned(), "identity".to_owned())].into(),
+                    failure_threshold: 1,
+                    recovery_threshold: 1,
                 },
                 recent_executions: vec![RecentExecution {
                     id: "exec-001".into(),
@@ -405,6 +424,9 @@ impl poem_openapi::types::Example for JobStatsEnvelope {
                             last_24h: 0,
                             last_7d: 0,
                         },
+                        silenced_until: None,
+                        silence_reason: None,
+                        silenced_by: None,
                     },
                     stuck_execution_ids: Vec::new(),
                     reason: "The last finished execution completed (at 2025-07-10T14:40:00.000Z) \
@@ -852,6 +874,13 @@ pub fn schedule_stats(
         last_outcome: health
             .last_failed
             .map(|failed| if failed { "failed" } else { "completed" }.to_owned()),
+        labels: stats
+            .schedule
+            .as_ref()
+            .map(|s| s.labels.clone())
+            .unwrap_or_default(),
+        failure_threshold: stats.thresholds().0,
+        recovery_threshold: stats.thresholds().1,
     }
 }
 
@@ -865,6 +894,9 @@ pub fn health_summary(health: &Health) -> HealthSummary {
             last_24h: health.missed_last_24h,
             last_7d: health.missed_last_7d,
         },
+        silenced_until: health.silence.as_ref().map(|s| rfc3339_millis(s.until)),
+        silence_reason: health.silence.as_ref().and_then(|s| s.reason.clone()),
+        silenced_by: health.silence.as_ref().and_then(|s| s.by.clone()),
     }
 }
 

@@ -273,6 +273,9 @@ pub enum Command {
     Snapshot(SnapshotOptions),
     /// Publish one validated event and wait for the JetStream ack.
     Publish(PublishOptions),
+    /// Silence a job's alerts until a time (or for a duration), or lift its silence
+    /// (`--until none`): publishes a `silenced` event. The job is judged as always.
+    Silence(SilenceOptions),
     /// Run a command as one execution of a job: publishes enqueued, started, then completed or
     /// failed; passes its output through and exits with its exit code.
     Run(RunOptions),
@@ -823,12 +826,49 @@ pub struct PublishOptions {
     /// the service's JOBSTATS_MAX_RUNTIME).
     #[arg(long, value_parser = parse_duration)]
     pub max_runtime: Option<Duration>,
+    /// A job label `key=value` for channel routing (scheduled; repeatable, at most 16).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Failed executions in a row before the job is failing (scheduled; 1–100; default 1).
+    #[arg(long)]
+    pub failure_threshold: Option<u64>,
+    /// Completed executions in a row before a failing job is healthy again (scheduled;
+    /// 1–100; default 1).
+    #[arg(long)]
+    pub recovery_threshold: Option<u64>,
     /// When it happened (RFC 3339); default: now.
     #[arg(long)]
     pub occurred_at: Option<String>,
     /// Event id (UUID); default: a new one. Reuse it to retry a publish safely.
     #[arg(long)]
     pub event_id: Option<String>,
+}
+
+/// `key=value`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SilenceOptions {
+    /// Tenant UUID.
+    #[arg(long, env = "JOBSTATS_TENANT")]
+    pub tenant: String,
+    /// Job name.
+    #[arg(long)]
+    pub job: String,
+    /// Until when: an RFC 3339 time, a duration from now (`1h`, `1d`), or `none` to lift the
+    /// silence.
+    #[arg(long)]
+    pub until: String,
+    /// Why (shown in stats, the job list and the dashboard; at most 512 characters).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who silences it; default: the user running the command (`$USER`).
+    #[arg(long)]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -35,6 +35,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Publish(options) => publish(common, options).await?,
+        Command::Silence(options) => silence(common, options).await?,
         Command::Run(options) => return run(common, options).await,
         Command::Token(options) => token(options)?,
         Command::Demo(options) => demo(common, options).await?,
@@ -53,6 +54,7 @@ pub fn is_quiet(command: &Command) -> bool {
     matches!(
         command,
         Command::Publish(_)
+            | Command::Silence(_)
             | Command::Export(_)
             | Command::Run(_)
             | Command::Token(_)
@@ -343,6 +345,72 @@ async fn publish(common: &CommonOptions, options: &PublishOptions) -> anyhow::Re
     Ok(())
 }
 
+/// `jobstats silence`: publishes a `silenced` event (CONTRACT §11).
+async fn silence(common: &CommonOptions, options: &args::SilenceOptions) -> anyhow::Result<()> {
+    let tenant = TenantId::parse(&options.tenant)
+        .map_err(|reason| anyhow!("invalid --tenant {:?}: {reason}", options.tenant))?;
+    let now = chrono::Utc::now();
+    let until = match options.until.as_str() {
+        "none" | "null" | "lift" => Value::Null,
+        text => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(at) => at
+                .with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                .into(),
+            Err(_) => {
+                let span = args::parse_duration(text).map_err(|_| {
+                    anyhow!(
+                        "invalid --until {text:?}: expected an RFC 3339 time, a duration such \
+                         as 1h or 1d, or none"
+                    )
+                })?;
+                let at = now + chrono::Duration::from_std(span)?;
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    .into()
+            }
+        },
+    };
+    let by = options
+        .by
+        .clone()
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()));
+    let body = json!({
+        "specVersion": 1,
+        "eventId": uuid::Uuid::new_v4(),
+        "type": "silenced",
+        "tenantId": tenant.to_string(),
+        "jobName": options.job,
+        "occurredAt": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "until": until,
+        "reason": options.reason,
+        "by": by,
+    });
+    let event = events::decode(
+        &events::subject_for(&tenant, events::EventType::Silenced),
+        &serde_json::to_vec(&body)?,
+    )
+    .map_err(|error| anyhow!("{}", in_flag_terms(&error)))?;
+    let publisher = Publisher::connect(&nats(common)?).await?;
+    let receipt = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        publisher.publish(&event),
+    )
+    .await
+    .map_err(|_| anyhow!("no JetStream ack within 10 s"))??;
+    match &until {
+        Value::String(at) => println!(
+            "silenced {} until {at} (event {}) at stream sequence {}",
+            event.job_name, event.event_id, receipt.sequence
+        ),
+        _ => println!(
+            "lifted the silence of {} (event {}) at stream sequence {}",
+            event.job_name, event.event_id, receipt.sequence
+        ),
+    }
+    println!("sequence={}", receipt.sequence);
+    Ok(())
+}
+
 /// The event the flags describe, checked by the decoder the projector uses: which fields a
 /// type takes and their ranges are decided in one place, and a flag the decoder would turn
 /// into a dead letter is refused here, named as the flag.
@@ -402,6 +470,26 @@ fn event_from_flags(options: &PublishOptions) -> anyhow::Result<Event> {
             "maxRuntimeMs",
             options.max_runtime.map(millis).map(Value::from),
         ),
+        (
+            "labels",
+            (!options.labels.is_empty()).then(|| {
+                Value::Object(
+                    options
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                        .collect(),
+                )
+            }),
+        ),
+        (
+            "failureThreshold",
+            options.failure_threshold.map(Value::from),
+        ),
+        (
+            "recoveryThreshold",
+            options.recovery_threshold.map(Value::from),
+        ),
     ];
     for (field, value) in optional {
         if let Some(value) = value {
@@ -425,6 +513,12 @@ fn in_flag_terms(error: &DecodeError) -> String {
         "output" => "--output",
         "graceMs" => "--grace",
         "maxRuntimeMs" => "--max-runtime",
+        "labels" => "--label",
+        "failureThreshold" => "--failure-threshold",
+        "recoveryThreshold" => "--recovery-threshold",
+        "until" => "--until",
+        "reason" => "--reason",
+        "by" => "--by",
         "jobName" => "--job",
         "tenantId" => "--tenant",
         "occurredAt" => "--occurred-at",

@@ -69,6 +69,24 @@ struct Judged {
     next: Option<i64>,
 }
 
+/// What was last announced for a job: its state, and as of when.
+#[derive(Debug, Clone, Copy)]
+struct Announced {
+    state: HealthState,
+    as_of: Option<i64>,
+}
+
+impl Announced {
+    fn of(change: &HealthChange, state: HealthState) -> Self {
+        Announced {
+            state,
+            as_of: chrono::DateTime::parse_from_rfc3339(&change.as_of)
+                .ok()
+                .map(|t| t.timestamp_millis()),
+        }
+    }
+}
+
 /// A round's failure, with the jobs to judge again.
 type RoundError = (String, Vec<JobKey>);
 
@@ -78,7 +96,7 @@ type RoundError = (String, Vec<JobKey>);
 fn judge_all(
     pool: &ReadPool,
     whole: bool,
-    mut jobs: Vec<(JobKey, Option<HealthState>)>,
+    mut jobs: Vec<(JobKey, Option<Announced>)>,
     now: i64,
     default_max_runtime_ms: i64,
 ) -> Result<(Vec<Judged>, Vec<JobKey>), RoundError> {
@@ -116,8 +134,12 @@ fn judge_all(
             }
         };
         let health = snapshot.judge(Judgement::At(now), default_max_runtime_ms);
+        let stats = &snapshot.stats;
+        let change = change(&job.0, &job.1, last.map(|l| l.state), &health, stats).or_else(|| {
+            super::silence_ended(&job.0, &job.1, last.and_then(|l| l.as_of), &health, stats)
+        });
         judged.push(Judged {
-            change: change(&job.0, &job.1, last, &health, &snapshot.stats),
+            change,
             next: next_clock_change(
                 &health,
                 snapshot.health.fires.as_ref(),
@@ -212,7 +234,7 @@ struct Evaluator {
     config: EvaluatorConfig,
     handles: EvaluatorHandles,
     /// The last state announced per job (absent: `new`), from the stream.
-    announced: HashMap<JobKey, HealthState>,
+    announced: HashMap<JobKey, Announced>,
     /// (instant, job): when the clock alone may change a job's state.
     timers: BTreeSet<(i64, JobKey)>,
     timer_of: HashMap<JobKey, i64>,
@@ -292,7 +314,8 @@ impl Evaluator {
         self.handles
             .job_health
             .set(&tenant.to_string(), &change.job_name, state);
-        self.announced.insert((tenant, change.job_name), state);
+        let announced = Announced::of(&change, state);
+        self.announced.insert((tenant, change.job_name), announced);
     }
 
     /// Judging is honest only while the projection has seen everything and the stream is
@@ -332,7 +355,7 @@ impl Evaluator {
             self.timer_of.remove(&job);
             due.insert(job);
         }
-        let jobs: Vec<(JobKey, Option<HealthState>)> = due
+        let jobs: Vec<(JobKey, Option<Announced>)> = due
             .into_iter()
             .map(|job| {
                 let last = self.announced.get(&job).copied();
@@ -384,8 +407,10 @@ impl Evaluator {
                     &judgement.job.1,
                     judgement.state,
                 );
-                self.announced
-                    .insert(judgement.job.clone(), judgement.state);
+                self.announced.insert(
+                    judgement.job.clone(),
+                    Announced::of(change, judgement.state),
+                );
                 self.count(change, judgement.since);
             }
             self.set_timer(&judgement.job, judgement.next);

@@ -255,6 +255,7 @@ mod tests {
             reason: format!("{state} since {since}"),
             consecutive_failures: 0,
             execution_id: None,
+            ..HealthChange::default()
         }
     }
 

@@ -51,7 +51,7 @@ pub fn subject(tenant: &TenantId, job: &str) -> String {
 }
 
 /// One announced change, as published and POSTed (CONTRACT §8).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthChange {
     pub spec_version: u32,
@@ -64,11 +64,36 @@ pub struct HealthChange {
     pub reason: String,
     pub consecutive_failures: i64,
     pub execution_id: Option<String>,
+    /// The job's labels, for the channels' `labels` filters (CONTRACT §11).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::events::Labels,
+    /// Judged while the job was silenced: channels send no opening and no reminder for it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub silenced: bool,
+    /// Until when, and why (present while `silenced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_until: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence_reason: Option<String>,
+    /// A silence ended with the job still in trouble: this message opens it (once).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub silence_ended: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl HealthChange {
     /// `Nats-Msg-Id`: the same change judged by two replicas is stored once.
     pub fn message_id(&self) -> String {
+        if self.silence_ended {
+            // One per silence ended: its `asOf` is the instant the silence stopped.
+            return format!(
+                "{}/{}/{}/silence-ended/{}",
+                self.tenant_id, self.job_name, self.state, self.as_of
+            );
+        }
         format!(
             "{}/{}/{}/{}",
             self.tenant_id,
@@ -97,7 +122,18 @@ pub fn change(
     if health.state == HealthState::Unknown || health.state == previous {
         return None;
     }
-    Some(HealthChange {
+    Some(announcement(tenant, job, previous, health, stats))
+}
+
+/// The message for `health` after `previous`, whether or not the state changed.
+fn announcement(
+    tenant: &TenantId,
+    job: &str,
+    previous: HealthState,
+    health: &Health,
+    stats: &JobStats,
+) -> HealthChange {
+    HealthChange {
         spec_version: 1,
         tenant_id: tenant.to_string(),
         job_name: job.to_owned(),
@@ -108,7 +144,48 @@ pub fn change(
         reason: reason(health, stats),
         consecutive_failures: health.consecutive_failures,
         execution_id: execution_concerned(health, stats),
-    })
+        labels: stats
+            .schedule
+            .as_ref()
+            .map(|s| s.labels.clone())
+            .unwrap_or_default(),
+        silenced: health.silence.is_some(),
+        silenced_until: health.silence.as_ref().map(|s| rfc3339_millis(s.until)),
+        silence_reason: health.silence.as_ref().and_then(|s| s.reason.clone()),
+        silence_ended: false,
+    }
+}
+
+/// Whether a job in trouble needs the one `silenceEnded` message (CONTRACT §11): its latest
+/// silence stopped at or before `health.as_of`, after the last message announced for it
+/// (`last_announced_at`), and the job is still stuck, missed or failing. The message's `asOf`
+/// is the instant the silence stopped, which makes its id the same on every replica.
+pub fn silence_ended(
+    tenant: &TenantId,
+    job: &str,
+    last_announced_at: Option<EpochMillis>,
+    health: &Health,
+    stats: &JobStats,
+) -> Option<HealthChange> {
+    let silence = stats.silence.as_ref()?;
+    let ended = silence.ended_at()?;
+    let in_trouble = matches!(
+        health.state,
+        HealthState::Stuck | HealthState::Missed | HealthState::Failing
+    );
+    // A lift (`until` null) only ends a silence that was in force when it was lifted: one
+    // after an expired silence ended nothing new.
+    if !in_trouble || health.silence.is_some() || ended > health.as_of {
+        return None;
+    }
+    if last_announced_at.is_some_and(|at| at >= ended) {
+        return None;
+    }
+    let mut message = announcement(tenant, job, health.state, health, stats);
+    message.silence_ended = true;
+    message.as_of = rfc3339_millis(ended);
+    message.reason = format!("The silence ended; {}", message.reason);
+    Some(message)
 }
 
 /// One human sentence saying why the job is in its state.
@@ -140,6 +217,20 @@ pub fn reason(health: &Health, stats: &JobStats) -> String {
                     "No run has started since the run due at {due} ({n} runs missed in the last 24 hours)."
                 ),
             }
+        }
+        HealthState::Failing if health.consecutive_failures == 0 => {
+            // Held by recoveryThreshold: completions since, but not enough in a row yet.
+            let (_, recovery) = stats.thresholds();
+            let completed = stats
+                .outcome_run
+                .as_ref()
+                .filter(|r| !r.failed)
+                .map_or(0, |r| r.length);
+            format!(
+                "{completed} of the {recovery} completed executions in a row needed to recover \
+                 have finished (the latest at {}).",
+                at(last.map(|l| l.finished_at))
+            )
         }
         HealthState::Failing => match health.consecutive_failures {
             0 | 1 => format!(
@@ -191,8 +282,10 @@ pub fn next_clock_change(
         .iter()
         .map(|(started, _)| started + health.max_runtime_ms + 1)
         .find(|at| *at > as_of);
+    let silence_ends = health.silence.as_ref().map(|s| s.until);
     due.into_iter()
         .chain(overrun)
+        .chain(silence_ends)
         .filter(|at| *at > as_of)
         .min()
 }
@@ -223,6 +316,7 @@ mod tests {
             grace_ms: Some(MIN),
             max_runtime_ms: 30 * MIN,
             last_failed: None,
+            silence: None,
         }
     }
 

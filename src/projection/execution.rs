@@ -119,7 +119,7 @@ impl ExecutionEvent {
     pub fn from_event(event: &Event) -> Option<Self> {
         let at = event.occurred_at.timestamp_millis();
         Some(match &event.kind {
-            EventKind::Scheduled { .. } => return None,
+            EventKind::Scheduled { .. } | EventKind::Silenced { .. } => return None,
             EventKind::Enqueued { .. } => ExecutionEvent::Enqueued { at },
             EventKind::Started { .. } => ExecutionEvent::Started { at },
             EventKind::Completed {

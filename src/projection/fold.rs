@@ -8,8 +8,8 @@ use super::{transition, Execution, ExecutionEvent, JobStats};
 /// What [`apply`] changed besides the job's aggregates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A `scheduled` event: the job's schedule record was considered (it is replaced only by a
-    /// newer one); no execution row is touched.
+    /// A `scheduled` or `silenced` event: the job's schedule or silence record was considered
+    /// (it is replaced only by a newer one); no execution row is touched.
     Schedule,
     /// The execution's row is now this one: write it.
     Execution(Execution),
@@ -25,23 +25,45 @@ pub enum Change {
 /// (`job.outcome_run` marked stale), the run's length is a count over finished executions the
 /// caller holds, so it recounts them and calls [`JobStats::recount_run`].
 pub fn apply(job: &mut JobStats, execution: Option<&Execution>, event: &Event) -> Change {
-    if let EventKind::Scheduled {
-        cron,
-        grace_ms,
-        max_runtime_ms,
-    } = &event.kind
-    {
-        job.apply_schedule(
-            cron.as_ref().map(|c| c.expression()),
-            cron.as_ref()
-                .map(|c| c.timezone())
-                .filter(|z| *z != crate::schedule::DEFAULT_TIMEZONE),
-            *grace_ms,
-            *max_runtime_ms,
-            event.occurred_at.timestamp_millis(),
-            event.event_id,
-        );
-        return Change::Schedule;
+    match &event.kind {
+        EventKind::Scheduled {
+            cron,
+            grace_ms,
+            max_runtime_ms,
+            labels,
+            failure_threshold,
+            recovery_threshold,
+        } => {
+            job.apply_schedule(
+                super::ScheduleSettings {
+                    cron: cron.as_ref().map(|c| c.expression().to_owned()),
+                    timezone: cron
+                        .as_ref()
+                        .map(|c| c.timezone())
+                        .filter(|z| *z != crate::schedule::DEFAULT_TIMEZONE)
+                        .map(str::to_owned),
+                    grace_ms: *grace_ms,
+                    max_runtime_ms: *max_runtime_ms,
+                    labels: labels.clone(),
+                    failure_threshold: *failure_threshold,
+                    recovery_threshold: *recovery_threshold,
+                },
+                event.occurred_at.timestamp_millis(),
+                event.event_id,
+            );
+            return Change::Schedule;
+        }
+        EventKind::Silenced { until, reason, by } => {
+            job.apply_silence(super::SilenceRecord {
+                until: until.map(|u| u.timestamp_millis()),
+                reason: reason.clone(),
+                by: by.clone(),
+                occurred_at: event.occurred_at.timestamp_millis(),
+                event_id: event.event_id,
+            });
+            return Change::Schedule;
+        }
+        _ => {}
     }
     let (Some(execution_id), Some(step)) =
         (event.execution_id(), ExecutionEvent::from_event(event))
@@ -91,6 +113,30 @@ impl MemoryJob {
                 .collect();
             self.stats
                 .recount_run(after.len() as i64, after.into_iter().min());
+        }
+        if self.stats.verdict_stale {
+            let boundary = self
+                .stats
+                .outcome_run
+                .as_ref()
+                .and_then(|r| r.boundary.clone());
+            let mut before: Vec<(super::FinishKey, bool)> = self
+                .rows
+                .iter()
+                .filter_map(|(id, row)| {
+                    let key = (row.finished_at?, id.clone());
+                    let failed = row.state == super::ExecutionState::Failed;
+                    (row.state.is_terminal() && boundary.as_ref().is_some_and(|b| key <= *b))
+                        .then_some((key, failed))
+                })
+                .collect();
+            before.sort();
+            let thresholds = self.stats.thresholds();
+            self.stats
+                .set_verdict_before_run(super::Verdict::of_history(
+                    before.into_iter().map(|((at, _), failed)| (at, failed)),
+                    thresholds,
+                ));
         }
         change
     }

@@ -243,6 +243,16 @@ pub struct Health {
     pub max_runtime_ms: i64,
     /// `true` when the last finished execution failed; `None` before any finished.
     pub last_failed: Option<bool>,
+    /// The silence in force at `as_of` (CONTRACT §11): until when, why, by whom.
+    pub silence: Option<ActiveSilence>,
+}
+
+/// A silence in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveSilence {
+    pub until: EpochMillis,
+    pub reason: Option<String>,
+    pub by: Option<String>,
 }
 
 /// The grace in force at `as_of`: the schedule's, else 10% of the cron period around `as_of`.
@@ -321,12 +331,28 @@ pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
             .max()
     };
 
+    // With thresholds (CONTRACT §11) the verdict, not the last outcome, says failing or
+    // healthy, since the run that crossed the threshold; with both at 1 they are the same.
+    let verdict = stats.verdict();
+    let verdict_since = |since: EpochMillis| {
+        std::iter::once(since)
+            .chain(missed.cleared_at)
+            .chain(stuck_ended)
+            .max()
+    };
     let (state, since) = if let Judgement::Unknown { since, .. } = judgement {
         (HealthState::Unknown, Some(since))
     } else if let Some((started, _)) = stuck.first() {
         (HealthState::Stuck, Some(started + max_runtime_ms))
     } else if let Some(since) = missed.since {
         (HealthState::Missed, Some(since))
+    } else if let (true, Some(v)) = (stats.has_thresholds(), verdict) {
+        let state = if v.failing {
+            HealthState::Failing
+        } else {
+            HealthState::Healthy
+        };
+        (state, verdict_since(v.since))
     } else if last_failed == Some(true) {
         (HealthState::Failing, outcome_since(run))
     } else if last_failed == Some(false) {
@@ -334,6 +360,15 @@ pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
     } else {
         (HealthState::New, None)
     };
+    let silence = stats
+        .silence
+        .as_ref()
+        .filter(|s| s.active_at(as_of))
+        .map(|s| ActiveSilence {
+            until: s.until.unwrap_or(as_of),
+            reason: s.reason.clone(),
+            by: s.by.clone(),
+        });
     Health {
         state,
         as_of,
@@ -350,6 +385,7 @@ pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
         grace_ms: grace,
         max_runtime_ms,
         last_failed,
+        silence,
     }
 }
 

@@ -59,8 +59,16 @@ impl Job {
     }
 
     fn schedule(&mut self, cron: &str, at: i64, grace: Option<i64>, max_runtime: Option<i64>) {
-        self.stats
-            .apply_schedule(Some(cron), None, grace, max_runtime, at, Uuid::new_v4());
+        self.stats.apply_schedule(
+            crate::projection::ScheduleSettings {
+                cron: Some(cron.to_owned()),
+                grace_ms: grace,
+                max_runtime_ms: max_runtime,
+                ..Default::default()
+            },
+            at,
+            Uuid::new_v4(),
+        );
     }
 
     /// Health as the API computes it: inputs read the way the store reads them.

@@ -49,6 +49,117 @@ pub struct ScheduleRecord {
     /// event repeating the same cron keeps it, so re-announcing a schedule at every deploy
     /// does not restart the judgement of missed runs.
     pub since: EpochMillis,
+    /// The job's labels (CONTRACT §11).
+    pub labels: crate::events::Labels,
+    /// `failureThreshold` / `recoveryThreshold` (`None`: 1).
+    pub failure_threshold: Option<u8>,
+    pub recovery_threshold: Option<u8>,
+}
+
+/// The settings of a `scheduled` event, as [`JobStats::apply_schedule`] records them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleSettings {
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub grace_ms: Option<i64>,
+    pub max_runtime_ms: Option<i64>,
+    pub labels: crate::events::Labels,
+    pub failure_threshold: Option<u8>,
+    pub recovery_threshold: Option<u8>,
+}
+
+/// The latest `silenced` event by the runner's time (ties: the larger event id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilenceRecord {
+    /// Until when alerts are quiet. A lift (`until` null or past) records the instant it
+    /// ended the silence in force, the end of an expired one, or `None` when there was none.
+    pub until: Option<EpochMillis>,
+    pub reason: Option<String>,
+    pub by: Option<String>,
+    pub occurred_at: EpochMillis,
+    pub event_id: Uuid,
+}
+
+impl SilenceRecord {
+    /// Whether the job is silenced at `at`.
+    pub fn active_at(&self, at: EpochMillis) -> bool {
+        self.until.is_some_and(|until| until > at)
+    }
+
+    /// When the silence stops (or stopped) quieting alerts; `None`: there was none.
+    pub fn ended_at(&self) -> Option<EpochMillis> {
+        self.until
+    }
+}
+
+/// The thresholded verdict on a job's finished executions (CONTRACT §11): `failing` once its
+/// last `failureThreshold` finished executions failed, `healthy` again only after
+/// `recoveryThreshold` completed ones in a row. Kept only while a threshold above 1 is set
+/// (with both at 1 the verdict is the last outcome, read from [`OutcomeRun`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub failing: bool,
+    /// Since when: the first execution of the run that crossed the threshold.
+    pub since: EpochMillis,
+}
+
+impl Verdict {
+    /// The verdict after `previous` once the trailing run (`failed`, `length`, first finish
+    /// `first_at`) is taken in: the forward rule, applied per run.
+    pub fn after_run(
+        previous: Option<Verdict>,
+        failed: bool,
+        length: i64,
+        first_at: EpochMillis,
+        thresholds: (i64, i64),
+    ) -> Verdict {
+        let (failure_threshold, recovery_threshold) = thresholds;
+        match previous {
+            Some(v) if v.failing && failed => v,
+            Some(v) if v.failing && length >= recovery_threshold => Verdict {
+                failing: false,
+                since: first_at,
+            },
+            Some(v) if v.failing => v,
+            _ if failed && length >= failure_threshold => Verdict {
+                failing: true,
+                since: first_at,
+            },
+            Some(v) => v,
+            None => Verdict {
+                failing: false,
+                since: first_at,
+            },
+        }
+    }
+
+    /// The verdict over finished executions in finish order (`true`: failed), with each
+    /// one's finish time: the reference the kept verdict must equal.
+    pub fn of_history(
+        finished: impl IntoIterator<Item = (EpochMillis, bool)>,
+        thresholds: (i64, i64),
+    ) -> Option<Verdict> {
+        // (outcome, length, first) of the run being read, and the verdict before it.
+        let mut run: Option<(bool, i64, EpochMillis)> = None;
+        let mut before: Option<Verdict> = None;
+        for (at, failed) in finished {
+            run = match run {
+                Some((outcome, length, first)) if outcome == failed => {
+                    Some((outcome, length + 1, first))
+                }
+                Some((outcome, length, first)) => {
+                    before = Some(Verdict::after_run(
+                        before, outcome, length, first, thresholds,
+                    ));
+                    Some((failed, 1, at))
+                }
+                None => Some((failed, 1, at)),
+            };
+        }
+        run.map(|(outcome, length, first)| {
+            Verdict::after_run(before, outcome, length, first, thresholds)
+        })
+    }
 }
 
 impl ScheduleRecord {
@@ -85,6 +196,14 @@ pub struct JobStats {
     pub schedule: Option<ScheduleRecord>,
     /// `None` before anything finished.
     pub outcome_run: Option<OutcomeRun>,
+    /// The verdict before the trailing outcome run began (see [`Verdict`]); kept only while a
+    /// threshold above 1 is set.
+    pub verdict_before_run: Option<Verdict>,
+    /// A late finish or a changed threshold: the store recomputes `verdict_before_run` from
+    /// the finished executions (see [`JobStats::set_verdict_before_run`]). Never stored.
+    pub verdict_stale: bool,
+    /// The latest `silenced` event.
+    pub silence: Option<SilenceRecord>,
     /// Run times of the completed executions counted in `duration_count`.
     pub durations: DurationSketch,
     /// Queue waits (enqueued → started) of executions with both times.
@@ -214,14 +333,34 @@ impl JobStats {
             }
         };
         let (run, last) = run;
+        let thresholds = match &self.schedule {
+            Some(s) => (
+                s.failure_threshold.map_or(1, i64::from),
+                s.recovery_threshold.map_or(1, i64::from),
+            ),
+            None => (1, 1),
+        };
+        let kept = thresholds != (1, 1);
         if failed == run.failed {
             if run.boundary.as_ref().is_none_or(|b| key > *b) {
                 run.length += 1;
                 if key < run.first {
                     run.first = key;
                 }
+            } else if kept {
+                // A late one before the run: the history the verdict was read from changed.
+                self.verdict_stale = true;
             }
         } else if key > last {
+            if kept {
+                self.verdict_before_run = Some(Verdict::after_run(
+                    self.verdict_before_run,
+                    run.failed,
+                    run.length,
+                    run.first.0,
+                    thresholds,
+                ));
+            }
             *run = OutcomeRun {
                 failed,
                 length: 1,
@@ -229,10 +368,15 @@ impl JobStats {
                 boundary: Some(last),
                 stale: false,
             };
-        } else if run.boundary.as_ref().is_none_or(|b| key > *b) {
-            // A late execution of the other outcome: the run now starts after it.
-            run.stale = run.stale || key > run.first;
-            run.boundary = Some(key);
+        } else {
+            if run.boundary.as_ref().is_none_or(|b| key > *b) {
+                // A late execution of the other outcome: the run now starts after it.
+                run.stale = run.stale || key > run.first;
+                run.boundary = Some(key);
+            }
+            if kept {
+                self.verdict_stale = true;
+            }
         }
     }
 
@@ -249,10 +393,7 @@ impl JobStats {
     /// Records a `scheduled` event; the latest one by the runner's time wins.
     pub fn apply_schedule(
         &mut self,
-        cron: Option<&str>,
-        timezone: Option<&str>,
-        grace_ms: Option<i64>,
-        max_runtime_ms: Option<i64>,
+        settings: ScheduleSettings,
         occurred_at: EpochMillis,
         event_id: Uuid,
     ) {
@@ -262,21 +403,30 @@ impl JobStats {
             }
             // The same cron in another zone fires at other instants: a new schedule.
             Some(current)
-                if current.cron.as_deref() == cron && current.timezone.as_deref() == timezone =>
+                if current.cron == settings.cron && current.timezone == settings.timezone =>
             {
                 current.since
             }
             _ => occurred_at,
         };
+        let old_thresholds = self.thresholds();
         self.schedule = Some(ScheduleRecord {
-            cron: cron.map(str::to_owned),
-            timezone: timezone.map(str::to_owned),
+            cron: settings.cron,
+            timezone: settings.timezone,
             occurred_at,
             event_id,
-            grace_ms,
-            max_runtime_ms,
+            grace_ms: settings.grace_ms,
+            max_runtime_ms: settings.max_runtime_ms,
             since,
+            labels: settings.labels,
+            failure_threshold: settings.failure_threshold,
+            recovery_threshold: settings.recovery_threshold,
         });
+        if self.thresholds() != old_thresholds && self.outcome_run.is_some() {
+            // The verdict is read afresh under the new thresholds.
+            self.verdict_stale = self.has_thresholds();
+            self.verdict_before_run = None;
+        }
     }
 
     /// Recomputes the aggregates from the final execution rows, naively and without
@@ -342,6 +492,15 @@ impl JobStats {
                 boundary: finished.get(length).map(|(key, _)| key.clone()),
                 stale: false,
             });
+            if stats.has_thresholds() {
+                stats.verdict_before_run = Verdict::of_history(
+                    finished[length..]
+                        .iter()
+                        .rev()
+                        .map(|((at, _), e)| (*at, e.state == ExecutionState::Failed)),
+                    stats.thresholds(),
+                );
+            }
         }
         stats
     }
@@ -358,6 +517,64 @@ impl JobStats {
                 .as_ref()
                 .map(|r| (r.failed, r.boundary.as_ref().map(|b| b.0))),
         )
+    }
+
+    /// (`failureThreshold`, `recoveryThreshold`) in force, 1 when unset.
+    pub fn thresholds(&self) -> (i64, i64) {
+        let schedule = self.schedule.as_ref();
+        (
+            schedule
+                .and_then(|s| s.failure_threshold)
+                .map_or(1, i64::from),
+            schedule
+                .and_then(|s| s.recovery_threshold)
+                .map_or(1, i64::from),
+        )
+    }
+
+    /// Whether a threshold above 1 is set (only then is a verdict kept).
+    pub fn has_thresholds(&self) -> bool {
+        self.thresholds() != (1, 1)
+    }
+
+    /// The thresholded verdict on the finished executions; `None` before any finished.
+    pub fn verdict(&self) -> Option<Verdict> {
+        let run = self.outcome_run.as_ref()?;
+        Some(Verdict::after_run(
+            self.verdict_before_run.filter(|_| self.has_thresholds()),
+            run.failed,
+            run.length,
+            run.first.0,
+            self.thresholds(),
+        ))
+    }
+
+    /// Sets the verdict before the trailing run, recomputed by the caller from the finished
+    /// executions up to the run's boundary (finish order).
+    pub fn set_verdict_before_run(&mut self, verdict: Option<Verdict>) {
+        self.verdict_before_run = verdict;
+        self.verdict_stale = false;
+    }
+
+    /// Records a `silenced` event; the latest one by the runner's time wins.
+    pub fn apply_silence(&mut self, mut record: SilenceRecord) {
+        let previous = self.silence.as_ref();
+        if previous
+            .is_some_and(|s| (record.occurred_at, record.event_id) <= (s.occurred_at, s.event_id))
+        {
+            return;
+        }
+        if record.until.is_none_or(|until| until <= record.occurred_at) {
+            let lifted = record.occurred_at;
+            record.until = previous
+                .and_then(|s| s.until)
+                .map(|until| until.min(lifted));
+            if let Some(previous) = previous.filter(|s| s.until == record.until) {
+                // The silence it lifts keeps its own words.
+                record.reason.clone_from(&previous.reason);
+            }
+        }
+        self.silence = Some(record);
     }
 
     /// `running` while any execution is processing.

@@ -24,6 +24,7 @@ pub use fold::{apply, Change};
 pub use health::{Health, HealthInput, HealthState, Judgement};
 pub use job_stats::{
     last_success_at, FinishKey, JobStats, LastFinished, OutcomeRun, QueueWait, ScheduleRecord,
+    ScheduleSettings, SilenceRecord, Verdict,
 };
 
 /// Milliseconds since the Unix epoch, UTC: the unit of every time in the read model.

@@ -119,40 +119,35 @@ fn the_latest_schedule_by_runner_time_wins_in_any_order() {
     let a = Uuid::from_u128(1);
     let b = Uuid::from_u128(2);
     let mut forward = JobStats::default();
-    forward.apply_schedule(Some("0 * * * *"), None, None, None, 10, a);
-    forward.apply_schedule(None, None, None, None, 20, b);
+    let hourly = || ScheduleSettings {
+        cron: Some("0 * * * *".into()),
+        ..ScheduleSettings::default()
+    };
+    forward.apply_schedule(hourly(), 10, a);
+    forward.apply_schedule(ScheduleSettings::default(), 20, b);
     let mut backward = JobStats::default();
-    backward.apply_schedule(None, None, None, None, 20, b);
-    backward.apply_schedule(Some("0 * * * *"), None, None, None, 10, a);
+    backward.apply_schedule(ScheduleSettings::default(), 20, b);
+    backward.apply_schedule(hourly(), 10, a);
     assert_eq!(forward, backward);
     assert_eq!(forward.schedule.unwrap().cron, None);
 }
 
 #[test]
 fn repeating_the_same_cron_keeps_when_it_took_effect() {
+    let cron = |c: &str, grace: Option<i64>| ScheduleSettings {
+        cron: Some(c.into()),
+        grace_ms: grace,
+        ..ScheduleSettings::default()
+    };
     let mut stats = JobStats::default();
-    stats.apply_schedule(Some("0 * * * *"), None, None, None, 10, Uuid::from_u128(1));
-    stats.apply_schedule(
-        Some("0 * * * *"),
-        None,
-        Some(60_000),
-        None,
-        20,
-        Uuid::from_u128(2),
-    );
+    stats.apply_schedule(cron("0 * * * *", None), 10, Uuid::from_u128(1));
+    stats.apply_schedule(cron("0 * * * *", Some(60_000)), 20, Uuid::from_u128(2));
     let schedule = stats.schedule.clone().unwrap();
     assert_eq!((schedule.since, schedule.grace_ms), (10, Some(60_000)));
-    stats.apply_schedule(
-        Some("*/5 * * * *"),
-        None,
-        None,
-        None,
-        30,
-        Uuid::from_u128(3),
-    );
+    stats.apply_schedule(cron("*/5 * * * *", None), 30, Uuid::from_u128(3));
     assert_eq!(stats.schedule.clone().unwrap().since, 30);
     // An older event changes nothing.
-    stats.apply_schedule(Some("1 * * * *"), None, None, None, 25, Uuid::from_u128(4));
+    stats.apply_schedule(cron("1 * * * *", None), 25, Uuid::from_u128(4));
     assert_eq!(stats.schedule.unwrap().cron.as_deref(), Some("*/5 * * * *"));
 }
 
@@ -296,5 +291,130 @@ proptest! {
             .then(|| ((durations.iter().sum::<i128>() + count / 2) / count) as i64);
         prop_assert_eq!(stats.average_duration_ms(), expected);
         prop_assert!(expected.is_none_or(|avg| avg >= 0));
+    }
+}
+
+/// A `scheduled` event carrying thresholds, at `at`.
+fn thresholds_event(failure: u8, recovery: u8, at: i64) -> crate::events::Event {
+    use crate::events::{Event, EventKind, JobName, TenantId};
+    Event {
+        event_id: Uuid::from_u128(at as u128 + 1),
+        tenant_id: TenantId::new(Uuid::nil()),
+        job_name: JobName::parse("folded").unwrap(),
+        occurred_at: chrono::DateTime::from_timestamp_millis(at).unwrap(),
+        kind: EventKind::Scheduled {
+            cron: None,
+            grace_ms: None,
+            max_runtime_ms: None,
+            labels: Default::default(),
+            failure_threshold: Some(failure),
+            recovery_threshold: Some(recovery),
+        },
+    }
+}
+
+/// Finished runs in finish order: `true` failed. Each run `i` finishes at `10 * (i + 1)`.
+fn outcomes(job: &mut MemoryJob, outcomes: &[bool], first: usize) {
+    for (i, failed) in outcomes.iter().enumerate() {
+        let i = i + first;
+        for (id, event) in run(&format!("r{i:03}"), 10 * i as i64 + 5, 5, !failed) {
+            job.step(&id, &event);
+        }
+    }
+}
+
+#[test]
+fn failure_and_recovery_thresholds_hold_the_verdict_until_enough_in_a_row() {
+    let mut job = MemoryJob::default();
+    job.apply(&thresholds_event(3, 2, 0));
+    let failing = |job: &MemoryJob| job.stats.verdict().map(|v| v.failing);
+    outcomes(&mut job, &[false, true, true], 0);
+    assert_eq!(
+        failing(&job),
+        Some(false),
+        "two failures of three announce nothing"
+    );
+    outcomes(&mut job, &[true], 3);
+    assert_eq!(
+        failing(&job),
+        Some(true),
+        "the third in a row makes it failing"
+    );
+    let since = job.stats.verdict().unwrap().since;
+    assert_eq!(since, 20, "failing since the first of the three");
+    outcomes(&mut job, &[false, true, false], 4);
+    assert_eq!(
+        failing(&job),
+        Some(true),
+        "one completion in a row does not recover it"
+    );
+    assert_eq!(job.stats.verdict().unwrap().since, since);
+    outcomes(&mut job, &[false], 7);
+    let verdict = job.stats.verdict().unwrap();
+    assert_eq!((verdict.failing, verdict.since), (false, 70));
+    // With both thresholds at 1 the verdict is the last outcome.
+    let mut plain = MemoryJob::default();
+    outcomes(&mut plain, &[true, false, true], 0);
+    assert_eq!(failing(&plain), Some(true));
+}
+
+#[test]
+fn a_late_failure_that_completes_a_run_of_failures_is_counted_where_it_belongs() {
+    // F F _ S (the gap finishes last, out of order, and fails): F F F S with N = 3, M = 2
+    // is failing, recovering with one completion of two.
+    let mut job = MemoryJob::default();
+    job.apply(&thresholds_event(3, 2, 0));
+    outcomes(&mut job, &[true, true], 0);
+    for (id, event) in run("r003", 35, 5, true) {
+        job.step(&id, &event);
+    }
+    assert_eq!(job.stats.verdict().map(|v| v.failing), Some(false));
+    for (id, event) in run("r002", 25, 5, false) {
+        job.step(&id, &event);
+    }
+    assert_eq!(job.stats.verdict().map(|v| v.failing), Some(true));
+}
+
+proptest! {
+    #[test]
+    fn the_kept_verdict_equals_the_verdict_of_the_whole_history_in_any_order(
+        (events, shuffled) in history_strategy()
+            .prop_flat_map(|events| (Just(events.clone()), Just(events).prop_shuffle())),
+        failure in 1u8..4,
+        recovery in 1u8..4,
+        schedule_at in 0usize..40,
+    ) {
+        let fold = |events: &[(String, ExecutionEvent)]| {
+            let mut job = MemoryJob::default();
+            let at = schedule_at.min(events.len());
+            for (id, event) in &events[..at] {
+                job.step(id, event);
+            }
+            job.apply(&thresholds_event(failure, recovery, 1));
+            for (id, event) in &events[at..] {
+                job.step(id, event);
+            }
+            job
+        };
+        let a = fold(&events);
+        let b = fold(&shuffled);
+        prop_assert_eq!(&a.stats, &b.stats);
+        let mut finished: Vec<(FinishKey, bool)> = a
+            .rows
+            .iter()
+            .filter(|(_, row)| row.state.is_terminal())
+            .filter_map(|(id, row)| Some(((row.finished_at?, id.clone()), row.state == ExecutionState::Failed)))
+            .collect();
+        finished.sort();
+        let expected = Verdict::of_history(
+            finished.iter().map(|((at, _), failed)| (*at, *failed)),
+            (i64::from(failure), i64::from(recovery)),
+        );
+        prop_assert_eq!(a.stats.verdict(), expected);
+        let recomputed = JobStats::recompute(
+            a.rows.iter().map(|(id, row)| (id.as_str(), row)),
+            a.stats.schedule.clone(),
+        );
+        prop_assert_eq!(recomputed.verdict(), expected);
     }
 }

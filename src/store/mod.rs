@@ -60,7 +60,8 @@ pub use writer::{BatchOutcome, IncomingMessage, Writer};
 ///
 /// 4: `timezone`, `exitCode` and `output` (CONTRACT §10), which earlier builds ignored as
 /// unknown fields although HTTP ingestion already sent them.
-pub const PROJECTION_VERSION: i64 = 4;
+/// 5: `labels`, `failureThreshold`, `recoveryThreshold` and `silenced` events (CONTRACT §11).
+pub const PROJECTION_VERSION: i64 = 5;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -73,6 +74,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_late_rollup_writes.sql"),
     include_str!("migrations/0008_time_sequences.sql"),
     include_str!("migrations/0009_time_zones_exit_codes_output.sql"),
+    include_str!("migrations/0010_labels_thresholds_silences.sql"),
 ];
 
 /// How many bytes of a dead letter's payload are kept.
@@ -322,10 +324,12 @@ const JOB_STATS_COLUMNS: &str = "pending, processing, completed, failed, duratio
      last_finished_failed, schedule_grace_ms, schedule_max_runtime_ms, schedule_since, \
      run_failed, run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id, \
      duration_sketch, queue_wait_sum_ms, queue_wait_count, queue_wait_sketch, items_total, \
-     items_count, schedule_timezone";
+     items_count, schedule_timezone, schedule_labels, schedule_failure_threshold, \
+     schedule_recovery_threshold, silence_until, silence_reason, silence_by, \
+     silence_occurred_at, silence_event_id, verdict_failing, verdict_since";
 
 /// How many columns [`JOB_STATS_COLUMNS`] names: a query's further columns start here.
-const JOB_STATS_COLUMN_COUNT: usize = 30;
+const JOB_STATS_COLUMN_COUNT: usize = 40;
 
 /// The `rollups` columns [`rollup_from_row`] reads.
 pub(crate) const ROLLUP_COLUMNS: &str =
@@ -378,7 +382,36 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
             grace_ms: r.get(14)?,
             max_runtime_ms: r.get(15)?,
             since: r.get::<_, Option<i64>>(16)?.unwrap_or(occurred_at),
+            labels: match r.get::<_, Option<String>>(30)? {
+                Some(text) => serde_json::from_str(&text).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        30,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
+                None => Default::default(),
+            },
+            failure_threshold: r.get(31)?,
+            recovery_threshold: r.get(32)?,
         }),
+        _ => None,
+    };
+    let silence = match (
+        r.get::<_, Option<i64>>(36)?,
+        r.get::<_, Option<String>>(37)?,
+    ) {
+        (Some(occurred_at), Some(event_id)) => Some(crate::projection::SilenceRecord {
+            until: r.get(33)?,
+            reason: r.get(34)?,
+            by: r.get(35)?,
+            occurred_at,
+            event_id: uuid::Uuid::try_parse(&event_id).unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    let verdict_before_run = match (r.get::<_, Option<bool>>(38)?, r.get::<_, Option<i64>>(39)?) {
+        (Some(failing), Some(since)) => Some(crate::projection::Verdict { failing, since }),
         _ => None,
     };
     let outcome_run = match (
@@ -420,6 +453,9 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
         },
         items_total: r.get::<_, WideInt>(27)?.0,
         items_count: r.get(28)?,
+        verdict_before_run,
+        verdict_stale: false,
+        silence,
     })
 }
 

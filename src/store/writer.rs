@@ -711,10 +711,12 @@ impl<'w> BatchState<'w> {
                   run_length, run_first_at, run_first_id, run_boundary_at, run_boundary_id,
                   finish_lead_ms, duration_sketch, queue_wait_sum_ms, queue_wait_count,
                   queue_wait_sketch, items_total, items_count, late_write_sequence,
-                  schedule_timezone)
+                  schedule_timezone, schedule_labels, schedule_failure_threshold,
+                  schedule_recovery_threshold, silence_until, silence_reason, silence_by,
+                  silence_occurred_at, silence_event_id, verdict_failing, verdict_since)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
-                     ?33, ?34, ?35, ?36, ?37)",
+                     ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47)",
         )?;
         let mut jobs: Vec<(i64, JobRow)> = std::mem::take(&mut self.jobs)
             .into_iter()
@@ -726,7 +728,12 @@ impl<'w> BatchState<'w> {
             if row.stats.outcome_run.as_ref().is_some_and(|r| r.stale) {
                 recount_run(tx, job_id, row.finish_lead_ms, &mut row.stats)?;
             }
+            if row.stats.verdict_stale {
+                reread_verdict(tx, job_id, &mut row.stats)?;
+            }
             let s = &row.stats;
+            let silence = s.silence.as_ref();
+            let verdict = s.verdict_before_run.filter(|_| s.has_thresholds());
             let last = s.last_finished.as_ref();
             let schedule = s.schedule.as_ref();
             let run = s.outcome_run.as_ref();
@@ -767,7 +774,19 @@ impl<'w> BatchState<'w> {
                 super::WideInt(s.items_total),
                 s.items_count,
                 row.late_write_sequence as i64,
-                schedule.and_then(|c| c.timezone.as_deref())
+                schedule.and_then(|c| c.timezone.as_deref()),
+                schedule
+                    .filter(|c| !c.labels.is_empty())
+                    .map(|c| serde_json::to_string(&c.labels).expect("labels serialize")),
+                schedule.and_then(|c| c.failure_threshold),
+                schedule.and_then(|c| c.recovery_threshold),
+                silence.and_then(|c| c.until),
+                silence.and_then(|c| c.reason.as_deref()),
+                silence.and_then(|c| c.by.as_deref()),
+                silence.map(|c| c.occurred_at),
+                silence.map(|c| c.event_id.hyphenated().to_string()),
+                verdict.map(|v| v.failing),
+                verdict.map(|v| v.since),
             ])?;
             row.stored_last_finish = s.last_finished.as_ref().map(|l| l.finished_at);
             row.touched = false;
@@ -893,6 +912,42 @@ fn recount_run(
         }
     }
     stats.recount_run(length, first);
+    Ok(())
+}
+
+/// Reads the thresholded verdict before the trailing outcome run afresh (a late finish, a
+/// changed threshold): from every finished execution up to the run's boundary, in finish
+/// order. A scan of the job's history, paid only by jobs with a threshold above 1 and only
+/// when a finish arrives out of order or the thresholds change.
+fn reread_verdict(tx: &Connection, job_id: i64, stats: &mut JobStats) -> Result<(), StoreError> {
+    let Some(boundary) = stats.outcome_run.as_ref().and_then(|r| r.boundary.clone()) else {
+        stats.set_verdict_before_run(None);
+        return Ok(());
+    };
+    let mut stmt = tx.prepare_cached(
+        "SELECT finished_at, execution_id, state FROM executions
+         WHERE job_id = ?1 AND finished_at IS NOT NULL AND finished_at <= ?2",
+    )?;
+    let mut rows = stmt.query(params![job_id, boundary.0])?;
+    let mut finished: Vec<(FinishKey, bool)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let key: FinishKey = (row.get(0)?, row.get(1)?);
+        // 2 completed, 3 failed (0001_read_model.sql).
+        let failed = match row.get::<_, i64>(2)? {
+            3 => true,
+            2 => false,
+            _ => continue,
+        };
+        if key <= boundary {
+            finished.push((key, failed));
+        }
+    }
+    finished.sort_unstable();
+    let thresholds = stats.thresholds();
+    stats.set_verdict_before_run(crate::projection::Verdict::of_history(
+        finished.into_iter().map(|((at, _), failed)| (at, failed)),
+        thresholds,
+    ));
     Ok(())
 }
 

@@ -125,11 +125,13 @@ pub fn scheduled_fields(
     if let Some(zone) = &config.timezone {
         fields.insert("timezone".into(), zone.clone().into());
     }
+    // Sentry allows larger thresholds than the contract's 100: the nearest one is kept.
+    let bounded = |t: u32| t.clamp(1, crate::events::MAX_THRESHOLD as u32);
     if let Some(threshold) = config.failure_issue_threshold {
-        fields.insert("failureThreshold".into(), threshold.into());
+        fields.insert("failureThreshold".into(), bounded(threshold).into());
     }
     if let Some(threshold) = config.recovery_threshold {
-        fields.insert("recoveryThreshold".into(), threshold.into());
+        fields.insert("recoveryThreshold".into(), bounded(threshold).into());
     }
     if let Some(environment) = environment {
         fields.insert(
@@ -595,9 +597,33 @@ fn schedule_differs(
     let wanted_cron = fields.get("cron").and_then(Value::as_str);
     let wanted_grace = fields.get("graceMs").and_then(Value::as_i64);
     let wanted_runtime = fields.get("maxRuntimeMs").and_then(Value::as_i64);
+    let threshold = |name: &str| {
+        fields
+            .get(name)
+            .and_then(Value::as_u64)
+            .map(|t| t.min(255) as u8)
+    };
+    let wanted_labels: crate::events::Labels = fields
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let wanted_zone = fields
+        .get("timezone")
+        .and_then(Value::as_str)
+        .filter(|z| *z != crate::schedule::DEFAULT_TIMEZONE);
     Ok(current.cron.as_deref() != wanted_cron
         || current.grace_ms != wanted_grace
-        || current.max_runtime_ms != wanted_runtime)
+        || current.max_runtime_ms != wanted_runtime
+        || current.timezone.as_deref() != wanted_zone
+        || current.failure_threshold != threshold("failureThreshold")
+        || current.recovery_threshold != threshold("recoveryThreshold")
+        || current.labels != wanted_labels)
 }
 
 #[cfg(test)]
