@@ -871,3 +871,138 @@ async fn a_job_that_stays_missed_is_announced_once_since_its_first_missed_fire()
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Waits until `check` holds for the job's stats' `health`.
+async fn wait_health(
+    serve: &ServeProcess,
+    job: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let health = serve.stats(job).await["data"]["health"].clone();
+        if check(&health) {
+            return health;
+        }
+        assert!(Instant::now() < deadline, "{job}: {what}: {health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_hold_announcements_and_a_silence_quiets_openings_until_it_ends() {
+    let nats = NatsServer::start();
+    nats.ensure_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = ServeProcess::start(&nats.url(), &dir.path().join("db"));
+    let job = "flaky";
+    let schedule = EventBuilder::new(TENANT, job)
+        .unwrap()
+        .schedule_options(&[("team".into(), "payments".into())], Some(3), Some(2))
+        .unwrap()
+        .scheduled_with(None, None, None)
+        .unwrap();
+    let start = Utc::now() - chrono::Duration::minutes(30);
+    let mut n = 0;
+    let mut runs = |outcomes: &[bool]| {
+        let mut events = Vec::new();
+        for ok in outcomes {
+            n += 1;
+            events.extend(execution_events(
+                job,
+                &format!("run-{n:02}"),
+                start + chrono::Duration::seconds(10 * n),
+                1_000,
+                *ok,
+            ));
+        }
+        events
+    };
+    let mut first = vec![schedule];
+    first.extend(runs(&[true]));
+    publish(&nats, first).await;
+    let changes = wait_for_changes(&nats, job, 1, Duration::from_secs(15)).await;
+    assert_eq!(changes[0].change.state, "healthy");
+    let labels = &changes[0].change.labels;
+    assert_eq!(labels.get("team").map(String::as_str), Some("payments"));
+
+    // Two failures of the three the threshold asks for: nothing announced.
+    let head = publish(&nats, runs(&[false, false])).await;
+    serve.wait_applied(head).await;
+    let health = serve.stats(job).await["data"]["health"].clone();
+    assert_eq!(health["state"], "healthy", "{health}");
+    assert_eq!(health["consecutiveFailures"], 2);
+    let stats = serve.stats(job).await;
+    assert_eq!(stats["data"]["schedule"]["failureThreshold"], 3);
+    assert_eq!(stats["data"]["schedule"]["labels"]["team"], "payments");
+    // The third announces failing, since the first of the three.
+    publish(&nats, runs(&[false])).await;
+    let changes = wait_for_changes(&nats, job, 2, Duration::from_secs(15)).await;
+    assert_eq!(changes[1].change.state, "failing");
+    assert_eq!(
+        ms(&changes[1].change.since),
+        (start + chrono::Duration::seconds(20) + chrono::Duration::milliseconds(1_000))
+            .timestamp_millis()
+    );
+    // One completion of the two recovery asks for: still failing; the second recovers.
+    let head = publish(&nats, runs(&[true])).await;
+    serve.wait_applied(head).await;
+    assert_eq!(serve.stats(job).await["data"]["health"]["state"], "failing");
+    publish(&nats, runs(&[true])).await;
+    let changes = wait_for_changes(&nats, job, 3, Duration::from_secs(15)).await;
+    assert_eq!(changes[2].change.state, "healthy");
+
+    // Silenced for a few seconds: the failing change is published marked silenced, the
+    // stats show the silence, and when it ends one silenceEnded message follows.
+    let until = Utc::now() + chrono::Duration::seconds(6);
+    let answer = reqwest::Client::new()
+        .post(serve.url(&format!("/api/v1/admin/jobs/{job}/silence")))
+        .bearer_auth(admin_token())
+        .header("x-tenantid", TENANT)
+        .json(&serde_json::json!({
+            "until": until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "reason": "planned maintenance"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    serve
+        .wait_applied(body["data"]["sequence"].as_u64().unwrap())
+        .await;
+    let health = serve.stats(job).await["data"]["health"].clone();
+    assert_eq!(health["silenceReason"], "planned maintenance", "{health}");
+    assert!(health["silencedUntil"].is_string(), "{health}");
+    let unauthenticated = reqwest::Client::new()
+        .post(serve.url(&format!("/api/v1/admin/jobs/{job}/silence")))
+        .header("x-tenantid", TENANT)
+        .json(&serde_json::json!({"until": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+
+    publish(&nats, runs(&[false, false, false])).await;
+    let changes = wait_for_changes(&nats, job, 4, Duration::from_secs(15)).await;
+    assert_eq!(changes[3].change.state, "failing");
+    assert!(changes[3].change.silenced, "{:?}", changes[3].change);
+    let changes = wait_for_changes(&nats, job, 5, Duration::from_secs(20)).await;
+    let ended = &changes[4].change;
+    assert!(ended.silence_ended, "{ended:?}");
+    assert!(!ended.silenced);
+    assert_eq!(ended.state, "failing");
+    wait_health(&serve, job, "silence over", |h| {
+        h["silencedUntil"].is_null()
+    })
+    .await;
+    // Exactly once, also after the evaluator's next rounds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored = stored_changes(&nats).await;
+    let ends = of_job(&stored, job)
+        .iter()
+        .filter(|s| s.change.silence_ended)
+        .count();
+    assert_eq!(ends, 1);
+}
