@@ -400,6 +400,16 @@ async fn a_point_in_time_copy_holds_the_first_n_events_and_is_served_read_only()
          ALTER TABLE job_stats DROP COLUMN schedule_timezone;
          ALTER TABLE executions DROP COLUMN exit_code;
          DROP TABLE execution_outputs;
+         ALTER TABLE job_stats DROP COLUMN schedule_labels;
+         ALTER TABLE job_stats DROP COLUMN schedule_failure_threshold;
+         ALTER TABLE job_stats DROP COLUMN schedule_recovery_threshold;
+         ALTER TABLE job_stats DROP COLUMN silence_until;
+         ALTER TABLE job_stats DROP COLUMN silence_reason;
+         ALTER TABLE job_stats DROP COLUMN silence_by;
+         ALTER TABLE job_stats DROP COLUMN silence_occurred_at;
+         ALTER TABLE job_stats DROP COLUMN silence_event_id;
+         ALTER TABLE job_stats DROP COLUMN verdict_failing;
+         ALTER TABLE job_stats DROP COLUMN verdict_since;
          PRAGMA user_version = 6;",
     )
     .unwrap();
