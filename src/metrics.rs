@@ -280,8 +280,8 @@ impl Metrics {
         labelled.register(
             "channel_deliveries",
             "Alert channel deliveries by channel, kind and outcome (delivered, failed_attempt, \
-             dead_lettered, refused, filtered, silenced, nothing_to_send, resent, resend_failed, reminded, \
-             reminder_failed)",
+             dead_lettered, refused, filtered, silenced, nothing_to_send, redelivery_skipped, resent, resend_failed, \
+             reminded, reminder_failed)",
             self.channel_deliveries.clone(),
         );
         labelled.register(

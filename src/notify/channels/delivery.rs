@@ -8,10 +8,14 @@
 //! receiver refused it for good) and recorded on `jobstats.webhook-dead.<name>`; while it is
 //! retried the consumer is told the work is in progress, so no other replica takes it. A
 //! replica that dies mid-delivery leaves it unacknowledged and another (or the restarted one)
-//! delivers it: at least once.
+//! delivers it: at least once. Within a replica nothing is sent twice: an attempt in flight
+//! keeps telling JetStream it is at work (a slow SMTP exchange can outlast the ack wait, and
+//! JetStream would hand the message out again), and a redelivery of a sequence this replica
+//! already acknowledged is acknowledged again without sending.
 //!
 //! Delivery runs on its own tasks and never holds up the projector.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +40,8 @@ pub struct Delivery {
     pub channel: Arc<Channel>,
     pub stream_replicas: usize,
     pub metrics: Arc<Metrics>,
+    /// The highest `JOB_HEALTH` sequence this replica acknowledged for the channel.
+    pub acknowledged: AtomicU64,
 }
 
 impl Delivery {
@@ -132,21 +138,36 @@ impl Delivery {
                     .map_err(|e| format!("acknowledging: {e}"))
             }
         };
+        let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+        if sequence != 0 && sequence <= self.acknowledged.load(Ordering::Relaxed) {
+            // Handed out again although it was acknowledged here (the ack was lost, or it
+            // arrived after the ack wait): it was dealt with once already.
+            self.count("redelivery_skipped");
+            return ack(AckKind::Ack).await;
+        }
+        let acknowledge = |kind: AckKind| {
+            let ack = &ack;
+            async move {
+                ack(kind).await?;
+                self.acknowledged.fetch_max(sequence, Ordering::Relaxed);
+                Ok::<(), String>(())
+            }
+        };
         let change = match serde_json::from_slice::<HealthChange>(&message.payload) {
             Ok(change) => change,
             Err(error) => {
                 tracing::warn!(%error, subject = %message.subject, "JOB_HEALTH message is not a health change; skipped");
-                return ack(AckKind::Ack).await;
+                return acknowledge(AckKind::Ack).await;
             }
         };
         let labels = super::labels_of(&message.payload);
         if !self.channel.filters.wants(&change, &labels) {
             self.count("filtered");
-            return ack(AckKind::Ack).await;
+            return acknowledge(AckKind::Ack).await;
         }
         if super::is_silenced_trouble(&change, &message.payload) {
             self.count("silenced");
-            return ack(AckKind::Ack).await;
+            return acknowledge(AckKind::Ack).await;
         }
         let published_at_ms = Position::of(&message).map(|p| p.published_at_ms).ok();
         let link = self.channel.link(&change);
@@ -159,10 +180,10 @@ impl Delivery {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match super::send(&self.channel, &self.http, outgoing).await {
+            let failure = match self.send_telling_progress(outgoing, &ack).await? {
                 Ok(Sent::NothingToSend) => {
                     self.count("nothing_to_send");
-                    return ack(AckKind::Ack).await;
+                    return acknowledge(AckKind::Ack).await;
                 }
                 Ok(Sent::Answered(_)) => {
                     self.count("delivered");
@@ -174,7 +195,7 @@ impl Delivery {
                             elapsed.max(0) as f64 / 1e3,
                         );
                     }
-                    return ack(AckKind::Ack).await;
+                    return acknowledge(AckKind::Ack).await;
                 }
                 Err(failure) => failure,
             };
@@ -196,7 +217,7 @@ impl Delivery {
                 } else {
                     "dead_lettered"
                 });
-                return ack(AckKind::Ack).await;
+                return acknowledge(AckKind::Ack).await;
             }
             // Sleep in slices under the ack wait, telling JetStream the message is in hand.
             let mut pause = self.channel.retry.backoff(attempt);
@@ -207,6 +228,28 @@ impl Delivery {
                 ack(AckKind::Progress).await?;
             }
             self.report_backlog(consumer, published_at_ms).await;
+        }
+    }
+
+    /// One attempt, with a progress ack every third of the ack wait while it is in flight.
+    async fn send_telling_progress<F, A>(
+        &self,
+        outgoing: Message<'_>,
+        ack: &F,
+    ) -> Result<Result<Sent, Failure>, String>
+    where
+        F: Fn(AckKind) -> A,
+        A: std::future::Future<Output = Result<(), String>>,
+    {
+        let send = super::send(&self.channel, &self.http, outgoing);
+        tokio::pin!(send);
+        let mut ticks = tokio::time::interval(ACK_WAIT / 3);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut send => return Ok(result),
+                _ = ticks.tick() => ack(AckKind::Progress).await?,
+            }
         }
     }
 

@@ -166,7 +166,12 @@ pub async fn send(
         )
         .map_err(|e| Failure::Permanent(format!("building the message: {e}")))?;
     let transport = settings.transport(timeout)?;
-    match transport.send(email).await {
+    // lettre's timeout bounds each read and write; the channel's is for the whole exchange
+    // (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA), like an HTTP channel's.
+    let sent = tokio::time::timeout(timeout, transport.send(email))
+        .await
+        .map_err(|_| Failure::Transient(format!("no answer within {} ms", timeout.as_millis())))?;
+    match sent {
         Ok(response) => Ok(Sent::Answered(format!(
             "{} {}",
             response.code(),

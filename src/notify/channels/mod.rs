@@ -736,6 +736,7 @@ pub async fn run(
             channel,
             stream_replicas,
             metrics: metrics.clone(),
+            acknowledged: Default::default(),
         };
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move { delivery.run(shutdown).await }));
