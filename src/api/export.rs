@@ -56,7 +56,7 @@ impl ExportFormat {
 }
 
 /// The CSV columns: the page's fields, in its order.
-const CSV_HEADER: [&str; 8] = [
+const CSV_HEADER: [&str; 9] = [
     "id",
     "status",
     "enqueuedAt",
@@ -65,9 +65,10 @@ const CSV_HEADER: [&str; 8] = [
     "durationMs",
     "itemsProcessed",
     "error",
+    "exitCode",
 ];
 
-fn csv_record(execution: &RecentExecution) -> [String; 8] {
+fn csv_record(execution: &RecentExecution) -> [String; 9] {
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
     let number = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
     [
@@ -82,6 +83,10 @@ fn csv_record(execution: &RecentExecution) -> [String; 8] {
             .map(|v| v.to_string())
             .unwrap_or_default(),
         text(&execution.error),
+        execution
+            .exit_code
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
     ]
 }
 

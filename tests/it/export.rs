@@ -22,7 +22,8 @@ fn finished_runs(job: &str, count: i64) -> Vec<jobstats::events::Event> {
                 .expect("valid run")
                 .at(t0 + chrono::Duration::seconds(i * 20));
             if i % 7 == 3 {
-                run.failed(None, Some(AWKWARD_ERROR))
+                run.exit_code((i % 255 + 1) as u8)
+                    .failed(None, Some(AWKWARD_ERROR))
             } else {
                 run.completed(Some(i as u64 % 13))
             }
@@ -118,6 +119,7 @@ fn as_csv_row(row: &serde_json::Value) -> Vec<String> {
         "durationMs",
         "itemsProcessed",
         "error",
+        "exitCode",
     ]
     .iter()
     .map(|field| match &row[field] {
@@ -202,7 +204,8 @@ async fn a_hundred_thousand_executions_stream_as_ndjson_and_csv_in_flat_memory()
             "completedAt",
             "durationMs",
             "itemsProcessed",
-            "error"
+            "error",
+            "exitCode"
         ]
     );
     assert_eq!(rows.len() - 1, pages.len());
@@ -210,6 +213,9 @@ async fn a_hundred_thousand_executions_stream_as_ndjson_and_csv_in_flat_memory()
         assert_eq!(*row, as_csv_row(page_row), "row {i}");
     }
     assert!(rows.iter().any(|row| row[7] == AWKWARD_ERROR));
+    assert!(rows
+        .iter()
+        .any(|row| row[7] == AWKWARD_ERROR && row[8] == "4"));
 
     // Filters apply as on pages; the command line gives the same bytes from the file.
     let (failed, _) = stream_measuring(&serve, &format!("{base}?format=csv&status=failed")).await;
