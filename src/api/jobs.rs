@@ -978,9 +978,12 @@ fn list_page(
             judgement(state, &snapshot, now),
             state.default_max_runtime_ms,
         );
-        let uptime = state
-            .flips
-            .uptime(&tenant_text, &name, now.timestamp_millis());
+        let uptime = state.flips.uptime(
+            &tenant_text,
+            &name,
+            now.timestamp_millis(),
+            &crate::projection::silenced_spans(&snapshot.stats.silence_marks),
+        );
         Ok(Some(Listed {
             name,
             snapshot,

@@ -723,7 +723,12 @@ async fn answer(
     let body = state.bodies.body(&tenant, job, recent, snapshot.clone());
     let uptime = state
         .flips
-        .uptime(&tenant.to_string(), job.as_str(), judgement.as_of())
+        .uptime(
+            &tenant.to_string(),
+            job.as_str(),
+            judgement.as_of(),
+            &crate::projection::silenced_spans(&snapshot.stats.silence_marks),
+        )
         .into();
     Ok(Answer::Body(
         body.at(

@@ -74,6 +74,11 @@ impl FlipHistory {
 
     /// Adds the change stored at `sequence`; one already read (a redelivery) is ignored.
     pub fn record(&self, sequence: u64, change: &HealthChange) {
+        // A silence's end is a message, not a change of state.
+        if change.silence_ended {
+            self.position.fetch_max(sequence, Ordering::AcqRel);
+            return;
+        }
         let (Some(state), Some(previous_state)) = (
             HealthState::parse(&change.state),
             HealthState::parse(&change.previous_state),
@@ -101,7 +106,7 @@ impl FlipHistory {
             state,
             previous_state,
             reason: change.reason.clone(),
-            silenced: false,
+            silenced: change.silenced,
         });
         if flips.len() > KEPT_PER_JOB {
             let excess = flips.len() - KEPT_PER_JOB;
@@ -138,8 +143,15 @@ impl FlipHistory {
         FlipPage { flips: page, more }
     }
 
-    /// The job's uptime over the last 24 hours, 7 and 30 days before `now`.
-    pub fn uptime(&self, tenant: &str, job: &str, now: i64) -> UptimeFigures {
+    /// The job's uptime over the last 24 hours, 7 and 30 days before `now`, leaving out its
+    /// `silenced` stretches (from the read model: [`crate::projection::silenced_spans`]).
+    pub fn uptime(
+        &self,
+        tenant: &str,
+        job: &str,
+        now: i64,
+        silenced: &[(i64, i64)],
+    ) -> UptimeFigures {
         let jobs = self.jobs.read().unwrap_or_else(|p| p.into_inner());
         let Some(flips) = jobs.get(&(tenant.to_owned(), job.to_owned())) else {
             return UptimeFigures::default();
@@ -149,13 +161,12 @@ impl FlipHistory {
             .map(|flip| StateSpan {
                 at: flip.at,
                 state: flip.state,
-                silenced: flip.silenced,
             })
             .collect();
         UptimeFigures {
-            last24h: uptime_percent(&spans, now, DAY_MS),
-            last7d: uptime_percent(&spans, now, 7 * DAY_MS),
-            last30d: uptime_percent(&spans, now, 30 * DAY_MS),
+            last24h: uptime_percent(&spans, silenced, now, DAY_MS),
+            last7d: uptime_percent(&spans, silenced, now, 7 * DAY_MS),
+            last30d: uptime_percent(&spans, silenced, now, 30 * DAY_MS),
         }
     }
 }
@@ -298,9 +309,15 @@ mod tests {
             &change("a", "failing", "healthy", "2026-12-01T18:00:00.000Z"),
         );
         let now = instant_ms("2026-12-02T00:00:00.000Z").unwrap();
-        let figures = history.uptime("t", "a", now);
+        let figures = history.uptime("t", "a", now, &[]);
         assert_eq!(figures.last24h, Some(75.0));
         assert_eq!(figures.last30d, Some(75.0));
-        assert_eq!(history.uptime("t", "other", now), UptimeFigures::default());
+        // Silenced for the last three hours of the failure: 18 of 21 hours up.
+        let silenced = history.uptime("t", "a", now, &[(now - 3 * 3_600_000, now)]);
+        assert!((silenced.last24h.unwrap() - 1800.0 / 21.0).abs() < 1e-9);
+        assert_eq!(
+            history.uptime("t", "other", now, &[]),
+            UptimeFigures::default()
+        );
     }
 }

@@ -92,6 +92,35 @@ impl SilenceRecord {
     }
 }
 
+/// One `silenced` event as the uptime figures need it (CONTRACT §12: silenced time counts on
+/// neither side): from `occurred_at` the job is silenced until `until`, or until the next
+/// mark, whichever comes first; `until` null or not after `occurred_at` is a lift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SilenceMark {
+    pub occurred_at: EpochMillis,
+    pub event_id: Uuid,
+    pub until: Option<EpochMillis>,
+}
+
+/// How many silence marks a job keeps: the latest by the runner's time. Sixty-four silences
+/// within the 30 days uptime looks back is far past any planned-maintenance habit; older
+/// ones only shorten the 30-day figure's left-out time.
+pub const MAX_SILENCE_MARKS: usize = 64;
+
+/// The silenced stretches `[from, to)` the marks (sorted, as kept) describe, in order and
+/// disjoint.
+pub fn silenced_spans(marks: &[SilenceMark]) -> Vec<(EpochMillis, EpochMillis)> {
+    marks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, mark)| {
+            let next = marks.get(i + 1).map_or(EpochMillis::MAX, |m| m.occurred_at);
+            let end = mark.until?.min(next);
+            (end > mark.occurred_at).then_some((mark.occurred_at, end))
+        })
+        .collect()
+}
+
 /// The thresholded verdict on a job's finished executions (CONTRACT §11): `failing` once its
 /// last `failureThreshold` finished executions failed, `healthy` again only after
 /// `recoveryThreshold` completed ones in a row. Kept only while a threshold above 1 is set
@@ -204,6 +233,9 @@ pub struct JobStats {
     pub verdict_stale: bool,
     /// The latest `silenced` event.
     pub silence: Option<SilenceRecord>,
+    /// The latest [`MAX_SILENCE_MARKS`] `silenced` events, sorted by (`occurred_at`,
+    /// `event_id`), for the uptime figures.
+    pub silence_marks: Vec<SilenceMark>,
     /// Run times of the completed executions counted in `duration_count`.
     pub durations: DurationSketch,
     /// Queue waits (enqueued → started) of executions with both times.
@@ -558,6 +590,17 @@ impl JobStats {
 
     /// Records a `silenced` event; the latest one by the runner's time wins.
     pub fn apply_silence(&mut self, mut record: SilenceRecord) {
+        let mark = SilenceMark {
+            occurred_at: record.occurred_at,
+            event_id: record.event_id,
+            until: record.until,
+        };
+        if let Err(at) = self.silence_marks.binary_search(&mark) {
+            self.silence_marks.insert(at, mark);
+            if self.silence_marks.len() > MAX_SILENCE_MARKS {
+                self.silence_marks.remove(0);
+            }
+        }
         let previous = self.silence.as_ref();
         if previous
             .is_some_and(|s| (record.occurred_at, record.event_id) <= (s.occurred_at, s.event_id))

@@ -23,8 +23,8 @@ pub(crate) use fold::MemoryJob;
 pub use fold::{apply, Change};
 pub use health::{Health, HealthInput, HealthState, Judgement};
 pub use job_stats::{
-    last_success_at, FinishKey, JobStats, LastFinished, OutcomeRun, QueueWait, ScheduleRecord,
-    ScheduleSettings, SilenceRecord, Verdict,
+    last_success_at, silenced_spans, FinishKey, JobStats, LastFinished, OutcomeRun, QueueWait,
+    ScheduleRecord, ScheduleSettings, SilenceMark, SilenceRecord, Verdict, MAX_SILENCE_MARKS,
 };
 
 /// Milliseconds since the Unix epoch, UTC: the unit of every time in the read model.

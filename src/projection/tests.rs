@@ -418,3 +418,67 @@ proptest! {
         prop_assert_eq!(recomputed.verdict(), expected);
     }
 }
+
+/// A `silenced` event at `at` until `until` (`None`: a lift).
+fn silenced_event(at: i64, until: Option<i64>) -> crate::events::Event {
+    use crate::events::{Event, EventKind, JobName, TenantId};
+    Event {
+        event_id: Uuid::from_u128(at as u128 + 7),
+        tenant_id: TenantId::new(Uuid::nil()),
+        job_name: JobName::parse("folded").unwrap(),
+        occurred_at: chrono::DateTime::from_timestamp_millis(at).unwrap(),
+        kind: EventKind::Silenced {
+            until: until.map(|u| chrono::DateTime::from_timestamp_millis(u).unwrap()),
+            reason: None,
+            by: None,
+        },
+    }
+}
+
+#[test]
+fn silenced_stretches_are_the_same_in_any_order_and_a_lift_or_a_later_silence_cuts_one() {
+    let events = [
+        silenced_event(100, Some(500)), // cut by the lift at 300
+        silenced_event(300, None),
+        silenced_event(1_000, Some(5_000)), // cut by the shorter one at 2 000
+        silenced_event(2_000, Some(2_500)),
+        silenced_event(3_000, Some(2_900)), // already over: a lift with nothing to lift
+    ];
+    let spans = |order: &[usize]| {
+        let mut job = MemoryJob::default();
+        for &i in order {
+            job.apply(&events[i]);
+        }
+        (
+            silenced_spans(&job.stats.silence_marks),
+            job.stats.silence_marks,
+        )
+    };
+    let (expected, marks) = spans(&[0, 1, 2, 3, 4]);
+    assert_eq!(expected, vec![(100, 300), (1_000, 2_000), (2_000, 2_500)]);
+    for order in [[4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [1, 3, 0, 4, 2]] {
+        assert_eq!(
+            spans(&order),
+            (expected.clone(), marks.clone()),
+            "{order:?}"
+        );
+    }
+}
+
+#[test]
+fn a_job_keeps_its_latest_silence_marks_whatever_the_order() {
+    let events: Vec<_> = (0..MAX_SILENCE_MARKS as i64 + 10)
+        .map(|i| silenced_event(i * 10, Some(i * 10 + 5)))
+        .collect();
+    let fold = |events: &mut dyn Iterator<Item = &crate::events::Event>| {
+        let mut job = MemoryJob::default();
+        for event in events {
+            job.apply(event);
+        }
+        job.stats.silence_marks
+    };
+    let forward = fold(&mut events.iter());
+    assert_eq!(forward.len(), MAX_SILENCE_MARKS);
+    assert_eq!(forward[0].occurred_at, 100);
+    assert_eq!(fold(&mut events.iter().rev()), forward);
+}

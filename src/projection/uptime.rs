@@ -2,20 +2,24 @@
 //! from its announced health changes. Time before its first known change, time in `unknown`
 //! and silenced time count on neither side; a window with nothing left has no figure.
 
-use super::HealthState;
+use super::{EpochMillis, HealthState};
 
 /// A job's state from `at` (ms) until the next change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateSpan {
-    pub at: i64,
+    pub at: EpochMillis,
     pub state: HealthState,
-    /// Silenced from `at` on: left out of the figure.
-    pub silenced: bool,
 }
 
 /// Percentage of `[now - window_ms, now]` spent up, over the time that counts; `None` when
-/// none counts. `changes` in any order; equal instants keep their given order.
-pub fn uptime_percent(changes: &[StateSpan], now: i64, window_ms: i64) -> Option<f64> {
+/// none counts. `changes` in any order (equal instants keep their given order); `silenced`
+/// the job's silenced stretches `[from, to)`, disjoint ([`super::silenced_spans`]).
+pub fn uptime_percent(
+    changes: &[StateSpan],
+    silenced: &[(EpochMillis, EpochMillis)],
+    now: EpochMillis,
+    window_ms: i64,
+) -> Option<f64> {
     let mut ordered: Vec<&StateSpan> = changes.iter().collect();
     ordered.sort_by_key(|change| change.at);
     let window_start = now - window_ms;
@@ -23,12 +27,17 @@ pub fn uptime_percent(changes: &[StateSpan], now: i64, window_ms: i64) -> Option
     for (i, change) in ordered.iter().enumerate() {
         let end = ordered.get(i + 1).map_or(now, |next| next.at).min(now);
         let start = change.at.max(window_start);
-        if end <= start || change.silenced {
+        if end <= start {
             continue;
         }
+        let quiet: i64 = silenced
+            .iter()
+            .map(|&(from, to)| (to.min(end) - from.max(start)).max(0))
+            .sum();
+        let counted = end - start - quiet;
         match change.state {
-            HealthState::Stuck | HealthState::Missed | HealthState::Failing => down += end - start,
-            HealthState::Healthy | HealthState::New => up += end - start,
+            HealthState::Stuck | HealthState::Missed | HealthState::Failing => down += counted,
+            HealthState::Healthy | HealthState::New => up += counted,
             HealthState::Unknown => {}
         }
     }
@@ -43,11 +52,7 @@ mod tests {
     const HOUR: i64 = 3_600_000;
 
     fn span(at: i64, state: HealthState) -> StateSpan {
-        StateSpan {
-            at,
-            state,
-            silenced: false,
-        }
+        StateSpan { at, state }
     }
 
     #[test]
@@ -56,17 +61,39 @@ mod tests {
         let changes = [
             span(now - 24 * HOUR, HealthState::Healthy),
             span(now - 4 * HOUR, HealthState::Failing),
-            StateSpan {
-                at: now - HOUR,
-                state: HealthState::Failing,
-                silenced: true,
-            },
         ];
-        // 20 h up, 3 h down, the silenced hour on neither side: 20 / 23.
-        let figure = uptime_percent(&changes, now, 24 * HOUR).unwrap();
+        // Silenced for the last hour (and on, past now): on neither side, 20 / 23.
+        let silenced = [(now - HOUR, now + 5 * HOUR)];
+        let figure = uptime_percent(&changes, &silenced, now, 24 * HOUR).unwrap();
         assert!((figure - 2000.0 / 23.0).abs() < 1e-9, "{figure}");
         // The 7-day window knows only these 24 hours.
-        assert_eq!(uptime_percent(&changes, now, 7 * 24 * HOUR), Some(figure));
+        assert_eq!(
+            uptime_percent(&changes, &silenced, now, 7 * 24 * HOUR),
+            Some(figure)
+        );
+        // Without the silence: 20 / 24.
+        let loud = uptime_percent(&changes, &[], now, 24 * HOUR).unwrap();
+        assert!((loud - 2000.0 / 24.0).abs() < 1e-9, "{loud}");
+    }
+
+    #[test]
+    fn a_silence_across_a_change_leaves_out_both_sides_of_it() {
+        let now = 100 * HOUR;
+        let changes = [
+            span(now - 10 * HOUR, HealthState::Healthy),
+            span(now - 5 * HOUR, HealthState::Failing),
+        ];
+        // Silenced from 6 h to 4 h ago: 4 h up and 4 h down count.
+        let silenced = [(now - 6 * HOUR, now - 4 * HOUR)];
+        assert_eq!(
+            uptime_percent(&changes, &silenced, now, 24 * HOUR),
+            Some(50.0)
+        );
+        // Silenced the whole window: no figure.
+        assert_eq!(
+            uptime_percent(&changes, &[(now - 30 * HOUR, now)], now, 24 * HOUR),
+            None
+        );
     }
 
     #[test]
@@ -77,13 +104,18 @@ mod tests {
             span(now - 6 * HOUR, HealthState::Missed),
             span(now - 3 * HOUR, HealthState::New),
         ];
-        assert_eq!(uptime_percent(&changes, now, 24 * HOUR), Some(50.0));
+        assert_eq!(uptime_percent(&changes, &[], now, 24 * HOUR), Some(50.0));
         // Only unknown in the window, or no change at all: no figure.
         assert_eq!(
-            uptime_percent(&[span(now - HOUR, HealthState::Unknown)], now, 24 * HOUR),
+            uptime_percent(
+                &[span(now - HOUR, HealthState::Unknown)],
+                &[],
+                now,
+                24 * HOUR
+            ),
             None
         );
-        assert_eq!(uptime_percent(&[], now, 24 * HOUR), None);
+        assert_eq!(uptime_percent(&[], &[], now, 24 * HOUR), None);
     }
 
     #[test]
@@ -94,10 +126,10 @@ mod tests {
             span(now - 30 * HOUR, HealthState::Stuck),
         ];
         // Of the last 24 h: 22 h stuck, 2 h healthy.
-        let figure = uptime_percent(&changes, now, 24 * HOUR).unwrap();
+        let figure = uptime_percent(&changes, &[], now, 24 * HOUR).unwrap();
         assert!((figure - 200.0 / 24.0).abs() < 1e-9, "{figure}");
         // A change in the future (a clock ahead) adds nothing.
         let ahead = [span(now + HOUR, HealthState::Failing), changes[0]];
-        assert_eq!(uptime_percent(&ahead, now, 24 * HOUR), Some(100.0));
+        assert_eq!(uptime_percent(&ahead, &[], now, 24 * HOUR), Some(100.0));
     }
 }

@@ -61,7 +61,9 @@ pub use writer::{BatchOutcome, IncomingMessage, Writer};
 /// 4: `timezone`, `exitCode` and `output` (CONTRACT §10), which earlier builds ignored as
 /// unknown fields although HTTP ingestion already sent them.
 /// 5: `labels`, `failureThreshold`, `recoveryThreshold` and `silenced` events (CONTRACT §11).
-pub const PROJECTION_VERSION: i64 = 5;
+/// 6: the silence marks uptime leaves out (CONTRACT §12); a model built by 5 knew only
+/// the latest silence.
+pub const PROJECTION_VERSION: i64 = 6;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -75,6 +77,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_time_sequences.sql"),
     include_str!("migrations/0009_time_zones_exit_codes_output.sql"),
     include_str!("migrations/0010_labels_thresholds_silences.sql"),
+    include_str!("migrations/0011_silence_marks.sql"),
 ];
 
 /// How many bytes of a dead letter's payload are kept.
@@ -326,10 +329,45 @@ const JOB_STATS_COLUMNS: &str = "pending, processing, completed, failed, duratio
      duration_sketch, queue_wait_sum_ms, queue_wait_count, queue_wait_sketch, items_total, \
      items_count, schedule_timezone, schedule_labels, schedule_failure_threshold, \
      schedule_recovery_threshold, silence_until, silence_reason, silence_by, \
-     silence_occurred_at, silence_event_id, verdict_failing, verdict_since";
+     silence_occurred_at, silence_event_id, verdict_failing, verdict_since, silence_marks";
 
 /// How many columns [`JOB_STATS_COLUMNS`] names: a query's further columns start here.
-const JOB_STATS_COLUMN_COUNT: usize = 40;
+const JOB_STATS_COLUMN_COUNT: usize = 41;
+
+/// `job_stats.silence_marks`: JSON `[[occurredAt, eventId, until], ...]`; `None` when empty.
+pub(crate) fn encode_silence_marks(marks: &[crate::projection::SilenceMark]) -> Option<String> {
+    if marks.is_empty() {
+        return None;
+    }
+    let rows: Vec<(i64, String, Option<i64>)> = marks
+        .iter()
+        .map(|m| (m.occurred_at, m.event_id.hyphenated().to_string(), m.until))
+        .collect();
+    Some(serde_json::to_string(&rows).expect("silence marks serialize"))
+}
+
+fn decode_silence_marks(
+    text: Option<String>,
+) -> rusqlite::Result<Vec<crate::projection::SilenceMark>> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<(i64, String, Option<i64>)> = serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(40, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let mut marks: Vec<crate::projection::SilenceMark> = rows
+        .into_iter()
+        .map(
+            |(occurred_at, event_id, until)| crate::projection::SilenceMark {
+                occurred_at,
+                event_id: uuid::Uuid::try_parse(&event_id).unwrap_or_default(),
+                until,
+            },
+        )
+        .collect();
+    marks.sort_unstable();
+    Ok(marks)
+}
 
 /// The `rollups` columns [`rollup_from_row`] reads.
 pub(crate) const ROLLUP_COLUMNS: &str =
@@ -456,6 +494,7 @@ fn job_stats_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobStats> {
         verdict_before_run,
         verdict_stale: false,
         silence,
+        silence_marks: decode_silence_marks(r.get(40)?)?,
     })
 }
 

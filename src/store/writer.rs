@@ -713,10 +713,12 @@ impl<'w> BatchState<'w> {
                   queue_wait_sketch, items_total, items_count, late_write_sequence,
                   schedule_timezone, schedule_labels, schedule_failure_threshold,
                   schedule_recovery_threshold, silence_until, silence_reason, silence_by,
-                  silence_occurred_at, silence_event_id, verdict_failing, verdict_since)
+                  silence_occurred_at, silence_event_id, verdict_failing, verdict_since,
+                  silence_marks)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32,
-                     ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47)",
+                     ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47,
+                     ?48)",
         )?;
         let mut jobs: Vec<(i64, JobRow)> = std::mem::take(&mut self.jobs)
             .into_iter()
@@ -787,6 +789,7 @@ impl<'w> BatchState<'w> {
                 silence.map(|c| c.event_id.hyphenated().to_string()),
                 verdict.map(|v| v.failing),
                 verdict.map(|v| v.since),
+                super::encode_silence_marks(&s.silence_marks),
             ])?;
             row.stored_last_finish = s.last_finished.as_ref().map(|l| l.finished_at);
             row.touched = false;

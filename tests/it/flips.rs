@@ -66,6 +66,23 @@ fn uptime_of(body: &serde_json::Value) -> serde_json::Value {
     body["data"]["uptime"].clone()
 }
 
+/// The same figures, read at another instant: the week's and the month's exactly (their windows
+/// begin before the job's first change), the day's within a tenth (its window moves on).
+#[track_caller]
+fn assert_same_uptime(seen: &serde_json::Value, expected: &serde_json::Value) {
+    for key in ["last7d", "last7dPercent", "last30d", "last30dPercent"] {
+        assert_eq!(seen[key], expected[key], "{key}: {seen} vs {expected}");
+    }
+    let (day, expected_day) = (
+        seen["last24hPercent"].as_f64().unwrap(),
+        expected["last24hPercent"].as_f64().unwrap(),
+    );
+    assert!(
+        (day - expected_day).abs() <= 0.1 + 1e-9,
+        "{seen} vs {expected}"
+    );
+}
+
 async fn list_uptime(serve: &ServeProcess) -> serde_json::Value {
     let list = get(serve, "/api/v1/admin/jobs?sort=uptime24h").await;
     list["data"]["jobs"][0]["uptime"].clone()
@@ -122,13 +139,39 @@ async fn flips_and_uptime_agree_across_replicas_restarts_and_rebuilds() {
     assert_eq!(uptime["last24hPercent"], 83.3, "{uptime}");
     assert_eq!(uptime["last7d"], "83.3%", "{uptime}");
     assert_eq!(uptime["last30dPercent"], 83.3, "{uptime}");
-    assert_eq!(list_uptime(&a).await, uptime);
+    assert_same_uptime(&list_uptime(&a).await, &uptime);
+
+    // Silenced for the last hour (and the next): that hour counts on neither side, 20 / 23 in
+    // the week and the month (their windows begin before the job's first change); the day's
+    // window has moved on since `now`, so its up time is a little short of 20 hours.
+    let silence = jobstats::publish::EventBuilder::new(TENANT, "nightly")
+        .unwrap()
+        .at(now - chrono::Duration::hours(1))
+        .silenced(
+            Some(now + chrono::Duration::hours(1)),
+            Some("maintenance".into()),
+            None,
+        );
+    let head = publish_all(&publisher, &[silence]).await;
+    a.wait_applied(head).await;
+    let stats = get(&a, "/api/v1/admin/jobs/nightly/stats").await;
+    let uptime = uptime_of(&stats);
+    assert_eq!(uptime["last7d"], "86.9%", "{uptime}");
+    assert_eq!(uptime["last7dPercent"], 86.9, "{uptime}");
+    assert_eq!(uptime["last30d"], "86.9%", "{uptime}");
+    let day = uptime["last24hPercent"].as_f64().unwrap();
+    assert!((86.0..=86.9).contains(&day), "{uptime}");
+    assert_same_uptime(&list_uptime(&a).await, &uptime);
+    // Still failing, judged as always: no change was announced for the silence.
+    assert_eq!(stats["data"]["health"]["state"], "failing");
+    assert_eq!(flips_when(&a, 2).await, flips);
 
     // The second replica, pages of one, a restart, a rebuild: the same.
+    b.wait_applied(head).await;
     assert_eq!(flips_when(&b, 2).await, flips);
-    assert_eq!(
-        uptime_of(&get(&b, "/api/v1/admin/jobs/nightly/stats").await),
-        uptime
+    assert_same_uptime(
+        &uptime_of(&get(&b, "/api/v1/admin/jobs/nightly/stats").await),
+        &uptime,
     );
     assert_eq!(
         paged_flips(&b).await,
@@ -136,10 +179,11 @@ async fn flips_and_uptime_agree_across_replicas_restarts_and_rebuilds() {
     );
     a.kill_9();
     let a = ServeProcess::start_with_env(&nats.url(), &db_a, &[("JOBSTATS_INSTANCE_ID", "a")]);
+    a.wait_applied(head).await;
     assert_eq!(flips_when(&a, 2).await, flips);
-    assert_eq!(
-        uptime_of(&get(&a, "/api/v1/admin/jobs/nightly/stats").await),
-        uptime
+    assert_same_uptime(
+        &uptime_of(&get(&a, "/api/v1/admin/jobs/nightly/stats").await),
+        &uptime,
     );
     let rebuilt = std::process::Command::new(BIN)
         .arg("rebuild")
@@ -152,10 +196,11 @@ async fn flips_and_uptime_agree_across_replicas_restarts_and_rebuilds() {
         "{}",
         String::from_utf8_lossy(&rebuilt.stderr)
     );
+    b.wait_applied(head).await;
     assert_eq!(flips_when(&b, 2).await, flips);
-    assert_eq!(
-        uptime_of(&get(&b, "/api/v1/admin/jobs/nightly/stats").await),
-        uptime
+    assert_same_uptime(
+        &uptime_of(&get(&b, "/api/v1/admin/jobs/nightly/stats").await),
+        &uptime,
     );
 
     // A range keeps the changes whose state began in it.

@@ -410,6 +410,7 @@ async fn a_point_in_time_copy_holds_the_first_n_events_and_is_served_read_only()
          ALTER TABLE job_stats DROP COLUMN silence_event_id;
          ALTER TABLE job_stats DROP COLUMN verdict_failing;
          ALTER TABLE job_stats DROP COLUMN verdict_since;
+         ALTER TABLE job_stats DROP COLUMN silence_marks;
          PRAGMA user_version = 6;",
     )
     .unwrap();
