@@ -28,6 +28,10 @@ pub const MAX_MAX_RUNTIME_MS: u64 = 2_592_000_000;
 pub const MAX_OUTPUT_BYTES: usize = 16 * 1024;
 /// The event format versions this build understands.
 pub const SUPPORTED_SPEC_VERSIONS: &[i64] = &[1];
+/// The `until` of a silence set "until lifted" (the dashboard's button, `jobstats silence
+/// --until forever`): the contract has no open-ended silence, and the last instant RFC 3339
+/// can write reads as what it is.
+pub const SILENCED_UNTIL_LIFTED: &str = "9999-12-31T23:59:59.999Z";
 /// Largest `reason` of a silence, in characters.
 pub const MAX_SILENCE_REASON_CHARS: usize = 512;
 /// Largest `by` of a silence (the token's `sub`), in characters.

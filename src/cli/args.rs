@@ -859,8 +859,8 @@ pub struct SilenceOptions {
     /// Job name.
     #[arg(long)]
     pub job: String,
-    /// Until when: an RFC 3339 time, a duration from now (`1h`, `1d`), or `none` to lift the
-    /// silence.
+    /// Until when: an RFC 3339 time, a duration from now (`1h`, `1d`), `forever` (until
+    /// lifted: 9999-12-31T23:59:59.999Z), or `none` to lift the silence.
     #[arg(long)]
     pub until: String,
     /// Why (shown in stats, the job list and the dashboard; at most 512 characters).

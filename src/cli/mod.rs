@@ -352,6 +352,7 @@ async fn silence(common: &CommonOptions, options: &args::SilenceOptions) -> anyh
     let now = chrono::Utc::now();
     let until = match options.until.as_str() {
         "none" | "null" | "lift" => Value::Null,
+        "forever" | "lifted" => crate::events::SILENCED_UNTIL_LIFTED.into(),
         text => match chrono::DateTime::parse_from_rfc3339(text) {
             Ok(at) => at
                 .with_timezone(&chrono::Utc)
@@ -361,7 +362,7 @@ async fn silence(common: &CommonOptions, options: &args::SilenceOptions) -> anyh
                 let span = args::parse_duration(text).map_err(|_| {
                     anyhow!(
                         "invalid --until {text:?}: expected an RFC 3339 time, a duration such \
-                         as 1h or 1d, or none"
+                         as 1h or 1d, forever (until lifted), or none (lift it)"
                     )
                 })?;
                 let at = now + chrono::Duration::from_std(span)?;

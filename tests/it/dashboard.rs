@@ -15,6 +15,11 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 const FAILURE: &str = "disk full on /var";
+const FAILURE_EXIT_CODE: u8 = 3;
+const FAILURE_OUTPUT_LINE: &str = "write /var/report.csv: no space left on device";
+/// cache.warmup's schedule: its zone, a failure threshold and a label.
+const ZONE: &str = "Europe/Berlin";
+const ZONED_FAILURE_THRESHOLD: u64 = 2;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -117,6 +122,8 @@ async fn seed(nats: &NatsServer) -> u64 {
             events.push(
                 failure
                     .at(start + chrono::Duration::seconds(5))
+                    .exit_code(FAILURE_EXIT_CODE)
+                    .output(&format!("reconciling batch {i}\n{FAILURE_OUTPUT_LINE}\n"))
                     .failed(None, Some(FAILURE))
                     .unwrap(),
             );
@@ -132,6 +139,14 @@ async fn seed(nats: &NatsServer) -> u64 {
     let schedule = jobstats::publish::EventBuilder::new(TENANT, "cache.warmup")
         .unwrap()
         .at(Utc::now() - chrono::Duration::minutes(180))
+        .timezone(ZONE)
+        .unwrap()
+        .schedule_options(
+            &[("team".to_owned(), "payments".to_owned())],
+            Some(ZONED_FAILURE_THRESHOLD),
+            None,
+        )
+        .unwrap()
         .scheduled(Some("*/5 * * * *"))
         .unwrap();
     events.push(schedule);
@@ -211,6 +226,11 @@ async fn expectations(serve: &ServeProcess) -> Value {
         "jobs": jobs,
         "failingJob": "payments.reconcile",
         "failureMessage": FAILURE,
+        "failureExitCode": FAILURE_EXIT_CODE,
+        "failureOutputLine": FAILURE_OUTPUT_LINE,
+        "zonedJob": "cache.warmup",
+        "zone": ZONE,
+        "zonedFailureThreshold": ZONED_FAILURE_THRESHOLD,
         "failingCounts": {"completed": data["queue"]["completed"], "failed": data["queue"]["failed"]},
         "failingPercentiles": {
             "p50Ms": data["performance"]["percentiles"]["p50Ms"],

@@ -895,7 +895,21 @@ async fn thresholds_hold_announcements_and_a_silence_quiets_openings_until_it_en
     let nats = NatsServer::start();
     nats.ensure_stream().await;
     let dir = tempfile::tempdir().unwrap();
-    let serve = ServeProcess::start(&nats.url(), &dir.path().join("db"));
+    let receiver = Receiver::start().await;
+    let hooks = webhooks_file(dir.path(), &receiver.url(), "");
+    // Two replicas judge and deliver; every count below is exact across both.
+    let replica = |name: &str| {
+        ServeProcess::start_with_env(
+            &nats.url(),
+            &dir.path().join(format!("{name}.db")),
+            &[
+                ("JOBSTATS_WEBHOOKS_FILE", hooks.to_str().unwrap()),
+                ("JOBSTATS_INSTANCE_ID", name),
+            ],
+        )
+    };
+    let serve = replica("a");
+    let mut other = replica("b");
     let job = "flaky";
     let schedule = EventBuilder::new(TENANT, job)
         .unwrap()
@@ -997,12 +1011,90 @@ async fn thresholds_hold_announcements_and_a_silence_quiets_openings_until_it_en
         h["silencedUntil"].is_null()
     })
     .await;
-    // Exactly once, also after the evaluator's next rounds.
+
+    // Silenced until lifted while failing: a recovery is still delivered. Then replica b's
+    // read model is rebuilt from the stream: it answers what a's does and announces nothing.
+    let answer = reqwest::Client::new()
+        .post(serve.url(&format!("/api/v1/admin/jobs/{job}/silence")))
+        .bearer_auth(admin_token())
+        .header("x-tenantid", TENANT)
+        .json(&serde_json::json!({"until": "9999-12-31T23:59:59.999Z", "reason": "until lifted"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    publish(&nats, runs(&[false])).await;
+    let head = publish(&nats, runs(&[true, true])).await;
+    let changes = wait_for_changes(&nats, job, 6, Duration::from_secs(15)).await;
+    assert_eq!(changes[5].change.state, "healthy");
+    // Delivered: everything but the opening made while silenced, once across the replicas.
+    let delivered: Vec<Vec<u8>> = changes
+        .iter()
+        .filter(|s| !(s.change.silenced && !s.change.silence_ended && s.change.state != "healthy"))
+        .map(|s| s.body.clone())
+        .collect();
+    assert_eq!(delivered.len(), 5);
+    assert_eq!(
+        receiver
+            .bodies_after(delivered.len(), Duration::from_secs(15))
+            .await,
+        delivered
+    );
+    serve.wait_applied(head).await;
+    other.kill_9();
+    let rebuilt = Command::new(BIN)
+        .arg("rebuild")
+        .env("JOBSTATS_NATS_URL", nats.url())
+        .env("JOBSTATS_DB_PATH", dir.path().join("b.db"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let other = replica("b");
+    other.wait_applied(head).await;
+    let judged = |stats: &serde_json::Value| {
+        let (health, schedule) = (&stats["data"]["health"], &stats["data"]["schedule"]);
+        serde_json::json!([
+            health["state"],
+            health["since"],
+            health["consecutiveFailures"],
+            health["silencedUntil"],
+            health["silenceReason"],
+            health["silencedBy"],
+            schedule["failureThreshold"],
+            schedule["recoveryThreshold"],
+            schedule["labels"],
+        ])
+    };
+    let on_a = judged(&serve.stats(job).await);
+    assert_eq!(on_a[0], "healthy");
+    assert_eq!(on_a[3], "9999-12-31T23:59:59.999Z");
+    assert_eq!(judged(&other.stats(job).await), on_a, "the rebuilt replica");
+
+    // Exactly once, also after both evaluators' next rounds and the rebuild.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stored = stored_changes(&nats).await;
-    let ends = of_job(&stored, job)
-        .iter()
-        .filter(|s| s.change.silence_ended)
-        .count();
-    assert_eq!(ends, 1);
+    let mine = of_job(&stored, job);
+    assert_eq!(
+        transitions(&mine),
+        pairs(&[
+            ("new", "healthy"),
+            ("healthy", "failing"),
+            ("failing", "healthy"),
+            ("healthy", "failing"),
+            ("failing", "failing"),
+            ("failing", "healthy"),
+        ]),
+        "the fifth is the silenceEnded message"
+    );
+    assert_eq!(mine.iter().filter(|s| s.change.silence_ended).count(), 1);
+    assert_eq!(
+        receiver.posts().len(),
+        delivered.len(),
+        "nothing delivered twice"
+    );
 }

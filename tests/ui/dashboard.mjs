@@ -401,6 +401,77 @@ await check('the failing job shows its failure message, counts and percentiles',
   await main.selectOption('#exec-status', '');
 });
 
+// 4b ------------------------------------------------------------------------------------------
+await check('a failed run shows its exit code and, opened, its output; the schedule names its zone', async () => {
+  assert(main, 'no signed-in page');
+  await visible(main, '#job-content');
+  const row = '#exec-body tr[data-status="failed"]';
+  await main.waitForSelector(`${row} [data-testid="exit-code"]`)
+    .catch(() => fail('no failed execution shows an exit code'));
+  const exit = (await main.textContent(`${row} [data-testid="exit-code"]`)).trim();
+  assert(exit === `exit ${expect.failureExitCode}`, `exit code reads "${exit}", expected "exit ${expect.failureExitCode}"`);
+  await main.click(`${row} details.output-more summary`);
+  await main.waitForFunction((want) => (document.querySelector('#exec-body tr[data-status="failed"] [data-testid="exec-output"]')?.textContent || '').includes(want), expect.failureOutputLine)
+    .catch(async () => fail(`the output reads "${await main.textContent(`${row} [data-testid="exec-output"]`)}", expected it to contain "${expect.failureOutputLine}"`));
+  assert(main.requests.some((r) => /\/executions\/[^/?]+$/.test(r.url)), 'the output was not read from the one-execution endpoint');
+
+  await main.goto(`${UI}${jobHash(expect.zonedJob)}`);
+  await visible(main, '#job-content');
+  await main.waitForFunction((zone) => (document.querySelector('[data-testid="schedule-words"] .value')?.textContent || '').includes(zone), expect.zone)
+    .catch(async () => fail(`"in words" reads "${(await statValue(main, 'schedule-words')).text}", expected it to name ${expect.zone}`));
+  const cron = (await statValue(main, 'schedule-cron')).text;
+  assert(cron.includes(expect.zone) && !cron.includes('UTC'), `the cron line reads "${cron}"`);
+  const alerts = (await statValue(main, 'schedule-alerts')).text;
+  assert(alerts.includes(`after ${expect.zonedFailureThreshold} failures`), `the alert thresholds read "${alerts}"`);
+  const labels = (await statValue(main, 'schedule-labels')).text;
+  assert(labels.includes('team=payments'), `the labels read "${labels}"`);
+  await main.goto(`${UI}${jobHash(expect.failingJob)}`);
+  await visible(main, '#job-content');
+});
+
+// 4c ------------------------------------------------------------------------------------------
+/** The failing job's health as the API answers it now. */
+async function apiHealth(page, name) {
+  return page.evaluate(async ({ name, tenant }) => {
+    const headers = { Authorization: `Bearer ${sessionStorage.getItem('jobstats.token')}`, 'x-tenantid': tenant };
+    const res = await fetch(`../api/v1/admin/jobs/${encodeURIComponent(name)}/stats`, { headers, cache: 'no-store' });
+    return ((await res.json()).data || {}).health || {};
+  }, { name, tenant: TENANT_A });
+}
+
+await check('silence buttons: 1 h shows in the job and the list, lifting clears it, "until lifted" stays', async () => {
+  assert(main, 'no signed-in page');
+  const name = expect.failingJob;
+  await visible(main, '#job-content');
+  assert(await main.isHidden('[data-testid="silence-state"]'), 'a silence is shown before any was set');
+  const clicked = Date.now();
+  await main.click('[data-testid="silence-1h"]');
+  await visible(main, '[data-testid="silence-state"]')
+    .catch(() => fail('the silence is not shown after "Silence 1 h"'));
+  const hl = await apiHealth(main, name);
+  const until = Date.parse(hl.silencedUntil);
+  assert(Math.abs(until - (clicked + 3600e3)) < 60e3, `silencedUntil ${hl.silencedUntil} is not an hour after the click`);
+  assert(hl.state === 'failing', `a silenced job is judged as always: ${hl.state}`);
+  const shown = (await main.textContent('[data-testid="silence-state"]')).trim();
+  assert(/silenced until/i.test(shown) && shown.includes('1 hour'), `the silence reads "${shown}"`);
+  assert(await main.isVisible('[data-testid="silence-lift"]'), 'no button lifts the silence');
+  await main.goto(`${UI}#/jobs`);
+  await main.waitForSelector(`#jobs-body tr[data-job="${CSS_ESCAPE(name)}"] [data-testid="job-row-silenced"]`)
+    .catch(() => fail('the job list does not mark the job silenced'));
+  await main.goto(`${UI}${jobHash(name)}`);
+  await visible(main, '[data-testid="silence-lift"]');
+  await main.click('[data-testid="silence-lift"]');
+  await main.waitForSelector('[data-testid="silence-state"]', { state: 'hidden' })
+    .catch(() => fail('the silence is still shown after lifting it'));
+  assert(!(await apiHealth(main, name)).silencedUntil, 'the API still answers a silence after lifting');
+  await main.click('[data-testid="silence-lifted"]');
+  await main.waitForFunction(() => /until lifted/.test(document.querySelector('[data-testid="silence-state"]')?.textContent || ''))
+    .catch(() => fail('"Silence until lifted" is not shown as until lifted'));
+  assert(Date.parse((await apiHealth(main, name)).silencedUntil) > Date.now() + 50 * 365 * 86400e3, 'an open-ended silence is not far in the future');
+  await main.click('[data-testid="silence-lift"]');
+  await main.waitForSelector('[data-testid="silence-state"]', { state: 'hidden' });
+});
+
 // 5 -------------------------------------------------------------------------------------------
 await check('the window selector reloads the series and redraws the chart (24h -> 7d, by keyboard)', async () => {
   assert(main, 'no signed-in page');

@@ -442,10 +442,11 @@ function rememberEtag(key, etag, data) {
  * GET an admin endpoint. Returns {data, changed, key}. With `conditional`, sends the last
  * ETag for the same URL and tenant; a 304 answers the remembered data with changed=false.
  */
-async function api(path, { tenant = true, conditional = false } = {}) {
+async function api(path, { tenant = true, conditional = false, method = 'GET', body: sent = undefined } = {}) {
   if (!session.token) throw new ApiError(401, 'UNAUTHORIZED', 'Not signed in.');
   const url = new URL(path, API_BASE);
   const headers = { Authorization: `Bearer ${session.token}`, Accept: 'application/json' };
+  if (sent !== undefined) headers['Content-Type'] = 'application/json';
   if (tenant) {
     if (!session.tenant) {
       throw new ApiError(0, 'NO_TENANT', isSuper() ? 'Pick a tenant first.' : 'No tenant to read: your token carries no tenant_id claim.');
@@ -457,7 +458,10 @@ async function api(path, { tenant = true, conditional = false } = {}) {
   if (cached) headers['If-None-Match'] = cached.etag;
   let res;
   try {
-    res = await fetch(url, { headers, cache: 'no-store', credentials: 'omit', redirect: 'error' });
+    res = await fetch(url, {
+      method, headers, cache: 'no-store', credentials: 'omit', redirect: 'error',
+      body: sent === undefined ? undefined : JSON.stringify(sent),
+    });
   } catch {
     throw new ApiError(0, 'NETWORK', 'The jobstats server cannot be reached. Retrying…');
   }
@@ -723,7 +727,8 @@ function jobRow(j) {
       h('a', { href, 'data-focus-key': `job:${j.jobName}` }, j.jobName)),
     h('td', { 'data-col': 'health' },
       h('div', { class: 'health-cell' }, badge(hl.state),
-        hl.since ? h('span', { class: 'since' }, 'since ', timeEl(hl.since, { relative: true })) : null),
+        hl.since ? h('span', { class: 'since' }, 'since ', timeEl(hl.since, { relative: true })) : null,
+        silencedMark(hl)),
       healthWhy(hl)),
     h('td', { 'data-col': 'status' }, statusPill(j.status)),
     h('td', { 'data-col': 'lastRun' }, timeEl(j.lastRun, { relative: true })),
@@ -733,6 +738,20 @@ function jobRow(j) {
     h('td', { 'data-col': 'p95', class: 'num', 'data-value': j.p95Ms ?? '' }, fmtDuration(j.p95Ms)),
     h('td', { 'data-col': 'nextRun' }, timeEl(j.nextRun, { relative: true })),
     sparkCell);
+}
+
+/** A silence in force is far-future when it was set "until lifted" (the contract has no open end). */
+const UNTIL_LIFTED = '9999-12-31T23:59:59.999Z';
+function liftedOnly(iso) {
+  return Date.parse(iso) >= Date.parse('9000-01-01T00:00:00Z');
+}
+
+/** The list's marker of a job whose alerts are silenced. */
+function silencedMark(hl) {
+  if (!hl || !hl.silencedUntil) return null;
+  const until = liftedOnly(hl.silencedUntil) ? 'until lifted' : `until ${fmtLocal(new Date(hl.silencedUntil))}`;
+  return h('span', { class: 'silenced-mark', 'data-testid': 'job-row-silenced', title: hl.silenceReason || null },
+    h('span', { 'aria-hidden': 'true' }, '🔕 '), `silenced ${until}`);
 }
 
 /** Why a job is not healthy or new: its reason (in the page's words) and its stuck executions. */
@@ -888,6 +907,8 @@ const job = {
   stack: [],
   nextCursor: null,
   seq: 0,
+  /** The stream sequence of this page's last write, until a stats answer reflects it. */
+  minSequence: null,
   rendered: { stats: null, series: null, exec: null, flips: null },
   chart: null,
   resize: null,
@@ -896,6 +917,7 @@ const job = {
 function openJob(name) {
   if (job.name === name) return;
   job.name = name;
+  job.minSequence = null;
   job.status = '';
   job.cursor = null;
   job.stack = [];
@@ -916,7 +938,8 @@ async function loadJob({ poll = false, only = null } = {}) {
   const base = `jobs/${enc(name)}`;
   const want = (part) => !only || only.includes(part);
   const tasks = {
-    stats: want('stats') ? api(`${base}/stats${qs({ window: job.window })}`, { conditional: true }) : null,
+    // After a write of this page (a silence), the stats wait for the read model to hold it.
+    stats: want('stats') ? api(`${base}/stats${qs({ window: job.window, minSequence: job.minSequence, waitMs: job.minSequence ? 3000 : null })}`, { conditional: true }) : null,
     series: want('series') ? api(`${base}/series${qs({ window: job.window })}`, { conditional: true }) : null,
     exec: want('exec') ? api(`${base}/executions${qs({ status: job.status, limit: EXEC_PAGE, cursor: job.cursor })}`, { conditional: true }) : null,
     flips: want('flips') ? api(`${base}/flips${qs({ limit: FLIPS_SHOWN })}`, { conditional: true }) : null,
@@ -932,6 +955,7 @@ async function loadJob({ poll = false, only = null } = {}) {
     }
   }));
   if (seq !== job.seq || current !== 'job' || name !== job.name) return;
+  if (results.stats) job.minSequence = null;
   if (firstError) {
     reportError(firstError);
     if (firstError.status >= 400 && firstError.status < 500 && !results.stats) {
@@ -981,6 +1005,8 @@ function renderJobStats(d) {
     $('job-reason').hidden = false;
   }
 
+  renderSilence(hl);
+
   const q = d.queue || {};
   for (const k of ['pending', 'processing', 'completed', 'failed']) setStat(`queue-${k}`, q[k] ?? null, fmtNumber(q[k]));
 
@@ -1006,8 +1032,9 @@ function renderJobStats(d) {
   for (const k of ['p50', 'p95', 'p99']) setStat(`window-${k}`, wp[`${k}Ms`] ?? null, fmtDuration(wp[`${k}Ms`]));
 
   const s = d.schedule || {};
-  setStat('schedule-cron', s.cron ?? null, s.cron ? h('code', {}, s.cron) : 'No schedule');
-  setStat('schedule-words', null, s.cron ? cronWords(s.cron) : '—');
+  const zone = s.timezone || 'UTC';
+  setStat('schedule-cron', s.cron ?? null, s.cron ? h('span', {}, h('code', {}, s.cron), ` (${zone})`) : 'No schedule');
+  setStat('schedule-words', null, s.cron ? cronWords(s.cron, zone) : '—');
   setStat('schedule-next', s.nextRun ?? null, s.nextRun ? h('span', {}, timeEl(s.nextRun), ' · ', timeEl(s.nextRun, { relative: true })) : dash());
   setStat('schedule-last', s.lastRun ?? null, s.lastRun ? h('span', {}, timeEl(s.lastRun), ' · ', timeEl(s.lastRun, { relative: true })) : dash());
   setStat('schedule-outcome', s.lastOutcome ?? null, s.lastOutcome ? badge(s.lastOutcome, EXEC_STATES, 'outcome') : dash());
@@ -1018,11 +1045,53 @@ function renderJobStats(d) {
   for (const k of ['24h', '7d', '30d']) setStat(`uptime-${k}`, up[`last${k}Percent`] ?? null, up[`last${k}`] || '—');
   const mr = hl.missedRuns || {};
   setStat('schedule-missed', mr, `${fmtNumber(mr.last24h ?? 0)} in 24 h · ${fmtNumber(mr.last7d ?? 0)} in 7 d`);
+  const fails = s.failureThreshold || 1;
+  const recovers = s.recoveryThreshold || 1;
+  setStat('schedule-alerts', `${fails}/${recovers}`,
+    `failing after ${plural(fails, 'failure')} in a row · healthy after ${plural(recovers, 'success', 'successes')} in a row`);
+  const labels = Object.entries(s.labels || {});
+  setStat('schedule-labels', labels.length ? JSON.stringify(s.labels) : null,
+    labels.length ? h('span', {}, ...labels.flatMap(([k, v], i) => [i ? ' ' : '', h('code', {}, `${k}=${v}`)])) : '—');
 }
 
-function cronWords(cron) {
+/** The silence in force (until when, why, by whom) and the buttons that set or lift one. */
+function renderSilence(hl) {
+  const state = $('silence-state');
+  const silenced = Boolean(hl.silencedUntil);
+  if (silenced) {
+    const until = liftedOnly(hl.silencedUntil) ? ['until lifted'] : ['until ', timeEl(hl.silencedUntil), ' (', timeEl(hl.silencedUntil, { relative: true }), ')'];
+    state.replaceChildren(h('span', { 'aria-hidden': 'true' }, '🔕 '), 'Alerts silenced ', ...until,
+      hl.silenceReason ? `: ${hl.silenceReason}` : '',
+      hl.silencedBy ? h('span', { class: 'muted' }, ` · by ${hl.silencedBy}`) : '');
+  }
+  state.hidden = !silenced;
+  state.dataset.until = hl.silencedUntil || '';
+  document.querySelector('[data-silence="lift"]').hidden = !silenced;
+}
+
+/** POSTs a silence (or its lifting) and shows the job once the read model holds it. */
+async function setSilence(choice) {
+  const hour = 3600 * 1000;
+  const until = { '1h': new Date(Date.now() + hour).toISOString(), '1d': new Date(Date.now() + 24 * hour).toISOString(), lifted: UNTIL_LIFTED, lift: null }[choice];
+  if (until === undefined) return;
+  const buttons = [...document.querySelectorAll('[data-silence]')];
+  buttons.forEach((b) => { b.disabled = true; });
   try {
-    if (window.cronstrue) return `${window.cronstrue.toString(cron, { use24HourTimeFormat: true, verbose: false })} (UTC)`;
+    const reason = choice === 'lift' ? null : `silenced from the dashboard (${{ '1h': '1 hour', '1d': '1 day', lifted: 'until lifted' }[choice]})`;
+    const res = await api(`jobs/${enc(job.name)}/silence`, { method: 'POST', body: { until, reason } });
+    job.minSequence = res.data.sequence;
+    announce(choice === 'lift' ? 'Silence lifted.' : 'Alerts silenced.');
+    await loadJob({ only: ['stats'] });
+  } catch (e) {
+    reportError(e);
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+function cronWords(cron, zone = 'UTC') {
+  try {
+    if (window.cronstrue) return `${window.cronstrue.toString(cron, { use24HourTimeFormat: true, verbose: false })} (${zone} time)`;
   } catch {
     return 'Not describable';
   }
@@ -1217,7 +1286,10 @@ function renderExecutions(d) {
     h('td', { 'data-col': 'finished' }, timeEl(x.completedAt)),
     h('td', { 'data-col': 'duration', class: 'num', 'data-value': x.durationMs ?? '' }, fmtDuration(x.durationMs)),
     h('td', { 'data-col': 'items', class: 'num', 'data-value': x.itemsProcessed ?? '' }, fmtNumber(x.itemsProcessed)),
-    h('td', { 'data-col': 'error', class: 'error-cell' }, x.error ? errorText(x.error) : dash()))));
+    h('td', { 'data-col': 'error', class: 'error-cell' },
+      x.exitCode != null ? h('span', { class: 'exit-code', 'data-testid': 'exit-code' }, `exit ${x.exitCode}`) : null,
+      x.error ? errorText(x.error) : (x.exitCode == null ? dash() : null),
+      x.status === 'failed' || x.exitCode ? outputDetails(x.id) : null))));
   $('exec-empty').hidden = list.length > 0;
   job.nextCursor = d.nextCursor || null;
   $('exec-next').disabled = !job.nextCursor;
@@ -1235,6 +1307,24 @@ function renderFlips(d) {
     f.silenced ? h('span', { class: 'muted' }, ' (silenced)') : '',
     h('div', { class: 'flip-reason' }, fmtReason(f.reason)))));
   $('flips-empty').hidden = list.length > 0;
+}
+
+/** A failed run's output tail, fetched from the one-execution endpoint when opened. */
+function outputDetails(id) {
+  const pre = h('pre', { class: 'output-full', 'data-testid': 'exec-output', tabindex: '0' }, 'Loading…');
+  const details = h('details', { class: 'output-more' }, h('summary', {}, 'Output'), pre);
+  const name = job.name;
+  details.addEventListener('toggle', async () => {
+    if (!details.open || details.dataset.loaded) return;
+    try {
+      const res = await api(`jobs/${enc(name)}/executions/${enc(id)}`);
+      details.dataset.loaded = 'true';
+      pre.textContent = res.data.output || 'No output was reported for this run.';
+    } catch (e) {
+      pre.textContent = `The output cannot be loaded: ${e.message}`;
+    }
+  });
+  return details;
 }
 
 function errorText(text) {
@@ -1268,6 +1358,9 @@ function bindJob() {
     job.cursor = job.stack.pop();
     loadJob({ only: ['exec'] });
   });
+  for (const button of document.querySelectorAll('[data-silence]')) {
+    button.addEventListener('click', () => setSilence(button.dataset.silence));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
