@@ -567,7 +567,7 @@ fn job_list_db(db: &Path, tenant: &str, jobs: u64) {
 
 async fn job_list_latencies(dir: &Path, jobs: u64) -> [(f64, f64); 2] {
     use poem::Endpoint;
-    let db = dir.join("job-list.db");
+    let db = dir.join(format!("job-list-{jobs}.db"));
     let tenant = "00000000-0000-4000-8000-000000000001";
     job_list_db(&db, tenant, jobs);
     let state = bench_state(&db, jobstats::job_metrics::DEFAULT_MAX_JOBS);
@@ -1013,8 +1013,10 @@ impl Bench {
         let (large, read_large) =
             health_read_p50_us(&scheduled_job_db(dir, "health-large", 1_000_000, 1_000));
         println!("(7) stats with health p50: 1k {small:.1} us (read {read_small:.1}), 1M+1k {large:.1} us (read {read_large:.1}), ratio {:.2}", large / small);
-        let [(f50, f99), (n50, n99)] = job_list_latencies(dir, 10_000).await;
-        println!("(8) job list of 10000: health-filtered p50/p99 {f50:.2}/{f99:.2} ms, by name {n50:.2}/{n99:.2} ms");
+        for jobs in [10_000, 100_000] {
+            let [(f50, f99), (n50, n99)] = job_list_latencies(dir, jobs).await;
+            println!("(8) job list of {jobs}: health-filtered p50/p99 {f50:.2}/{f99:.2} ms, by name {n50:.2}/{n99:.2} ms, ratio {:.2}", f50 / n50);
+        }
     }
 
     /// Publishes the mix; returns the stream's head.
@@ -1396,24 +1398,31 @@ impl Bench {
             format!("{:.2}", windowed_large / windowed_small),
             &verdict(windowed_large / windowed_small, 1.5, 1.2, AtMost, ""),
         );
-        let list_jobs = if smoke { 500 } else { 10_000 };
-        let [(filtered_p50, filtered_p99), (named_p50, named_p99)] =
-            job_list_latencies(&dir, list_jobs).await;
-        table.row(
-            &format!("(8) job list of {list_jobs}, health=missed,failing, 50/page: p50 / p99 (ms)"),
-            format!("{filtered_p50:.2} / {filtered_p99:.2}"),
-            &format!("judges every job of the tenant: O(jobs); {JUDGED_BELOW}"),
-        );
-        table.row(
-            &format!("(8) job list of {list_jobs}, by name, 50/page: p50 / p99 (ms)"),
-            format!("{named_p50:.2} / {named_p99:.2}"),
-            &format!("an index range: O(page); {JUDGED_BELOW}"),
-        );
-        table.row(
-            "(8) job list p50, health-filtered / by name",
-            format!("{:.2}", filtered_p50 / named_p50),
-            &goal_only(filtered_p50 / named_p50, 2.0, AtMost, "", 34),
-        );
+        let list_sizes: &[u64] = if smoke { &[500] } else { &[10_000, 100_000] };
+        for &list_jobs in list_sizes {
+            let [(filtered_p50, filtered_p99), (named_p50, named_p99)] =
+                job_list_latencies(&dir, list_jobs).await;
+            table.row(
+                &format!(
+                    "(8) job list of {list_jobs}, health=missed,failing, 50/page: p50 / p99 (ms)"
+                ),
+                format!("{filtered_p50:.2} / {filtered_p99:.2}"),
+                &format!(
+                    "every job's state, from its snapshot's memo while the clock cannot change \
+                     it; {JUDGED_BELOW}"
+                ),
+            );
+            table.row(
+                &format!("(8) job list of {list_jobs}, by name, 50/page: p50 / p99 (ms)"),
+                format!("{named_p50:.2} / {named_p99:.2}"),
+                &format!("an index range: O(page); {JUDGED_BELOW}"),
+            );
+            table.row(
+                &format!("(8) job list of {list_jobs} p50, health-filtered / by name"),
+                format!("{:.2}", filtered_p50 / named_p50),
+                &goal_only(filtered_p50 / named_p50, 2.0, AtMost, "", 34),
+            );
+        }
     }
 
     /// (14): HTTP ingestion (`POST /api/v1/events`, ping URLs) through a real `serve`

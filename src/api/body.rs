@@ -541,6 +541,7 @@ mod tests {
         );
         let parsed = cron.map(|c| crate::schedule::CronSchedule::parse(c).unwrap());
         Arc::new(JobSnapshot {
+            state_memo: Default::default(),
             job_id: 1,
             job_sequence: 97,
             health: crate::store::HealthData {

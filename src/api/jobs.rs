@@ -24,7 +24,7 @@ use super::export::{ExecutionsAnswer, ExportFormat};
 use super::params::{JobNameParam, TenantParam};
 use super::query::{fingerprint, invalid, Cursor, QueryParams, StableHasher};
 use super::stats::{
-    extraction_error, health_stats, if_none_match, judgement, recent_execution,
+    extraction_error, health_stats, if_none_match, judgement, judgement_given, recent_execution,
     refuse_repeated_tenant, BearerAuth, HealthStats, HealthSummary, QueueStats, RecentExecution,
     UptimeStats,
 };
@@ -32,10 +32,10 @@ use super::{rfc3339_millis, AppState};
 use crate::cache::{byte_bounded, ByteBounded};
 use crate::events::{JobName, TenantId};
 use crate::projection::format::{human_percent, percent_one_decimal};
-use crate::projection::health::{Health, HealthState};
+use crate::projection::health::{Health, HealthState, Judgement};
 use crate::projection::rollup::Granularity;
 use crate::projection::ExecutionState;
-use crate::store::{ExecutionSummary, ExecutionsQuery, JobSnapshot};
+use crate::store::{ExecutionSummary, ExecutionsQuery, JobSnapshot, JobStates};
 
 pub const JOBS_MESSAGE: &str = "Jobs retrieved successfully";
 pub const EXECUTIONS_MESSAGE: &str = "Executions retrieved successfully";
@@ -758,6 +758,43 @@ enum SortBy {
     Uptime30d,
 }
 
+/// One job of the prefix with what the list filters and sorts by: its state, not yet its
+/// whole health.
+struct Candidate {
+    name: String,
+    /// Read when the key needs it (or the board did not).
+    snapshot: Option<Arc<JobSnapshot>>,
+    health_state: HealthState,
+    /// Read only for the uptime sorts.
+    uptime: Option<crate::notify::history::UptimeFigures>,
+}
+
+impl Candidate {
+    /// The sort key, as [`Listed::key`] gives it for the same job.
+    fn key(&self, sort: SortBy) -> Option<f64> {
+        let figures = self.uptime.as_ref();
+        match sort {
+            SortBy::Health => Some(self.health_state as u8 as f64),
+            SortBy::Uptime24h => figures.and_then(|u| u.last24h),
+            SortBy::Uptime7d => figures.and_then(|u| u.last7d),
+            SortBy::Uptime30d => figures.and_then(|u| u.last30d),
+            _ => self
+                .snapshot
+                .as_ref()
+                .and_then(|snapshot| stats_key(&snapshot.stats, sort)),
+        }
+    }
+}
+
+/// The keys read from the job's aggregates.
+fn stats_key(stats: &crate::projection::JobStats, sort: SortBy) -> Option<f64> {
+    match sort {
+        SortBy::LastRun => stats.last_started_at.map(|t| t as f64),
+        SortBy::SuccessRate => stats.success_rate_percent(),
+        _ => None,
+    }
+}
+
 /// One job with what the list shows and sorts by.
 struct Listed {
     name: String,
@@ -769,11 +806,10 @@ struct Listed {
 impl Listed {
     /// The sort key (`None` sorts last); names are compared separately.
     fn key(&self, sort: SortBy) -> Option<f64> {
-        let stats = &self.snapshot.stats;
         match sort {
-            SortBy::Name => None,
-            SortBy::LastRun => stats.last_started_at.map(|t| t as f64),
-            SortBy::SuccessRate => stats.success_rate_percent(),
+            SortBy::Name | SortBy::LastRun | SortBy::SuccessRate => {
+                stats_key(&self.snapshot.stats, sort)
+            }
             SortBy::Health => Some(self.health.state as u8 as f64),
             SortBy::Uptime24h => self.uptime.last24h,
             SortBy::Uptime7d => self.uptime.last7d,
@@ -969,35 +1005,71 @@ fn list_page(
     let readers = state.readers.get();
     let now = Utc::now();
     let tenant_text = tenant.to_string();
-    let listed = |name: String| -> Result<Option<Listed>, ApiError> {
+    let uptime_of = |name: &str, snapshot: &JobSnapshot| {
+        state.flips.uptime(
+            &tenant_text,
+            name,
+            now.timestamp_millis(),
+            &crate::projection::silenced_spans(&snapshot.stats.silence_marks),
+        )
+    };
+    let candidate = |name: String| -> Result<Option<Candidate>, ApiError> {
         let job = JobName::parse(&name).map_err(ApiError::Internal)?;
         let Some(snapshot) = readers.cached_job_snapshot(&tenant, &job, 0)? else {
             return Ok(None);
         };
-        let health = snapshot.judge(
+        let health_state = snapshot.state_at(
             judgement(state, &snapshot, now),
             state.default_max_runtime_ms,
         );
-        let uptime = state.flips.uptime(
-            &tenant_text,
-            &name,
-            now.timestamp_millis(),
-            &crate::projection::silenced_spans(&snapshot.stats.silence_marks),
-        );
-        Ok(Some(Listed {
+        let uptime = matches!(
+            query.sort,
+            SortBy::Uptime24h | SortBy::Uptime7d | SortBy::Uptime30d
+        )
+        .then(|| uptime_of(&name, &snapshot));
+        Ok(Some(Candidate {
             name,
-            snapshot,
-            health,
+            snapshot: Some(snapshot),
+            health_state,
             uptime,
         }))
     };
+    // `judged_at`: the instant the board judged the candidates at, for the page to match.
+    let listed =
+        |candidate: Candidate, judged_at: Option<i64>| -> Result<Option<Listed>, ApiError> {
+            let Candidate {
+                name,
+                snapshot,
+                uptime,
+                ..
+            } = candidate;
+            let snapshot = match snapshot {
+                Some(snapshot) => snapshot,
+                None => {
+                    let job = JobName::parse(&name).map_err(ApiError::Internal)?;
+                    match readers.cached_job_snapshot(&tenant, &job, 0)? {
+                        Some(snapshot) => snapshot,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let at = judged_at.map_or_else(|| judgement(state, &snapshot, now), Judgement::At);
+            let health = snapshot.judge(at, state.default_max_runtime_ms);
+            let uptime = uptime.unwrap_or_else(|| uptime_of(&name, &snapshot));
+            Ok(Some(Listed {
+                name,
+                snapshot,
+                health,
+                uptime,
+            }))
+        };
     let (limit, sort) = (query.limit as usize, query.sort);
     let Selected {
         page,
         more,
         total,
         next_frozen,
-    } = select_page(state, &tenant, query, &listed)?;
+    } = select_page(state, &tenant, query, now, &candidate, &listed)?;
     let next_cursor = page.last().filter(|_| more).map(|last| {
         Cursor {
             query: query.query_id.clone(),
@@ -1037,13 +1109,22 @@ struct Selected {
 }
 
 /// The jobs of the page: from the frozen order the cursor names, by a name index range, or
-/// by judging every job of the prefix (then freezing the order for the pages after it).
+/// by the health state (or other key) of every job of the prefix, then freezing the order for
+/// the pages after it. Only the page's jobs are judged in full.
 fn select_page(
     state: &AppState,
     tenant: &TenantId,
     query: &ListQuery,
-    listed: &dyn Fn(String) -> Result<Option<Listed>, ApiError>,
+    now: chrono::DateTime<Utc>,
+    candidate: &dyn Fn(String) -> Result<Option<Candidate>, ApiError>,
+    listed: &dyn Fn(Candidate, Option<i64>) -> Result<Option<Listed>, ApiError>,
 ) -> Result<Selected, ApiError> {
+    let listed_name = |name: String| -> Result<Option<Listed>, ApiError> {
+        match candidate(name)? {
+            Some(candidate) => listed(candidate, None),
+            None => Ok(None),
+        }
+    };
     let readers = state.readers.get();
     let (limit, sort) = (query.limit as usize, query.sort);
     let frozen = query
@@ -1054,7 +1135,7 @@ fn select_page(
     let (page, more, total) = if let Some((id, at, order)) = frozen {
         let mut page = Vec::with_capacity(limit);
         for name in order.names.iter().skip(at).take(limit) {
-            page.extend(listed(name.clone())?);
+            page.extend(listed_name(name.clone())?);
         }
         let more = at + limit < order.names.len();
         next_frozen = more.then_some((id, at + limit));
@@ -1071,22 +1152,40 @@ fn select_page(
         let more = names.len() > limit;
         let mut page = Vec::with_capacity(limit);
         for name in names.into_iter().take(limit) {
-            page.extend(listed(name)?);
+            page.extend(listed_name(name)?);
         }
         (page, more, readers.count_jobs(tenant, &query.prefix)?)
     } else {
-        // Health is judged at request time, so filtering or sorting by it (or by a value
-        // that changes with every run) reads every job of the prefix: O(jobs).
         let mut all = Vec::new();
-        for name in readers.job_names_page(tenant, &query.prefix, None, false, u32::MAX)? {
-            if let Some(job) = listed(name)? {
-                if query.health_filter.is_empty() || query.health_filter.contains(&job.health.state)
-                {
-                    all.push(job);
+        let board = board_states(state, tenant, query, now)?;
+        let judged_at = board.as_ref().map(|(_, at)| *at);
+        if let Some((states, _)) = board {
+            // A filter or sort by health: index ranges of the tenant's maintained board,
+            // O(matching jobs).
+            all.extend(states.into_iter().map(|(health_state, name)| Candidate {
+                name,
+                snapshot: None,
+                health_state,
+                uptime: None,
+            }));
+        } else {
+            // A sort by a value that changes with every run reads every job of the prefix:
+            // O(jobs), from the snapshot cache and each snapshot's state memo.
+            for name in readers.job_names_page(tenant, &query.prefix, None, false, u32::MAX)? {
+                if let Some(job) = candidate(name)? {
+                    if query.health_filter.is_empty()
+                        || query.health_filter.contains(&job.health_state)
+                    {
+                        all.push(job);
+                    }
                 }
             }
         }
-        let (page, more, total, order) = sorted_page(all, query);
+        let (candidates, more, total, order) = sorted_page(all, query);
+        let mut page = Vec::with_capacity(candidates.len());
+        for candidate in candidates {
+            page.extend(listed(candidate, judged_at)?);
+        }
         if let Some(names) = order.filter(|_| more) {
             next_frozen = Some((state.list_orders.freeze(&query.query_id, names), limit));
         }
@@ -1098,6 +1197,39 @@ fn select_page(
         total,
         next_frozen,
     })
+}
+
+/// A list filtered or sorted by health, from the tenant's maintained board
+/// ([`crate::store::ReadPool::job_states`]): the matching jobs in (state, name) order and the
+/// instant they were judged at. `None` when the list is sorted by something else, or when
+/// health is not judged at an instant (the stream unreachable: every job is `unknown`).
+fn board_states(
+    state: &AppState,
+    tenant: &TenantId,
+    query: &ListQuery,
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<(JobStates, i64)>, ApiError> {
+    if !matches!(query.sort, SortBy::Health | SortBy::Name) {
+        return Ok(None);
+    }
+    let readers = state.readers.get();
+    let published = if state.nats.is_none() || state.status.position().last_published_at.is_none() {
+        readers.freshness()?.last_published_at_ms
+    } else {
+        None
+    };
+    let Judgement::At(at) = judgement_given(state, || published, now) else {
+        return Ok(None);
+    };
+    let default_max_runtime_ms = state.default_max_runtime_ms;
+    let found = readers.job_states(
+        tenant,
+        &query.prefix,
+        &query.health_filter,
+        at,
+        &|snapshot, at| snapshot.state_memo_at(Judgement::At(at), default_max_runtime_ms),
+    )?;
+    Ok(Some(found))
 }
 
 /// The data behind the page: each job's version and what was judged of it (health moves
@@ -1135,9 +1267,9 @@ fn list_etag(
 /// The page of `all` (every job that matched) after the query's cursor: the page, whether
 /// more follow, how many matched, and, for a first page, every name in order (to freeze).
 fn sorted_page(
-    mut all: Vec<Listed>,
+    mut all: Vec<Candidate>,
     query: &ListQuery,
-) -> (Vec<Listed>, bool, u64, Option<Vec<String>>) {
+) -> (Vec<Candidate>, bool, u64, Option<Vec<String>>) {
     let (sort, descending) = (query.sort, query.descending);
     all.sort_by(|a, b| {
         compare(
@@ -1158,7 +1290,7 @@ fn sorted_page(
         .after
         .is_none()
         .then(|| all.iter().map(|job| job.name.clone()).collect());
-    let mut rest: Vec<Listed> = all.into_iter().skip(start).collect();
+    let mut rest: Vec<Candidate> = all.into_iter().skip(start).collect();
     let more = rest.len() > query.limit as usize;
     rest.truncate(query.limit as usize);
     (rest, more, total, order)

@@ -843,16 +843,26 @@ pub fn if_none_match(request: &Request, etag: &str) -> bool {
 
 /// The instant health can be judged at for an answer from `snapshot` (CONTRACT §5).
 pub fn judgement(state: &AppState, snapshot: &JobSnapshot, now: DateTime<Utc>) -> Judgement {
+    judgement_given(state, || snapshot.freshness.last_published_at_ms, now)
+}
+
+/// [`judgement`] with the read model's last publish time from `last_published_at_ms`, asked
+/// only when the projector has not reported one (a read-only copy, or nothing applied yet).
+pub fn judgement_given(
+    state: &AppState,
+    last_published_at_ms: impl FnOnce() -> Option<i64>,
+    now: DateTime<Utc>,
+) -> Judgement {
     let mut position = state.status.position();
     if state.nats.is_none() {
         // A read-only copy is judged as of its last event.
         position = Position {
             caught_up: false,
             unreachable_since: None,
-            last_published_at: snapshot.freshness.last_published_at_ms,
+            last_published_at: last_published_at_ms(),
         };
     } else if position.last_published_at.is_none() {
-        position.last_published_at = snapshot.freshness.last_published_at_ms;
+        position.last_published_at = last_published_at_ms();
     }
     position.judgement(now.timestamp_millis())
 }

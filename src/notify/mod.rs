@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::TenantId;
 use crate::projection::format::human_duration;
 use crate::projection::format::rfc3339_millis;
-use crate::projection::health::Fires;
+pub use crate::projection::health::next_clock_change;
 use crate::projection::{EpochMillis, Health, HealthState, JobStats};
 
 /// The stream health changes are stored in.
@@ -263,36 +263,10 @@ fn execution_concerned(health: &Health, stats: &JobStats) -> Option<String> {
     }
 }
 
-/// The next instant after `health.as_of` at which the clock alone can change the job's state:
-/// a fire becoming due (fire + grace) or a processing execution passing its maximum run time.
-/// Events change it too; those are seen as they are applied. `processing` is the oldest
-/// processing executions (start, id), oldest first.
-pub fn next_clock_change(
-    health: &Health,
-    fires: Option<&Fires>,
-    processing: &[(EpochMillis, String)],
-) -> Option<EpochMillis> {
-    let as_of = health.as_of;
-    let due = match (fires, health.grace_ms) {
-        (Some(fires), Some(grace)) => fires.next_after(as_of - grace).map(|fire| fire + grace),
-        _ => None,
-    };
-    // Stuck once `as_of − start > maxRuntime`.
-    let overrun = processing
-        .iter()
-        .map(|(started, _)| started + health.max_runtime_ms + 1)
-        .find(|at| *at > as_of);
-    let silence_ends = health.silence.as_ref().map(|s| s.until);
-    due.into_iter()
-        .chain(overrun)
-        .chain(silence_ends)
-        .filter(|at| *at > as_of)
-        .min()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::projection::health::Fires;
     use crate::projection::LastFinished;
     use crate::schedule::CronSchedule;
 

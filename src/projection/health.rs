@@ -389,6 +389,94 @@ pub fn evaluate(input: &HealthInput<'_>, judgement: Judgement) -> Health {
     }
 }
 
+/// The next instant after `health.as_of` at which the clock alone can change the job's state:
+/// a fire becoming due (fire + grace) or a processing execution passing its maximum run time.
+/// Events change it too; those are seen as they are applied. `processing` is the oldest
+/// processing executions (start, id), oldest first.
+pub fn next_clock_change(
+    health: &Health,
+    fires: Option<&Fires>,
+    processing: &[(EpochMillis, String)],
+) -> Option<EpochMillis> {
+    let as_of = health.as_of;
+    let due = match (fires, health.grace_ms) {
+        (Some(fires), Some(grace)) => fires.next_after(as_of - grace).map(|fire| fire + grace),
+        _ => None,
+    };
+    // Stuck once `as_of − start > maxRuntime`.
+    let overrun = processing
+        .iter()
+        .map(|(started, _)| started + health.max_runtime_ms + 1)
+        .find(|at| *at > as_of);
+    let silence_ends = health.silence.as_ref().map(|s| s.until);
+    due.into_iter()
+        .chain(overrun)
+        .chain(silence_ends)
+        .filter(|at| *at > as_of)
+        .min()
+}
+
+/// A job's state judged at one instant, and the instants it holds for: until the clock alone
+/// could change it. A list filtered or sorted by health reads this instead of judging every job
+/// of the tenant again; an event makes a new snapshot of the job, and with it a new memo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateMemo {
+    pub state: HealthState,
+    /// The instant it was judged at.
+    pub from: EpochMillis,
+    /// The first instant it may no longer hold.
+    pub until: EpochMillis,
+}
+
+impl StateMemo {
+    /// The memo of `health`, judged from `input`. Besides the instants of
+    /// [`next_clock_change`], the state is re-read at the next fire (a grace left to the
+    /// default is a tenth of the period around the instant, so it can change there), when
+    /// the matching window (the last 8 days) lets go of its oldest fire, and at the next start
+    /// the read model holds after the instant (a runner's clock ahead of this one: a late
+    /// start ends `missed` at its own time). Ending a memo too early costs one judgement; too
+    /// late would be a wrong answer, which the differential test looks for.
+    pub fn of(health: &Health, input: &HealthInput<'_>) -> Self {
+        let as_of = health.as_of;
+        let fires = input.fires.filter(|_| {
+            input
+                .stats
+                .schedule
+                .as_ref()
+                .is_some_and(|s| s.cron.is_some())
+        });
+        let next_fire = fires.and_then(|f| f.next_after(as_of));
+        let window_lets_go = fires
+            .and_then(|f| f.next_after(as_of - MATCHING_WINDOW_MS))
+            .map(|fire| fire + MATCHING_WINDOW_MS);
+        let next_start = input
+            .starts
+            .get(input.starts.partition_point(|start| *start <= as_of))
+            .copied();
+        let until = next_clock_change(health, fires, input.processing)
+            .into_iter()
+            .chain(next_fire)
+            .chain(window_lets_go)
+            .chain(next_start)
+            .filter(|at| *at > as_of)
+            .min()
+            .unwrap_or(EpochMillis::MAX);
+        StateMemo {
+            state: health.state,
+            from: as_of,
+            until,
+        }
+    }
+
+    /// The state at `judgement`, when this memo knows it.
+    pub fn state_at(&self, judgement: Judgement) -> Option<HealthState> {
+        match judgement {
+            Judgement::Unknown { .. } => Some(HealthState::Unknown),
+            Judgement::At(at) => (self.from <= at && at < self.until).then_some(self.state),
+        }
+    }
+}
+
 /// What matching fires to starts found.
 #[derive(Debug, Default)]
 struct Missed {

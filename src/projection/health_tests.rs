@@ -73,7 +73,20 @@ impl Job {
 
     /// Health as the API computes it: inputs read the way the store reads them.
     fn health(&self, judgement: Judgement) -> Health {
-        let as_of = judgement.as_of();
+        self.with_input(judgement.as_of(), |input| evaluate(input, judgement))
+    }
+
+    /// Health and the state memo a snapshot read at `judgement` would keep.
+    fn judged(&self, judgement: Judgement) -> (Health, StateMemo) {
+        self.with_input(judgement.as_of(), |input| {
+            let health = evaluate(input, judgement);
+            let memo = StateMemo::of(&health, input);
+            (health, memo)
+        })
+    }
+
+    /// The inputs of a judgement at `as_of`, read the way the store reads them.
+    fn with_input<R>(&self, as_of: i64, judge: impl FnOnce(&HealthInput<'_>) -> R) -> R {
         let cron = self
             .stats
             .schedule
@@ -97,16 +110,13 @@ impl Job {
         processing.sort();
         processing.truncate(MAX_STUCK_IDS + 1);
         let fires = cron.map(|c| Fires::for_judging(c, as_of, as_of));
-        evaluate(
-            &HealthInput {
-                stats: &self.stats,
-                fires: fires.as_ref(),
-                starts: &starts,
-                processing: &processing,
-                default_max_runtime_ms: HOUR,
-            },
-            judgement,
-        )
+        judge(&HealthInput {
+            stats: &self.stats,
+            fires: fires.as_ref(),
+            starts: &starts,
+            processing: &processing,
+            default_max_runtime_ms: HOUR,
+        })
     }
 }
 
@@ -474,4 +484,65 @@ proptest! {
             expected
         );
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// The job list reads a job's state from its memo while the memo holds; judging again at
+    /// every instant must answer the same (a differential test of the maintained health).
+    #[test]
+    fn a_state_memo_answers_what_judging_again_answers(
+        (runs, cron_index, grace, _) in history(),
+        max_runtime in proptest::option::of(10 * MIN..3 * HOUR),
+        steps in proptest::collection::vec(0i64..90 * MIN, 1..120),
+    ) {
+        let crons = ["*/7 * * * *", "0 * * * *", "30 2 * * *", "*/20 9-17 * * 1-5"];
+        let mut job = Job::default();
+        job.schedule(crons[cron_index], T0 - 12 * HOUR, grace, max_runtime);
+        for (i, (start, duration, ok)) in runs.iter().enumerate() {
+            job.run(&format!("e{i}"), T0 - 12 * HOUR + start, *duration, *ok);
+        }
+        let mut at = T0 - 13 * HOUR;
+        let mut memo: Option<StateMemo> = None;
+        for step in steps {
+            at += step;
+            let judgement = Judgement::At(at);
+            let (health, fresh) = job.judged(judgement);
+            match memo.and_then(|m| m.state_at(judgement)) {
+                Some(state) => prop_assert_eq!(
+                    state, health.state,
+                    "the memo judged at {} for until {} answers {:?} at {}, judging again {:?}",
+                    memo.unwrap().from, memo.unwrap().until, state, at, health.state
+                ),
+                None => memo = Some(fresh),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_memo_holds_until_the_next_fire_falls_due_and_knows_nothing_before_it_was_judged() {
+    let mut job = Job::default();
+    job.schedule("0 * * * *", T0 - 12 * HOUR, Some(5 * MIN), None);
+    job.run("a", T0 + MIN, Some(MIN), true);
+    let (health, memo) = job.judged(Judgement::At(T0 + 10 * MIN));
+    assert_eq!(health.state, HealthState::Healthy);
+    assert_eq!(
+        memo.state_at(Judgement::At(T0 + 30 * MIN)),
+        Some(HealthState::Healthy)
+    );
+    // Unmatched, the next fire makes it missed at T0 + 1 h + grace; the memo ends before.
+    assert_eq!(
+        job.health(Judgement::At(T0 + HOUR + 5 * MIN)).state,
+        HealthState::Missed
+    );
+    assert_eq!(memo.state_at(Judgement::At(T0 + HOUR + 5 * MIN)), None);
+    assert_eq!(memo.state_at(Judgement::At(T0)), None);
+    assert_eq!(
+        memo.state_at(Judgement::Unknown {
+            as_of: T0,
+            since: T0
+        }),
+        Some(HealthState::Unknown)
+    );
 }

@@ -7,6 +7,7 @@
 //! swaps generations by replacing the symlink atomically (see [`generation`]).
 
 pub mod generation;
+mod health_board;
 mod reader;
 mod writer;
 
@@ -51,7 +52,7 @@ impl rusqlite::types::FromSql for WideInt {
 
 pub use reader::{
     CurrentReader, DeadLetter, ExecutionSummary, ExecutionsPage, ExecutionsQuery, Freshness,
-    HealthData, JobMetricsRow, JobSnapshot, ReadPool, JOB_METRICS_QUANTILES,
+    HealthData, JobMetricsRow, JobSnapshot, JobStates, ReadPool, JOB_METRICS_QUANTILES,
 };
 pub use writer::{BatchOutcome, IncomingMessage, Writer};
 

@@ -54,25 +54,89 @@ pub struct JobSnapshot {
     pub freshness: Freshness,
     /// What health needs beyond the aggregates.
     pub health: HealthData,
+    /// The state last judged from this snapshot, and for how long it holds.
+    pub state_memo: StateMemoCell,
+}
+
+/// A [`health::StateMemo`] kept beside the snapshot it was judged from. A cache: a copy starts
+/// with what the original knew, and two snapshots compare equal whatever their memos hold.
+#[derive(Debug, Default)]
+pub struct StateMemoCell(std::sync::Mutex<Option<health::StateMemo>>);
+
+impl StateMemoCell {
+    fn get(&self) -> Option<health::StateMemo> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, memo: health::StateMemo) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(memo);
+    }
+}
+
+impl Clone for StateMemoCell {
+    fn clone(&self) -> Self {
+        StateMemoCell(std::sync::Mutex::new(self.get()))
+    }
+}
+
+impl PartialEq for StateMemoCell {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl JobSnapshot {
+    /// The job's health state at `judgement`: [`JobSnapshot::judge`]'s, from the memo while
+    /// the clock cannot have changed it (a job list filtered or sorted by health asks this of
+    /// every job of the tenant, and only the page's jobs are judged in full).
+    pub fn state_at(
+        &self,
+        judgement: health::Judgement,
+        default_max_runtime_ms: i64,
+    ) -> health::HealthState {
+        if let Some(state) = self.state_memo.get().and_then(|m| m.state_at(judgement)) {
+            return state;
+        }
+        self.state_memo_at(judgement, default_max_runtime_ms).state
+    }
+
+    /// The memo of the job's state at `judgement` (kept, or judged now and kept).
+    pub fn state_memo_at(
+        &self,
+        judgement: health::Judgement,
+        default_max_runtime_ms: i64,
+    ) -> health::StateMemo {
+        if let Some(memo) = self
+            .state_memo
+            .get()
+            .filter(|m| m.state_at(judgement).is_some())
+        {
+            return memo;
+        }
+        let input = self.health_input(default_max_runtime_ms);
+        let health = health::evaluate(&input, judgement);
+        let memo = health::StateMemo::of(&health, &input);
+        self.state_memo.set(memo);
+        memo
+    }
+
+    fn health_input(&self, default_max_runtime_ms: i64) -> health::HealthInput<'_> {
+        health::HealthInput {
+            stats: &self.stats,
+            fires: self.health.fires.as_ref(),
+            starts: &self.health.starts,
+            processing: &self.health.processing,
+            default_max_runtime_ms,
+        }
+    }
+
     /// The job's health at `judgement` (CONTRACT §5).
     pub fn judge(
         &self,
         judgement: health::Judgement,
         default_max_runtime_ms: i64,
     ) -> health::Health {
-        health::evaluate(
-            &health::HealthInput {
-                stats: &self.stats,
-                fires: self.health.fires.as_ref(),
-                starts: &self.health.starts,
-                processing: &self.health.processing,
-                default_max_runtime_ms,
-            },
-            judgement,
-        )
+        health::evaluate(&self.health_input(default_max_runtime_ms), judgement)
     }
 }
 
@@ -124,6 +188,8 @@ pub struct ReadPool {
     /// Snapshots by (tenant, job, recent), each valid until its job changes.
     snapshots: ByteBounded<(TenantId, String, u32), Arc<JobSnapshot>>,
     changes: Mutex<ChangeLog>,
+    /// Each tenant's jobs by health state, for the job list (see [`super::health_board`]).
+    boards: super::health_board::Boards,
     /// Fire lists by cron expression, shared by every job with that cron.
     fires: FiresCache,
     /// Merged windows by (job id, bucket range), each with the job version it was read at.
@@ -238,6 +304,14 @@ struct ChangeLog {
 /// Jobs whose last change is remembered (~100 bytes each); past it the log starts over from
 /// a floor, which only costs re-reads.
 const CHANGE_LOG_ENTRIES: usize = 200_000;
+/// Jobs with their health state, in (state, name) order.
+pub type JobStates = Vec<(health::HealthState, String)>;
+
+/// How far before the board's last instant a job list may ask and be answered at that
+/// instant instead: two requests a moment apart reach the board in either order. Further back
+/// (a projection that fell behind is judged at its last event) the board is built again.
+pub const BOARD_CLOCK_SLACK_MS: i64 = 1_000;
+
 /// Bytes of snapshots kept (a snapshot carries up to 100 recent executions and, for a frequent
 /// cron, up to 400 KB of start times).
 const SNAPSHOT_CACHE_BYTES: u64 = 32 << 20;
@@ -281,6 +355,7 @@ impl ReadPool {
             idle: Mutex::new(Vec::new()),
             snapshots: byte_bounded(SNAPSHOT_CACHE_BYTES, 2_048, snapshot_bytes),
             changes: Mutex::new(ChangeLog::default()),
+            boards: Default::default(),
             fires: FiresCache::default(),
             windows: byte_bounded(WINDOW_CACHE_BYTES, 1_024, window_bytes),
             closed_windows: byte_bounded(WINDOW_CACHE_BYTES, 1_024, window_bytes),
@@ -355,6 +430,72 @@ impl ReadPool {
         for job in jobs {
             changes.changed_at.insert(job.clone(), sequence);
         }
+        drop(changes);
+        self.boards.note(jobs);
+    }
+
+    #[cfg(test)]
+    pub(super) fn boards_for_tests(&self) -> Arc<Mutex<super::health_board::Board>> {
+        let boards = self.boards.boards.lock().unwrap();
+        boards.values().next().expect("a board").clone()
+    }
+
+    /// Every job of `tenant` whose name starts with `prefix` and whose health state at `at`
+    /// is one of `states` (all when empty), in (state, name) order, from the tenant's
+    /// maintained board ([`super::health_board`]); `judge` gives a snapshot's memo at an
+    /// instant. Returns the instant judged at: `at`, or the board's own when a concurrent
+    /// request brought it up to a moment later (within [`BOARD_CLOCK_SLACK_MS`]).
+    pub fn job_states(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        states: &[health::HealthState],
+        at: i64,
+        judge: &dyn Fn(&JobSnapshot, i64) -> health::StateMemo,
+    ) -> Result<(JobStates, i64), StoreError> {
+        let board = self.boards.board(tenant);
+        let mut board = board.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match board.judged_at() {
+            Some(judged) if judged > at && judged - at <= BOARD_CLOCK_SLACK_MS => judged,
+            _ => at,
+        };
+        let dirty = self.boards.take_dirty(tenant);
+        let brought = (|| {
+            let judge_job = |board: &mut super::health_board::Board, name: &str| {
+                let memo = match JobName::parse(name) {
+                    Ok(job) => self
+                        .cached_job_snapshot(tenant, &job, 0)?
+                        .map(|snapshot| judge(&snapshot, at)),
+                    Err(_) => None,
+                };
+                board.set(name, memo);
+                Ok::<(), StoreError>(())
+            };
+            match dirty {
+                Some(dirty) if board.reaches(at) => {
+                    for name in dirty {
+                        judge_job(&mut board, &name)?;
+                    }
+                    for name in board.expired(at) {
+                        judge_job(&mut board, &name)?;
+                    }
+                }
+                _ => {
+                    board.clear();
+                    for name in self.job_names_page(tenant, "", None, false, u32::MAX)? {
+                        judge_job(&mut board, &name)?;
+                    }
+                }
+            }
+            Ok::<(), StoreError>(())
+        })();
+        if let Err(error) = brought {
+            // Changes taken and not applied: the next request builds the board again.
+            board.clear();
+            return Err(error);
+        }
+        board.judged(at);
+        Ok((board.matching(prefix, states), at))
     }
 
     /// [`ReadPool::job_snapshot`], answered from memory while the job has not changed since
@@ -420,6 +561,7 @@ impl ReadPool {
                 recent: executions,
                 freshness,
                 health,
+                state_memo: Default::default(),
             }))
         })
     }
