@@ -1227,7 +1227,7 @@ fn board_states(
         &query.prefix,
         &query.health_filter,
         at,
-        &|snapshot, at| snapshot.state_memo_at(Judgement::At(at), default_max_runtime_ms),
+        &|snapshot, at| snapshot.state_memo_at(at, default_max_runtime_ms),
     )?;
     Ok(Some(found))
 }

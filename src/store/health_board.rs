@@ -309,7 +309,7 @@ mod tests {
                 let prefix = if prefixed { "job-1" } else { "" };
                 let (found, judged_at) = pool
                     .job_states(&tenant, prefix, &states, now, &|snapshot, at| {
-                        snapshot.state_memo_at(Judgement::At(at), MAX_RUNTIME_MS)
+                        snapshot.state_memo_at(at, MAX_RUNTIME_MS)
                     })
                     .unwrap();
                 prop_assert!(judged_at >= now && judged_at - now <= super::super::reader::BOARD_CLOCK_SLACK_MS);
@@ -346,7 +346,7 @@ mod tests {
             now.timestamp_millis(),
         );
         let judge = |snapshot: &crate::store::JobSnapshot, at: i64| {
-            snapshot.state_memo_at(Judgement::At(at), MAX_RUNTIME_MS)
+            snapshot.state_memo_at(at, MAX_RUNTIME_MS)
         };
         let (all, _) = pool
             .job_states(&tenant, "", &[], now.timestamp_millis(), &judge)

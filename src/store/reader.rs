@@ -94,18 +94,15 @@ impl JobSnapshot {
         judgement: health::Judgement,
         default_max_runtime_ms: i64,
     ) -> health::HealthState {
-        if let Some(state) = self.state_memo.get().and_then(|m| m.state_at(judgement)) {
-            return state;
+        match judgement {
+            health::Judgement::Unknown { .. } => health::HealthState::Unknown,
+            health::Judgement::At(at) => self.state_memo_at(at, default_max_runtime_ms).state,
         }
-        self.state_memo_at(judgement, default_max_runtime_ms).state
     }
 
-    /// The memo of the job's state at `judgement` (kept, or judged now and kept).
-    pub fn state_memo_at(
-        &self,
-        judgement: health::Judgement,
-        default_max_runtime_ms: i64,
-    ) -> health::StateMemo {
+    /// The memo of the job's state at the instant `at` (kept, or judged now and kept).
+    pub fn state_memo_at(&self, at: i64, default_max_runtime_ms: i64) -> health::StateMemo {
+        let judgement = health::Judgement::At(at);
         if let Some(memo) = self
             .state_memo
             .get()

@@ -185,17 +185,7 @@ async fn flips_and_uptime_agree_across_replicas_restarts_and_rebuilds() {
         &uptime_of(&get(&a, "/api/v1/admin/jobs/nightly/stats").await),
         &uptime,
     );
-    let rebuilt = std::process::Command::new(BIN)
-        .arg("rebuild")
-        .env("JOBSTATS_NATS_URL", nats.url())
-        .env("JOBSTATS_DB_PATH", &db_b)
-        .output()
-        .unwrap();
-    assert!(
-        rebuilt.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuilt.stderr)
-    );
+    rebuild(&nats, &db_b);
     b.wait_applied(head).await;
     assert_eq!(flips_when(&b, 2).await, flips);
     assert_same_uptime(

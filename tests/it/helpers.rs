@@ -480,6 +480,22 @@ pub fn execution_events(
         .expect("valid run")
 }
 
+/// Runs `jobstats rebuild` of `db` from the stream, asserting it succeeded.
+pub fn rebuild(nats: &NatsServer, db: &Path) {
+    let output = Command::new(BIN)
+        .arg("rebuild")
+        .env("JOBSTATS_NATS_URL", nats.url())
+        .env("JOBSTATS_DB_PATH", db)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run jobstats rebuild");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Publishes events concurrently (acks awaited), returning the highest stream sequence.
 pub async fn publish_all(publisher: &Publisher, events: &[jobstats::events::Event]) -> u64 {
     let mut last = 0;

@@ -605,18 +605,7 @@ async fn a_change_made_while_serve_was_killed_is_published_once_and_a_rebuild_ad
     wait_for_changes(&nats, "k", 2, Duration::from_secs(15)).await;
     serve.kill_9();
     // Restarted again, and on a rebuilt database: nothing new to say.
-    let rebuilt = Command::new(BIN)
-        .arg("rebuild")
-        .env("JOBSTATS_NATS_URL", nats.url())
-        .env("JOBSTATS_DB_PATH", &db)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        rebuilt.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuilt.stderr)
-    );
+    rebuild(&nats, &db);
     let serve = serve_with_hooks(&nats, &db, &hooks, &[]);
     serve.wait_applied(sequence).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1042,18 +1031,7 @@ async fn thresholds_hold_announcements_and_a_silence_quiets_openings_until_it_en
     );
     serve.wait_applied(head).await;
     other.kill_9();
-    let rebuilt = Command::new(BIN)
-        .arg("rebuild")
-        .env("JOBSTATS_NATS_URL", nats.url())
-        .env("JOBSTATS_DB_PATH", dir.path().join("b.db"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        rebuilt.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuilt.stderr)
-    );
+    rebuild(&nats, &dir.path().join("b.db"));
     let other = replica("b");
     other.wait_applied(head).await;
     let judged = |stats: &serde_json::Value| {

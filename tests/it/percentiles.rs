@@ -1,8 +1,6 @@
 //! CONTRACT §6: percentiles, queue wait and items from sketches, trailing windows from
 //! rollups, identical answers from replicas, conditional requests on the list and executions.
 
-use std::process::Command;
-
 use chrono::{DateTime, Duration, Utc};
 use reqwest::StatusCode;
 
@@ -67,21 +65,6 @@ fn etag(response: &reqwest::Response) -> String {
         .to_str()
         .unwrap()
         .to_owned()
-}
-
-fn rebuild(nats: &NatsServer, db: &std::path::Path) {
-    let output = Command::new(BIN)
-        .arg("rebuild")
-        .env("JOBSTATS_NATS_URL", nats.url())
-        .env("JOBSTATS_DB_PATH", db)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run jobstats rebuild");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test]
